@@ -1,0 +1,342 @@
+"""Settings: one frozen object built from flags, environment and an optional TOML file.
+
+Every option is declared once, in ``OPTIONS``; flags, ``LNDMAILBOX_<NAME>`` environment
+variables and config file keys are derived from it, so the daemon and ``mailboxctl`` read
+the same names. Precedence: flag, then environment, then file, then the built-in default.
+lnd's connection options keep lncli's names and defaults (``--rpcserver``, ``--lnddir``,
+``--network``, ``--tlscertpath``, ``--macaroonpath``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lndmailbox.errors import ConfigError
+
+ENV_PREFIX = "LNDMAILBOX_"
+DEFAULT_DATADIR = Path("~/.lndmailbox")
+NETWORKS = ("mainnet", "testnet", "testnet4", "signet", "simnet", "regtest")
+TRANSPORTS = ("auto", "custom", "native")
+LOG_FORMATS = ("text", "json")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    None: 1,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` or ``"250ms"``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 15m, 24h, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"1366"``, ``"256KiB"``, ``"64MiB"`` (or KB/MB/GB, powers of 1000)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 256KiB, 64MiB)")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not host:port: {text!r} (example: 127.0.0.1:9185)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, environment variable and file key all come from ``name``."""
+
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    daemon_only: bool = False
+    is_flag: bool = False
+
+    @property
+    def default(self) -> Any:
+        return _SETTINGS_FIELDS[self.name].default
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+OPTIONS: tuple[Option, ...] = (
+    # lnd, with lncli's names and defaults
+    Option("rpcserver", str, "lnd's gRPC host:port"),
+    Option("lnddir", _path, "lnd's directory (for default cert and macaroon)"),
+    Option("network", _choice(NETWORKS), "the network lnd runs on"),
+    Option("tlscertpath", _path, "lnd's TLS certificate (default <lnddir>/tls.cert)"),
+    Option(
+        "macaroonpath",
+        _path,
+        "macaroon file (default <lnddir>/data/chain/bitcoin/<network>/admin.macaroon)",
+    ),
+    Option("tlscert", str, "lnd's TLS certificate given inline, PEM"),
+    Option("macaroon", str, "the macaroon given inline, hex"),
+    Option("lndconnect", str, "an lndconnect:// URI (host, certificate and macaroon)"),
+    # Redis and local state
+    Option(
+        "redis_url",
+        str,
+        "redis:// or rediss:// URL (user, password, TLS); "
+        "none: an embedded server with its data in --datadir",
+    ),
+    Option("datadir", _path, "the mailbox's own directory"),
+    # the daemon
+    Option(
+        "transport",
+        _choice(TRANSPORTS),
+        "custom (lnd <= 0.20, type 513), native (lnd >= 0.21), or auto from lnd's version",
+        daemon_only=True,
+    ),
+    Option("ttl", parse_duration, "how long a message is kept (e.g. 24h)", daemon_only=True),
+    Option("max_messages_per_peer", int, "messages kept per offline peer", daemon_only=True),
+    Option("max_bytes_per_peer", parse_size, "bytes kept per offline peer", daemon_only=True),
+    Option("max_bytes_total", parse_size, "bytes kept for the whole node", daemon_only=True),
+    Option(
+        "allow_channel_peers",
+        parse_bool,
+        "also keep mail for every peer that has a channel with the node",
+        daemon_only=True,
+        is_flag=True,
+    ),
+    Option(
+        "race_window",
+        parse_duration,
+        "native transport: how long a message left to lnd is kept in memory in case its "
+        "next hop turns out to have gone offline",
+        daemon_only=True,
+    ),
+    Option("sweep_interval", parse_duration, "how often expired mail is swept", daemon_only=True),
+    Option(
+        "buffer_messages",
+        int,
+        "messages held in memory while Redis is unreachable",
+        daemon_only=True,
+    ),
+    Option("metrics_addr", str, "serve Prometheus metrics on host:port", daemon_only=True),
+    Option("notify_url", str, "POST stored/delivered notifications here", daemon_only=True),
+    Option("notify_secret", str, "HMAC-SHA256 key that signs notifications", daemon_only=True),
+    Option("log_level", _choice(("debug", "info", "warning", "error")), "log level"),
+    Option("log_format", _choice(LOG_FORMATS), "text (key=value) or json"),
+)
+
+_OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon and mailboxctl are told; see ``OPTIONS`` for meanings."""
+
+    rpcserver: str = "localhost:10009"
+    lnddir: Path = Path("~/.lnd")
+    network: str = "mainnet"
+    tlscertpath: Path | None = None
+    macaroonpath: Path | None = None
+    tlscert: str | None = None
+    macaroon: str | None = None
+    lndconnect: str | None = None
+    redis_url: str | None = None
+    datadir: Path = DEFAULT_DATADIR
+    transport: str = "auto"
+    ttl: float = 86400.0
+    max_messages_per_peer: int = 64
+    max_bytes_per_peer: int = 256 * 1024
+    max_bytes_total: int = 256 * 1024**2
+    allow_channel_peers: bool = False
+    race_window: float = 5.0
+    sweep_interval: float = 60.0
+    buffer_messages: int = 10_000
+    metrics_addr: str | None = None
+    notify_url: str | None = None
+    notify_secret: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    config: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lnddir", "datadir"):
+            object.__setattr__(self, name, getattr(self, name).expanduser())
+        problems = []
+        if self.ttl <= 0:
+            problems.append("--ttl must be positive")
+        for name in ("max_messages_per_peer", "max_bytes_per_peer", "max_bytes_total"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.max_bytes_per_peer > self.max_bytes_total:
+            problems.append("--max-bytes-per-peer cannot exceed --max-bytes-total")
+        if self.notify_url and not self.notify_secret:
+            problems.append("--notify-url needs --notify-secret to sign what it sends")
+        if self.metrics_addr is not None:
+            try:
+                parse_host_port(self.metrics_addr)
+            except ValueError as e:
+                problems.append(f"--metrics-addr: {e}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        return parse_host_port(self.metrics_addr) if self.metrics_addr else None
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict fit for a log line: secrets are replaced by their presence."""
+        shown: dict[str, object] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("macaroon", "notify_secret", "lndconnect") and value:
+                value = "<set>"
+            elif field.name == "redis_url" and value:
+                value = re.sub(r"//[^@/]*@", "//<credentials>@", value)
+            shown[field.name] = str(value) if isinstance(value, Path) else value
+        return shown
+
+
+_SETTINGS_FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, daemon: bool) -> None:
+    """Adds the shared options (and the daemon's own when ``daemon``) to ``parser``.
+
+    Every default is ``None`` so that :func:`settings_from_args` can tell a flag the
+    user gave from one left to the environment, the file or the built-in default.
+    """
+    parser.add_argument(
+        "--config",
+        type=_path,
+        default=None,
+        help=f"TOML file with any of these settings (env {ENV_PREFIX}CONFIG; "
+        f"default {DEFAULT_DATADIR}/lndmailbox.toml if it exists)",
+    )
+    for option in OPTIONS:
+        if option.daemon_only and not daemon:
+            continue
+        help_text = f"{option.help} (env {option.env}"
+        help_text += f"; default {option.default})" if option.default is not None else ")"
+        if option.is_flag:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                action="store_const",
+                const="true",
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(option.flag, dest=option.name, default=None, help=help_text)
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Builds the settings from parsed flags, the environment and the config file."""
+    env = os.environ if environ is None else environ
+    config_path: Path | None = args.config
+    if config_path is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_path = _path(env[ENV_PREFIX + "CONFIG"])
+    explicit_config = config_path is not None
+    if config_path is None:
+        config_path = DEFAULT_DATADIR.expanduser() / "lndmailbox.toml"
+    file_values = _read_config_file(config_path, required=explicit_config)
+
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw, source = _first_given(
+            (getattr(args, option.name, None), option.flag),
+            (env.get(option.env), option.env),
+            (file_values.get(option.name), f"{config_path}: {option.name}"),
+        )
+        if raw is None:
+            continue
+        values[option.name] = _parse_value(option, raw, source)
+    if explicit_config or file_values:
+        values["config"] = config_path
+    return Settings(**values)
+
+
+def _first_given(*candidates: tuple[Any, str]) -> tuple[Any, str]:
+    for value, source in candidates:
+        if value is not None:
+            return value, source
+    return None, ""
+
+
+def _parse_value(option: Option, raw: Any, source: str) -> Any:
+    if isinstance(raw, bool) and option.parse is parse_bool:
+        return raw
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{source}: expected a string or number, got {type(raw).__name__}")
+    try:
+        return option.parse(raw)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from e
+
+
+def _read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as e:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from e
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {path}: {e}") from e
+    normalised = {key.replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(normalised) - set(_OPTIONS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown settings {', '.join(unknown)}")
+    return normalised
