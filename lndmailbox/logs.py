@@ -21,8 +21,8 @@ quotes, ``=`` or control characters are quoted (JSON string syntax) so a line st
 Secrets never reach the output: :class:`RedactingFilter`, installed on the handler by
 :func:`configure_logging`, replaces the value of any field whose name says it holds a secret
 (macaroon, secret, password, token, seed, private key, ``key`` / ``*_key`` other than public
-keys such as ``path_key``) and scrubs macaroons (hex, base64) and PEM private keys from the
-message text and exception text of every record, including other libraries' records.
+keys such as ``path_key``) and scrubs macaroons (hex, base64), PEM private keys and URL
+credentials (``redis://:password@host``) from the message text and exception text of every record, including other libraries' records.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import IO, Final, Literal
+from typing import IO, Final, Literal, TypeAlias
 
 from lndmailbox.errors import ConfigError
 
@@ -43,6 +43,7 @@ __all__ = [
     "LEVELS",
     "REDACTED",
     "JsonFormatter",
+    "LogFormat",
     "RedactingFilter",
     "TextFormatter",
     "configure_logging",
@@ -50,6 +51,8 @@ __all__ = [
     "is_secret_name",
     "scrub_text",
 ]
+
+LogFormat: TypeAlias = Literal["text", "json"]
 
 #: The attribute of a LogRecord that carries a decision's fields.
 FIELDS_ATTR: Final = "lndmailbox_fields"
@@ -94,6 +97,8 @@ _MACAROON_B64: Final = re.compile(r"AgEDbG5k[A-Za-z0-9+/=_-]*")
 _PEM_PRIVATE: Final = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
 )
+# Credentials in a URL (redis://user:password@host).
+_URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]+@")
 _NEEDS_QUOTES: Final = re.compile(r'[\s"=\\]|[\x00-\x1f\x7f]')
 
 
@@ -108,7 +113,8 @@ def is_secret_name(name: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """``text`` with macaroons (hex or base64) and PEM private keys replaced."""
+    """``text`` with macaroons (hex or base64), PEM private keys, URL credentials replaced."""
+    text = _URL_CREDENTIALS.sub(REDACTED + "@", text)
     text = _MACAROON_HEX.sub(REDACTED, text)
     text = _MACAROON_B64.sub(REDACTED, text)
     return _PEM_PRIVATE.sub(REDACTED, text)
@@ -270,10 +276,11 @@ _installed: logging.Handler | None = None
 
 
 def configure_logging(
-    level: str, fmt: Literal["text", "json"], *, stream: IO[str] | None = None
+    level: str, fmt: LogFormat | str, *, stream: IO[str] | None = None
 ) -> logging.Handler:
     """Send every log record to ``stream`` (stderr) as text or JSON lines at ``level``.
 
+    ``level`` is one of :data:`LEVELS` (any case), ``fmt`` ``"text"`` or ``"json"``.
     Calling it again replaces the handler it installed before. Chatty libraries (httpx,
     grpc, redis, asyncio) are held at WARNING unless ``level`` is ``debug``. Raises
     ConfigError for an unknown level or format. Returns the installed handler.

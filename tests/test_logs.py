@@ -143,7 +143,7 @@ def test_bad_settings_and_reserved_names() -> None:
     with pytest.raises(ConfigError, match="log level"):
         configure_logging("verbose", "text")
     with pytest.raises(ConfigError, match="log format"):
-        configure_logging("info", "xml")  # type: ignore[arg-type]
+        configure_logging("info", "xml")
     with pytest.raises(ValueError, match="reserved"):
         decision(logging.getLogger("lndmailbox"), "stored", msg="x")
 
@@ -203,3 +203,5 @@ def test_secret_name_rules() -> None:
     for name in ("peer", "path_key", "pubkey", "id", "reason", "size", "node", "ephemeral_key"):
         assert not is_secret_name(name), name
     assert scrub_text("nothing to hide 0201") == "nothing to hide 0201"
+    assert scrub_text("redis://:pw@db:6379/0 up") == f"redis://{REDACTED}@db:6379/0 up"
+    assert scrub_text("http://example.com/a@b") == "http://example.com/a@b"
