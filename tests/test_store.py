@@ -1,0 +1,362 @@
+"""The store against a real Redis: FIFO, expiry, caps, duplicates, atomicity, encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import redis.asyncio as aioredis
+
+from lndmailbox.errors import StoreError
+from lndmailbox.store import (
+    HEADER_SIZE,
+    RECORD_VERSION,
+    Limits,
+    PutStatus,
+    Stats,
+    Store,
+    StoredMessage,
+    decode_record,
+    encode_record,
+)
+
+NOW = 1_700_000_000.0
+NODE = bytes.fromhex("02" + "11" * 32)
+
+
+def pubkey() -> bytes:
+    return b"\x02" + os.urandom(32)
+
+
+def onion(size: int = 1366) -> bytes:
+    return b"\x00" + os.urandom(size - 1)
+
+
+@pytest.fixture
+async def store(redis_client: aioredis.Redis) -> Store:
+    return Store(redis_client, NODE, Limits(ttl=100.0))
+
+
+async def put(store: Store, peer: bytes, now: float = NOW, size: int = 1366, **kw: float) -> str:
+    result = await store.put(peer, pubkey(), pubkey(), onion(size), now, **kw)
+    assert result.status is PutStatus.STORED
+    return result.message_id
+
+
+async def assert_consistent(store: Store) -> None:
+    assert await store.audit() == []
+
+
+async def test_fifo_peek_remove(store: Store) -> None:
+    peer = pubkey()
+    sender, path_key, packet = pubkey(), pubkey(), onion()
+    first = await store.put(peer, sender, path_key, packet, NOW)
+    assert first.status is PutStatus.STORED
+    assert first.message is not None
+    assert first.size == 33 + 1366
+    ids = [first.message_id] + [await put(store, peer, NOW + i) for i in range(1, 4)]
+    assert ids == sorted(ids), "ids sort by received time"
+
+    head, expired = await store.peek(peer, NOW + 5)
+    assert expired == []
+    assert head is not None
+    assert head == first.message
+    assert (head.sender, head.path_key, head.onion, head.attempts) == (sender, path_key, packet, 0)
+    assert head.received_at == NOW
+    assert head.expires_at == NOW + 100
+
+    delivered = []
+    while True:
+        head, _ = await store.peek(peer, NOW + 5)
+        if head is None:
+            break
+        assert await store.remove(head)
+        delivered.append(head.id)
+    assert delivered == ids
+    assert await store.peers_with_mail() == []
+    assert (await store.stats()).messages == 0
+    await assert_consistent(store)
+
+
+async def test_peek_leaves_message_until_removed(store: Store) -> None:
+    peer = pubkey()
+    msg_id = await put(store, peer)
+    for _ in range(2):
+        head, _ = await store.peek(peer, NOW)
+        assert head is not None
+        assert head.id == msg_id
+    assert head is not None
+    assert await store.remove(head)
+    assert not await store.remove(head), "a second remove finds nothing"
+
+
+async def test_expired_never_delivered_and_reported(store: Store) -> None:
+    peer = pubkey()
+    old = await put(store, peer, NOW)
+    new = await put(store, peer, NOW + 50)
+    head, expired = await store.peek(peer, NOW + 99.999)
+    assert head is not None
+    assert head.id == old
+    assert expired == []
+    head, expired = await store.peek(peer, NOW + 100)
+    assert [m.id for m in expired] == [old]
+    assert head is not None
+    assert head.id == new
+    head, expired = await store.peek(peer, NOW + 1000)
+    assert head is None
+    assert [m.id for m in expired] == [new]
+    assert await store.peers_with_mail() == []
+    await assert_consistent(store)
+
+
+async def test_shorter_ttl_behind_longer_is_not_delivered(store: Store) -> None:
+    peer = pubkey()
+    long_id = await put(store, peer, NOW, ttl=1000.0)
+    short_id = await put(store, peer, NOW + 1, ttl=10.0)
+    head, _ = await store.peek(peer, NOW + 20)
+    assert head is not None
+    assert head.id == long_id
+    assert await store.remove(head)
+    head, expired = await store.peek(peer, NOW + 20)
+    assert head is None
+    assert [m.id for m in expired] == [short_id]
+
+
+async def test_sweep_removes_expired_everywhere(store: Store) -> None:
+    a, b, c = pubkey(), pubkey(), pubkey()
+    a_old = await put(store, a, NOW)
+    a_new = await put(store, a, NOW + 60)
+    b_old = await put(store, b, NOW + 10)
+    c_new = await put(store, c, NOW + 70)
+    # a message with a short TTL behind one with a long TTL is found by the sweep too
+    long_c = await put(store, c, NOW + 71, ttl=1000.0)
+    short_c = await put(store, c, NOW + 72, ttl=5.0)
+
+    assert await store.sweep_expired(NOW + 50) == []
+    # c's short message sits behind two others: the sweep takes it out of the middle
+    swept = await store.sweep_expired(NOW + 115)
+    assert sorted(m.id for m in swept) == sorted([a_old, b_old, short_c])
+    assert {m.peer for m in swept} == {a, b, c}
+    assert set(await store.peers_with_mail()) == {a, c}
+    assert [m.id for m in await store.messages(c)] == [c_new, long_c]
+    await assert_consistent(store)
+
+    swept = await store.sweep_expired(NOW + 171)
+    assert sorted(m.id for m in swept) == sorted([a_new, c_new])
+    assert [m.id for m in await store.messages(c)] == [long_c]
+    assert await store.peers_with_mail() == [c]
+    await assert_consistent(store)
+    swept = await store.sweep_expired(NOW + 2000)
+    assert [m.id for m in swept] == [long_c]
+    assert await store.peers_with_mail() == []
+    assert await store.stats() == Stats(0, 0, 0, None)
+    await assert_consistent(store)
+
+
+async def test_sweep_notices_keys_redis_dropped(store: Store, redis_client: aioredis.Redis) -> None:
+    peer, other = pubkey(), pubkey()
+    for i in range(3):
+        await put(store, peer, NOW + i)
+    await put(store, other, NOW)
+    # what Redis does to keys whose TTL ran out (or an operator's DEL)
+    await redis_client.delete(store.queue_key(peer), store.dedup_key(peer))
+    assert await store.sweep_expired(NOW + 100) != []
+    assert await store.peers_with_mail() == []
+    assert (await store.counters())["expired"] == 3
+    await assert_consistent(store)
+
+
+async def test_per_peer_message_cap_evicts_oldest(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, NODE, Limits(max_messages_per_peer=3))
+    peer, other = pubkey(), pubkey()
+    ids = [await put(store, peer, NOW + i) for i in range(3)]
+    await put(store, other, NOW)
+    result = await store.put(peer, pubkey(), pubkey(), onion(), NOW + 3)
+    assert result.status is PutStatus.STORED
+    assert result.evicted == (ids[0],)
+    assert [m.id for m in result.evicted_messages] == [ids[0]]
+    assert [m.id for m in await store.messages(peer)] == [*ids[1:], result.message_id]
+    assert len(await store.messages(other)) == 1
+    await assert_consistent(store)
+
+
+async def test_per_peer_byte_cap_evicts_as_many_as_needed(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, NODE, Limits(max_bytes_per_peer=4 * 1399))
+    peer = pubkey()
+    ids = [await put(store, peer, NOW + i) for i in range(4)]
+    big = await store.put(peer, pubkey(), pubkey(), onion(2 * 1366 + 33), NOW + 10)
+    assert big.status is PutStatus.STORED
+    assert big.evicted == tuple(ids[:2])
+    assert (await store.stats()).bytes == 2 * 1399 + big.size
+    too_big = await store.put(peer, pubkey(), pubkey(), onion(4 * 1399), NOW + 11)
+    assert too_big.status is PutStatus.REJECTED_FULL
+    assert len(await store.messages(peer)) == 3
+    await assert_consistent(store)
+
+
+async def test_total_cap_rejects_new_message(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, NODE, Limits(max_bytes_total=3 * 1399))
+    peers = [pubkey() for _ in range(4)]
+    for p in peers[:3]:
+        await put(store, p)
+    before = await store.stats()
+    result = await store.put(peers[3], pubkey(), pubkey(), onion(), NOW)
+    assert result.status is PutStatus.REJECTED_FULL
+    assert result.evicted == ()
+    assert await store.stats() == before
+    assert await store.messages(peers[3]) == []
+    # room comes back once something is delivered
+    head, _ = await store.peek(peers[0], NOW)
+    assert head is not None
+    assert await store.remove(head)
+    await put(store, peers[3])
+    await assert_consistent(store)
+
+
+async def test_total_cap_counts_what_the_peer_cap_frees(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, NODE, Limits(max_messages_per_peer=2, max_bytes_total=2 * 1399))
+    peer = pubkey()
+    await put(store, peer)
+    await put(store, peer)
+    result = await store.put(peer, pubkey(), pubkey(), onion(), NOW + 1)
+    assert result.status is PutStatus.STORED
+    assert len(result.evicted) == 1
+
+
+async def test_duplicates_stored_once(store: Store) -> None:
+    peer, other = pubkey(), pubkey()
+    path_key, packet = pubkey(), onion()
+    first = await store.put(peer, pubkey(), path_key, packet, NOW)
+    again = await store.put(peer, pubkey(), path_key, packet, NOW + 1)
+    assert again.status is PutStatus.DUPLICATE
+    assert again.message_id == first.message_id
+    assert len(await store.messages(peer)) == 1
+    # the same bytes for another peer are another message
+    assert (await store.put(other, pubkey(), path_key, packet, NOW)).status is PutStatus.STORED
+    # same onion, other path key: another message
+    assert (await store.put(peer, pubkey(), pubkey(), packet, NOW)).status is PutStatus.STORED
+    # once delivered, the dedup entry goes with it
+    assert first.message is not None
+    assert await store.remove(first.message)
+    assert (await store.put(peer, pubkey(), path_key, packet, NOW + 2)).status is PutStatus.STORED
+    await assert_consistent(store)
+
+
+async def test_remove_by_id_when_head_changed(store: Store) -> None:
+    peer = pubkey()
+    ids = [await put(store, peer, NOW + i) for i in range(5)]
+    msgs = await store.messages(peer)
+    assert await store.remove(msgs[2])
+    assert [m.id for m in await store.messages(peer)] == [ids[0], ids[1], ids[3], ids[4]]
+    assert await store.purge(peer, ids[0]) == 1
+    head, _ = await store.peek(peer, NOW)
+    assert head is not None
+    assert head.id == ids[1]
+    assert not await store.remove(msgs[0]), "purged meanwhile"
+    assert await store.purge(peer, ids[0]) == 0
+    await assert_consistent(store)
+    assert await store.purge(peer) == 3
+    assert await store.peers_with_mail() == []
+    await assert_consistent(store)
+
+
+async def test_record_attempt(store: Store) -> None:
+    peer = pubkey()
+    await put(store, peer)
+    second = await put(store, peer, NOW + 1)
+    msgs = await store.messages(peer)
+    assert await store.record_attempt(msgs[1]) == 1
+    assert await store.record_attempt(msgs[1]) == 2
+    after = await store.messages(peer)
+    assert [m.attempts for m in after] == [0, 2]
+    assert after[1].id == second
+    assert await store.remove(msgs[1]), "the stale copy still removes by id"
+    assert await store.record_attempt(msgs[1]) == -1
+    await assert_consistent(store)
+
+
+async def test_concurrent_puts_and_removes(store: Store) -> None:
+    peers = [pubkey() for _ in range(3)]
+    store2 = Store(store.redis, NODE, Limits(max_messages_per_peer=20, ttl=100.0))
+
+    async def producer(peer: bytes, n: int) -> None:
+        for i in range(n):
+            await store2.put(peer, pubkey(), pubkey(), onion(200 + i), NOW + i / 100)
+
+    async def consumer(peer: bytes, n: int) -> int:
+        removed = 0
+        for _ in range(n):
+            head, _ = await store2.peek(peer, NOW)
+            if head is not None and await store2.remove(head):
+                removed += 1
+            await asyncio.sleep(0)
+        return removed
+
+    results = await asyncio.gather(
+        *(producer(p, 40) for p in peers),
+        *(consumer(p, 30) for p in peers),
+        store2.sweep_expired(NOW),
+    )
+    assert await store.audit() == []
+    stats = await store.stats()
+    removed = sum(r for r in results if isinstance(r, int))
+    assert stats.messages <= 3 * 20
+    assert stats.messages + removed <= 120
+
+
+async def test_failed_script_leaves_nothing_half_written(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    peer, other = pubkey(), pubkey()
+    await put(store, other)
+    before = (await store.stats(), await redis_client.hgetall(store.usage_key))
+    # a foreign value under the peer's queue key makes the script fail on its first read;
+    # every script validates before its first write, so nothing else changes
+    await redis_client.set(store.queue_key(peer), b"not a list")
+    with pytest.raises(StoreError) as info:
+        await store.put(peer, pubkey(), pubkey(), onion(), NOW)
+    assert info.value.__cause__ is not None
+    assert (await store.stats(), await redis_client.hgetall(store.usage_key)) == before
+    assert not await redis_client.exists(store.dedup_key(peer))
+    assert peer not in await store.peers_with_mail()
+
+
+def test_record_round_trip() -> None:
+    msg = StoredMessage(
+        id="018bcfe568000a1b2c3d",
+        peer=pubkey(),
+        sender=pubkey(),
+        path_key=pubkey(),
+        onion=onion(),
+        received_at=1_700_000_000.0,
+        expires_at=1_700_086_400.5,
+        attempts=7,
+    )
+    record = encode_record(msg)
+    assert record[0] == RECORD_VERSION
+    assert len(record) == HEADER_SIZE + msg.size == 52 + 33 + 1366
+    assert record[1:11] == bytes.fromhex(msg.id)
+    assert record[19:52] == msg.sender
+    assert record[52:85] == msg.path_key
+    assert record[85:] == msg.onion
+    assert decode_record(msg.peer, record) == msg
+
+
+def test_record_version_and_length_checked() -> None:
+    msg = StoredMessage("00" * 10, pubkey(), pubkey(), pubkey(), onion(100), 0.0, 1.0, 0)
+    record = encode_record(msg)
+    with pytest.raises(StoreError, match="version 2"):
+        decode_record(msg.peer, b"\x02" + record[1:])
+    with pytest.raises(StoreError, match="too short"):
+        decode_record(msg.peer, record[: HEADER_SIZE + 33])
+
+
+async def test_unreadable_record_is_a_store_error(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    peer = pubkey()
+    await put(store, peer)
+    await redis_client.lset(store.queue_key(peer), 0, "\x09" + "x" * 200)
+    with pytest.raises(StoreError, match="version 9"):
+        await store.messages(peer)
