@@ -38,7 +38,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -381,24 +381,33 @@ for _, old in ipairs(evicted) do out[#out + 1] = old end
 return out
 """
 
-# ARGV: peer, now ms. Returns {head record or '', expired records...}
+# ARGV: peer, now ms, limit. Walks from the head: expired records met on the way are removed,
+# the first `limit` unexpired ones are returned (and stay queued).
+# Returns {number of ready records, ready records..., expired records...}
 _LUA_PEEK = """
 repair()
-local now = tonumber(ARGV[2])
-local out = {''}
-local dn, db = 0, 0
-while true do
-  local head = redis.call('LINDEX', Q, 0)
-  if not head then break end
-  if rec_expires(head) > now then
-    out[1] = head
-    break
+local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ready, expired = {}, {}
+local pos, db = 0, 0
+while #ready < limit do
+  local chunk = redis.call('LRANGE', Q, pos, pos + limit + 15)
+  if #chunk == 0 then break end
+  for _, r in ipairs(chunk) do
+    if rec_expires(r) <= now then
+      expired[#expired + 1] = r
+      db = db - rec_size(r)
+    else
+      ready[#ready + 1] = r
+      if #ready >= limit then break end
+    end
   end
-  take(0, head)
-  out[#out + 1] = head
-  dn, db = dn - 1, db - rec_size(head)
+  pos = pos + #chunk
 end
-if dn ~= 0 then account(dn, db) end
+for _, r in ipairs(expired) do take(1, r) end
+if #expired > 0 then account(-#expired, db) end
+local out = {#ready}
+for _, r in ipairs(ready) do out[#out + 1] = r end
+for _, r in ipairs(expired) do out[#out + 1] = r end
 return out
 """
 
@@ -731,13 +740,20 @@ class Store:
 
     @_redis_errors
     async def peek(
-        self, peer: bytes, now: float
-    ) -> tuple[StoredMessage | None, list[StoredMessage]]:
-        """The peer's oldest unexpired message (left queued), and the expired messages that
-        were in front of it, which this call removed (for the caller to count)."""
-        reply = await self._peek(keys=self._script_keys(peer), args=[peer.hex(), _ms(now)])
-        head = self._decode(peer, reply[0]) if reply[0] else None
-        return head, [self._decode(peer, r) for r in reply[1:]]
+        self, peer: bytes, now: float, *, limit: int = 1
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """The peer's ``limit`` oldest unexpired messages, oldest first (they stay queued until
+        :meth:`remove`), and the expired messages met before the last of them, which this
+        call removed (for the caller to count and publish)."""
+        reply = await self._peek(
+            keys=self._script_keys(peer), args=[peer.hex(), _ms(now), max(limit, 1)]
+        )
+        ready = int(reply[0])
+        records = reply[1:]
+        return (
+            [self._decode(peer, r) for r in records[:ready]],
+            [self._decode(peer, r) for r in records[ready:]],
+        )
 
     @_redis_errors
     async def remove(self, msg: StoredMessage) -> bool:
@@ -872,7 +888,47 @@ class Store:
         raw = await self.redis.hgetall(self.counters_key)
         return {_str(k): int(v) for k, v in sorted(raw.items())}
 
+    @_redis_errors
+    async def record(
+        self,
+        counters: Mapping[str, int] | None = None,
+        events: Sequence[tuple[str, bytes | None, str, int, str]] = (),
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Adds to several counters and appends several events (kind, peer, message id, size,
+        reason) in one MULTI/EXEC, so a batch lands whole or not at all (a connection lost
+        after EXEC went out leaves it unknown: a retry may then count twice)."""
+        if not counters and not events:
+            return
+        when = f"{time.time() if at is None else at:.3f}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, by in (counters or {}).items():
+                if by:
+                    pipe.hincrby(self.counters_key, name, by)
+            for kind, peer, message_id, size, reason in events:
+                pipe.xadd(
+                    self.events_key,
+                    self._event_fields(kind, peer, message_id, size, reason, when),
+                    maxlen=self.events_maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+
     # ---- events
+
+    @staticmethod
+    def _event_fields(
+        kind: str, peer: bytes | None, message_id: str, size: int, reason: str, at: str
+    ) -> dict[Any, Any]:
+        return {
+            "kind": kind,
+            "peer": peer.hex() if peer else "",
+            "id": message_id,
+            "size": size,
+            "reason": reason,
+            "at": at,
+        }
 
     @_redis_errors
     async def publish_event(
@@ -890,14 +946,8 @@ class Store:
         ``at`` is when it happened (Unix seconds); the wall clock when not given, since an
         event's time is information for readers, not a decision of the store.
         """
-        fields: dict[Any, Any] = {
-            "kind": kind,
-            "peer": peer.hex() if peer else "",
-            "id": message_id,
-            "size": size,
-            "reason": reason,
-            "at": f"{time.time() if at is None else at:.3f}",
-        }
+        when = f"{time.time() if at is None else at:.3f}"
+        fields = self._event_fields(kind, peer, message_id, size, reason, when)
         stream_id = await self.redis.xadd(
             self.events_key, fields, maxlen=self.events_maxlen, approximate=True
         )

@@ -44,6 +44,14 @@ async def put(store: Store, peer: bytes, now: float = NOW, size: int = 1366, **k
     return result.message_id
 
 
+async def peek1(
+    store: Store, peer: bytes, now: float
+) -> tuple[StoredMessage | None, list[StoredMessage]]:
+    ready, expired = await store.peek(peer, now)
+    assert len(ready) <= 1
+    return (ready[0] if ready else None), expired
+
+
 async def assert_consistent(store: Store) -> None:
     assert await store.audit() == []
 
@@ -58,7 +66,7 @@ async def test_fifo_peek_remove(store: Store) -> None:
     ids = [first.message_id] + [await put(store, peer, NOW + i) for i in range(1, 4)]
     assert ids == sorted(ids), "ids sort by received time"
 
-    head, expired = await store.peek(peer, NOW + 5)
+    head, expired = await peek1(store, peer, NOW + 5)
     assert expired == []
     assert head is not None
     assert head == first.message
@@ -68,7 +76,7 @@ async def test_fifo_peek_remove(store: Store) -> None:
 
     delivered = []
     while True:
-        head, _ = await store.peek(peer, NOW + 5)
+        head, _ = await peek1(store, peer, NOW + 5)
         if head is None:
             break
         assert await store.remove(head)
@@ -79,11 +87,27 @@ async def test_fifo_peek_remove(store: Store) -> None:
     await assert_consistent(store)
 
 
+async def test_peek_a_batch_skips_and_removes_expired(store: Store) -> None:
+    peer = pubkey()
+    ids = [await put(store, peer, NOW + i, ttl=5.0 if i % 2 else 100.0) for i in range(9)]
+    ready, expired = await store.peek(peer, NOW + 50, limit=3)
+    assert [m.id for m in ready] == [ids[0], ids[2], ids[4]]
+    assert [m.id for m in expired] == [ids[1], ids[3]]
+    assert [m.id for m in await store.messages(peer)] == [ids[i] for i in (0, 2, 4, 5, 6, 7, 8)]
+    ready, expired = await store.peek(peer, NOW + 50, limit=100)
+    assert [m.id for m in ready] == [ids[i] for i in (0, 2, 4, 6, 8)]
+    assert [m.id for m in expired] == [ids[5], ids[7]]
+    for m in ready:
+        assert await store.remove(m)
+    assert await store.peek(peer, NOW + 50, limit=10) == ([], [])
+    await assert_consistent(store)
+
+
 async def test_peek_leaves_message_until_removed(store: Store) -> None:
     peer = pubkey()
     msg_id = await put(store, peer)
     for _ in range(2):
-        head, _ = await store.peek(peer, NOW)
+        head, _ = await peek1(store, peer, NOW)
         assert head is not None
         assert head.id == msg_id
     assert head is not None
@@ -95,15 +119,15 @@ async def test_expired_never_delivered_and_reported(store: Store) -> None:
     peer = pubkey()
     old = await put(store, peer, NOW)
     new = await put(store, peer, NOW + 50)
-    head, expired = await store.peek(peer, NOW + 99.999)
+    head, expired = await peek1(store, peer, NOW + 99.999)
     assert head is not None
     assert head.id == old
     assert expired == []
-    head, expired = await store.peek(peer, NOW + 100)
+    head, expired = await peek1(store, peer, NOW + 100)
     assert [m.id for m in expired] == [old]
     assert head is not None
     assert head.id == new
-    head, expired = await store.peek(peer, NOW + 1000)
+    head, expired = await peek1(store, peer, NOW + 1000)
     assert head is None
     assert [m.id for m in expired] == [new]
     assert await store.peers_with_mail() == []
@@ -114,11 +138,11 @@ async def test_shorter_ttl_behind_longer_is_not_delivered(store: Store) -> None:
     peer = pubkey()
     long_id = await put(store, peer, NOW, ttl=1000.0)
     short_id = await put(store, peer, NOW + 1, ttl=10.0)
-    head, _ = await store.peek(peer, NOW + 20)
+    head, _ = await peek1(store, peer, NOW + 20)
     assert head is not None
     assert head.id == long_id
     assert await store.remove(head)
-    head, expired = await store.peek(peer, NOW + 20)
+    head, expired = await peek1(store, peer, NOW + 20)
     assert head is None
     assert [m.id for m in expired] == [short_id]
 
@@ -207,7 +231,7 @@ async def test_total_cap_rejects_new_message(redis_client: aioredis.Redis) -> No
     assert await store.stats() == before
     assert await store.messages(peers[3]) == []
     # room comes back once something is delivered
-    head, _ = await store.peek(peers[0], NOW)
+    head, _ = await peek1(store, peers[0], NOW)
     assert head is not None
     assert await store.remove(head)
     await put(store, peers[3])
@@ -250,7 +274,7 @@ async def test_remove_by_id_when_head_changed(store: Store) -> None:
     assert await store.remove(msgs[2])
     assert [m.id for m in await store.messages(peer)] == [ids[0], ids[1], ids[3], ids[4]]
     assert await store.purge(peer, ids[0]) == 1
-    head, _ = await store.peek(peer, NOW)
+    head, _ = await peek1(store, peer, NOW)
     assert head is not None
     assert head.id == ids[1]
     assert not await store.remove(msgs[0]), "purged meanwhile"
@@ -287,7 +311,7 @@ async def test_concurrent_puts_and_removes(store: Store) -> None:
     async def consumer(peer: bytes, n: int) -> int:
         removed = 0
         for _ in range(n):
-            head, _ = await store2.peek(peer, NOW)
+            head, _ = await peek1(store2, peer, NOW)
             if head is not None and await store2.remove(head):
                 removed += 1
             await asyncio.sleep(0)
