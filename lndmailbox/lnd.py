@@ -281,7 +281,7 @@ def _split_host_port(text: str, what: str) -> tuple[str, int]:
 def _b64url(text: str, what: str) -> bytes:
     cleaned = text.strip().replace("+", "-").replace("/", "_").rstrip("=")
     try:
-        return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as e:
         raise ConfigError(f"lndconnect: {what} is not base64url: {e}") from e
 
