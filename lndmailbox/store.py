@@ -38,7 +38,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -509,7 +509,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+def _redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """Turns redis-py's exceptions into the store's (always chained with ``from``)."""
 
     @functools.wraps(fn)

