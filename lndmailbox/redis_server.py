@@ -55,16 +55,22 @@ class RedisServer:
         *,
         port: int | None = None,
         persist: bool = False,
+        unix_socket: Path | None = None,
         binary: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
+        self.unix_socket = unix_socket
+        # With a unix socket only (the daemon's embedded mode) no TCP port is opened.
+        self.port = 0 if unix_socket and port is None else (port or free_port())
         self.persist = persist
         self.binary = binary or find_server_binary()
         self._process: subprocess.Popen[bytes] | None = None
+        self._adopted = False
 
     @property
     def url(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix://{self.unix_socket}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -80,6 +86,8 @@ class RedisServer:
             f"logfile {self.log_path}",
             "protected-mode yes",
         ]
+        if self.unix_socket is not None:
+            lines += [f"unixsocket {self.unix_socket}", "unixsocketperm 700"]
         if self.persist:
             lines += ["appendonly yes", "appendfsync everysec", 'save ""']
         else:
@@ -87,6 +95,14 @@ class RedisServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> None:
+        """Starts the server; on a unix socket, adopts one already serving it.
+
+        A daemon killed outright leaves its embedded server running (it has a session
+        of its own); the next daemon takes it over rather than failing on the socket.
+        """
+        if self.unix_socket is not None and self._answers_ping():
+            self._adopted = True
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "redis.conf"
         config.write_text(self._config())
@@ -111,13 +127,23 @@ class RedisServer:
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+            if self.unix_socket is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(0.5)
+                sock.connect(str(self.unix_socket))
+            else:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+            with sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
 
     def stop(self) -> None:
+        if self._adopted:
+            self._adopted = False
+            self._send_shutdown()
+            return
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -128,6 +154,17 @@ class RedisServer:
             process.kill()
             process.wait()
 
+    def _send_shutdown(self) -> None:
+        assert self.unix_socket is not None
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(self.unix_socket))
+                sock.sendall(b"SHUTDOWN\r\n")
+                sock.recv(64)
+        except OSError:
+            pass
+
     def kill(self) -> None:
         """Stops the server without letting it save: a crash, for tests."""
         process, self._process = self._process, None
@@ -137,7 +174,7 @@ class RedisServer:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._adopted or (self._process is not None and self._process.poll() is None)
 
     def __enter__(self) -> RedisServer:
         self.start()

@@ -1,0 +1,185 @@
+"""The deliverer: drains a returning peer's mail, oldest first, through lnd.
+
+Rules that hold:
+
+- A message leaves Redis only after lnd accepted it. If the daemon dies between lnd's
+  answer and the removal, the message is sent again after restart: a duplicate, never a
+  loss.
+- If lnd says the peer is not connected, delivery to that peer stops and the rest waits
+  for its next PEER_ONLINE.
+- One drain per peer at a time, so a peer's messages go out in order; a drain asked for
+  while one runs makes that one go round again, so nothing stored meanwhile is missed.
+- One slow or flapping peer holds up nobody else: every peer has its own task.
+- A message lnd refuses outright (not a connection problem) is tried ``max_attempts``
+  times, then dropped as ``rejected_by_lnd`` so it cannot block the queue behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from lndmailbox.clock import Clock
+from lndmailbox.errors import LndError, PeerOfflineError, StoreError, StoreUnavailableError
+from lndmailbox.peers import PeerTracker
+from lndmailbox.report import Reporter
+from lndmailbox.store import Store, StoredMessage
+
+log = logging.getLogger("lndmailbox.mailbox")
+
+Send = Callable[[bytes, bytes, bytes], Awaitable[None]]
+
+_BATCH = 32
+_MAX_BACKOFF = 10.0
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        send: Send,
+        peers: PeerTracker,
+        reporter: Reporter,
+        clock: Clock,
+        max_attempts: int = 5,
+    ) -> None:
+        self._store = store
+        self._send = send
+        self._peers = peers
+        self._reporter = reporter
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._running: dict[bytes, asyncio.Task[None]] = {}
+        self._again: set[bytes] = set()
+        self._stopping = False
+
+    def kick(self, peer: bytes) -> None:
+        """Drains ``peer``'s mail now if it is online (or goes round again if draining)."""
+        if self._stopping or not self._peers.is_online(peer):
+            return
+        if peer in self._running:
+            self._again.add(peer)
+            return
+        task = asyncio.create_task(self._drain_until_settled(peer), name=f"deliver-{peer.hex()}")
+        self._running[peer] = task
+        task.add_done_callback(lambda _: self._running.pop(peer, None))
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    async def close(self) -> None:
+        """Lets running drains finish the message in hand, then stops them."""
+        self._stopping = True
+        tasks = list(self._running.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=10.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _drain_until_settled(self, peer: bytes) -> None:
+        try:
+            while True:
+                self._again.discard(peer)
+                await self._drain(peer)
+                if peer not in self._again or self._stopping:
+                    return
+        except Exception:
+            log.exception("delivery to %s failed unexpectedly; will retry on next kick", peer.hex())
+
+    async def _drain(self, peer: bytes) -> None:
+        backoff = 0.2
+        while not self._stopping and self._peers.is_online(peer):
+            try:
+                batch = await self._next_batch(peer)
+            except StoreUnavailableError as e:
+                log.warning("delivery to %s paused, Redis unreachable: %s", peer.hex(), e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            if not batch:
+                return
+            backoff = 0.2
+            if not await self._send_batch(peer, batch):
+                return
+
+    async def _next_batch(self, peer: bytes) -> list[StoredMessage]:
+        ready, expired = await self._store.peek(peer, self._clock.now(), limit=_BATCH)
+        for message in expired:
+            self._reporter.expired(peer, message.id, message.size)
+        return ready
+
+    async def _send_batch(self, peer: bytes, batch: list[StoredMessage]) -> bool:
+        """Sends in order; removals overlap the next send. False: stop draining for now."""
+        removals: list[asyncio.Task[None]] = []
+        try:
+            for message in batch:
+                if self._stopping:
+                    return False
+                if message.expires_at <= self._clock.now():
+                    # Expired while the batch was in hand: the next peek removes and counts it.
+                    continue
+                outcome = await self._send_one(peer, message)
+                if outcome == "sent":
+                    removals.append(asyncio.create_task(self._remove_delivered(message)))
+                elif outcome == "stop":
+                    return False
+            return True
+        finally:
+            if removals:
+                await asyncio.gather(*removals)
+
+    async def _send_one(self, peer: bytes, message: StoredMessage) -> str:
+        try:
+            await self._send(peer, message.path_key, message.onion)
+        except PeerOfflineError:
+            self._peers.mark(peer, online=False)
+            return "stop"
+        except LndError as e:
+            if e.retryable:
+                log.warning("delivery to %s paused: %s", peer.hex(), e)
+                return "stop"
+            await self._refused(peer, message, e)
+            return "refused"
+        return "sent"
+
+    async def _refused(self, peer: bytes, message: StoredMessage, error: LndError) -> None:
+        log.warning("lnd refused message %s for %s: %s", message.id, peer.hex(), error)
+        try:
+            if message.attempts + 1 >= self._max_attempts:
+                if await self._store.remove(message):
+                    self._reporter.dropped(
+                        "rejected_by_lnd",
+                        sender=message.sender,
+                        peer=peer,
+                        size=message.size,
+                        message_id=message.id,
+                    )
+            else:
+                await self._store.record_attempt(message)
+        except StoreError as e:
+            log.warning("could not record a refused delivery of %s: %s", message.id, e)
+
+    async def _remove_delivered(self, message: StoredMessage) -> None:
+        """lnd accepted ``message``: take it out of Redis, retrying until Redis answers."""
+        now = self._clock.now()
+        self._reporter.delivered(
+            message.peer, message.id, message.size, now - message.received_at, now
+        )
+        backoff = 0.1
+        while True:
+            try:
+                await self._store.remove(message)
+                return
+            except StoreUnavailableError:
+                if self._stopping:
+                    log.warning(
+                        "message %s delivered but still in Redis: it will be sent again",
+                        message.id,
+                    )
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)

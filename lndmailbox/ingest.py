@@ -1,0 +1,225 @@
+"""Ingest: peel each incoming onion message once and decide what becomes of it.
+
+The rules, in order, for a message that arrived from ``sender``:
+
+1. It must peel (one layer, ECDH through lnd's signer). If not: drop, reason from the
+   typed :class:`~lndmailbox.errors.OnionError`.
+2. If we are its final hop: not the mailbox's business (drop ``final_hop``).
+3. The next hop is named by node id, or by short_channel_id resolved through lnd's
+   channels and aliases (unknown: drop ``unknown_scid``). A next hop equal to the sender
+   (``loopback``) or to our own node (``next_hop_is_self``) is dropped.
+4. Next hop online: the custom transport sends it now; the native transport leaves it to
+   lnd, which forwards it itself, and remembers it for the race window (below).
+5. Next hop offline: stored if the peer is allowed (the allowlist in Redis, or with
+   ``allow_channel_peers`` any channel peer), else dropped ``not_allowed``.
+
+The native transport's race: lnd publishes a message whether or not its own forward
+worked, and our view of who is online can lag lnd's. So messages left to lnd are kept in
+memory for ``race_window`` seconds; if their next hop's PEER_OFFLINE arrives inside that
+window, they are stored after all. A duplicate is better than a loss; both are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from lndmailbox.clock import Clock
+from lndmailbox.errors import LndError, OnionError, PeerOfflineError
+from lndmailbox.lnd import IncomingOnionMessage, Transport
+from lndmailbox.metrics import Metrics
+from lndmailbox.peers import ChannelMap, PeerTracker
+from lndmailbox.report import Reporter
+from lndmailbox.sphinx import Forward, NodeKey, peel
+
+log = logging.getLogger("lndmailbox.mailbox")
+
+Send = Callable[[bytes, bytes, bytes], Awaitable[None]]
+"""Hands (peer, path_key, onion) to lnd; raises PeerOfflineError or another LndError."""
+
+IsAllowed = Callable[[bytes], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """A message on its way to ``peer``: what the next hop must receive."""
+
+    peer: bytes
+    sender: bytes
+    path_key: bytes
+    onion: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.path_key) + len(self.onion)
+
+
+class RaceGuard:
+    """Messages left to lnd in the last ``window`` seconds, per next hop (native only)."""
+
+    def __init__(self, clock: Clock, window: float, *, per_peer: int = 256) -> None:
+        self._clock = clock
+        self._window = window
+        self._per_peer = per_peer
+        self._recent: dict[bytes, deque[tuple[float, Parcel]]] = {}
+
+    def remember(self, parcel: Parcel) -> None:
+        if self._window <= 0:
+            return
+        queue = self._recent.setdefault(parcel.peer, deque(maxlen=self._per_peer))
+        queue.append((self._clock.monotonic(), parcel))
+        self._forget_old(parcel.peer)
+
+    def take(self, peer: bytes, offline_since: float) -> list[Parcel]:
+        """Parcels for ``peer`` left to lnd no earlier than ``window`` before it went offline."""
+        queue = self._recent.pop(peer, None)
+        if not queue:
+            return []
+        return [parcel for at, parcel in queue if at >= offline_since - self._window]
+
+    def _forget_old(self, peer: bytes) -> None:
+        queue = self._recent[peer]
+        horizon = self._clock.monotonic() - self._window
+        while queue and queue[0][0] < horizon:
+            queue.popleft()
+
+    def prune(self) -> None:
+        for peer in list(self._recent):
+            self._forget_old(peer)
+            if not self._recent[peer]:
+                del self._recent[peer]
+
+
+class Ingest:
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        node_key: NodeKey,
+        transport: Transport,
+        peers: PeerTracker,
+        channels: ChannelMap,
+        is_allowed: IsAllowed,
+        send: Send,
+        keep: Callable[[Parcel], None],
+        race: RaceGuard,
+        reporter: Reporter,
+        metrics: Metrics,
+    ) -> None:
+        self._node_id = node_id
+        self._node_key = node_key
+        self._transport = transport
+        self._peers = peers
+        self._channels = channels
+        self._is_allowed = is_allowed
+        self._send = send
+        self._keep = keep
+        self._race = race
+        self._reporter = reporter
+        self._metrics = metrics
+
+    async def handle(self, message: IncomingOnionMessage) -> None:
+        """Decides one incoming message. Never raises for anything a peer can send."""
+        sender = message.peer
+        self._reporter.received(sender, len(message.path_key) + len(message.onion))
+        started = time.perf_counter()
+        try:
+            result = await peel(message.path_key, message.onion, self._node_key)
+        except OnionError as e:
+            self._reporter.dropped(e.reason, sender=sender)
+            return
+        except LndError as e:
+            # Our signer failed us, not the peer: the message is lost to us, say so loudly.
+            log.error("ECDH through lnd failed (%s); message from %s dropped", e, sender.hex())
+            self._reporter.dropped("signer_unavailable", sender=sender)
+            return
+        finally:
+            self._metrics.peel_seconds.observe(time.perf_counter() - started)
+        if not isinstance(result, Forward):
+            self._reporter.dropped("final_hop", sender=sender)
+            return
+        peer = await self._next_hop(result, sender)
+        if peer is None:
+            return
+        parcel = Parcel(peer, sender, result.next_path_key, result.next_onion)
+        if self._peers.is_online(peer):
+            await self._hand_to_online_peer(parcel)
+        else:
+            await self._keep_if_allowed(parcel)
+
+    async def _next_hop(self, forward: Forward, sender: bytes) -> bytes | None:
+        peer = forward.next_node_id
+        if peer is None:
+            assert forward.short_channel_id is not None
+            try:
+                peer = await self._channels.peer_for(forward.short_channel_id)
+            except LndError as e:
+                log.warning("could not list lnd's channels: %s", e)
+                peer = None
+            if peer is None:
+                self._reporter.dropped("unknown_scid", sender=sender)
+                return None
+        if peer == sender:
+            self._reporter.dropped("loopback", sender=sender, peer=peer)
+            return None
+        if peer == self._node_id:
+            self._reporter.dropped("next_hop_is_self", sender=sender, peer=peer)
+            return None
+        return peer
+
+    async def _hand_to_online_peer(self, parcel: Parcel) -> None:
+        if self._transport is Transport.NATIVE:
+            self._race.remember(parcel)
+            self._reporter.left_to_lnd(parcel.sender, parcel.peer, parcel.size)
+            return
+        try:
+            await self._send(parcel.peer, parcel.path_key, parcel.onion)
+        except PeerOfflineError:
+            self._peers.mark(parcel.peer, online=False)
+            await self._keep_if_allowed(parcel)
+            return
+        except LndError as e:
+            log.warning("forward to %s failed: %s", parcel.peer.hex(), e)
+            await self._keep_if_allowed(parcel)
+            return
+        self._reporter.forwarded(parcel.sender, parcel.peer, parcel.size)
+
+    async def _keep_if_allowed(self, parcel: Parcel) -> None:
+        if not await self._is_allowed(parcel.peer):
+            self._reporter.dropped(
+                "not_allowed", sender=parcel.sender, peer=parcel.peer, size=parcel.size
+            )
+            return
+        self._keep(parcel)
+
+    async def peer_went_offline(self, peer: bytes) -> None:
+        """Native transport: store what was left to lnd for ``peer`` just before it left."""
+        offline_since = self._peers.offline_since(peer)
+        if offline_since is None:
+            return
+        for parcel in self._race.take(peer, offline_since):
+            await self._keep_if_allowed(parcel)
+
+
+async def run_workers(
+    ingest: Ingest, queue: asyncio.Queue[IncomingOnionMessage], workers: int
+) -> None:
+    """Peels with ``workers`` messages in flight: the ECDHs are round trips to lnd."""
+
+    async def work() -> None:
+        while True:
+            message = await queue.get()
+            try:
+                await ingest.handle(message)
+            except Exception:
+                log.exception("unexpected error while handling a message; it was dropped")
+            finally:
+                queue.task_done()
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(workers):
+            group.create_task(work())

@@ -1,0 +1,60 @@
+"""Who the mailbox keeps mail for: never arbitrary nodes.
+
+A peer is allowed when it is on the allowlist kept in Redis (``mailboxctl allow add``),
+or, with ``allow_channel_peers``, when it has a channel with the node. The allowlist is
+read from Redis at most every ``refresh`` seconds, and the last copy read is used while
+Redis is unreachable, so ingest neither waits on Redis per message nor stops when it is
+down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lndmailbox.clock import Clock
+from lndmailbox.errors import LndError, StoreError
+from lndmailbox.peers import ChannelMap
+from lndmailbox.store import Store
+
+log = logging.getLogger("lndmailbox.mailbox")
+
+
+class Policy:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        channels: ChannelMap,
+        clock: Clock,
+        allow_channel_peers: bool,
+        refresh: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._channels = channels
+        self._clock = clock
+        self._allow_channel_peers = allow_channel_peers
+        self._refresh = refresh
+        self._allowlist: frozenset[bytes] = frozenset()
+        self._read_at: float | None = None
+
+    async def is_allowed(self, peer: bytes) -> bool:
+        if peer in self._allowlist:
+            return True
+        if self._read_at is None or self._clock.monotonic() - self._read_at >= self._refresh:
+            await self._reload()
+            if peer in self._allowlist:
+                return True
+        if not self._allow_channel_peers:
+            return False
+        try:
+            return await self._channels.has_channel(peer)
+        except LndError as e:
+            log.warning("could not list lnd's channels to check a peer: %s", e)
+            return False
+
+    async def _reload(self) -> None:
+        self._read_at = self._clock.monotonic()
+        try:
+            self._allowlist = frozenset(await self._store.allowlist())
+        except StoreError as e:
+            log.warning("could not read the allowlist, using the last copy: %s", e)

@@ -1,0 +1,209 @@
+"""Where every outcome of every message is told: metrics, the log, Redis and the webhook.
+
+The daemon calls one :class:`Reporter` method per outcome. Each call updates the
+Prometheus metrics and writes one decision line at once; the Redis side (the counters
+``mailboxctl status`` shows and the event stream integrators read) is queued and written
+by :meth:`Reporter.run` in batches, so that a slow or unreachable Redis never holds up
+ingest or delivery. Notifications (stored, delivered) go to the webhook, which never
+blocks either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from lndmailbox.errors import StoreError
+from lndmailbox.logs import decision
+from lndmailbox.metrics import Metrics
+from lndmailbox.notify import Notifier
+from lndmailbox.store import Store
+
+log = logging.getLogger("lndmailbox.mailbox")
+
+_JOURNAL_LIMIT = 100_000
+_FLUSH_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class _Event:
+    kind: str
+    peer: bytes
+    message_id: str
+    size: int
+    reason: str
+
+
+class Reporter:
+    def __init__(
+        self,
+        *,
+        node: bytes,
+        metrics: Metrics,
+        store: Store,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._node_hex = node.hex()
+        self._metrics = metrics
+        self._store = store
+        self._notifier = notifier
+        self._counters: Counter[str] = Counter()
+        self._events: deque[_Event] = deque()
+        self._events_lost = 0
+        self._wakeup = asyncio.Event()
+
+    # Outcomes, one method each.
+
+    def received(self, sender: bytes, size: int) -> None:
+        self._metrics.received.inc()
+        self._count("received")
+        decision(log, "received", sender=sender, size=size, level=logging.DEBUG)
+
+    def forwarded(self, sender: bytes, peer: bytes, size: int) -> None:
+        self._metrics.forwarded.inc()
+        self._count("forwarded")
+        decision(log, "forwarded", peer=peer, sender=sender, size=size)
+
+    def left_to_lnd(self, sender: bytes, peer: bytes, size: int) -> None:
+        self._count("left_to_lnd")
+        decision(log, "left_to_lnd", peer=peer, sender=sender, size=size, level=logging.DEBUG)
+
+    def stored(
+        self, peer: bytes, message_id: str, size: int, sender: bytes, expires_at: float, at: float
+    ) -> None:
+        self._metrics.stored.inc()
+        self._journal("stored", peer, message_id, size, "")
+        decision(log, "stored", peer=peer, sender=sender, id=message_id, size=size)
+        self._notify("stored", peer, message_id, size, at, expires_at=expires_at)
+
+    def rescued(self, peer: bytes, message_id: str, size: int) -> None:
+        """A message left to lnd was stored after all: its next hop went offline meanwhile."""
+        self._count("rescued")
+        decision(log, "rescued", peer=peer, id=message_id, size=size)
+
+    def duplicate(self, peer: bytes, message_id: str, size: int) -> None:
+        self._metrics.duplicate.inc()
+        self._journal("duplicate", peer, message_id, size, "")
+        decision(log, "duplicate", peer=peer, id=message_id, size=size)
+
+    def evicted(self, peer: bytes, message_id: str) -> None:
+        self._metrics.evicted.inc()
+        self._journal("evicted", peer, message_id, 0, "peer_cap")
+        decision(log, "evicted", peer=peer, id=message_id, reason="peer_cap")
+
+    def delivered(self, peer: bytes, message_id: str, size: int, delay: float, at: float) -> None:
+        self._metrics.delivered.inc()
+        self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
+        self._journal("delivered", peer, message_id, size, "")
+        decision(log, "delivered", peer=peer, id=message_id, size=size, delay=round(delay, 3))
+        self._notify("delivered", peer, message_id, size, at)
+
+    def expired(self, peer: bytes, message_id: str, size: int) -> None:
+        self._metrics.expired.inc()
+        self._journal("expired", peer, message_id, size, "ttl")
+        decision(log, "expired", peer=peer, id=message_id, size=size)
+
+    def dropped(
+        self,
+        reason: str,
+        *,
+        sender: bytes | None,
+        peer: bytes | None = None,
+        size: int = 0,
+        message_id: str = "",
+    ) -> None:
+        self._metrics.dropped.labels(reason=reason).inc()
+        self._journal("dropped", peer or b"", message_id, size, reason)
+        decision(log, "dropped", peer=peer, sender=sender, id=message_id or None, reason=reason)
+
+    def lost(self, peer: bytes, size: int, reason: str) -> None:
+        """A message we meant to keep and could not: the one outcome that must stay at zero."""
+        self._metrics.lost.inc()
+        self._journal("lost", peer, "", size, reason)
+        decision(log, "lost", peer=peer, size=size, reason=reason, level=logging.ERROR)
+
+    # The Redis side, written in batches.
+
+    def _count(self, name: str) -> None:
+        self._counters[name] += 1
+        self._wakeup.set()
+
+    def _journal(
+        self,
+        kind: str,
+        peer: bytes,
+        message_id: str,
+        size: int,
+        reason: str,
+    ) -> None:
+        self._counters[f"{kind}:{reason}" if kind == "dropped" else kind] += 1
+        if len(self._events) >= _JOURNAL_LIMIT:
+            self._events_lost += 1
+        else:
+            self._events.append(_Event(kind, peer, message_id, size, reason))
+        self._wakeup.set()
+
+    def _notify(
+        self,
+        kind: str,
+        peer: bytes,
+        message_id: str,
+        size: int,
+        at: float,
+        *,
+        expires_at: float | None = None,
+    ) -> None:
+        if self._notifier is None:
+            return
+        event: dict[str, object] = {
+            "event": kind,
+            "node": self._node_hex,
+            "peer": peer.hex(),
+            "message_id": message_id,
+            "size": size,
+            "at": at,
+        }
+        if expires_at is not None:
+            event["expires_at"] = expires_at
+        self._notifier.submit(event)
+
+    async def flush(self) -> None:
+        """Writes what is queued to Redis; keeps it queued when Redis is unreachable."""
+        counters, self._counters = self._counters, Counter()
+        events = list(self._events)
+        try:
+            await self._store.record(
+                counters=dict(counters),
+                events=[(e.kind, e.peer, e.message_id, e.size, e.reason) for e in events],
+            )
+        except StoreError:
+            self._counters.update(counters)
+            raise
+        for _ in events:
+            self._events.popleft()
+        if self._events_lost:
+            log.warning("event stream fell behind: %d events not published", self._events_lost)
+            self._events_lost = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flushes until ``stop`` is set, then once more."""
+        backoff = _FLUSH_INTERVAL
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self._wakeup.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            self._wakeup.clear()
+            try:
+                await self.flush()
+                backoff = _FLUSH_INTERVAL
+            except StoreError:
+                backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff)
+        try:
+            await self.flush()
+        except StoreError:
+            log.warning("could not write the last counters and events to Redis at shutdown")

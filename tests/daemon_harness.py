@@ -1,0 +1,148 @@
+"""A running mailbox daemon against simnet and a real Redis, for end-to-end tests.
+
+The daemon runs in-process through :func:`lndmailbox.daemon.run`, the same code path as
+the ``lndmailbox`` command, connected to simnet over TLS gRPC with a macaroon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lndmailbox.config import Settings
+from lndmailbox.daemon import run
+from lndmailbox.simnet import Personality, SimNode, SimPeer
+from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
+from lndmailbox.store import Store, StoredMessage
+from lndmailbox.wire import OnionMessage, scid
+
+PAYLOAD_TYPE = 65
+BOB_SCID = scid(800_000, 7, 1)
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float = 10.0,
+    what: str = "condition",
+) -> None:
+    """Polls ``condition`` until it holds; fails the test with ``what`` after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class World:
+    """simnet's LSP node with alice (sender, online) and bob (recipient), plus the daemon."""
+
+    node: SimNode
+    alice: SimPeer
+    bob: SimPeer
+    store: Store
+    settings: Settings
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+    async def start_daemon(self, **changes: object) -> None:
+        if changes:
+            self.settings = replace(self.settings, **changes)  # type: ignore[arg-type]
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(run(self.settings, stop=self.stop))
+        await wait_until(self._daemon_ready, what="the daemon to follow lnd's streams")
+
+    async def _daemon_ready(self) -> bool:
+        if self.task is not None and self.task.done():
+            self.task.result()
+        streams = (
+            "onion_messages" if self.node.personality is Personality.LND_0_21 else "custom_messages"
+        )
+        return (
+            self.node.subscriber_count("peer_events") >= 1
+            and self.node.subscriber_count(streams) >= 1
+            and await self.store.lock_owner() is not None
+        )
+
+    async def stop_daemon(self) -> None:
+        if self.task is None:
+            return
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+        self.task = None
+
+    def message_for_bob(
+        self, text: bytes, *, by_scid: bool = False, override: bool = False
+    ) -> OnionMessage:
+        """alice -> LSP -> bob, bob's hop named by node id or by channel id."""
+        lsp_hop = BlindedHopSpec(
+            self.node.pubkey,
+            short_channel_id=BOB_SCID if by_scid else None,
+            next_node_id=None if by_scid else self.bob.pubkey,
+        )
+        if override:
+            # The LSP hop hands bob a path key of a second blinded path that starts at bob.
+            from lndmailbox.sphinx import create_blinded_path, random_secret
+
+            second_secret = random_secret()
+            second = create_blinded_path([BlindedHopSpec(self.bob.pubkey)], second_secret)
+            lsp_hop = replace(lsp_hop, override_secret=second_secret)
+            del second
+        first, message = message_via([lsp_hop, self.bob.pubkey], {PAYLOAD_TYPE: text})
+        assert first == self.node.pubkey
+        return message
+
+    async def stored_for(self, peer: SimPeer) -> list[StoredMessage]:
+        return await self.store.messages(peer.pubkey)
+
+    async def payloads_received(self, peer: SimPeer) -> list[bytes]:
+        """What ``peer`` got, peeled with its own key."""
+        texts = []
+        for message in peer.received:
+            result = await peer.peel(message)
+            assert isinstance(result, Receive), result
+            texts.append(result.payload[PAYLOAD_TYPE])
+        return texts
+
+
+@contextlib.asynccontextmanager
+async def world(
+    personality: Personality, redis_url: str, tmp_path: Path, **settings: object
+) -> AsyncIterator[World]:
+    node = SimNode(personality, onion_msg_relay_all=False)
+    await node.start()
+    alice = node.add_peer("alice")
+    bob = node.add_peer("bob")
+    node.open_channel(alice, scid(800_000, 3, 0))
+    node.open_channel(bob, BOB_SCID, alias_scids=[scid(16_000_000, 0, 1)])
+    alice.connect()
+    cert, macaroon = node.write_credentials(tmp_path / "lnd")
+    config = Settings(
+        rpcserver=node.target,
+        tlscertpath=cert,
+        macaroonpath=macaroon,
+        network="regtest",
+        redis_url=redis_url,
+        datadir=tmp_path / "mailbox",
+        allow_channel_peers=True,
+        race_window=2.0,
+        sweep_interval=0.2,
+        **settings,  # type: ignore[arg-type]
+    )
+    store = Store.from_url(redis_url, node.pubkey)
+    w = World(node, alice, bob, store, config, asyncio.Event())
+    try:
+        yield w
+    finally:
+        await w.stop_daemon()
+        await store.aclose()
+        await node.stop()
