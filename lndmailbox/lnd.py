@@ -70,7 +70,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential_jitter,
 )
 
 from lndmailbox.errors import (
@@ -655,11 +654,7 @@ class LndClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception(worth_retrying),
             stop=stop_after_delay(self._retry_for),
-            wait=wait_exponential_jitter(
-                initial=self._backoff.initial,
-                max=self._backoff.maximum,
-                jitter=self._backoff.initial,
-            ),
+            wait=lambda state: self._backoff.delay(state.attempt_number),
             before_sleep=before_sleep,
             reraise=True,
         )

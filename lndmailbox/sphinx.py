@@ -122,6 +122,7 @@ __all__ = [
     "build_packet",
     "create_blinded_path",
     "decrypt_recipient_data",
+    "final_payload_room",
     "message_via",
     "next_path_key",
     "open_packet",
@@ -671,30 +672,13 @@ def build_onion_message(
     ``session_key``) and the last one joins ``path`` through ``next_path_key_override``.
     Returns ``(node id of the peer to send to, message)``.
     """
-    if len(path.first_node_id) != POINT_LEN:
-        raise ValueError("the path's first_node_id must be a node id, not a channel")
     if TLV_ENCRYPTED_RECIPIENT_DATA in payload or (
         reply_path is not None and TLV_REPLY_PATH in payload
     ):
         raise ValueError("payload must not hold encrypted_recipient_data or a second reply_path")
-    hops = list(path.hops)
-    first_hop, path_key = path.first_node_id, path.first_path_key
-    if intro_hops:
-        specs = [BlindedHopSpec(node, next_node_id=after) for node, after in pairwise(intro_hops)]
-        specs.append(
-            BlindedHopSpec(
-                intro_hops[-1],
-                next_node_id=path.first_node_id,
-                next_path_key_override=path.first_path_key,
-            )
-        )
-        if intro_path_key is None:
-            intro_path_key = _derived_secret(b"intro_path_key", session_key)
-        prefix = create_blinded_path(specs, intro_path_key)
-        hops = list(prefix.hops) + hops
-        first_hop, path_key = intro_hops[0], prefix.first_path_key
-    if not hops:
-        raise ValueError("the blinded path has no hops")
+    if intro_hops and intro_path_key is None:
+        intro_path_key = _derived_secret(b"intro_path_key", session_key)
+    first_hop, path_key, hops = _joined_hops(path, intro_hops, intro_path_key)
     final: dict[int, bytes] = dict(payload)
     if reply_path is not None:
         final[TLV_REPLY_PATH] = reply_path.encode()
@@ -712,6 +696,53 @@ def build_onion_message(
     return first_hop, OnionMessage(
         path_key, build_packet(frames, session_key, packet_size=packet_size)
     )
+
+
+def _joined_hops(
+    path: BlindedPath, intro_hops: Sequence[bytes], intro_path_key: bytes | None
+) -> tuple[bytes, bytes, list[BlindedHop]]:
+    """(first peer, path key to send with, every blinded hop) of ``path`` after ``intro_hops``."""
+    if len(path.first_node_id) != POINT_LEN:
+        raise ValueError("the path's first_node_id must be a node id, not a channel")
+    if not path.hops:
+        raise ValueError("the blinded path has no hops")
+    if not intro_hops:
+        return path.first_node_id, path.first_path_key, list(path.hops)
+    specs = [BlindedHopSpec(node, next_node_id=after) for node, after in pairwise(intro_hops)]
+    specs.append(
+        BlindedHopSpec(
+            intro_hops[-1],
+            next_node_id=path.first_node_id,
+            next_path_key_override=path.first_path_key,
+        )
+    )
+    prefix = create_blinded_path(specs, intro_path_key or random_secret())
+    return intro_hops[0], prefix.first_path_key, [*prefix.hops, *path.hops]
+
+
+def final_payload_room(
+    path: BlindedPath,
+    *,
+    intro_hops: Sequence[bytes] = (),
+    packet_size: int = DEFAULT_PACKET_SIZE,
+) -> int:
+    """How many bytes of encoded final-hop records (payload TLVs, reply_path included) fit
+    in a ``packet_size`` message along ``path`` after ``intro_hops``.
+
+    Raises ValueError when not even an empty payload fits.
+    """
+    _, _, hops = _joined_hops(path, intro_hops, None)
+    free = packet_size - OVERHEAD
+    for hop in hops[:-1]:
+        size = len(encode_tlv_stream({TLV_ENCRYPTED_RECIPIENT_DATA: hop.encrypted_recipient_data}))
+        free -= len(encode_bigsize(size)) + size + HMAC_LEN
+    base = len(encode_tlv_stream({TLV_ENCRYPTED_RECIPIENT_DATA: hops[-1].encrypted_recipient_data}))
+    room = free - HMAC_LEN - base - 1
+    while room >= 0 and len(encode_bigsize(base + room)) + base + room + HMAC_LEN > free:
+        room -= 1
+    if room < 0:
+        raise ValueError(f"the path does not fit in a {packet_size}-byte packet")
+    return room
 
 
 def _derived_secret(label: bytes, secret: bytes) -> bytes:

@@ -26,11 +26,11 @@ BOB_SCID = scid(800_000, 7, 1)
 async def wait_until(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,
-    timeout: float = 10.0,
+    within: float = 10.0,
     what: str = "condition",
 ) -> None:
-    """Polls ``condition`` until it holds; fails the test with ``what`` after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    """Polls ``condition`` until it holds; fails the test with ``what`` after ``within`` s."""
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = condition()
         if not isinstance(result, bool):
@@ -38,7 +38,7 @@ async def wait_until(
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
