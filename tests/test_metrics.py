@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -159,3 +161,19 @@ def test_a_taken_port_is_an_oserror(metrics: Metrics) -> None:
         with pytest.raises(OSError, match="in use"):
             metrics.start_http_server("127.0.0.1", taken.getsockname()[1])
     assert metrics.address is None
+
+
+def test_docs_list_every_metric_with_its_labels() -> None:
+    """docs/metrics.md and the code name the same metrics, with the same labels."""
+    doc = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    documented = {
+        name: set(re.findall(r"`(\w+)`", labels))
+        for name, labels in re.findall(r"^\| `(lndmailbox_\w+)` \|([^|]*)\|", doc, re.M)
+    }
+    m = Metrics(drop_reasons=("not_allowed",))
+    m.observe_rpc("GetInfo", 0.01)  # so that labelled families have a sample to show labels
+    exported: dict[str, set[str]] = {}
+    for family in m.registry.collect():
+        name = family.name + "_total" if family.type == "counter" else family.name
+        exported[name] = {k for s in family.samples for k in s.labels if k != "le"}
+    assert documented == exported
