@@ -7,10 +7,12 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -373,3 +375,31 @@ def test_event_builders_follow_the_documented_schema() -> None:
     delivered = delivered_event(node=NODE, peer=PEER, message_id="m", size=1, at=2.0)
     assert set(delivered) == {"event", "node", "peer", "message_id", "size", "at"}
     assert json.loads(encode_event(stored)) == stored
+
+
+def test_docs_describe_the_payload_and_a_working_verifier() -> None:
+    """docs/notifications.md: the payload table matches the builders, its verifier works."""
+    doc = (Path(__file__).parents[1] / "docs" / "notifications.md").read_text()
+    webhook = doc.split("## The webhook", 1)[1]
+    table = set(re.findall(r"^\| `(\w+)` \| (?:string|integer|number) \|", webhook, re.M))
+    assert table == set(event()) | set(
+        delivered_event(node=NODE, peer=PEER, message_id="m", size=1, at=2.0)
+    )
+
+    (snippet,) = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", doc, re.S)
+        if "def verify_signature" in block
+    ]
+    namespace: dict[str, object] = {}
+    exec(snippet, namespace)
+    documented = namespace["verify_signature"]
+    assert callable(documented)
+    body = encode_event(event())
+    header = sign(SECRET, body)
+    assert documented(SECRET, body, header)
+    assert documented(SECRET, body, header.upper())
+    assert not documented(SECRET, body + b" ", header)
+    assert not documented(b"other", body, header)
+    assert not documented(SECRET, body, None)
+    assert not documented(SECRET, body, "sha256=\u00e9")
