@@ -240,6 +240,15 @@ def _parse_pubkey(data: bytes) -> bytes:
         raise ValueError("invalid public key: not on secp256k1 curve") from e
 
 
+def _parse_raw_key(data: bytes) -> bytes | None:
+    """signrpc's parseRawKeyBytes: 33 bytes parsed, none is None, any other length refused."""
+    if not data:
+        return None
+    if len(data) != 33:
+        raise ValueError("pubkey must be serialized in compressed format if specified")
+    return _parse_pubkey(data)
+
+
 def _ecdh(secret: bytes, point: bytes) -> bytes:
     """SHA256(compressed(secret * point)): lnd's keychain ECDH and BOLT 4's shared secret."""
     shared = coincurve.PublicKey(point).multiply(secret).format(compressed=True)
@@ -976,11 +985,7 @@ class SimNode:
 
     async def _derive_shared_key(self, request: Any) -> Any:
         try:
-            ephemeral = (
-                _parse_pubkey(bytes(request.ephemeral_pubkey))
-                if (request.ephemeral_pubkey)
-                else None
-            )
+            ephemeral = _parse_raw_key(bytes(request.ephemeral_pubkey))
         except ValueError as e:
             raise _unknown(f"error in ephemeral pubkey: {e}") from e
         if ephemeral is None:
@@ -991,23 +996,23 @@ class SimNode:
             raise _unknown("use either key_desc or key_loc")
         if has_desc and not request.key_desc.HasField("key_loc"):
             raise _unknown("when setting key_desc the field key_desc.key_loc must also be set")
-        raw_key = bytes(request.key_desc.raw_key_bytes) if has_desc else b""
+        family, index = KEY_FAMILY_NODE_KEY, 0
+        raw_key = b""
         if has_desc:
-            family, index = request.key_desc.key_loc.key_family, request.key_desc.key_loc.key_index
+            family = request.key_desc.key_loc.key_family
+            index = request.key_desc.key_loc.key_index
+            raw_key = bytes(request.key_desc.raw_key_bytes)
         elif has_loc:
             family, index = request.key_loc.key_family, request.key_loc.key_index
-        else:
-            family, index = KEY_FAMILY_NODE_KEY, 0
         if raw_key and index != 0:
             raise _unknown("use either raw_key_bytes or key_index")
-        if raw_key:
-            try:
-                raw_key = _parse_pubkey(raw_key)
-            except ValueError as e:
-                raise _unknown(f"error in raw pubkey: {e}") from e
+        try:
+            wanted = _parse_raw_key(raw_key)
+        except ValueError as e:
+            raise _unknown(f"error in raw pubkey: {e}") from e
         secret = self._derived_secret(family, index)
-        if raw_key and coincurve.PrivateKey(secret).public_key.format() != raw_key:
-            raise _unknown("unable to derive shared key: key not found in simnet wallet")
+        if wanted is not None and coincurve.PrivateKey(secret).public_key.format() != wanted:
+            raise _unknown("unable to derive shared key: simnet holds no such key")
         return signrpc.SharedKeyResponse(shared_key=_ecdh(secret, ephemeral))
 
     def _derived_secret(self, family: int, index: int) -> bytes:
