@@ -266,6 +266,11 @@ def decode_record(peer: bytes, data: bytes) -> StoredMessage:
 
 # --------------------------------------------------------------------------- Lua
 
+# The shebang makes Redis refuse a script before it starts when memory is over maxmemory
+# (rather than at its first write), and refuse it outright on Redis Cluster, where the
+# scripts' mix of one peer's keys and the node's keys would cross slots.
+_SHEBANG = "#!lua flags=no-cluster\n"
+
 # Every per-peer script gets KEYS = queue, dedup, mail, usage, counters and ARGV[1] = peer hex.
 # Record offsets below are Lua's 1-based positions of the layout in encode_record.
 _LUA_PRELUDE = """
@@ -314,6 +319,14 @@ local function account(dn, db)
     redis.call('HINCRBY', U, 'bytes', db)
   end
   if redis.call('EXISTS', Q) == 0 then
+    -- an empty queue owes nothing: what its fields still say was never booked right
+    -- (a hand-removed element), so the node totals drop it too
+    local pn = tonumber(redis.call('HGET', U, F_MSGS) or '0')
+    local pb = tonumber(redis.call('HGET', U, F_BYTES) or '0')
+    if pn ~= 0 or pb ~= 0 then
+      redis.call('HINCRBY', U, 'messages', -pn)
+      redis.call('HINCRBY', U, 'bytes', -pb)
+    end
     redis.call('HDEL', U, F_MSGS, F_BYTES)
     redis.call('ZREM', M, PEER)
     redis.call('DEL', D)
@@ -579,14 +592,14 @@ class Store:
         self.events_maxlen = events_maxlen
         self._owns_client = False
         self.prefix = f"lndmailbox:{node.hex()}:"
-        self._put = redis.register_script(_LUA_PRELUDE + _LUA_PUT)
-        self._peek = redis.register_script(_LUA_PRELUDE + _LUA_PEEK)
-        self._remove = redis.register_script(_LUA_PRELUDE + _LUA_REMOVE)
-        self._attempt = redis.register_script(_LUA_PRELUDE + _LUA_ATTEMPT)
-        self._sweep = redis.register_script(_LUA_PRELUDE + _LUA_SWEEP)
-        self._purge = redis.register_script(_LUA_PRELUDE + _LUA_PURGE)
-        self._renew = redis.register_script(_LUA_RENEW)
-        self._release = redis.register_script(_LUA_RELEASE)
+        self._put = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PUT)
+        self._peek = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PEEK)
+        self._remove = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_REMOVE)
+        self._attempt = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_ATTEMPT)
+        self._sweep = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_SWEEP)
+        self._purge = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PURGE)
+        self._renew = redis.register_script(_SHEBANG + _LUA_RENEW)
+        self._release = redis.register_script(_SHEBANG + _LUA_RELEASE)
 
     @classmethod
     def from_url(

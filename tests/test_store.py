@@ -384,3 +384,19 @@ async def test_unreadable_record_is_a_store_error(
     await redis_client.lset(store.queue_key(peer), 0, "\x09" + "x" * 200)
     with pytest.raises(StoreError, match="version 9"):
         await store.messages(peer)
+
+
+async def test_hand_removed_element_is_reconciled_when_the_queue_empties(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    peer, other = pubkey(), pubkey()
+    await put(store, peer)
+    await put(store, peer, NOW + 1)
+    await put(store, other)
+    # an operator's LREM behind the store's back
+    await redis_client.lpop(store.queue_key(peer))
+    assert await store.audit() != []
+    ready, _ = await store.peek(peer, NOW, limit=10)
+    assert await store.remove(ready[0])
+    await assert_consistent(store)
+    assert (await store.stats()).messages == 1
