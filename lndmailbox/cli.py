@@ -273,7 +273,10 @@ Handler = Callable[["Session", argparse.Namespace], Awaitable[int]]
 
 async def _run(handler: Handler, settings: Settings, args: argparse.Namespace) -> int:
     async with Session(settings, node=args.node) as session:
-        return await handler(session, args)
+        try:
+            return await handler(session, args)
+        except StoreUnavailableError as e:
+            raise StoreUnavailableError(session.redis_hint(e)) from e
 
 
 # --------------------------------------------------------------------------- session
