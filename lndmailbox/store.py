@@ -264,6 +264,13 @@ def decode_record(peer: bytes, data: bytes) -> StoredMessage:
     )
 
 
+def _record_times(header: bytes) -> tuple[float, float]:
+    """(received_at, expires_at) from the first 17 bytes of a record."""
+    if len(header) < 17 or header[0] != RECORD_VERSION:
+        raise StoreError(f"record header {header.hex()!r} is not one this store reads")
+    return int.from_bytes(header[1:7], "big") / 1000, int.from_bytes(header[11:17], "big") / 1000
+
+
 # --------------------------------------------------------------------------- Lua
 
 # The shebang makes Redis refuse a script before it starts when memory is over maxmemory
@@ -498,6 +505,22 @@ account(-1, -rec_size(r))
 return 1
 """
 
+# KEYS: usage, then one queue per peer; ARGV: the peers' hex. Read-only. Returns per peer
+# {messages, bytes, first 17 bytes of the oldest record, of the newest record}.
+_LUA_SUMMARIES = """#!lua flags=no-writes,no-cluster
+local out = {}
+for i, peer in ipairs(ARGV) do
+  local q = KEYS[i + 1]
+  local head = redis.call('LINDEX', q, 0) or ''
+  local tail = redis.call('LINDEX', q, -1) or ''
+  out[#out + 1] = redis.call('LLEN', q)
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], 'bytes:' .. peer) or '0')
+  out[#out + 1] = string.sub(head, 1, 17)
+  out[#out + 1] = string.sub(tail, 1, 17)
+end
+return out
+"""
+
 # KEYS: lock; ARGV: owner token, lease ms. Returns 1 if the owner still held it.
 _LUA_RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -598,6 +621,7 @@ class Store:
         self._attempt = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_ATTEMPT)
         self._sweep = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_SWEEP)
         self._purge = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PURGE)
+        self._summaries = redis.register_script(_LUA_SUMMARIES)
         self._renew = redis.register_script(_SHEBANG + _LUA_RENEW)
         self._release = redis.register_script(_SHEBANG + _LUA_RELEASE)
 
@@ -815,31 +839,31 @@ class Store:
 
     @_redis_errors
     async def peer_summaries(self) -> list[PeerSummary]:
+        """One summary per peer with mail, earliest expiry first (one round trip for all)."""
         peers = [bytes.fromhex(_str(m)) for m in await self.redis.zrange(self.mail_key, 0, -1)]
         if not peers:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for peer in peers:
-            pipe.llen(self.queue_key(peer))
-            pipe.lindex(self.queue_key(peer), 0)
-            pipe.lindex(self.queue_key(peer), -1)
-            pipe.hget(self.usage_key, f"bytes:{peer.hex()}")
-        replies = await pipe.execute()
+        reply = _items(
+            await self._summaries(
+                keys=[self.usage_key, *(self.queue_key(p) for p in peers)],
+                args=[p.hex() for p in peers],
+            )
+        )
         out = []
         for i, peer in enumerate(peers):
-            count, first, last, nbytes = replies[4 * i : 4 * i + 4]
+            count, nbytes, head, tail = reply[4 * i : 4 * i + 4]
             if not count:
                 continue
-            head = self._decode(peer, first) if first else None
-            tail = self._decode(peer, last) if last else None
+            first_received, first_expires = _record_times(_bytes(head))
+            last_received, _ = _record_times(_bytes(tail))
             out.append(
                 PeerSummary(
                     peer=peer,
                     messages=int(count),
-                    bytes=int(nbytes or 0),
-                    oldest_received_at=head.received_at if head else None,
-                    newest_received_at=tail.received_at if tail else None,
-                    next_expiry=head.expires_at if head else None,
+                    bytes=int(nbytes),
+                    oldest_received_at=first_received,
+                    newest_received_at=last_received,
+                    next_expiry=first_expires,
                 )
             )
         return out
@@ -848,18 +872,13 @@ class Store:
     async def stats(self) -> Stats:
         """Totals over every peer: peers with mail, messages, bytes, oldest message."""
         messages, nbytes = await self.redis.hmget(self.usage_key, ["messages", "bytes"])
-        peers = [bytes.fromhex(_str(m)) for m in await self.redis.zrange(self.mail_key, 0, -1)]
-        oldest: float | None = None
-        if peers:
-            pipe = self.redis.pipeline(transaction=False)
-            for peer in peers:
-                pipe.lindex(self.queue_key(peer), 0)
-            for peer, head in zip(peers, await pipe.execute(), strict=True):
-                if head:
-                    received = self._decode(peer, head).received_at
-                    oldest = received if oldest is None else min(oldest, received)
+        summaries = await self.peer_summaries()
+        oldest = min(
+            (s.oldest_received_at for s in summaries if s.oldest_received_at is not None),
+            default=None,
+        )
         return Stats(
-            peers_with_mail=len(peers),
+            peers_with_mail=len(summaries),
             messages=int(messages or 0),
             bytes=int(nbytes or 0),
             oldest_received_at=oldest,

@@ -400,3 +400,44 @@ async def test_hand_removed_element_is_reconciled_when_the_queue_empties(
     assert await store.remove(ready[0])
     await assert_consistent(store)
     assert (await store.stats()).messages == 1
+
+
+async def test_delivery_and_eviction_race_for_the_same_message(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A message being delivered while a new one evicts it belongs to exactly one of them."""
+    store = Store(redis_client, NODE, Limits(max_messages_per_peer=1))
+    outcomes = set()
+    for i in range(20):
+        peer = pubkey()
+        await put(store, peer)
+        head, _ = await peek1(store, peer, NOW)
+        assert head is not None
+        remove = store.remove(head)
+        newer = store.put(peer, pubkey(), pubkey(), onion(), NOW + 1)
+        if i % 2:
+            result, removed = await asyncio.gather(newer, remove)
+        else:
+            removed, result = await asyncio.gather(remove, newer)
+        assert result.status is PutStatus.STORED
+        assert removed != (result.evicted == (head.id,))
+        assert len(await store.messages(peer)) == 1
+        outcomes.add(removed)
+    assert outcomes == {True, False}, "both orders happened"
+    await assert_consistent(store)
+
+
+async def test_out_of_memory_refuses_the_whole_put(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    peer = pubkey()
+    await put(store, peer)
+    before = (await store.stats(), await store.messages(peer))
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreError, match="maxmemory"):
+            await store.put(peer, pubkey(), pubkey(), onion(), NOW + 1)
+    finally:
+        await redis_client.config_set("maxmemory", 0)
+    assert (await store.stats(), await store.messages(peer)) == before
+    await assert_consistent(store)

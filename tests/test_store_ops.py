@@ -270,6 +270,8 @@ async def test_acl_user_and_password_url(
             assert await store.acquire_lock("me", 5)
             assert await store.sweep_expired(NOW) == []
             assert await store.memory_usage() > 0
+            assert (await store.stats()).messages == 0
+            assert await store.peer_summaries() == []
             assert await store.audit() == []
         wrong = f"redis://mailbox:nope@127.0.0.1:{redis_server.port}/0"
         async with Store.from_url(wrong, NODE, retry=None) as store:
