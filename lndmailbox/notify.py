@@ -203,7 +203,7 @@ class Notifier:
     def submit(self, event: Mapping[str, object]) -> None:
         """Queue ``event`` for sending; returns at once, whatever the endpoint does.
 
-        Raises TypeError/ValueError only for an event JSON cannot encode (a bug in the caller).
+        Call it from the event loop's thread (the queue is an asyncio.Queue). Raises TypeError/ValueError only for an event JSON cannot encode (a bug in the caller).
         """
         body = encode_event(event)
         item = _Pending(
