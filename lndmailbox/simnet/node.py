@@ -594,15 +594,19 @@ class SimNode:
         return len(self._subscribers[stream])
 
     async def wait_for_subscribers(self, stream: str, count: int = 1) -> None:
-        """Wait until ``stream`` (one of :data:`STREAMS`) has ``count`` subscribers.
+        """Wait until ``stream`` (one of :data:`STREAMS`) has at least ``count`` subscribers.
 
         lnd starts a subscription some time after the client opened the call, and sends
         nothing for it until an event happens; tests use this to avoid racing that. Bound
         it with ``asyncio.timeout``.
         """
+        await self.wait_until_subscribers(stream, lambda n: n >= count)
+
+    async def wait_until_subscribers(self, stream: str, check: Callable[[int], bool]) -> None:
+        """Wait until ``check(number of subscribers of stream)`` holds."""
         if stream not in self._subscribers:
             raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
-        while len(self._subscribers[stream]) < count:
+        while not check(len(self._subscribers[stream])):
             self._subscribers_changed.clear()
             await self._subscribers_changed.wait()
 
