@@ -28,7 +28,6 @@ class                         reason                  when
                                                       past the end of the packet
 ``wire.TlvError``             ``bad_tlv``             ``onionmsg_tlv`` breaks TLV rules
                                                       or has an unknown even type
-``wire.BigSizeError``         ``bad_bigsize``         a BigSize inside it is broken
 ``EncryptedDataError``        ``bad_encrypted_data``  missing, undecryptable or invalid
                                                       ``encrypted_recipient_data``
 ``ForbiddenFieldError``       ``forbidden_field``     a non-final hop payload with more
@@ -75,6 +74,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from lndmailbox.errors import OnionError
 from lndmailbox.wire import (
+    ENCRYPTED_DATA_KNOWN_EVEN,
     HMAC_LEN,
     MAX_ONION_PACKET_LEN,
     MIN_ONION_PACKET_LEN,
@@ -397,7 +397,7 @@ async def peel(path_key: bytes, onion: bytes, node: NodeKey) -> Forward | Receiv
         raise ForbiddenFieldError(f"non-final hop payload has records {others}")
     plain = decrypt_recipient_data(path_ss, encrypted)
     try:
-        data_records = decode_tlv_stream(plain, _ENCRYPTED_DATA_KNOWN_EVEN)
+        data_records = decode_tlv_stream(plain, ENCRYPTED_DATA_KNOWN_EVEN)
         data = EncryptedData.from_records(data_records)
     except WireError as e:
         raise EncryptedDataError(f"encrypted_data_tlv: {e}") from e
@@ -429,9 +429,6 @@ async def peel(path_key: bytes, onion: bytes, node: NodeKey) -> Forward | Receiv
     area = len(onion) - OVERHEAD
     next_onion = b"".join((b"\x00", next_ephemeral, unwrapped[after : after + area], next_hmac))
     return Forward(next_node_id, short_channel_id, next_path_key, next_onion)
-
-
-_ENCRYPTED_DATA_KNOWN_EVEN: Final = frozenset({2, 4, 6, 8, 10, 12, 14})
 
 
 def _receive(

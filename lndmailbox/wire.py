@@ -32,11 +32,13 @@ from lndmailbox.errors import OnionError
 
 __all__ = [
     "ENCRYPTED_DATA_KNOWN_EVEN",
+    "HMAC_LEN",
     "MAX_ONION_PACKET_LEN",
     "MIN_ONION_PACKET_LEN",
     "ONIONMSG_KNOWN_EVEN",
     "ONIONMSG_PAYLOAD_MIN_TYPE",
     "ONION_MESSAGE_TYPE",
+    "POINT_LEN",
     "BigSizeError",
     "BlindedHop",
     "BlindedPath",
