@@ -631,18 +631,29 @@ class Store:
         url: str,
         node: bytes,
         limits: Limits | None = None,
+        *,
+        max_connections: int = 64,
         **redis_kwargs: Any,
     ) -> Store:
         """A store on its own connection pool: ``redis://[[user]:password@]host:port/db``,
-        ``rediss://`` for TLS (``ssl_*`` keyword arguments pass through), ``unix://``.
+        ``rediss://`` for TLS (``ssl_*`` keyword arguments, or ``?ssl_ca_certs=...`` in the
+        URL), ``unix://path?db=0``. At most ``max_connections`` are opened; more concurrent
+        calls wait for one (up to ``pool_timeout`` seconds, default 20) instead of failing.
         :meth:`aclose` closes the pool."""
         redis_kwargs.setdefault("socket_connect_timeout", 5.0)
         redis_kwargs.setdefault("socket_timeout", 30.0)
+        pool_timeout = redis_kwargs.pop("pool_timeout", 20.0)
         try:
-            client = aioredis.Redis.from_url(url, decode_responses=False, **redis_kwargs)
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=pool_timeout,
+                decode_responses=False,
+                **redis_kwargs,
+            )
         except ValueError as e:
             raise ConfigError(f"bad Redis URL: {e}") from e
-        store = cls(client, node, limits)
+        store = cls(aioredis.Redis.from_pool(pool), node, limits)
         store._owns_client = True
         return store
 

@@ -357,3 +357,14 @@ async def test_rediss_url(tmp_path: Path, redis_server: RedisServer, redis_url: 
             task.cancel()
         await asyncio.gather(*pipes, return_exceptions=True)
         await server.wait_closed()
+
+
+async def test_more_concurrent_calls_than_connections_wait(redis_url: str) -> None:
+    async with Store.from_url(redis_url, NODE, max_connections=4) as store:
+        peer = pubkey()
+        results = await asyncio.gather(
+            *(store.put(peer, pubkey(), pubkey(), os.urandom(300), NOW + i) for i in range(40))
+        )
+        assert {r.status for r in results} == {PutStatus.STORED}
+        assert len(await store.messages(peer)) == 40
+        assert await store.audit() == []
