@@ -260,19 +260,27 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    # Raw reads on the descriptor: a buffered readline() would hide a second line that
+    # arrived with the first one from the event loop.
     reading = False
+    pending = bytearray()
     if sys.stdin is not None and not sys.stdin.closed:
+        stdin_fd = sys.stdin.fileno()
+
+        def on_input() -> None:
+            chunk = os.read(stdin_fd, 65536)
+            if not chunk:
+                loop.remove_reader(stdin_fd)
+                chunk = b"\n"
+            pending.extend(chunk)
+            while b"\n" in pending:
+                line, _, rest = bytes(pending).partition(b"\n")
+                pending[:] = rest
+                console.handle(line.decode("utf-8", "replace").strip())
+
         # Fails for a regular file or /dev/null (epoll refuses those): then no commands.
         with contextlib.suppress(OSError, ValueError):
-
-            def on_input() -> None:
-                line = sys.stdin.readline()
-                if not line:
-                    loop.remove_reader(sys.stdin.fileno())
-                    return
-                console.handle(line.strip())
-
-            loop.add_reader(sys.stdin.fileno(), on_input)
+            loop.add_reader(stdin_fd, on_input)
             reading = True
 
     try:
