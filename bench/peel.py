@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
 
 from coincurve import PrivateKey, PublicKey
 from cryptography.hazmat.primitives import hashes, hmac
@@ -57,7 +56,8 @@ def _floor_once(secret: PrivateKey, path_key: bytes, onion: bytes, encrypted: by
     """The bare crypto of one forwarding peel (results are not checked: only the cost)."""
     path_ss = secret.ecdh(path_key)
     factor = _hmac256(b"blinded_node_id", path_ss)
-    tweaked = PublicKey(onion[1:34]).multiply(factor).format()
+    ephemeral = PublicKey(onion[1:34])  # parsed once, as peel does
+    tweaked = ephemeral.multiply(factor).format()
     ss = secret.ecdh(tweaked)
     mu = _hmac256(b"mu", ss)
     _hmac256(mu, onion[34:-32])
@@ -67,16 +67,12 @@ def _floor_once(secret: PrivateKey, path_key: bytes, onion: bytes, encrypted: by
         onion[34:-32] + bytes(area)
     )
     ChaCha20Poly1305(_hmac256(b"rho", path_ss)).decrypt(bytes(12), encrypted, None)
-    PublicKey(onion[1:34]).multiply(hashlib.sha256(onion[1:34] + ss).digest()).format()
+    ephemeral.multiply(hashlib.sha256(onion[1:34] + ss).digest()).format()
     PublicKey(path_key).multiply(hashlib.sha256(path_key + path_ss).digest()).format()
 
 
-def _best(measure: Callable[[], float]) -> float:
-    return min(measure() for _ in range(ROUNDS))
-
-
-def run() -> None:
-    """Print peels per second, time per peel, the floor, and their ratio."""
+def run(*, rounds: int = ROUNDS, peels_per_round: int = PEELS_PER_ROUND) -> None:
+    """Print peels per second, time per peel, the floor, and their ratio (best of rounds)."""
     node, path_key, onion = _message()
     result = asyncio.run(peel(path_key, onion, node))
     assert isinstance(result, Forward)
@@ -85,20 +81,20 @@ def run() -> None:
 
     async def peel_round() -> float:
         start = time.perf_counter()
-        for _ in range(PEELS_PER_ROUND):
+        for _ in range(peels_per_round):
             await peel(path_key, onion, node)
-        return (time.perf_counter() - start) / PEELS_PER_ROUND
+        return (time.perf_counter() - start) / peels_per_round
 
     def floor_round() -> float:
         start = time.perf_counter()
-        for _ in range(PEELS_PER_ROUND):
+        for _ in range(peels_per_round):
             _floor_once(secret, path_key, onion, encrypted)
-        return (time.perf_counter() - start) / PEELS_PER_ROUND
+        return (time.perf_counter() - start) / peels_per_round
 
     floor_round()  # warm up
     peel_times: list[float] = []
     floor_times: list[float] = []
-    for _ in range(ROUNDS):  # interleaved so drift in machine load hits both alike
+    for _ in range(rounds):  # interleaved so drift in machine load hits both alike
         peel_times.append(asyncio.run(peel_round()))
         floor_times.append(floor_round())
     per_peel = min(peel_times)
