@@ -25,6 +25,7 @@ from lndmailbox.sphinx import (
 )
 from lndmailbox.wire import OnionMessage, encode_tlv_stream, scid
 
+CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 POOL = [LocalNodeKey(bytes([i + 1]) * 32) for i in range(12)]
 BY_PUBKEY = {key.pubkey: key for key in POOL}
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -50,7 +51,7 @@ def plans(draw: st.DrawFn) -> Plan:
     n_intro = draw(st.integers(0, min(3, total - 1)))
     n_route = total - n_intro
     nodes = st.integers(0, len(POOL) - 1)
-    secrets = st.binary(min_size=32, max_size=32).filter(lambda b: 0 < int.from_bytes(b) < 2**255)
+    secrets = st.integers(1, CURVE_ORDER - 1).map(lambda n: n.to_bytes(32, "big"))
     return Plan(
         intro=draw(st.lists(nodes, min_size=n_intro, max_size=n_intro)),
         route=draw(st.lists(nodes, min_size=n_route, max_size=n_route)),
