@@ -181,6 +181,10 @@ def test_onion_message_intermediate_values() -> None:
         assert sphinx._hmac256(b"blinded_node_id", ss) == h(hop["HMAC256('blinded_node_id', ss)"])
         assert sphinx._hmac256(b"rho", ss) == h(hop["rho"])
         assert sphinx._sha256(h(hop["E"]) + ss) == h(hop["H(E || ss)"])
+        # next_e: the next path key secret before any override, with a trailing 01 flag.
+        factor = int.from_bytes(h(hop["H(E || ss)"]), "big")
+        next_e = int.from_bytes(e_secret, "big") * factor % sphinx._CURVE_ORDER
+        assert next_e.to_bytes(32, "big") + b"\x01" == h(hop["next_e"])
 
 
 # --- route-blinding-test.json ------------------------------------------------------------
@@ -265,8 +269,15 @@ def test_route_blinding_path_is_created_exactly() -> None:
     first = create_blinded_path(specs[:2], h(hops[0]["session_key"]))
     second = create_blinded_path(specs[2:], h(hops[2]["session_key"]))
     assert BlindedPath(first.first_node_id, first.first_path_key, first.hops + second.hops) == path
-    for hop in hops:
+    for i, hop in enumerate(hops):
         assert pub(h(hop["path_privkey"])) == h(hop["path_key"])
+        if "session_key" in hop:  # a path starts here: its first secret is the session key
+            assert hop["path_privkey"] == hop["session_key"]
+        if i + 1 < len(hops) and "session_key" not in hops[i + 1]:
+            factor = sphinx._sha256(h(hop["path_key"]) + h(hop["shared_secret"]))
+            scalar = int.from_bytes(h(hop["path_privkey"]), "big")
+            scalar = scalar * int.from_bytes(factor, "big") % sphinx._CURVE_ORDER
+            assert scalar.to_bytes(32, "big") == h(hops[i + 1]["path_privkey"])
 
 
 def test_route_blinding_unblind() -> None:
