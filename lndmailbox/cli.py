@@ -438,13 +438,7 @@ async def _status_from_store(store: Store, report: dict[str, Any], now: float) -
     )
     beat = await store.read_heartbeat()
     owner = await store.lock_owner()
-    daemon: dict[str, Any] = {"running": beat is not None or owner is not None, "lock": owner}
-    if beat is not None:
-        daemon["heartbeat"] = dict(beat)
-        for key in ("started_at", "at"):
-            with contextlib.suppress(KeyError, ValueError):
-                daemon[key] = float(beat[key])
-    report["daemon"] = daemon
+    report["daemon"] = _daemon_report(owner, beat)
     stats = await store.stats()
     report["mail"] = {
         "peers_with_mail": stats.peers_with_mail,
@@ -534,28 +528,55 @@ def _render_status(r: dict[str, Any], now: float) -> str:
     return render_fields(fields)
 
 
+def _daemon_report(owner: str | None, beat: dict[str, str] | None) -> dict[str, Any]:
+    """Whether a daemon serves the node: it holds the node's lock while it runs (and
+    releases it when it stops); its heartbeat says who it is and outlives it by a lease."""
+    out: dict[str, Any] = {
+        "running": owner is not None,
+        "lock_owner": owner,
+        "pid": None,
+        "host": None,
+        "version": None,
+        "started_at": None,
+        "last_heartbeat_at": None,
+    }
+    if beat is not None:
+        out["heartbeat"] = dict(beat)
+        out["host"], out["version"] = beat.get("host"), beat.get("version")
+        with contextlib.suppress(KeyError, ValueError):
+            out["pid"] = int(beat["pid"])
+        for field, key in (("started_at", "started_at"), ("last_heartbeat_at", "at")):
+            with contextlib.suppress(KeyError, ValueError):
+                out[field] = float(beat[key])
+    return out
+
+
 def _render_daemon(daemon: dict[str, Any], now: float) -> str:
+    last = daemon["last_heartbeat_at"]
     if not daemon["running"]:
-        return "not running (no heartbeat, no lock)"
-    beat = daemon.get("heartbeat")
-    if beat is None:
-        return f"lock held by {daemon['lock']}, but no heartbeat"
-    parts = ["running"]
-    started = daemon.get("started_at")
+        if last is None:
+            return "not running (no lock, no heartbeat)"
+        return f"not running (stopped; last heartbeat {format_age(last, now)} ago)"
+    if "heartbeat" not in daemon:
+        return f"running (lock held by {daemon['lock_owner']}; no heartbeat yet)"
+    started = daemon["started_at"]
+    text = "running"
     if started is not None:
-        parts.append(f"since {format_time(started)} (up {format_age(started, now)})")
-    who = [
-        f"pid {beat['pid']}" if "pid" in beat else "",
-        f"on {beat['host']}" if "host" in beat else "",
-    ]
-    if any(who):
-        parts.append(" ".join(w for w in who if w))
-    if "version" in beat:
-        parts.append(f"version {beat['version']}")
-    text = " ".join(parts[:2]) + "".join(f", {p}" for p in parts[2:])
-    at = daemon.get("at")
-    if at is not None:
-        text += f", last heartbeat {format_age(at, now)} ago"
+        text += f" since {format_time(started)} (up {format_age(started, now)})"
+    who = " ".join(
+        part
+        for part in (
+            f"pid {daemon['pid']}" if daemon["pid"] is not None else "",
+            f"on {daemon['host']}" if daemon["host"] else "",
+        )
+        if part
+    )
+    if who:
+        text += f", {who}"
+    if daemon["version"]:
+        text += f", version {daemon['version']}"
+    if last is not None:
+        text += f", last heartbeat {format_age(last, now)} ago"
     return text
 
 
@@ -686,7 +707,8 @@ async def cmd_show(s: Session, args: argparse.Namespace) -> int:
         print(f"nothing queued for {peer.hex()}")
         return 0
     total = sum(m.size for m in messages)
-    blocks = [f"{len(messages)} messages ({format_bytes(total)}) queued for {peer.hex()}"]
+    n = len(messages)
+    blocks = [f"{n} message{'s' if n != 1 else ''} ({format_bytes(total)}) queued for {peer.hex()}"]
     for m in messages:
         expires = (
             "expired, waiting for the sweep" if m.expired(now) else format_until(m.expires_at, now)
@@ -775,9 +797,10 @@ async def cmd_purge(s: Session, args: argparse.Namespace) -> int:
     removed = await store.purge(peer, message_id)
     if removed:
         # Purged messages are dropped messages: counted and told like the daemon's drops.
-        await store.incr(f"dropped:{PURGE_REASON}", removed)
-        for m in targets[:removed]:
-            await store.publish_event("dropped", peer, m.id, m.size, PURGE_REASON)
+        await store.record(
+            {f"dropped:{PURGE_REASON}": removed},
+            [("dropped", peer, m.id, m.size, PURGE_REASON) for m in targets[:removed]],
+        )
     if args.json:
         _emit_json({"peer": peer.hex(), "purged": removed})
     else:

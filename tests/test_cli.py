@@ -206,7 +206,15 @@ async def test_status_json_has_every_value(ctl: Ctl, store: Store) -> None:
     assert redis["url"] == ctl.redis_url
     assert redis["version"]
     assert redis["used_memory"] > redis["mailbox_memory"] > 0
-    assert doc["daemon"] == {"running": False, "lock": None}
+    assert doc["daemon"] == {
+        "running": False,
+        "lock_owner": None,
+        "pid": None,
+        "host": None,
+        "version": None,
+        "started_at": None,
+        "last_heartbeat_at": None,
+    }
     assert doc["mail"]["peers_with_mail"] == 2
     assert doc["mail"]["messages"] == 2
     assert doc["mail"]["bytes"] == first.size + second.size
@@ -221,9 +229,28 @@ async def test_status_json_has_every_value(ctl: Ctl, store: Store) -> None:
 async def test_status_of_an_empty_mailbox_without_daemon(ctl: Ctl) -> None:
     r = await ctl("status")
     assert r.code == 0, r.err
-    assert "not running (no heartbeat, no lock)" in r.out
+    assert "daemon           not running (no lock, no heartbeat)\n" in r.out
     assert "oldest message   -" in r.out
     assert "dropped          0" in r.out
+
+
+async def test_status_tells_a_stopped_daemon_from_a_starting_one(ctl: Ctl, store: Store) -> None:
+    # A daemon that stopped released its lock; its heartbeat lingers for a lease.
+    await store.heartbeat({"owner": "a", "pid": 7, "started_at": 1.0, "at": time.time() - 4})
+    r = await ctl("status")
+    assert "daemon           not running (stopped; last heartbeat 4s ago)\n" in r.out
+    daemon = (await ctl("status", "--json")).json()["daemon"]
+    assert (daemon["running"], daemon["pid"], daemon["started_at"]) == (False, 7, 1.0)
+    assert daemon["heartbeat"].keys() == {"owner", "pid", "started_at", "at"}
+    assert daemon["heartbeat"]["pid"] == "7"
+
+    # One that just took the lock has not beaten yet.
+    await store.heartbeat({})
+    assert await store.acquire_lock("host-b:1:ff", 30)
+    r = await ctl("status")
+    assert "daemon           running (lock held by host-b:1:ff; no heartbeat yet)\n" in r.out
+    daemon = (await ctl("status", "--json")).json()["daemon"]
+    assert (daemon["running"], daemon["lock_owner"]) == (True, "host-b:1:ff")
 
 
 async def test_status_when_redis_is_unreachable_says_so_and_exits_1(ctl: Ctl) -> None:
