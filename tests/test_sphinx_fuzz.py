@@ -1,4 +1,4 @@
-"""Fuzz peel: well over 100,000 random and mutated inputs, none raises anything but OnionError.
+"""Fuzz peel: 100,000 random and mutated inputs, none raises anything but OnionError.
 
 Three kinds of input, from a fixed seed so a failure reproduces:
 
