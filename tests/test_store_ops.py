@@ -237,6 +237,7 @@ async def test_redis_stopping_under_the_store(tmp_path: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def acl_user(client: aioredis.Redis, name: str, password: str) -> AsyncIterator[None]:
+    """The user docs/redis-schema.md tells operators to create."""
     await client.acl_setuser(
         name,
         enabled=True,
@@ -244,7 +245,8 @@ async def acl_user(client: aioredis.Redis, name: str, password: str) -> AsyncIte
         keys=["lndmailbox:*"],
         categories=["+@all", "-@dangerous"],
         commands=["+info", "+memory"],
-        reset=True,
+        reset_keys=True,
+        reset_channels=True,
     )
     try:
         yield
