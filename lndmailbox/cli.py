@@ -156,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     late = argparse.ArgumentParser(add_help=False)
     late.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     late.add_argument(
-        "--node", type=pubkey_arg, default=argparse.SUPPRESS, metavar="PUBKEY", help="see above"
+        "--node",
+        type=pubkey_arg,
+        default=argparse.SUPPRESS,
+        metavar="PUBKEY",
+        help="the lnd node whose mailbox to open (default: the node lnd reports)",
     )
 
     parser = argparse.ArgumentParser(
@@ -216,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("events", "the node's event stream: stored, delivered, expired, dropped")
     p.add_argument(
-        "--count", "-n", type=count_arg, default=20, help="latest events to show (default 20)"
+        "--count",
+        "-n",
+        type=count_arg,
+        default=20,
+        metavar="N",
+        help="latest events to show first (default 20)",
     )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument(
