@@ -126,18 +126,19 @@ async def world(
     node.open_channel(bob, BOB_SCID, alias_scids=[scid(16_000_000, 0, 1)])
     alice.connect()
     cert, macaroon = node.write_credentials(tmp_path / "lnd")
-    config = Settings(
-        rpcserver=node.target,
-        tlscertpath=cert,
-        macaroonpath=macaroon,
-        network="regtest",
-        redis_url=redis_url,
-        datadir=tmp_path / "mailbox",
-        allow_channel_peers=True,
-        race_window=2.0,
-        sweep_interval=0.2,
-        **settings,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "rpcserver": node.target,
+        "tlscertpath": cert,
+        "macaroonpath": macaroon,
+        "network": "regtest",
+        "redis_url": redis_url,
+        "datadir": tmp_path / "mailbox",
+        "allow_channel_peers": True,
+        "race_window": 2.0,
+        "sweep_interval": 0.2,
+    }
+    values.update(settings)
+    config = Settings(**values)  # type: ignore[arg-type]
     store = Store.from_url(redis_url, node.pubkey)
     w = World(node, alice, bob, store, config, asyncio.Event())
     try:
