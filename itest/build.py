@@ -174,6 +174,7 @@ def _build(
         (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
+        staging.chmod(0o755)
         staging.rename(target)
         _log(f"built {module}@{version} in {seconds}s")
     finally:

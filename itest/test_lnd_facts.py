@@ -1,0 +1,237 @@
+"""What real lnd answers, checked against the binaries: the facts the mailbox and simnet rely on.
+
+Each test states one fact of shared/lnd-facts.md (or one the mailbox's code assumes) and
+asserts it on both generations; where the generations differ the test says how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import coincurve
+import grpc
+import pytest
+
+from itest.build import LND_VERSIONS, Generation
+from itest.network import Network
+from itest.onion import (
+    PAYLOAD_TYPE,
+    check_received,
+    inbox_stream,
+    is_letter,
+    send_to_lsp,
+    write_letter,
+)
+from itest.rpc import Collector, collect
+from lndmailbox import sphinx
+from lndmailbox.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnrpc import signer_pb2 as signer
+
+pytestmark = pytest.mark.timeout(900)
+
+NOT_CONNECTED = "peer is not connected"
+
+
+def some_point() -> bytes:
+    return coincurve.PrivateKey(os.urandom(32)).public_key.format(compressed=True)
+
+
+async def test_getinfo_version_names_the_release(network: Network) -> None:
+    version = LND_VERSIONS[network.generation]
+    async with network.lsp.rpc() as rpc:
+        info = await rpc.lightning.GetInfo(ln.GetInfoRequest())
+    assert info.version == f"{version.removeprefix('v')} commit={version}"
+    assert info.identity_pubkey == network.lsp.pubkey_hex
+    assert [c.network for c in info.chains] == ["regtest"]
+
+
+async def test_onion_message_feature_bit_39_is_advertised(network: Network) -> None:
+    """0.20 advertises option_onion_messages only through custom-init; 0.21 by itself."""
+    async with network.lsp.rpc() as rpc:
+        peers = await rpc.lightning.ListPeers(ln.ListPeersRequest())
+    sender = next(p for p in peers.peers if p.pub_key == network.sender.pubkey_hex)
+    assert 39 in sender.features, dict(sender.features)
+
+
+async def test_send_to_a_disconnected_peer_is_not_found(network: Network) -> None:
+    await asyncio.to_thread(network.take_recipient_offline)
+    async with network.lsp.rpc() as rpc:
+        with pytest.raises(grpc.aio.AioRpcError) as custom:
+            await rpc.lightning.SendCustomMessage(
+                ln.SendCustomMessageRequest(peer=network.recipient.pubkey, type=513, data=b"x"),
+                timeout=10,
+            )
+        assert custom.value.code() is grpc.StatusCode.NOT_FOUND
+        assert custom.value.details() == NOT_CONNECTED
+
+        with pytest.raises(grpc.aio.AioRpcError) as onion:
+            await rpc.lightning.SendOnionMessage(
+                ln.SendOnionMessageRequest(
+                    peer=network.recipient.pubkey, path_key=some_point(), onion=b"\x00" * 1366
+                ),
+                timeout=10,
+            )
+    if network.generation is Generation.CUSTOM:
+        assert onion.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    else:
+        assert onion.value.code() is grpc.StatusCode.NOT_FOUND
+        assert onion.value.details() == NOT_CONNECTED
+
+
+async def test_custom_message_513_to_a_connected_peer(network: Network) -> None:
+    """0.20 sends it (custom-message=513); 0.21 refuses 513 as a custom type (it knows it)."""
+    await asyncio.to_thread(network.ensure_sender_connected)
+    async with network.lsp.rpc() as rpc:
+        request = ln.SendCustomMessageRequest(peer=network.sender.pubkey, type=513, data=b"\x00")
+        if network.generation is Generation.CUSTOM:
+            answer = await rpc.lightning.SendCustomMessage(request, timeout=10)
+            assert answer.status == "message sent successfully"
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await rpc.lightning.SendCustomMessage(request, timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNKNOWN
+            assert refused.value.details() == (
+                "msg type: 513 not in custom range: <unknown> and not overridden"
+            )
+
+
+async def test_derive_shared_key_is_sha256_of_compressed_ecdh(network: Network) -> None:
+    ephemeral = coincurve.PrivateKey(os.urandom(32))
+    async with network.lsp.rpc() as rpc:
+        answer = await rpc.signer.DeriveSharedKey(
+            signer.SharedKeyRequest(ephemeral_pubkey=ephemeral.public_key.format())
+        )
+    node_point = coincurve.PublicKey(network.lsp.pubkey)
+    expected = hashlib.sha256(node_point.multiply(ephemeral.secret).format(compressed=True))
+    assert answer.shared_key == expected.digest()
+
+
+async def test_peer_events_on_disconnect_and_reconnect(network: Network) -> None:
+    """No replay on subscribe; OFFLINE on disconnect, ONLINE on connect, hex pubkeys."""
+    await asyncio.to_thread(network.bring_recipient_online)
+    recipient = network.recipient.pubkey_hex
+    async with (
+        network.lsp.rpc() as rpc,
+        collect(rpc.lightning.SubscribePeerEvents(ln.PeerEventSubscription())) as events,
+    ):
+        await asyncio.sleep(1.0)
+        assert events.items == []  # the current state is not replayed
+        await asyncio.to_thread(network.take_recipient_offline)
+        await events.wait_for("PEER_OFFLINE", lambda e: e.type == ln.PeerEvent.PEER_OFFLINE)
+        await asyncio.to_thread(network.bring_recipient_online)
+        await events.wait_for("PEER_ONLINE", lambda e: e.type == ln.PeerEvent.PEER_ONLINE)
+        peers = await rpc.lightning.ListPeers(ln.ListPeersRequest())
+        await asyncio.sleep(1.0)
+        seen = [(e.pub_key, ln.PeerEvent.EventType.Name(e.type)) for e in events.items]
+    assert seen == [(recipient, "PEER_OFFLINE"), (recipient, "PEER_ONLINE")]
+    assert recipient in {p.pub_key for p in peers.peers}
+
+
+async def test_what_the_lsp_stream_shows_for_an_offline_next_hop(network: Network) -> None:
+    """custom: the incoming 513 as sent. native: lnd tries to forward, fails, and still
+    publishes the *incoming* path_key and onion, with the sender as peer."""
+    await asyncio.to_thread(network.ensure_sender_connected)
+    await asyncio.to_thread(network.take_recipient_offline)
+    letter = await write_letter(network, label="fact-offline")
+    async with network.lsp.rpc() as rpc, collect(inbox_stream(network, rpc)) as stream:
+        await send_to_lsp(network, letter.sent)
+        if network.generation is Generation.CUSTOM:
+            item = await stream.wait_for("the 513 message", lambda i: i.type == 513)
+            assert item.peer == network.sender.pubkey
+            assert item.data == letter.sent.encode()
+        else:
+            item = await stream.wait_for("the onion message", lambda i: True)
+            assert item.peer == network.sender.pubkey
+            assert item.path_key == letter.sent.path_key
+            assert item.onion == letter.sent.onion
+            assert dict(item.custom_records) == {}
+            # lnd always sends a reply_path message, empty when there is none.
+            assert item.reply_path == ln.BlindedPath()
+            # For a forward, encrypted_recipient_data is the LSP hop's ciphertext as received.
+            assert item.encrypted_recipient_data != b""
+        await asyncio.sleep(1.0)
+        assert len(stream.items) == 1
+
+
+async def test_native_lsp_forwards_to_an_online_next_hop_and_still_publishes(
+    network: Network,
+) -> None:
+    """native: lnd forwards itself and publishes the incoming message too; custom: lnd does not
+    forward (only the mailbox can), the recipient gets nothing from lnd alone."""
+    await asyncio.to_thread(network.ensure_sender_connected)
+    await asyncio.to_thread(network.bring_recipient_online)
+    letter = await write_letter(network, label="fact-online")
+    async with (
+        network.lsp.rpc() as lsp_rpc,
+        network.recipient.rpc() as recipient_rpc,
+        collect(inbox_stream(network, lsp_rpc)) as at_lsp,
+        collect(inbox_stream(network, recipient_rpc)) as at_recipient,
+    ):
+        await send_to_lsp(network, letter.sent)
+        await at_lsp.wait_for("the incoming message at the LSP", lambda i: True)
+        if network.generation is Generation.NATIVE:
+            item = await at_recipient.wait_for("lnd's forward", is_letter(network, letter))
+            await check_received(network, letter, item)
+        else:
+            await asyncio.sleep(3.0)
+            assert at_recipient.items == []
+
+
+async def test_native_drops_an_unknown_short_channel_id(network: Network) -> None:
+    """native: a next hop named by an SCID lnd cannot resolve is dropped, nothing published."""
+    if network.generation is Generation.CUSTOM:
+        return  # lnd 0.20 does not read onion messages at all
+    await asyncio.to_thread(network.ensure_sender_connected)
+    lsp, recipient = network.lsp, network.recipient
+    path = sphinx.create_blinded_path(
+        [
+            sphinx.BlindedHopSpec(lsp.pubkey, short_channel_id=(999 << 40) | (1 << 16)),
+            sphinx.BlindedHopSpec(recipient.pubkey),
+        ],
+        sphinx.random_secret(),
+    )
+    _, message = sphinx.build_onion_message(path, {PAYLOAD_TYPE: b"x"}, sphinx.random_secret())
+    async with lsp.rpc() as rpc, collect(inbox_stream(network, rpc)) as stream:
+        await send_to_lsp(network, message)
+        await asyncio.sleep(3.0)
+        assert stream.items == []
+
+
+async def test_how_streams_end_when_lnd_stops(network: Network) -> None:
+    """What a subscriber sees when lnd shuts down (the mailbox must resubscribe after)."""
+    async with network.lsp.rpc() as rpc:
+        peers = Collector(rpc.lightning.SubscribePeerEvents(ln.PeerEventSubscription()))
+        custom = Collector(
+            rpc.lightning.SubscribeCustomMessages(ln.SubscribeCustomMessagesRequest())
+        )
+        onion = (
+            Collector(rpc.lightning.SubscribeOnionMessages(ln.SubscribeOnionMessagesRequest()))
+            if network.generation is Generation.NATIVE
+            else None
+        )
+        await asyncio.sleep(1.0)
+        try:
+            await asyncio.to_thread(network.lsp.stop)
+            ended = {
+                "peer_events": await peers.wait_end(),
+                "custom": await custom.wait_end(),
+            }
+            if onion is not None:
+                ended["onion"] = await onion.wait_end()
+        finally:
+            await asyncio.to_thread(network.lsp.start)
+            for collector in (peers, custom, onion):
+                if collector is not None:
+                    await collector.close()
+    seen = {
+        name: None if error is None else (error.code().name, error.details())
+        for name, error in ended.items()
+    }
+    print(f"streams at lnd shutdown: {seen}")
+    for name, result in seen.items():
+        assert result is None or result[0] in ("UNKNOWN", "UNAVAILABLE", "CANCELLED"), (
+            name,
+            result,
+        )
