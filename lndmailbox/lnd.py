@@ -23,6 +23,8 @@ Errors (:func:`rpc_error`)
       "verification failed: ...", "expected 1 macaroon, got 0", ...):
       :class:`~lndmailbox.errors.LndPermissionError` naming the RPC and the permission it
       needs (``SendOnionMessage needs offchain:write``). Never retried.
+    * a TLS handshake that failed verification (another certificate, or one that does not
+      name the host): ``retryable=False``, with a hint.
     * NOT_FOUND "peer is not connected" (and "peer ... disconnected" while lnd waited for the
       peer): :class:`~lndmailbox.errors.PeerOfflineError`.
     * everything else: ``retryable=False``.
@@ -429,6 +431,12 @@ _LND_MACAROON: Final = re.compile(
     re.IGNORECASE,
 )
 
+# The connection failed because lnd's certificate is not the pinned one or does not name the
+# host: retrying cannot help.
+_TLS_MISMATCH: Final = re.compile(
+    r"CERTIFICATE_VERIFY_FAILED|is not in peer certificate|Hostname Verification Check failed"
+)
+
 _PEER_OFFLINE: Final = re.compile(r"^(peer is not connected|peer [0-9a-f]{66} disconnected)")
 
 
@@ -448,6 +456,15 @@ def rpc_error(rpc: str, error: grpc.aio.AioRpcError) -> LndError:
         grpc.StatusCode.UNKNOWN,
     ):
         return PeerOfflineError(f"{rpc}: {details}", rpc=rpc, code=name, retryable=False)
+    if code is grpc.StatusCode.UNAVAILABLE and _TLS_MISMATCH.search(details):
+        return LndError(
+            f"{rpc}: lnd's TLS certificate is not the one configured ({details}); point "
+            "--tlscertpath at lnd's current tls.cert, and make sure the certificate names the "
+            "host in --rpcserver (lnd.conf tlsextradomain / tlsextraip)",
+            rpc=rpc,
+            code=name,
+            retryable=False,
+        )
     if code is grpc.StatusCode.UNIMPLEMENTED:
         return LndError(_unimplemented_message(rpc, details), rpc=rpc, code=name, retryable=False)
     retryable = code in _RETRYABLE_CODES or (
@@ -493,6 +510,11 @@ class _Opened:
     """Internal marker: a stream subscription was (re)established."""
 
 
+async def _next_or_none(items: AsyncIterator[_Item]) -> _Item | None:
+    """The next item, or None at the end (a Task must not raise StopAsyncIteration)."""
+    return await anext(items, None)
+
+
 class _Outage:
     """Logs an outage of lnd once when it starts and once when it ends."""
 
@@ -518,8 +540,9 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
     Iterating it yields the stream's items, and :class:`Resubscribed` first after every
     re-established subscription. :meth:`wait_subscribed` opens the first subscription
     without consuming an item: await it, then read the state the stream reports changes
-    of (ListPeers), and no change falls between the two (beyond the moment lnd takes to
-    register a subscriber it has just been asked for). :meth:`aclose` cancels the call.
+    of (ListPeers), and no change falls between the two. (lnd answers a subscription with
+    nothing until its first item, so "accepted" means: connected, and not refused within
+    the client's ``settle`` time.) :meth:`aclose` cancels the call.
     """
 
     def __init__(self, source: AsyncGenerator[_Item | _Opened, None]) -> None:
@@ -527,6 +550,11 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
         self._opened = False
 
     async def wait_subscribed(self) -> None:
+        """Return once lnd has accepted the first subscription (idempotent).
+
+        Raises like iterating would (a missing permission); keeps waiting, retrying with
+        backoff, while lnd is unreachable.
+        """
         if self._opened:
             return
         item = await anext(self._source)
@@ -558,6 +586,8 @@ class LndClient:
     SendCustomMessage / SendOnionMessage (lnd holds them until a connected peer is active);
     ``retry_for``: how long a unary call keeps retrying retryable errors; ``backoff``:
     delays of those retries, of stream resubscriptions and of gRPC reconnects;
+    ``settle``: how long a new subscription must go unrefused before it counts as
+    established (see :meth:`Subscription.wait_subscribed`);
     ``on_rpc(rpc, seconds)``: called after each unary attempt (metrics). Use it as an async
     context manager or call :meth:`close`. The gRPC channel is made on the first call, in
     the running event loop.
@@ -572,6 +602,7 @@ class LndClient:
         send_timeout: float = 10.0,
         retry_for: float = 30.0,
         backoff: Backoff = Backoff(),
+        settle: float = 0.5,
     ) -> None:
         self.endpoint = endpoint
         self._on_rpc = on_rpc
@@ -579,6 +610,7 @@ class LndClient:
         self._send_timeout = send_timeout
         self._retry_for = retry_for
         self._backoff = backoff
+        self._settle = settle
         self._metadata = (("macaroon", endpoint.macaroon.hex()),)
         self._channel: grpc.aio.Channel | None = None
         self._lightning: ln_grpc.LightningAsyncStub | None = None
@@ -679,20 +711,36 @@ class LndClient:
     ) -> AsyncGenerator[_Resp | _Opened, None]:
         """The raw items of a stream, subscribed again with backoff whenever it breaks.
 
-        Yields :class:`_Opened` each time the request reached lnd. The backoff restarts
-        once a subscription delivered an item or stayed up for ``backoff.maximum`` seconds.
+        Yields :class:`_Opened` once per subscription that lnd accepted: when its first item
+        arrives, or once the connection is up and lnd has not refused the call within
+        ``settle`` seconds (lnd sends no response headers before the first item, so there
+        is nothing earlier to wait for; a refusal, such as a missing permission or "wallet
+        locked", comes back at once). The backoff restarts once a subscription delivered an
+        item or stayed up for ``backoff.maximum`` seconds.
         """
         failures = 0
         while not self._closed:
             call = open_call(self._metadata)
+            items = aiter(call)
+            pending: asyncio.Task[_Resp | None] | None = None
             opened_at = time.monotonic()
-            healthy = False
+            announced = healthy = False
             error = LndError(f"{rpc}: lnd ended the stream", rpc=rpc, code="OK", retryable=True)
             try:
-                await call.wait_for_connection()
-                yield _Opened()
-                self._outage.recovered(rpc)
-                async for item in call:
+                while True:
+                    pending = asyncio.create_task(_next_or_none(items))
+                    while not announced:
+                        done, _ = await asyncio.wait({pending}, timeout=self._settle)
+                        if done or self._ready():
+                            break
+                    if not announced and (not pending.done() or pending.exception() is None):
+                        announced = True
+                        self._outage.recovered(rpc)
+                        yield _Opened()
+                    item = await pending
+                    pending = None
+                    if item is None:  # lnd ended the stream without an error
+                        break
                     healthy = True
                     yield item
             except grpc.aio.AioRpcError as e:
@@ -701,7 +749,16 @@ class LndClient:
                 error = rpc_error(rpc, e)
                 if not error.retryable:
                     raise error from e
+            except asyncio.CancelledError:
+                # Closing the channel cancels the read inside grpc; a cancellation of the
+                # task iterating this stream goes on up.
+                task = asyncio.current_task()
+                if self._closed and task is not None and task.cancelling() == 0:
+                    return
+                raise
             finally:
+                if pending is not None and not pending.done():
+                    pending.cancel()
                 call.cancel()
             if self._closed:
                 return
@@ -710,6 +767,10 @@ class LndClient:
             failures += 1
             self._outage.failed(rpc, error)
             await asyncio.sleep(self._backoff.delay(failures))
+
+    def _ready(self) -> bool:
+        channel = self._channel
+        return channel is not None and channel.get_state() is grpc.ChannelConnectivity.READY
 
     # --- Lightning
 
