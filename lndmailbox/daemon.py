@@ -192,12 +192,18 @@ async def _node_lock(store: Store, stop: asyncio.Event) -> AsyncIterator[None]:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     said = False
     while not stop.is_set() and not await store.acquire_lock(owner, LOCK_LEASE):
+        holder = await store.lock_owner()
+        if holder is not None and _died_on_this_host(holder):
+            log.warning("taking over the node lock from %s, which is no longer running", holder)
+            await store.release_lock(holder)
+            continue
         if not said:
-            holder = await store.read_heartbeat()
+            heartbeat = await store.read_heartbeat()
             log.warning(
-                "another lndmailbox holds this node's lock (%s); waiting for it to stop "
-                "or for its lease to run out",
-                holder or "no heartbeat",
+                "another lndmailbox (%s) holds this node's lock; waiting for it to stop "
+                "or for its lease to run out (last heartbeat: %s)",
+                holder,
+                heartbeat or "none",
             )
             said = True
         await sleep_or_stop(stop, 2.0)
@@ -236,6 +242,24 @@ async def _node_lock(store: Store, stop: asyncio.Event) -> AsyncIterator[None]:
             if not lost.is_set():
                 with contextlib.suppress(MailboxError):
                     await store.release_lock(owner)
+
+
+def _died_on_this_host(owner: str) -> bool:
+    """Whether the lock's owner ("host:pid:nonce") was a process of this host that is gone.
+
+    Without this a daemon restarted after a crash would wait out the whole lease.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @contextlib.contextmanager

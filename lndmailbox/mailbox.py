@@ -152,6 +152,8 @@ class Mailbox:
 
         async def follow_peers() -> None:
             events = self._lnd.peer_events()
+            # Subscribe first, then read the current state: no change falls between the two.
+            await events.wait_subscribed()
             await resync_peers()
             await self._kick_peers_with_mail(peers.online, deliverer)
             self.ready.set()

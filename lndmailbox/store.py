@@ -44,6 +44,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from lndmailbox.errors import ConfigError, StoreError, StoreUnavailableError
 
@@ -642,6 +644,12 @@ class Store:
         :meth:`aclose` closes the pool."""
         redis_kwargs.setdefault("socket_connect_timeout", 5.0)
         redis_kwargs.setdefault("socket_timeout", 30.0)
+        # After a Redis restart every pooled connection is stale: a command that meets one
+        # reconnects and is sent again, rather than failing once per pooled connection.
+        redis_kwargs.setdefault(
+            "retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+        )
+        redis_kwargs.setdefault("retry_on_error", [rexc.ConnectionError])
         pool_timeout = redis_kwargs.pop("pool_timeout", 20.0)
         try:
             pool = aioredis.BlockingConnectionPool.from_url(
