@@ -85,7 +85,7 @@ from lndmailbox.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnrpc import lightning_pb2_grpc as ln_grpc
 from lndmailbox.lnrpc import signer_pb2 as sign
 from lndmailbox.lnrpc import signer_pb2_grpc as sign_grpc
-from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage
+from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage, PointError
 
 __all__ = [
     "DEFAULT_LNDDIR",
@@ -966,11 +966,20 @@ class LndClient:
 class LndNodeKey:
     """``sphinx.NodeKey`` backed by lnd: ECDH through Signer.DeriveSharedKey.
 
-    The mailbox never holds the node's private key. Failures raise :class:`LndError`.
+    The mailbox never holds the node's private key. A point that is not a valid compressed
+    public key raises :class:`~lndmailbox.wire.PointError`, as ``LocalNodeKey`` does (it came
+    from a peer: the message is malformed); lnd failing raises :class:`LndError`.
     """
 
     def __init__(self, client: LndClient) -> None:
         self._client = client
 
     async def ecdh(self, point: bytes) -> bytes:
-        return await self._client.derive_shared_key(point)
+        if len(point) != 33 or point[0] not in (2, 3):
+            raise PointError("ecdh: not a 33-byte compressed point")
+        try:
+            return await self._client.derive_shared_key(point)
+        except LndError as e:
+            if e.code == grpc.StatusCode.UNKNOWN.name and "ephemeral pubkey" in str(e):
+                raise PointError("ecdh: not on the curve") from e
+            raise
