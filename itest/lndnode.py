@@ -172,6 +172,11 @@ class LndNode:
 
     def lncli(self, *args: str, timeout: float = 60.0) -> Any:
         """Runs one lncli command and returns its JSON answer (``{}`` when it printed none)."""
+        out = self.lncli_text(*args, timeout=timeout).strip()
+        return json.loads(out) if out else {}
+
+    def lncli_text(self, *args: str, timeout: float = 60.0) -> str:
+        """Runs one lncli command and returns what it printed."""
         result = subprocess.run(
             self.lncli_argv(*args),
             capture_output=True,
@@ -185,8 +190,7 @@ class LndNode:
                 f"lncli {' '.join(args)} on {self.name} failed: {result.stderr.strip()}",
                 result.stderr,
             )
-        out = result.stdout.strip()
-        return json.loads(out) if out else {}
+        return result.stdout
 
     def getinfo(self) -> dict[str, Any]:
         info: dict[str, Any] = self.lncli("getinfo")
@@ -252,7 +256,7 @@ class LndNode:
 
     def bake_macaroon(self, permissions: Sequence[str], path: Path) -> bytes:
         """``lncli bakemacaroon --save_to PATH perm...``; returns the macaroon bytes."""
-        self.lncli("bakemacaroon", f"--save_to={path}", *permissions)
+        self.lncli_text("bakemacaroon", f"--save_to={path}", *permissions)
         if not path.exists():
             raise ProcessError(f"lncli bakemacaroon did not write {path}")
         return path.read_bytes()
