@@ -445,6 +445,8 @@ def rpc_error(rpc: str, error: grpc.aio.AioRpcError) -> LndError:
     code = error.code()
     details = error.details() or ""
     name = code.name
+    if code is grpc.StatusCode.UNKNOWN and _LND_TRANSIENT.match(details):
+        return LndError(f"{rpc} failed: {name}: {details}", rpc=rpc, code=name, retryable=True)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
         code is grpc.StatusCode.UNKNOWN and _LND_MACAROON.search(details)
     ):
@@ -467,9 +469,7 @@ def rpc_error(rpc: str, error: grpc.aio.AioRpcError) -> LndError:
         )
     if code is grpc.StatusCode.UNIMPLEMENTED:
         return LndError(_unimplemented_message(rpc, details), rpc=rpc, code=name, retryable=False)
-    retryable = code in _RETRYABLE_CODES or (
-        code is grpc.StatusCode.UNKNOWN and _LND_TRANSIENT.match(details) is not None
-    )
+    retryable = code in _RETRYABLE_CODES
     message = f"{rpc} failed: {name}: {details}"
     if code is grpc.StatusCode.UNKNOWN and "not in custom range" in details:
         message += " (start lnd <= 0.20 with protocol.custom-message=513)"

@@ -274,12 +274,13 @@ async def test_an_outage_is_retried_and_logged_once(
         Abort(grpc.StatusCode.UNAVAILABLE, "restarting"),
         Abort(grpc.StatusCode.UNKNOWN, "server is shutting down"),
         Abort(grpc.StatusCode.UNKNOWN, "wallet locked, unlock it to enable full RPC access"),
+        Abort(grpc.StatusCode.UNKNOWN, "unable to determine macaroon permissions"),
         Abort(grpc.StatusCode.UNAVAILABLE, "restarting"),
         ln.ListPeersResponse(peers=[ln.Peer(pub_key=PEER.hex())]),
     ]
     async with _client(scripted.port) as lnd:
         assert await lnd.list_peers() == frozenset({PEER})
-    assert scripted.script.calls["ListPeers"] == 5
+    assert scripted.script.calls["ListPeers"] == 6
     warnings = _lnd_records(warnings_and_up, logging.WARNING)
     infos = _lnd_records(warnings_and_up, logging.INFO)
     assert len(warnings) == 1
