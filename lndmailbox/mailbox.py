@@ -156,6 +156,9 @@ class Mailbox:
             await events.wait_subscribed()
             await resync_peers()
             await self._kick_peers_with_mail(peers.online, deliverer)
+            # lnd keeps nothing for a subscriber that is not there yet: be on both streams
+            # before saying we are ready.
+            await messages_subscribed.wait()
             self.ready.set()
             async for event in events:
                 if isinstance(event, Resubscribed):
@@ -173,8 +176,13 @@ class Mailbox:
             elif transport is Transport.NATIVE:
                 await ingest.peer_went_offline(event.pubkey)
 
+        messages_subscribed = asyncio.Event()
+
         async def follow_messages() -> None:
-            async for item in self._lnd.onion_messages(transport):
+            messages = self._lnd.onion_messages(transport)
+            await messages.wait_subscribed()
+            messages_subscribed.set()
+            async for item in messages:
                 if isinstance(item, Resubscribed):
                     log.info("onion message stream resubscribed")
                     continue

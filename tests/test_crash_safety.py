@@ -1,0 +1,174 @@
+"""The daemon killed outright (SIGKILL) at random moments, 50 times, over a stream of messages.
+
+What must hold afterwards:
+
+- Every message lnd handed the daemon reaches bob (peeled with bob's key to its payload),
+  except one the daemon was killed while holding in memory: lnd's streams carry no
+  acknowledgement, so a message read from the stream and not yet written to Redis dies
+  with the process. The test shows each such message was handed over just before a kill,
+  and counts those and the duplicates.
+- The mailbox ends empty and its indexes agree with its queues (``Store.audit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lndmailbox.simnet import Personality, SimNode
+from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
+from lndmailbox.store import Store
+from lndmailbox.wire import scid
+from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+
+KILLS = 50
+# A message handed to a daemon this long before it was killed may die with it.
+IN_MEMORY_WINDOW = 1.0
+
+
+@dataclass
+class Ledger:
+    handed_over: dict[bytes, float] = field(default_factory=dict)
+    kills: list[float] = field(default_factory=list)
+
+
+def daemon_command(node: SimNode, cert: Path, macaroon: Path, redis_url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lndmailbox",
+        "--rpcserver",
+        node.target,
+        "--tlscertpath",
+        str(cert),
+        "--macaroonpath",
+        str(macaroon),
+        "--network",
+        "regtest",
+        "--redis-url",
+        redis_url,
+        "--allow-channel-peers",
+        "--sweep-interval",
+        "1",
+        "--log-level",
+        "error",
+    ]
+
+
+@pytest.mark.parametrize(
+    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
+)
+async def test_sigkill_loses_nothing_stored(
+    personality: Personality, redis_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    node = SimNode(personality, onion_rate_limits=None)
+    await node.start()
+    alice = node.add_peer("alice")
+    bob = node.add_peer("bob")
+    node.open_channel(alice, scid(800_000, 1, 0))
+    node.open_channel(bob, scid(800_000, 2, 0))
+    alice.connect()
+    cert, macaroon = node.write_credentials(tmp_path / "lnd")
+    command = daemon_command(node, cert, macaroon, redis_url)
+    stream = "onion_messages" if personality is Personality.LND_0_21 else "custom_messages"
+    ledger = Ledger()
+    counter = 0
+
+    async def send_burst(size: int) -> None:
+        nonlocal counter
+        for _ in range(size):
+            text = f"message {counter}".encode()
+            counter += 1
+            _, message = message_via(
+                [BlindedHopSpec(node.pubkey, next_node_id=bob.pubkey), bob.pubkey],
+                {PAYLOAD_TYPE: text},
+            )
+            fate = await alice.send_onion_message(message)
+            if fate.published or fate.forwarded_to is not None:
+                ledger.handed_over[text] = time.monotonic()
+            await asyncio.sleep(rng.uniform(0, 0.01))
+
+    async def subscribed() -> bool:
+        return node.subscriber_count(stream) >= 1 and node.subscriber_count("peer_events") >= 1
+
+    try:
+        for _ in range(KILLS):
+            daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
+            try:
+                await wait_until(subscribed, within=30, what="the daemon to subscribe")
+                if rng.random() < 0.4:
+                    bob.connect()  # a drain runs while the kill comes
+                sender = asyncio.create_task(send_burst(rng.randint(1, 12)))
+                await asyncio.sleep(rng.uniform(0, 0.08))
+                daemon.send_signal(signal.SIGKILL)
+                ledger.kills.append(time.monotonic())
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+            finally:
+                if daemon.returncode is None:
+                    daemon.kill()
+                await daemon.wait()
+            if bob.online and rng.random() < 0.7:
+                bob.disconnect()
+            await wait_until(
+                lambda: node.subscriber_count(stream) == 0, what="the dead daemon's streams"
+            )
+
+        # A last daemon, left running, with bob online: everything kept must arrive.
+        bob.disconnect()
+        daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
+        try:
+            await wait_until(subscribed, within=30, what="the last daemon to subscribe")
+            bob.connect()
+            async with Store.from_url(redis_url, node.pubkey) as store:
+
+                async def drained() -> bool:
+                    return await store.messages(bob.pubkey) == []
+
+                await wait_until(drained, within=30, what="the mailbox to empty")
+                assert await store.audit() == []
+                received = []
+                for message in bob.received:
+                    peeled = await bob.peel(message)
+                    assert isinstance(peeled, Receive)
+                    received.append(peeled.payload[PAYLOAD_TYPE])
+                counters = await store.counters()
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    finally:
+        await node.stop()
+
+    assert counters.get("stored", 0) > 0, "the scenario stored nothing: it tests nothing"
+    assert counters.get("lost", 0) == 0
+
+    missing = set(ledger.handed_over) - set(received)
+    in_memory = 0
+    for text in missing:
+        handed = ledger.handed_over[text]
+        # Handed over just before a kill (in the daemon's memory), or just after one (to a
+        # stream whose reader was already dead, which lnd cannot tell either).
+        nearest_kill = min(ledger.kills, key=lambda k: abs(k - handed))
+        assert abs(nearest_kill - handed) <= IN_MEMORY_WINDOW, (
+            f"{text!r} was lost though no kill came near it"
+        )
+        in_memory += handed <= nearest_kill
+    duplicates = len(bob.received) - len(set(received))
+    print(
+        f"\n{personality.release}: {len(ledger.kills)} kills, {len(ledger.handed_over)} messages "
+        f"handed to the daemon, {len(set(received))} delivered, {duplicates} duplicates, "
+        f"{in_memory} lost in a killed daemon's memory, "
+        f"{len(missing) - in_memory} handed to an already killed one"
+    )
