@@ -119,6 +119,8 @@ def keep_logs(item: pytest.Item) -> Path | None:
     dest = KEPT_LOGS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     copied = 0
     for log in base.rglob("*.log"):
+        if "data" in log.relative_to(base).parts:
+            continue  # databases' own *.log files (btcd's leveldb), not logs
         target = dest / log.relative_to(base)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

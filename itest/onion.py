@@ -32,6 +32,7 @@ class Letter:
     """One message on its way: what the sender sends and what the LSP must pass on."""
 
     payload: bytes
+    path: sphinx.BlindedPath
     sent: OnionMessage
     forward: sphinx.Forward
 
@@ -77,7 +78,7 @@ async def write_letter(network: Network, *, by_scid: bool = False, label: str = 
         assert forward.short_channel_id == network.recipient_channel.short_channel_id  # type: ignore[union-attr]
     else:
         assert forward.next_node_id == recipient.pubkey
-    return Letter(payload, message, forward)
+    return Letter(payload, path, message, forward)
 
 
 async def send_to_lsp(network: Network, message: OnionMessage) -> None:
@@ -140,3 +141,6 @@ async def check_received(network: Network, letter: Letter, item: Any) -> None:
         assert item.path_key == letter.delivered.path_key
         assert item.onion == letter.delivered.onion
         assert dict(item.custom_records) == {PAYLOAD_TYPE: letter.payload}
+        # lnd shows the recipient's encrypted_recipient_data as it arrived (still encrypted).
+        assert item.encrypted_recipient_data == letter.path.hops[-1].encrypted_recipient_data
+        assert item.reply_path == ln.BlindedPath()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from typing import Any
 
 import coincurve
 import grpc
@@ -48,11 +49,29 @@ async def test_getinfo_version_names_the_release(network: Network) -> None:
 
 
 async def test_onion_message_feature_bit_39_is_advertised(network: Network) -> None:
-    """0.20 advertises option_onion_messages only through custom-init; 0.21 by itself."""
+    """0.20 advertises option_onion_messages only through custom-init/custom-nodeann and does
+    not know its name; 0.21 advertises and names it itself."""
     async with network.lsp.rpc() as rpc:
+        info = await rpc.lightning.GetInfo(ln.GetInfoRequest())
         peers = await rpc.lightning.ListPeers(ln.ListPeersRequest())
     sender = next(p for p in peers.peers if p.pub_key == network.sender.pubkey_hex)
-    assert 39 in sender.features, dict(sender.features)
+    seen = {
+        "getinfo": _feature(info.features, 39),
+        "listpeers": _feature(sender.features, 39),
+    }
+    print(f"feature 39 on lnd {network.generation.value}: {seen}")
+    if network.generation is Generation.CUSTOM:
+        expected = ("unknown", False, False)
+    else:
+        expected = ("onion-messages", False, True)
+    assert seen == {"getinfo": expected, "listpeers": expected}
+
+
+def _feature(features: Any, bit: int) -> tuple[str, bool, bool] | None:
+    if bit not in features:
+        return None
+    feature = features[bit]
+    return (feature.name, feature.is_required, feature.is_known)
 
 
 async def test_send_to_a_disconnected_peer_is_not_found(network: Network) -> None:
@@ -75,6 +94,9 @@ async def test_send_to_a_disconnected_peer_is_not_found(network: Network) -> Non
             )
     if network.generation is Generation.CUSTOM:
         assert onion.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert onion.value.details() == (
+            "unknown method SendOnionMessage for service lnrpc.Lightning"
+        )
     else:
         assert onion.value.code() is grpc.StatusCode.NOT_FOUND
         assert onion.value.details() == NOT_CONNECTED
@@ -150,7 +172,7 @@ async def test_what_the_lsp_stream_shows_for_an_offline_next_hop(network: Networ
             # lnd always sends a reply_path message, empty when there is none.
             assert item.reply_path == ln.BlindedPath()
             # For a forward, encrypted_recipient_data is the LSP hop's ciphertext as received.
-            assert item.encrypted_recipient_data != b""
+            assert item.encrypted_recipient_data == letter.path.hops[0].encrypted_recipient_data
         await asyncio.sleep(1.0)
         assert len(stream.items) == 1
 
@@ -197,6 +219,32 @@ async def test_native_drops_an_unknown_short_channel_id(network: Network) -> Non
         await send_to_lsp(network, message)
         await asyncio.sleep(3.0)
         assert stream.items == []
+
+
+async def test_native_drops_a_message_back_to_its_sender(network: Network) -> None:
+    """native: a next hop equal to the peer the message came from is dropped unpublished."""
+    if network.generation is Generation.CUSTOM:
+        return  # lnd 0.20 does not read onion messages at all
+    await asyncio.to_thread(network.ensure_sender_connected)
+    lsp, sender = network.lsp, network.sender
+    path = sphinx.create_blinded_path(
+        [
+            sphinx.BlindedHopSpec(lsp.pubkey, next_node_id=sender.pubkey),
+            sphinx.BlindedHopSpec(sender.pubkey),
+        ],
+        sphinx.random_secret(),
+    )
+    _, message = sphinx.build_onion_message(path, {PAYLOAD_TYPE: b"x"}, sphinx.random_secret())
+    async with (
+        lsp.rpc() as lsp_rpc,
+        sender.rpc() as sender_rpc,
+        collect(inbox_stream(network, lsp_rpc)) as at_lsp,
+        collect(inbox_stream(network, sender_rpc)) as at_sender,
+    ):
+        await send_to_lsp(network, message)
+        await asyncio.sleep(3.0)
+        assert at_lsp.items == []
+        assert at_sender.items == []
 
 
 async def test_how_streams_end_when_lnd_stops(network: Network) -> None:
