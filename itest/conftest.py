@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from itest.build import Binaries, Generation, ensure_all
+from itest.build import Binaries, BuildError, Generation, ensure_all
 from itest.daemon import MailboxDaemon
 from itest.network import Network
 from lndmailbox.redis_server import RedisServer
@@ -32,7 +32,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
     started = time.monotonic()
-    session.config.stash[_BINARIES] = ensure_all()
+    try:
+        session.config.stash[_BINARIES] = ensure_all()
+    except BuildError as e:
+        # Say why in one message instead of an internal error's traceback.
+        pytest.exit(f"cannot build the itest's lnd/btcd binaries: {e}", returncode=3)
     took = time.monotonic() - started
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
