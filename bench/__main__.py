@@ -1,0 +1,232 @@
+"""``make bench`` (``python -m bench``): every figure the issues ask for, with its baseline.
+
+Each figure is a ratio to a baseline measured in the same run (or, for ingest, to lnd's
+fixed default ceiling), printed with the raw numbers and the target:
+
+1. peel vs the bare crypto floor (:mod:`bench.peel`);
+2. sustained ingest through simnet (own process, ECDH over gRPC) and Redis, vs lnd's
+   default global onion-message ceiling;
+3. draining queued messages to a reconnecting peer, vs the same number of bare sends;
+4. Redis memory per stored message, vs the message's size.
+
+These machines are shared and noisy: run it several times before trusting a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import platform
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import mailbox, peel
+from lndmailbox.logs import configure_logging
+from lndmailbox.simnet import Personality
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "?"
+
+
+def machine() -> str:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpus} CPUs (nproc) {_cpu_model()}, Python {platform.python_version()}, "
+        f"load average {load}"
+    )
+
+
+def _peel_figures() -> tuple[str, float | None, float | None, float | None]:
+    """Runs bench.peel, echoing its lines; returns them and (peels/s, us/peel, ratio)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        peel.run()
+    text = out.getvalue()
+
+    def number(label: str) -> float | None:
+        match = re.search(re.escape(label) + r"\s+([0-9.]+)", text)
+        return float(match.group(1)) if match else None
+
+    return (
+        text,
+        number("peels/second"),
+        number("time per peel"),
+        number("ratio peel / floor"),
+    )
+
+
+def _row(figure: str, lnd: str, measured: str, baseline: str, ratio: float, target: str) -> str:
+    ok = _meets(ratio, target)
+    return f"{figure:<30} {lnd:<5} {measured:>16}  {baseline:<34} {ratio:6.2f}x  {target:<7} {ok}"
+
+
+def _meets(ratio: float, target: str) -> str:
+    op, _, value = target.partition(" ")
+    limit = float(value.rstrip("x"))
+    good = ratio >= limit if op == ">=" else ratio <= limit
+    return "ok" if good else "MISSED"
+
+
+def table(
+    peel_figures: tuple[float | None, float | None, float | None],
+    results: Sequence[mailbox.Figures],
+) -> list[str]:
+    lines = [
+        f"{'figure':<30} {'lnd':<5} {'measured':>16}  {'baseline (same run)':<34} "
+        f"{'ratio':>7}  {'target':<7}",
+    ]
+    rate, per_peel, ratio = peel_figures
+    if rate is not None and per_peel is not None and ratio is not None:
+        floor = per_peel / ratio
+        lines.append(
+            _row(
+                "peel, forwarding hop",
+                "-",
+                f"{per_peel:.1f} us",
+                f"crypto floor {floor:.1f} us",
+                ratio,
+                "<= 1.5x",
+            )
+        )
+    for r in results:
+        lnd = r.personality.value
+        lines.append(
+            _row(
+                "ingest: peel, decide, store",
+                lnd,
+                f"{r.ingest.rate:.0f} msg/s",
+                f"lnd global ceiling {mailbox.LND_CEILING_MSGS:.0f} msg/s",
+                r.ingest.ratio,
+                f">= {mailbox.INGEST_TARGET:g}x",
+            )
+        )
+        lines.append(
+            _row(
+                f"drain {r.drain.messages} to returning peer",
+                lnd,
+                f"{r.drain.seconds:.3f} s",
+                f"{r.drain.messages} bare sends {r.drain.bare:.3f} s",
+                r.drain.ratio,
+                f"<= {mailbox.DRAIN_TARGET:g}x",
+            )
+        )
+        for m in r.memory:
+            lines.append(
+                _row(
+                    f"Redis memory, {m.what}",
+                    lnd,
+                    f"{m.per_message:.0f} B/msg",
+                    f"message {mailbox.MESSAGE_SIZE} B (33 + {mailbox.PACKET_SIZE})",
+                    m.ratio,
+                    f"<= {mailbox.MEMORY_TARGET:g}x",
+                )
+            )
+    return lines
+
+
+def details(r: mailbox.Figures) -> list[str]:
+    i, d = r.ingest, r.drain
+    per = 1e6 / i.messages
+    dropped = {k: v for k, v in i.counters.items() if k.startswith(("dropped", "lost"))}
+    lines = [
+        f"lnd {r.personality.release} ({r.transport.value} transport):",
+        f"  ingest   {i.messages} messages in {i.seconds:.3f}s; simnet accepted them in "
+        f"{i.inject_seconds:.3f}s; outcomes at simnet {i.outcomes}",
+        f"           CPU per message: daemon {i.cpu.daemon * per:.0f} us, simnet "
+        f"{i.cpu.simnet * per:.0f} us, Redis {i.cpu.redis * per:.0f} us "
+        f"(wall {i.seconds * per:.0f} us)",
+        f"           dropped/lost counters: {dropped or 'none'}",
+        f"  drain    {d.messages} in {d.seconds:.3f}s ({d.messages / d.seconds:.0f}/s); bare "
+        f"sends {d.bare_before:.3f}s before, {d.bare_after:.3f}s after; daemon CPU "
+        f"{d.daemon_cpu:.3f}s; bob peeled {d.peeled}/{d.received} ({d.distinct} distinct)",
+    ]
+    for m in r.memory:
+        lines.append(
+            f"  memory   {m.what}: {m.messages} messages, queue {m.queue_bytes} B + dedup "
+            f"{m.dedup_bytes} B = {m.per_message:.0f} B/message"
+        )
+    return lines
+
+
+async def _mailbox(args: argparse.Namespace) -> list[mailbox.Figures]:
+    results = []
+    for version in args.lnd:
+        config = mailbox.Config(
+            personality=Personality(version),
+            messages=args.messages,
+            warmup=args.warmup,
+            recipients=args.recipients,
+            drain=args.drain,
+            redis_url=args.redis_url,
+            profile=args.profile,
+        )
+        results.append(await mailbox.run(config, say=lambda s: print(f"  {s}", flush=True)))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--messages", type=int, default=5000, help="ingest messages (timed)")
+    parser.add_argument("--warmup", type=int, default=300, help="ingest warm-up messages")
+    parser.add_argument("--recipients", type=int, default=100, help="offline ingest recipients")
+    parser.add_argument("--drain", type=int, default=1000, help="messages drained to bob")
+    parser.add_argument(
+        "--lnd",
+        nargs="+",
+        choices=[p.value for p in Personality],
+        default=["0.21", "0.20"],
+        help="simnet personalities to measure (default: both)",
+    )
+    parser.add_argument("--skip-peel", action="store_true", help="leave out the peel figure")
+    parser.add_argument("--redis-url", help="use this (empty) Redis instead of starting one")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the daemon's log level (default: info, the daemon's own default); the log "
+        "goes to a file, its cost is part of the figures",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print a cProfile of the daemon during ingest"
+    )
+    args = parser.parse_args(argv)
+
+    print(f"lndmailbox bench on {machine()}")
+    print("shared machines are noisy: compare ratios from several runs, not one figure\n")
+    with tempfile.TemporaryDirectory(prefix="lndmailbox-bench-log-") as tmp:
+        log_path = Path(tmp) / "daemon.log"
+        with log_path.open("w") as log_file:
+            configure_logging(args.log_level, "text", stream=log_file)
+            peel_figures: tuple[float | None, float | None, float | None] = (None, None, None)
+            if not args.skip_peel:
+                text, *numbers = _peel_figures()
+                print(text)
+                peel_figures = (numbers[0], numbers[1], numbers[2])
+            print("mailbox (daemon in this process; simnet in its own; real Redis)")
+            results = asyncio.run(_mailbox(args))
+            log_lines = log_path.read_text().count("\n")
+    print()
+    for r in results:
+        print("\n".join(details(r)))
+        if r.profile:
+            print(r.profile)
+    print(f"  (the daemon wrote {log_lines} log lines at level {args.log_level})")
+    print()
+    print("\n".join(table(peel_figures, results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The daemon's figures: sustained ingest, draining to a returning peer, Redis memory.
+
+One world per lnd personality: simnet in its own process (:mod:`bench.simnet_process`,
+so its gRPC serving and ECDH do not share the daemon's interpreter), a real Redis-protocol
+server started the way the daemon's embedded mode runs it (unix socket, append-only file),
+and the real daemon, :func:`lndmailbox.daemon.run`, in this process with
+``--allow-channel-peers``. Peers: ``alice`` (the sender, online), ``carol`` (online: the
+bare sends go to her), ``bob`` (offline: the drain) and ``r000``... (offline: ingest).
+
+* Ingest: alice sends N messages for the offline recipients (round robin) as fast as
+  simnet takes them; timed from the first send to the moment the daemon's ``stored``
+  counter in Redis shows all N. Every message is peeled by the daemon with ECDH through
+  simnet's Signer over gRPC, decided and written with the store's Lua script. The
+  baseline is lnd's default global onion-message ceiling (5120 kbps: about 470 messages
+  of 1366 bytes per second, see lnd-facts.md); simnet's own buckets are off.
+* Drain: M messages are queued for bob through the daemon while he is offline; bob
+  connects and the time until simnet saw him receive all M is the figure. Baseline: M
+  sequential ``LndClient.send_onion_message`` calls from this process to carol, with the
+  same messages and the same transport, measured just before and just after the drain.
+  Afterwards bob peels every message he received to its payload.
+* Memory: ``MEMORY USAGE`` (every element sampled) of the peers' queue and dedup keys,
+  divided by the messages they hold, against a message's size (33 + 1366 bytes); once
+  for the ingest recipients' short queues and once for bob's long one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import io
+import pstats
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.simnet_process import SimnetProcess, build_messages
+from lndmailbox.config import Settings
+from lndmailbox.daemon import run as run_daemon
+from lndmailbox.lnd import LndClient, Transport, transport_for_version
+from lndmailbox.redis_server import RedisServer
+from lndmailbox.simnet import Personality
+from lndmailbox.store import Store
+from lndmailbox.wire import OnionMessage
+
+LND_CEILING_KBPS = 5120
+PACKET_SIZE = 1366
+MESSAGE_SIZE = 33 + PACKET_SIZE
+LND_CEILING_MSGS = LND_CEILING_KBPS * 1000 / 8 / PACKET_SIZE  # about 469 messages/s
+
+INGEST_TARGET = 3.0
+DRAIN_TARGET = 1.2
+MEMORY_TARGET = 1.25
+
+
+@dataclass(frozen=True)
+class Config:
+    personality: Personality = Personality.LND_0_21
+    messages: int = 5000
+    warmup: int = 300
+    recipients: int = 100
+    drain: int = 1000
+    redis_url: str | None = None
+    """An existing Redis to use (it must be empty for this node); none: start one."""
+    profile: bool = False
+    """cProfile this process (the daemon) during the timed ingest; stats in the result."""
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds spent by each process during a timed phase."""
+
+    daemon: float
+    simnet: float
+    redis: float
+
+
+@dataclass(frozen=True)
+class Ingest:
+    messages: int
+    seconds: float
+    inject_seconds: float
+    cpu: Cpu
+    outcomes: dict[str, int]
+    counters: dict[str, int]
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / LND_CEILING_MSGS
+
+
+@dataclass(frozen=True)
+class Drain:
+    messages: int
+    seconds: float
+    bare_before: float
+    bare_after: float
+    received: int
+    peeled: int
+    distinct: int
+    daemon_cpu: float
+
+    @property
+    def bare(self) -> float:
+        return (self.bare_before + self.bare_after) / 2
+
+    @property
+    def ratio(self) -> float:
+        return self.seconds / self.bare
+
+
+@dataclass(frozen=True)
+class Memory:
+    queues: int
+    messages: int
+    queue_bytes: int
+    dedup_bytes: int
+
+    @property
+    def what(self) -> str:
+        if self.queues == 1:
+            return f"1 queue of {self.messages}"
+        return f"{self.queues} queues of ~{round(self.messages / self.queues)}"
+
+    @property
+    def per_message(self) -> float:
+        return (self.queue_bytes + self.dedup_bytes) / self.messages
+
+    @property
+    def ratio(self) -> float:
+        return self.per_message / MESSAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Figures:
+    personality: Personality
+    transport: Transport
+    build_seconds: float
+    ingest: Ingest
+    drain: Drain
+    memory: tuple[Memory, ...]
+    profile: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+async def _wait_for(
+    check: Callable[[], object], *, within: float, what: str, every: float = 0.02
+) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: timed out after {within:.0f}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def _redis(url: str | None, workdir: Path) -> AsyncIterator[tuple[str, RedisServer | None]]:
+    if url is not None:
+        yield url, None
+        return
+    server = RedisServer(
+        workdir / "redis", persist=True, unix_socket=workdir / "redis" / "redis.sock"
+    )
+    await asyncio.to_thread(server.start)
+    try:
+        yield server.url, server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _redis_cpu(store: Store) -> float:
+    info = await store.redis.info("cpu")
+    return float(info.get("used_cpu_user", 0.0)) + float(info.get("used_cpu_sys", 0.0))
+
+
+async def _cpu(sim: SimnetProcess, store: Store) -> tuple[float, float, float]:
+    return time.process_time(), await sim.cpu(), await _redis_cpu(store)
+
+
+async def _stored(store: Store) -> int:
+    return (await store.counters()).get("stored", 0)
+
+
+async def run(config: Config, *, say: Callable[[str], None] = print) -> Figures:
+    """Runs the three mailbox figures for one personality; ``say`` gets progress lines."""
+    with tempfile.TemporaryDirectory(prefix="lndmailbox-bench-") as tmp:
+        workdir = Path(tmp)
+        async with (
+            _redis(config.redis_url, workdir) as (redis_url, _),
+            SimnetProcess(config.personality) as sim,
+        ):
+            return await _run(config, sim, redis_url, workdir, say)
+
+
+async def _run(
+    config: Config,
+    sim: SimnetProcess,
+    redis_url: str,
+    workdir: Path,
+    say: Callable[[str], None],
+) -> Figures:
+    transport = transport_for_version(sim.version)
+    say(
+        f"simnet lnd {config.personality.release} in process {sim.pid} "
+        f"({transport.value} transport); Redis at {redis_url}"
+    )
+    recipients = [f"r{i:03d}" for i in range(config.recipients)]
+    keys = await sim.add_peers(["alice", "carol", "bob", *recipients])
+    await sim.connect("alice")
+    await sim.connect("carol")
+
+    # Every message is built before anything is timed: the ingest ones in simnet's
+    # process, bob's (which the bare sends reuse for carol) here, at the same time.
+    started = time.perf_counter()
+    building = asyncio.ensure_future(
+        sim.build("ingest", recipients, config.warmup + config.messages)
+    )
+    drain_messages = await asyncio.to_thread(
+        build_messages, sim.pubkey, [keys["bob"]], config.drain, "drain"
+    )
+    await building
+    await sim.load("drain", drain_messages)
+    build_seconds = time.perf_counter() - started
+    say(
+        f"built {config.warmup + config.messages + config.drain} onion messages "
+        f"in {build_seconds:.1f}s (not timed)"
+    )
+
+    per_peer = max(64, config.drain)
+    settings = Settings(
+        rpcserver=sim.target,
+        tlscert=sim.tls_cert.decode(),
+        macaroon=sim.macaroon.hex(),
+        network="regtest",
+        redis_url=redis_url,
+        datadir=workdir / "mailbox",
+        allow_channel_peers=True,
+        max_messages_per_peer=per_peer,
+        max_bytes_per_peer=max(256 * 1024, per_peer * MESSAGE_SIZE),
+    )
+    store = Store.from_url(redis_url, sim.pubkey)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run_daemon(settings, stop=stop), name="daemon")
+    try:
+        streams = (
+            ["peer_events", "onion_messages"]
+            if transport is Transport.NATIVE
+            else ["peer_events", "custom_messages"]
+        )
+        await sim.wait_subscribers(streams, within=config.timeout)
+
+        async def locked() -> bool:
+            if daemon.done():
+                daemon.result()
+            return await store.lock_owner() is not None
+
+        await _wait_for(locked, within=config.timeout, what="the daemon's lock")
+
+        ingest, profile = await _ingest(config, sim, store, daemon, say)
+        short = await _memory(store, [keys[r] for r in recipients])
+        drain, long = await _drain(config, sim, store, transport, keys, daemon, say)
+        return Figures(
+            personality=config.personality,
+            transport=transport,
+            build_seconds=build_seconds,
+            ingest=ingest,
+            drain=drain,
+            memory=(short, long),
+            profile=profile,
+        )
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(daemon, 30)
+        finally:
+            await store.aclose()
+
+
+def _check_alive(daemon: asyncio.Task[None]) -> None:
+    if daemon.done():
+        daemon.result()
+        raise RuntimeError("bench: the daemon stopped")
+
+
+async def _until_stored(
+    store: Store, daemon: asyncio.Task[None], count: int, *, within: float, what: str
+) -> None:
+    async def done() -> bool:
+        _check_alive(daemon)
+        return await _stored(store) >= count
+
+    await _wait_for(done, within=within, what=what)
+
+
+async def _ingest(
+    config: Config,
+    sim: SimnetProcess,
+    store: Store,
+    daemon: asyncio.Task[None],
+    say: Callable[[str], None],
+) -> tuple[Ingest, str]:
+    # Warm-up (connections, Redis script cache, channel map, interpreter caches) with the
+    # first messages of the set, then the timed part with the rest.
+    if config.warmup:
+        await sim.inject("ingest", "alice", 0, config.warmup)
+    await _until_stored(store, daemon, config.warmup, within=config.timeout, what="the warm-up")
+    before = await _stored(store)
+
+    profiler = cProfile.Profile() if config.profile else None
+    if profiler is not None:
+        await sim.profile_start()
+    cpu0 = await _cpu(sim, store)
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    injecting = asyncio.ensure_future(
+        sim.inject("ingest", "alice", config.warmup, config.warmup + config.messages)
+    )
+    try:
+        await _until_stored(
+            store,
+            daemon,
+            before + config.messages,
+            within=config.timeout,
+            what=f"{config.messages} messages to be stored",
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        injected = await injecting
+    cpu1 = await _cpu(sim, store)
+    ingest = Ingest(
+        messages=config.messages,
+        seconds=seconds,
+        inject_seconds=injected.seconds,
+        cpu=Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], cpu1[2] - cpu0[2]),
+        outcomes=injected.outcomes,
+        counters=await store.counters(),
+    )
+    say(
+        f"ingest: {ingest.messages} messages stored in {seconds:.2f}s = {ingest.rate:.0f}/s "
+        f"(simnet took them in {ingest.inject_seconds:.2f}s); CPU during it: daemon "
+        f"{ingest.cpu.daemon:.2f}s, simnet {ingest.cpu.simnet:.2f}s, Redis {ingest.cpu.redis:.2f}s"
+    )
+    profile = ""
+    if profiler is not None:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+        profile = f"daemon process, during ingest:\n{out.getvalue()}\n"
+        profile += f"simnet process, during ingest:\n{await sim.profile_stop(40)}\n"
+    return ingest, profile
+
+
+async def _memory(store: Store, peers: list[bytes]) -> Memory:
+    """MEMORY USAGE (all elements sampled) of the peers' queue and dedup keys."""
+    messages = queue_bytes = dedup_bytes = 0
+    for peer in peers:
+        messages += int(await store.redis.llen(store.queue_key(peer)))
+        queue_bytes += int(await store.redis.memory_usage(store.queue_key(peer), samples=0) or 0)
+        dedup_bytes += int(await store.redis.memory_usage(store.dedup_key(peer), samples=0) or 0)
+    return Memory(len(peers), messages, queue_bytes, dedup_bytes)
+
+
+async def _bare_sends(
+    lnd: LndClient, transport: Transport, peer: bytes, messages: list[OnionMessage]
+) -> float:
+    """Seconds for ``messages`` sent one after another to ``peer``, as the deliverer does."""
+    started = time.perf_counter()
+    for message in messages:
+        await lnd.send_onion_message(transport, peer, message.path_key, message.onion)
+    return time.perf_counter() - started
+
+
+async def _drain(
+    config: Config,
+    sim: SimnetProcess,
+    store: Store,
+    transport: Transport,
+    keys: dict[str, bytes],
+    daemon: asyncio.Task[None],
+    say: Callable[[str], None],
+) -> tuple[Drain, Memory]:
+    bob, carol = keys["bob"], keys["carol"]
+    before = await _stored(store)
+    await sim.inject("drain", "alice")
+    await _until_stored(
+        store,
+        daemon,
+        before + config.drain,
+        within=config.timeout,
+        what=f"{config.drain} messages queued for bob",
+    )
+    memory = await _memory(store, [bob])
+    # The bare sends carry exactly what the deliverer will send bob: the queued messages.
+    queued = [OnionMessage(m.path_key, m.onion) for m in await store.messages(bob)]
+    if len(queued) != config.drain:
+        raise RuntimeError(f"bench: {len(queued)} messages queued for bob, not {config.drain}")
+
+    async def bob_emptied() -> bool:
+        _check_alive(daemon)
+        return int(await store.redis.llen(store.queue_key(bob))) == 0
+
+    async with LndClient(sim.endpoint) as lnd:
+        await _bare_sends(lnd, transport, carol, queued[:50])  # warm-up
+        bare_before = await _bare_sends(lnd, transport, carol, queued)
+        cpu_before = time.process_time()
+        seconds, _ = await sim.wait_received(
+            "bob", config.drain, within=config.timeout, connect=True
+        )
+        daemon_cpu = time.process_time() - cpu_before
+        await _wait_for(bob_emptied, within=config.timeout, what="bob's queue to empty")
+        bare_after = await _bare_sends(lnd, transport, carol, queued)
+    received, peeled, distinct = await sim.peel_check("bob")
+    drain = Drain(
+        messages=config.drain,
+        seconds=seconds,
+        bare_before=bare_before,
+        bare_after=bare_after,
+        received=received,
+        peeled=peeled,
+        distinct=distinct,
+        daemon_cpu=daemon_cpu,
+    )
+    say(
+        f"drain: {drain.messages} messages to bob in {drain.seconds:.3f}s; bare sends "
+        f"{drain.bare_before:.3f}s before and {drain.bare_after:.3f}s after; bob peeled "
+        f"{peeled} of {received} to their payloads ({distinct} distinct)"
+    )
+    return drain, memory
