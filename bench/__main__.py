@@ -147,10 +147,14 @@ def details(r: mailbox.Figures) -> list[str]:
         f"           CPU per message: daemon {i.cpu.daemon * per:.0f} us, simnet "
         f"{i.cpu.simnet * per:.0f} us, Redis {i.cpu.redis * per:.0f} us "
         f"(wall {i.seconds * per:.0f} us)",
+        f"           one core each would allow: daemon {_per_second(i.messages, i.cpu.daemon)}"
+        f", simnet {_per_second(i.messages, i.cpu.simnet)} msg/s",
         f"           dropped/lost counters: {dropped or 'none'}",
         f"  drain    {d.messages} in {d.seconds:.3f}s ({d.messages / d.seconds:.0f}/s); bare "
-        f"sends {d.bare_before:.3f}s before, {d.bare_after:.3f}s after; daemon CPU "
-        f"{d.daemon_cpu:.3f}s; bob peeled {d.peeled}/{d.received} ({d.distinct} distinct)",
+        f"sends {d.bare_before:.3f}s before, {d.bare_after:.3f}s after",
+        f"           CPU per message in this process: drain {d.daemon_cpu * 1e6 / d.messages:.0f}"
+        f" us, bare send {d.bare_cpu * 1e6 / d.messages:.0f} us; bob peeled "
+        f"{d.peeled}/{d.received} ({d.distinct} distinct payloads)",
     ]
     for m in r.memory:
         lines.append(
@@ -158,6 +162,10 @@ def details(r: mailbox.Figures) -> list[str]:
             f"{m.dedup_bytes} B = {m.per_message:.0f} B/message"
         )
     return lines
+
+
+def _per_second(messages: int, cpu: float) -> str:
+    return f"{messages / cpu:.0f}" if cpu > 0 else "-"
 
 
 async def _mailbox(args: argparse.Namespace) -> list[mailbox.Figures]:
@@ -170,6 +178,7 @@ async def _mailbox(args: argparse.Namespace) -> list[mailbox.Figures]:
             recipients=args.recipients,
             drain=args.drain,
             redis_url=args.redis_url,
+            reuse_paths=args.reuse_paths,
             profile=args.profile,
         )
         results.append(await mailbox.run(config, say=lambda s: print(f"  {s}", flush=True)))
@@ -188,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=[p.value for p in Personality],
         default=["0.21", "0.20"],
         help="simnet personalities to measure (default: both)",
+    )
+    parser.add_argument(
+        "--reuse-paths",
+        action="store_true",
+        help="messages to one recipient share its blinded path, as with an offer's paths "
+        "(default: a fresh path per message, the costlier case)",
     )
     parser.add_argument("--skip-peel", action="store_true", help="leave out the peel figure")
     parser.add_argument("--redis-url", help="use this (empty) Redis instead of starting one")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import pstats
 import tempfile
@@ -64,6 +65,8 @@ class Config:
     drain: int = 1000
     redis_url: str | None = None
     """An existing Redis to use (it must be empty for this node); none: start one."""
+    reuse_paths: bool = False
+    """Messages to one recipient share its blinded path (so the path key repeats)."""
     profile: bool = False
     """cProfile this process (the daemon) during the timed ingest; stats in the result."""
     timeout: float = 120.0
@@ -102,6 +105,8 @@ class Drain:
     seconds: float
     bare_before: float
     bare_after: float
+    bare_cpu: float
+    """CPU seconds this process spent on the first round of bare sends."""
     received: int
     peeled: int
     distinct: int
@@ -225,10 +230,19 @@ async def _run(
     # process, bob's (which the bare sends reuse for carol) here, at the same time.
     started = time.perf_counter()
     building = asyncio.ensure_future(
-        sim.build("ingest", recipients, config.warmup + config.messages)
+        sim.build(
+            "ingest", recipients, config.warmup + config.messages, reuse_paths=config.reuse_paths
+        )
     )
     drain_messages = await asyncio.to_thread(
-        build_messages, sim.pubkey, [keys["bob"]], config.drain, "drain"
+        functools.partial(
+            build_messages,
+            sim.pubkey,
+            [keys["bob"]],
+            config.drain,
+            "drain",
+            reuse_paths=config.reuse_paths,
+        )
     )
     await building
     await sim.load("drain", drain_messages)
@@ -417,7 +431,9 @@ async def _drain(
 
     async with LndClient(sim.endpoint) as lnd:
         await _bare_sends(lnd, transport, carol, queued[:50])  # warm-up
+        cpu_before = time.process_time()
         bare_before = await _bare_sends(lnd, transport, carol, queued)
+        bare_cpu = time.process_time() - cpu_before
         cpu_before = time.process_time()
         seconds, _ = await sim.wait_received(
             "bob", config.drain, within=config.timeout, connect=True
@@ -431,6 +447,7 @@ async def _drain(
         seconds=seconds,
         bare_before=bare_before,
         bare_after=bare_after,
+        bare_cpu=bare_cpu,
         received=received,
         peeled=peeled,
         distinct=distinct,

@@ -13,9 +13,10 @@ version; then it answers each request line, in order, with ``{"ok": true, ...}``
 
 * ``add_peers names`` -> ``pubkeys`` (name -> hex): new peers, each with a channel, offline;
 * ``connect name`` / ``disconnect name``;
-* ``build key recipients count`` -> ``seconds``: builds ``count`` onion messages
-  through the node to ``recipients`` (round robin; payload record 65 holds
-  ``bench <key> <i>``) and keeps them under ``key``, so that building is never timed;
+* ``build key recipients count reuse_paths`` -> ``seconds``: builds ``count`` onion
+  messages through the node to ``recipients`` (round robin; payload record 65 holds
+  ``bench <key> <i>``; see :func:`build_messages`) and keeps them under ``key``, so that
+  building is never timed;
 * ``load key messages`` (hex of ``OnionMessage.encode()``): keeps messages built elsewhere;
 * ``inject key sender start stop`` -> ``sent``, ``published``, ``seconds``, ``outcomes``:
   ``sender`` sends the messages kept under ``key`` (``[start:stop]``, default all) as fast
@@ -37,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import hashlib
 import io
 import json
 import os
@@ -61,14 +63,31 @@ _LINE_LIMIT = 64 * 1024 * 1024
 
 
 def build_messages(
-    node: bytes, recipients: Sequence[bytes], count: int, label: str
+    node: bytes,
+    recipients: Sequence[bytes],
+    count: int,
+    label: str,
+    *,
+    reuse_paths: bool = False,
 ) -> list[OnionMessage]:
-    """``count`` messages to ``node`` for forwarding to ``recipients`` (round robin)."""
+    """``count`` messages to ``node`` for forwarding to ``recipients`` (round robin).
+
+    Each message gets a blinded path of its own, unless ``reuse_paths``: then all messages
+    to one recipient use that recipient's one blinded path (as senders do with the paths of
+    an offer or a static invoice), so they reach ``node`` with the same path key.
+    """
     out = []
     for i in range(count):
         recipient = recipients[i % len(recipients)]
+        path_secret = (
+            hashlib.sha256(b"bench blinded path" + node + recipient).digest()
+            if reuse_paths
+            else None
+        )
         first, message = message_via(
-            [node, recipient], {PAYLOAD_TYPE: f"bench {label} {i}".encode()}
+            [node, recipient],
+            {PAYLOAD_TYPE: f"bench {label} {i}".encode()},
+            path_session_key=path_secret,
         )
         assert first == node
         out.append(message)
@@ -105,7 +124,11 @@ class _Child:
             started = time.perf_counter()
             recipients = [self.node.peer(name).pubkey for name in request["recipients"]]
             self.messages[request["key"]] = build_messages(
-                self.node.pubkey, recipients, request["count"], request["key"]
+                self.node.pubkey,
+                recipients,
+                request["count"],
+                request["key"],
+                reuse_paths=request.get("reuse_paths", False),
             )
             return {"seconds": time.perf_counter() - started}
         if cmd == "load":
@@ -339,8 +362,12 @@ class SimnetProcess:
     async def disconnect(self, name: str) -> None:
         await self.call("disconnect", name=name)
 
-    async def build(self, key: str, recipients: Sequence[str], count: int) -> float:
-        reply = await self.call("build", key=key, recipients=list(recipients), count=count)
+    async def build(
+        self, key: str, recipients: Sequence[str], count: int, *, reuse_paths: bool = False
+    ) -> float:
+        reply = await self.call(
+            "build", key=key, recipients=list(recipients), count=count, reuse_paths=reuse_paths
+        )
         return float(reply["seconds"])
 
     async def load(self, key: str, messages: Sequence[OnionMessage]) -> None:
