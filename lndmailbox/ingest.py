@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lndmailbox.clock import Clock
 from lndmailbox.errors import LndError, OnionError, PeerOfflineError
@@ -52,6 +52,8 @@ class Parcel:
     sender: bytes
     path_key: bytes
     onion: bytes
+    entry: str | None = None
+    """Its inbox entry, to forget once the parcel is written (see inbox.py)."""
 
     @property
     def size(self) -> int:
@@ -106,6 +108,7 @@ class Ingest:
         is_allowed: IsAllowed,
         send: Send,
         keep: Callable[[Parcel], None],
+        decided: Callable[[str | None], None],
         race: RaceGuard,
         reporter: Reporter,
         metrics: Metrics,
@@ -118,12 +121,34 @@ class Ingest:
         self._is_allowed = is_allowed
         self._send = send
         self._keep = keep
+        self._decided = decided
         self._race = race
         self._reporter = reporter
         self._metrics = metrics
 
-    async def handle(self, message: IncomingOnionMessage) -> None:
-        """Decides one incoming message. Never raises for anything a peer can send."""
+    async def handle(
+        self, message: IncomingOnionMessage, entry: str | None = None, *, replayed: bool = False
+    ) -> None:
+        """Decides one incoming message. Never raises for anything a peer can send.
+
+        ``entry`` is the message's inbox entry: forgotten here once the message is decided,
+        or by the keeper once it is stored. ``replayed``: a message a previous daemon read
+        and did not decide; lnd may not have forwarded it, so we forward it ourselves.
+        """
+        kept = False
+        try:
+            kept = await self._decide(message, entry, replayed)
+        except Exception:
+            log.exception("unexpected error while deciding a message; it was dropped")
+            self._reporter.dropped("internal_error", sender=message.peer)
+        finally:
+            if not kept:
+                self._decided(entry)
+
+    async def _decide(
+        self, message: IncomingOnionMessage, entry: str | None, replayed: bool
+    ) -> bool:
+        """True when the message went to the keeper (which then owns its inbox entry)."""
         sender = message.peer
         self._reporter.received(sender, len(message.path_key) + len(message.onion))
         started = time.perf_counter()
@@ -131,25 +156,24 @@ class Ingest:
             result = await peel(message.path_key, message.onion, self._node_key)
         except OnionError as e:
             self._reporter.dropped(e.reason, sender=sender)
-            return
+            return False
         except LndError as e:
             # Our signer failed us, not the peer: the message is lost to us, say so loudly.
             log.error("ECDH through lnd failed (%s); message from %s dropped", e, sender.hex())
             self._reporter.dropped("signer_unavailable", sender=sender)
-            return
+            return False
         finally:
             self._metrics.peel_seconds.observe(time.perf_counter() - started)
         if not isinstance(result, Forward):
             self._reporter.dropped("final_hop", sender=sender)
-            return
+            return False
         peer = await self._next_hop(result, sender)
         if peer is None:
-            return
-        parcel = Parcel(peer, sender, result.next_path_key, result.next_onion)
+            return False
+        parcel = Parcel(peer, sender, result.next_path_key, result.next_onion, entry)
         if self._peers.is_online(peer):
-            await self._hand_to_online_peer(parcel)
-        else:
-            await self._keep_if_allowed(parcel)
+            return await self._hand_to_online_peer(parcel, replayed)
+        return await self._keep_if_allowed(parcel)
 
     async def _next_hop(self, forward: Forward, sender: bytes) -> bytes | None:
         peer = forward.next_node_id
@@ -171,30 +195,30 @@ class Ingest:
             return None
         return peer
 
-    async def _hand_to_online_peer(self, parcel: Parcel) -> None:
-        if self._transport is Transport.NATIVE:
-            self._race.remember(parcel)
+    async def _hand_to_online_peer(self, parcel: Parcel, replayed: bool) -> bool:
+        if self._transport is Transport.NATIVE and not replayed:
+            self._race.remember(replace(parcel, entry=None))
             self._reporter.left_to_lnd(parcel.sender, parcel.peer, parcel.size)
-            return
+            return False
         try:
             await self._send(parcel.peer, parcel.path_key, parcel.onion)
         except PeerOfflineError:
             self._peers.mark(parcel.peer, online=False)
-            await self._keep_if_allowed(parcel)
-            return
+            return await self._keep_if_allowed(parcel)
         except LndError as e:
             log.warning("forward to %s failed: %s", parcel.peer.hex(), e)
-            await self._keep_if_allowed(parcel)
-            return
+            return await self._keep_if_allowed(parcel)
         self._reporter.forwarded(parcel.sender, parcel.peer, parcel.size)
+        return False
 
-    async def _keep_if_allowed(self, parcel: Parcel) -> None:
+    async def _keep_if_allowed(self, parcel: Parcel) -> bool:
         if not await self._is_allowed(parcel.peer):
             self._reporter.dropped(
                 "not_allowed", sender=parcel.sender, peer=parcel.peer, size=parcel.size
             )
-            return
+            return False
         self._keep(parcel)
+        return True
 
     async def peer_went_offline(self, peer: bytes) -> None:
         """Native transport: store what was left to lnd for ``peer`` just before it left."""
@@ -205,18 +229,23 @@ class Ingest:
             await self._keep_if_allowed(parcel)
 
 
-async def run_workers(
-    ingest: Ingest, queue: asyncio.Queue[IncomingOnionMessage], workers: int
-) -> None:
+@dataclass(frozen=True)
+class Arrival:
+    """A message read from lnd (or left in the inbox by a previous daemon), to decide."""
+
+    message: IncomingOnionMessage
+    entry: str | None
+    replayed: bool = False
+
+
+async def run_workers(ingest: Ingest, queue: asyncio.Queue[Arrival], workers: int) -> None:
     """Peels with ``workers`` messages in flight: the ECDHs are round trips to lnd."""
 
     async def work() -> None:
         while True:
-            message = await queue.get()
+            arrival = await queue.get()
             try:
-                await ingest.handle(message)
-            except Exception:
-                log.exception("unexpected error while handling a message; it was dropped")
+                await ingest.handle(arrival.message, arrival.entry, replayed=arrival.replayed)
             finally:
                 queue.task_done()
 

@@ -41,6 +41,7 @@ class Keeper:
         clock: Clock,
         buffer_limit: int,
         on_stored: Callable[[bytes], None],
+        decided: Callable[[str | None], None],
     ) -> None:
         self._store = store
         self._reporter = reporter
@@ -48,6 +49,7 @@ class Keeper:
         self._clock = clock
         self._buffer_limit = buffer_limit
         self._on_stored = on_stored
+        self._decided = decided
         self._pending: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._outage_since: float | None = None
@@ -60,6 +62,7 @@ class Keeper:
         """Queues ``parcel`` for the store; never blocks."""
         if len(self._pending) >= self._buffer_limit:
             self._reporter.lost(parcel.peer, parcel.size, "buffer_full")
+            self._decided(parcel.entry)
             return
         self._pending.append(_Pending(parcel, self._clock.now()))
         self._wakeup.set()
@@ -91,8 +94,10 @@ class Keeper:
                 pending = self._pending.popleft()
                 log.error("store refused a message: %s", e)
                 self._reporter.lost(pending.parcel.peer, pending.parcel.size, "store_error")
+                self._decided(pending.parcel.entry)
                 continue
-            self._pending.popleft()
+            pending = self._pending.popleft()
+            self._decided(pending.parcel.entry)
             backoff = 0.1
             self._note_recovery()
 

@@ -30,7 +30,8 @@ from typing import Any
 from lndmailbox.clock import Clock, SystemClock, sleep_or_stop
 from lndmailbox.deliver import Deliverer
 from lndmailbox.errors import LndError, StoreError
-from lndmailbox.ingest import Ingest, RaceGuard, run_workers
+from lndmailbox.inbox import Inbox
+from lndmailbox.ingest import Arrival, Ingest, RaceGuard, run_workers
 from lndmailbox.keeper import Keeper
 from lndmailbox.lnd import (
     IncomingOnionMessage,
@@ -107,6 +108,9 @@ class Mailbox:
         async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
             await self._lnd.send_onion_message(transport, peer, path_key, onion)
 
+        journal = Inbox(self._store)
+        # Read before this daemon journals anything of its own.
+        left_over = await journal.left_over()
         deliverer = Deliverer(
             store=self._store, send=send, peers=peers, reporter=reporter, clock=clock
         )
@@ -117,6 +121,7 @@ class Mailbox:
             clock=clock,
             buffer_limit=self._options.buffer_messages,
             on_stored=deliverer.kick,
+            decided=journal.decided,
         )
         policy = Policy(
             store=self._store,
@@ -134,13 +139,12 @@ class Mailbox:
             is_allowed=policy.is_allowed,
             send=send,
             keep=keeper.keep,
+            decided=journal.decided,
             race=race,
             reporter=reporter,
             metrics=self._metrics,
         )
-        inbox: asyncio.Queue[IncomingOnionMessage] = asyncio.Queue(
-            maxsize=self._options.workers * 4
-        )
+        inbox: asyncio.Queue[Arrival] = asyncio.Queue(maxsize=self._options.workers * 4)
 
         async def resync_peers() -> None:
             came, went = peers.reset(await self._lnd.list_peers())
@@ -159,6 +163,10 @@ class Mailbox:
             # lnd keeps nothing for a subscriber that is not there yet: be on both streams
             # before saying we are ready.
             await messages_subscribed.wait()
+            if left_over:
+                log.warning("deciding %d messages a previous daemon left undecided", len(left_over))
+            for entry, message in left_over:
+                await inbox.put(Arrival(message, entry, replayed=True))
             self.ready.set()
             async for event in events:
                 if isinstance(event, Resubscribed):
@@ -187,7 +195,7 @@ class Mailbox:
                     log.info("onion message stream resubscribed")
                     continue
                 if isinstance(item, IncomingOnionMessage):
-                    await inbox.put(item)
+                    await inbox.put(Arrival(item, await journal.add(item)))
                 else:
                     reporter.dropped("malformed", sender=item.peer)
 
@@ -220,7 +228,8 @@ class Mailbox:
         reporter_stop = asyncio.Event()
         keeper_task = _spawn(keeper.run(keeper_stop), "keeper")
         reporter_task = _spawn(reporter.run(reporter_stop), "reporter")
-        background = [*readers, workers, keeper_task, reporter_task]
+        journal_task = _spawn(journal.run(reporter_stop), "inbox")
+        background = [*readers, workers, keeper_task, reporter_task, journal_task]
         try:
             await _until_stop_or_failure(stop, background)
         finally:
@@ -234,6 +243,7 @@ class Mailbox:
             await deliverer.close()
             reporter_stop.set()
             await _settle(reporter_task, self._options.drain_timeout)
+            await _settle(journal_task, self._options.drain_timeout)
             log.info("stopped")
 
     async def _kick_peers_with_mail(self, online: frozenset[bytes], deliverer: Deliverer) -> None:

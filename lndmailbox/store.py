@@ -719,6 +719,10 @@ class Store:
         return self.prefix + "delivery-requests"
 
     @property
+    def inbox_key(self) -> str:
+        return self.prefix + "inbox"
+
+    @property
     def key_pattern(self) -> str:
         """SCAN pattern matching every key of this node (and nothing of another node)."""
         return self.prefix + "*"
@@ -1079,6 +1083,38 @@ class Store:
     async def read_heartbeat(self) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.heartbeat_key)
         return {_str(k): _str(v) for k, v in raw.items()} if raw else None
+
+    # ---- the inbox: messages read from lnd and not yet decided (a write-ahead journal)
+
+    @_redis_errors
+    async def inbox_add(self, sender: bytes, path_key: bytes, onion: bytes) -> str:
+        """Journals a message just read from lnd; returns its entry id for :meth:`inbox_done`.
+
+        lnd's streams have no acknowledgement: without this, a daemon that dies between
+        reading a message and storing it loses it. The inbox expires with the TTL of mail.
+        """
+        entry = os.urandom(8).hex()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.inbox_key, entry, sender + path_key + onion)
+            pipe.pexpire(self.inbox_key, max(_ms(self.limits.ttl), 1))
+            await pipe.execute()
+        return entry
+
+    @_redis_errors
+    async def inbox_done(self, entries: Sequence[str]) -> None:
+        """Forgets journaled messages that were decided (stored, forwarded or dropped)."""
+        if entries:
+            await self.redis.hdel(self.inbox_key, *entries)
+
+    @_redis_errors
+    async def inbox_pending(self) -> list[tuple[str, bytes, bytes, bytes]]:
+        """Journaled messages a previous daemon left undecided: (entry, sender, path_key, onion)."""
+        pending = []
+        for entry, raw in (await self.redis.hgetall(self.inbox_key)).items():
+            if not isinstance(raw, bytes) or len(raw) < 2 * 33 + 1:
+                raise StoreError(f"unreadable inbox entry {_str(entry)}")
+            pending.append((_str(entry), raw[:33], raw[33:66], raw[66:]))
+        return pending
 
     # ---- delivery requests (mailboxctl deliver -> daemon)
 
