@@ -17,7 +17,8 @@ version; then it answers each request line, in order, with ``{"ok": true, ...}``
   messages through the node to ``recipients`` (round robin; payload record 65 holds
   ``bench <key> <i>``; see :func:`build_messages`) and keeps them under ``key``, so that
   building is never timed;
-* ``load key messages`` (hex of ``OnionMessage.encode()``): keeps messages built elsewhere;
+* ``load key messages append`` (hex of ``OnionMessage.encode()``): keeps messages built
+  elsewhere under ``key`` (after those already there with ``append``);
 * ``inject key sender start stop`` -> ``sent``, ``published``, ``seconds``, ``outcomes``:
   ``sender`` sends the messages kept under ``key`` (``[start:stop]``, default all) as fast
   as the node takes them;
@@ -133,8 +134,10 @@ class _Child:
             return {"seconds": time.perf_counter() - started}
         if cmd == "load":
             loaded = [OnionMessage.decode(bytes.fromhex(m)) for m in request["messages"]]
-            self.messages[request["key"]] = loaded
-            return {"count": len(loaded)}
+            if not request.get("append"):
+                self.messages[request["key"]] = []
+            self.messages.setdefault(request["key"], []).extend(loaded)
+            return {"count": len(self.messages[request["key"]])}
         if cmd == "inject":
             return await self._inject(
                 request["key"], request["sender"], request.get("start"), request.get("stop")
@@ -370,8 +373,13 @@ class SimnetProcess:
         )
         return float(reply["seconds"])
 
-    async def load(self, key: str, messages: Sequence[OnionMessage]) -> None:
-        await self.call("load", key=key, messages=[m.encode().hex() for m in messages])
+    async def load(
+        self, key: str, messages: Sequence[OnionMessage], *, append: bool = False
+    ) -> int:
+        reply = await self.call(
+            "load", key=key, messages=[m.encode().hex() for m in messages], append=append
+        )
+        return int(reply["count"])
 
     async def inject(
         self, key: str, sender: str, start: int | None = None, stop: int | None = None
