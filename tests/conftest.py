@@ -21,14 +21,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+async def redis_url(redis_server: RedisServer) -> str:
     """The session's server, emptied before each test."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         await client.flushall()
     finally:
         await client.aclose()
-    yield redis_server.url
+    return redis_server.url
 
 
 @pytest.fixture
