@@ -13,6 +13,9 @@ bare sends go to her), ``bob`` (offline: the drain) and ``r000``... (offline: in
   simnet's Signer over gRPC, decided and written with the store's Lua script. The
   baseline is lnd's default global onion-message ceiling (5120 kbps: about 470 messages
   of 1366 bytes per second, see lnd-facts.md); simnet's own buckets are off.
+* Floor (same run, before the daemon starts): the same messages read from lnd's stream and
+  peeled through simnet's signer with the daemon's concurrency, and nothing else. What
+  ingest adds on top of it is the mailbox's own cost (deciding, Redis, reporting).
 * Drain: M messages are queued for bob through the daemon while he is offline; bob
   connects and the time until simnet saw him receive all M is the figure. Baseline: M
   sequential ``LndClient.send_onion_message`` calls from this process to carol, with the
@@ -39,9 +42,10 @@ from pathlib import Path
 from bench.simnet_process import SimnetProcess, build_messages
 from lndmailbox.config import Settings
 from lndmailbox.daemon import run as run_daemon
-from lndmailbox.lnd import LndClient, Transport, transport_for_version
+from lndmailbox.lnd import IncomingOnionMessage, LndClient, Transport, transport_for_version
 from lndmailbox.redis_server import RedisServer
 from lndmailbox.simnet import Personality
+from lndmailbox.sphinx import peel
 from lndmailbox.store import Store
 from lndmailbox.wire import OnionMessage
 
@@ -59,6 +63,8 @@ MEMORY_TARGET = 1.25
 class Config:
     personality: Personality = Personality.LND_0_21
     messages: int = 5000
+    floor_messages: int = 2000
+    """How many of the ingest messages also time the floor (before the daemon starts)."""
     warmup: int = 300
     recipients: int = 100
     drain: int = 1000
@@ -96,6 +102,19 @@ class Ingest:
     @property
     def ratio(self) -> float:
         return self.rate / LND_CEILING_MSGS
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The part of ingest the design fixes: read lnd's stream, peel through lnd's signer."""
+
+    messages: int
+    seconds: float
+    cpu: Cpu
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,7 @@ class Figures:
     personality: Personality
     transport: Transport
     build_seconds: float
+    floor: Floor
     ingest: Ingest
     drain: Drain
     memory: tuple[Memory, ...]
@@ -254,6 +274,8 @@ async def _run(
         f"in {build_seconds:.1f}s (not timed)"
     )
 
+    floor = await _floor(config, sim, transport, say)
+
     per_peer = max(64, config.drain)
     settings = Settings(
         rpcserver=sim.target,
@@ -291,6 +313,7 @@ async def _run(
             personality=config.personality,
             transport=transport,
             build_seconds=build_seconds,
+            floor=floor,
             ingest=ingest,
             drain=drain,
             memory=(short, long),
@@ -318,6 +341,70 @@ async def _until_stored(
         return await _stored(store) >= count
 
     await _wait_for(done, within=within, what=what)
+
+
+async def _floor(
+    config: Config, sim: SimnetProcess, transport: Transport, say: Callable[[str], None]
+) -> Floor:
+    """Messages per second that only follow lnd's stream and peel through its signer.
+
+    The daemon's own concurrency (64 messages in flight), no decision and no Redis: what
+    is left of ingest with the mailbox taken out. Uses the ingest messages (simnet does not
+    mind seeing them twice) before the daemon runs.
+    """
+    count = min(config.floor_messages, config.messages)
+    warm = min(config.warmup, 100)
+    peeled = 0
+    wanted = asyncio.Event()
+    target = warm
+    async with LndClient(sim.endpoint) as lnd:
+        node_key = lnd.node_key()
+        stream = lnd.onion_messages(transport)
+        await stream.wait_subscribed()
+        queue: asyncio.Queue[IncomingOnionMessage] = asyncio.Queue(maxsize=256)
+
+        async def read() -> None:
+            async for item in stream:
+                if isinstance(item, IncomingOnionMessage):
+                    await queue.put(item)
+
+        async def work() -> None:
+            nonlocal peeled
+            while True:
+                message = await queue.get()
+                await peel(message.path_key, message.onion, node_key)
+                peeled += 1
+                if peeled >= target:
+                    wanted.set()
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(read()), *(group.create_task(work()) for _ in range(64))]
+            try:
+                async with asyncio.timeout(config.timeout):
+                    await sim.inject("ingest", "alice", 0, warm)
+                    await wanted.wait()
+                    wanted.clear()
+                    target = warm + count
+                    cpu0 = time.process_time(), await sim.cpu()
+                    started = time.perf_counter()
+                    injecting = asyncio.ensure_future(
+                        sim.inject("ingest", "alice", config.warmup, config.warmup + count)
+                    )
+                    await wanted.wait()
+                    seconds = time.perf_counter() - started
+                    await injecting
+                    cpu1 = time.process_time(), await sim.cpu()
+            finally:
+                for task in tasks:
+                    task.cancel()
+        await stream.aclose()
+    floor = Floor(count, seconds, Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], 0.0))
+    say(
+        f"floor: {count} messages read from the stream and peeled through simnet's signer "
+        f"(nothing else) in {seconds:.2f}s = {floor.rate:.0f}/s; CPU here "
+        f"{floor.cpu.daemon:.2f}s, simnet {floor.cpu.simnet:.2f}s"
+    )
+    return floor
 
 
 async def _ingest(

@@ -28,7 +28,8 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
     )
     figures = await mailbox.run(config, say=lines.append)
 
-    assert figures.ingest.messages == 12
+    assert figures.ingest.messages == figures.floor.messages == 12
+    assert figures.floor.rate > 0
     assert figures.ingest.rate > 0
     assert not {k for k in figures.ingest.counters if k.startswith(("dropped", "lost"))}
     # Every drained message reached bob and he peeled each one to its own payload.
@@ -42,4 +43,5 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
 
     printed = table((None, None, None), [figures]) + details(figures)
     assert any("ingest: peel, decide, store" in line for line in printed)
+    assert any("its floor: stream + peel only" in line for line in printed)
     assert any("drain 8 to returning peer" in line for line in printed)
