@@ -168,6 +168,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_addr", str, "serve Prometheus metrics on host:port", daemon_only=True),
     Option("notify_url", str, "POST stored/delivered notifications here", daemon_only=True),
     Option("notify_secret", str, "HMAC-SHA256 key that signs notifications", daemon_only=True),
+    Option("notify_timeout", parse_duration, "deadline of one notification POST", daemon_only=True),
+    Option(
+        "notify_give_up",
+        parse_duration,
+        "how long a notification is retried before it is counted as failed",
+        daemon_only=True,
+    ),
     Option("log_level", _choice(("debug", "info", "warning", "error")), "log level"),
     Option("log_format", _choice(LOG_FORMATS), "text (key=value) or json"),
 )
@@ -201,6 +208,8 @@ class Settings:
     metrics_addr: str | None = None
     notify_url: str | None = None
     notify_secret: str | None = None
+    notify_timeout: float = 5.0
+    notify_give_up: float = 300.0
     log_level: str = "info"
     log_format: str = "text"
     config: Path | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -145,10 +146,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             notifier = Notifier(
                 settings.notify_url,
                 settings.notify_secret.encode(),
+                timeout=settings.notify_timeout,
+                give_up_after=settings.notify_give_up,
                 on_failure=lambda reason: metrics.notify_failed.inc(),
             )
-            stack.push_async_callback(notifier.aclose)
             stack.enter_context(_background(notifier.run()))
+            # Unwound first: what is queued gets a moment to go out before the worker stops.
+            stack.push_async_callback(functools.partial(notifier.aclose, drain=2.0))
         async with _node_lock(store, stop):
             if stop.is_set():
                 return

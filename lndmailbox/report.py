@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from lndmailbox.errors import StoreError
 from lndmailbox.logs import decision
 from lndmailbox.metrics import Metrics
-from lndmailbox.notify import Notifier
+from lndmailbox.notify import Notifier, delivered_event, stored_event
 from lndmailbox.store import Store
 
 log = logging.getLogger("lndmailbox.mailbox")
@@ -45,7 +45,7 @@ class Reporter:
         store: Store,
         notifier: Notifier | None = None,
     ) -> None:
-        self._node_hex = node.hex()
+        self._node = node
         self._metrics = metrics
         self._store = store
         self._notifier = notifier
@@ -76,7 +76,16 @@ class Reporter:
         self._metrics.stored.inc()
         self._journal("stored", peer, message_id, size, "")
         decision(log, "stored", peer=peer, sender=sender, id=message_id, size=size)
-        self._notify("stored", peer, message_id, size, at, expires_at=expires_at)
+        self._notify(
+            stored_event(
+                node=self._node,
+                peer=peer,
+                message_id=message_id,
+                size=size,
+                at=at,
+                expires_at=expires_at,
+            )
+        )
 
     def rescued(self, peer: bytes, message_id: str, size: int) -> None:
         """A message left to lnd was stored after all: its next hop went offline meanwhile."""
@@ -98,7 +107,9 @@ class Reporter:
         self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
         self._journal("delivered", peer, message_id, size, "")
         decision(log, "delivered", peer=peer, id=message_id, size=size, delay=round(delay, 3))
-        self._notify("delivered", peer, message_id, size, at)
+        self._notify(
+            delivered_event(node=self._node, peer=peer, message_id=message_id, size=size, at=at)
+        )
 
     def expired(self, peer: bytes, message_id: str, size: int) -> None:
         self._metrics.expired.inc()
@@ -145,29 +156,9 @@ class Reporter:
             self._events.append(_Event(kind, peer, message_id, size, reason))
         self._wakeup.set()
 
-    def _notify(
-        self,
-        kind: str,
-        peer: bytes,
-        message_id: str,
-        size: int,
-        at: float,
-        *,
-        expires_at: float | None = None,
-    ) -> None:
-        if self._notifier is None:
-            return
-        event: dict[str, object] = {
-            "event": kind,
-            "node": self._node_hex,
-            "peer": peer.hex(),
-            "message_id": message_id,
-            "size": size,
-            "at": at,
-        }
-        if expires_at is not None:
-            event["expires_at"] = expires_at
-        self._notifier.submit(event)
+    def _notify(self, event: dict[str, object]) -> None:
+        if self._notifier is not None:
+            self._notifier.submit(event)
 
     async def flush(self) -> None:
         """Writes what is queued to Redis; keeps it queued when Redis is unreachable."""

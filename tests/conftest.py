@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from lndmailbox.redis_server import RedisServer
+from tests.http_endpoint import MakeEndpoint, endpoints
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +37,10 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[MakeEndpoint]:
+    """Makes real local HTTP endpoints (see tests/http_endpoint.py); closes them after."""
+    async for make in endpoints():
+        yield make
