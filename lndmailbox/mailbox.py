@@ -50,6 +50,9 @@ from lndmailbox.store import Store
 
 log = logging.getLogger("lndmailbox.mailbox")
 
+# secp256k1's generator point, compressed: any valid point would do for the signer check.
+_GENERATOR = bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+
 
 @dataclass(frozen=True)
 class MailboxOptions:
@@ -98,6 +101,9 @@ class Mailbox:
             info.version,
             transport.value,
         )
+        # Every peel needs the signer: a macaroon without signer:generate should stop the
+        # daemon now, with lnd's answer, not drop every message later.
+        await self._lnd.node_key().ecdh(_GENERATOR)
         clock = self._clock
         peers = PeerTracker(clock)
         channels = ChannelMap(self._lnd.channel_peers, clock)

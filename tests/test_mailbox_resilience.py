@@ -135,3 +135,23 @@ async def test_a_second_daemon_waits_for_the_first(redis_url: str, tmp_path: Pat
 async def _owner_changed(w: World, previous: str) -> bool:
     now = await w.store.lock_owner()
     return now is not None and now != previous
+
+
+async def test_a_macaroon_without_the_signer_stops_the_daemon_with_a_clear_error(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from lndmailbox.errors import LndPermissionError
+    from lndmailbox.lnd import PERMISSIONS
+
+    async with world(Personality.LND_0_21, redis_url, tmp_path) as w:
+        everything_but_signer = {p for _, p in PERMISSIONS.values()} - {"signer:generate"}
+        narrow = tmp_path / "narrow.macaroon"
+        narrow.write_bytes(w.node.bake_macaroon(sorted(everything_but_signer)))
+        from dataclasses import replace
+
+        from lndmailbox.daemon import run
+
+        with pytest.raises(LndPermissionError, match="signer:generate"):
+            await asyncio.wait_for(
+                run(replace(w.settings, macaroonpath=narrow), stop=asyncio.Event()), 30
+            )

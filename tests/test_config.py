@@ -1,0 +1,103 @@
+"""Settings from flags, environment and file; and the daemon's entry point on bad ones."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from lndmailbox.config import (
+    OPTIONS,
+    Settings,
+    add_arguments,
+    parse_duration,
+    parse_size,
+    settings_from_args,
+)
+from lndmailbox.daemon import main
+from lndmailbox.errors import ConfigError
+
+
+def settings(argv: list[str], env: dict[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, daemon=True)
+    return settings_from_args(parser.parse_args(argv), env or {})
+
+
+def test_defaults_are_lncli_and_the_documented_ones() -> None:
+    s = settings([])
+    assert s.rpcserver == "localhost:10009"
+    assert s.lnddir == Path("~/.lnd").expanduser()
+    assert s.network == "mainnet"
+    assert s.ttl == 86400
+    assert s.redis_url is None
+
+
+def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
+    config = tmp_path / "mailbox.toml"
+    config.write_text('ttl = "1h"\nnetwork = "regtest"\nmax-messages-per-peer = 7\n')
+    env = {"LNDMAILBOX_CONFIG": str(config), "LNDMAILBOX_TTL": "2h"}
+    s = settings(["--ttl", "3h"], env)
+    assert s.ttl == 3 * 3600
+    assert s.network == "regtest"
+    assert s.max_messages_per_peer == 7
+    assert settings([], env).ttl == 2 * 3600
+    assert settings([], {"LNDMAILBOX_CONFIG": str(config)}).ttl == 3600
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("24h", 86400), ("250ms", 0.25)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("1366", 1366), ("256KiB", 262144), ("1MB", 10**6)])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "says"),
+    [
+        (["--ttl", "forever"], {}, "--ttl"),
+        (["--network", "moon"], {}, "--network"),
+        ([], {"LNDMAILBOX_MAX_BYTES_TOTAL": "lots"}, "LNDMAILBOX_MAX_BYTES_TOTAL"),
+        (["--notify-url", "http://127.0.0.1:9/hook"], {}, "--notify-secret"),
+        (["--max-bytes-per-peer", "2MiB", "--max-bytes-total", "1MiB"], {}, "cannot exceed"),
+    ],
+)
+def test_bad_settings_say_which(argv: list[str], env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        settings(argv, env)
+
+
+def test_unknown_file_key_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "mailbox.toml"
+    config.write_text("ttll = 5\n")
+    with pytest.raises(ConfigError, match="unknown settings ttll"):
+        settings(["--config", str(config)])
+
+
+def test_secrets_are_redacted_for_logs() -> None:
+    s = Settings(
+        macaroon="0201abcdef",
+        notify_url="http://hook",
+        notify_secret="s3cret",
+        redis_url="redis://user:pw@host:6379/0",
+    )
+    shown = repr(s.redacted())
+    for secret in ("0201abcdef", "s3cret", "user:pw"):
+        assert secret not in shown
+
+
+def test_every_option_is_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [o.flag for o in OPTIONS if f"`{o.flag}`" not in readme]
+    assert missing == []
+
+
+def test_daemon_exits_2_on_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--ttl", "forever"]) == 2
+    assert "--ttl" in capsys.readouterr().err
