@@ -41,7 +41,8 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
     assert long.per_message > mailbox.MESSAGE_SIZE
     assert any(line.startswith("ingest:") for line in lines)
 
-    printed = table((None, None, None), [figures]) + details(figures)
+    printed = table((303.4, 273.6, 1.11), [figures]) + details(figures)
+    assert any("crypto floor 273.6 us" in line for line in printed)
     assert any("ingest: peel, decide, store" in line for line in printed)
     assert any("its floor: stream + peel only" in line for line in printed)
     assert any("drain 8 to returning peer" in line for line in printed)
