@@ -352,6 +352,19 @@ class SimPeer:
 
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+# lnd's gRPC server settings (lnd.go, config.go defaults): it pings idle clients every
+# minute (20 s to answer), lets clients ping every 5 s or more while a call is open, and
+# takes messages up to 200 MiB. grpc's own server default would send a client pinging
+# every 30 s a GOAWAY "too_many_pings" that lnd never sends.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.max_receive_message_length", 200 * 1024 * 1024),
+)
 _SHUTDOWN = object()
 STREAMS = ("peer_events", "custom_messages", "onion_messages")
 
@@ -470,7 +483,7 @@ class SimNode:
         """
         if self._server is not None:
             raise SimnetError("already running")
-        server = grpc.aio.server(handlers=[*self._handlers()])
+        server = grpc.aio.server(handlers=[*self._handlers()], options=SERVER_OPTIONS)
         creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
         try:
             port = server.add_secure_port(f"{self.host}:{self._port}", creds)
