@@ -109,10 +109,23 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    if report.failed:
+    if not report.failed:
+        return
+    # A failed session fixture fails every test that uses it with the same exception: keep
+    # its logs once.
+    error = call.excinfo.value if call.excinfo is not None else None
+    kept = _KEPT.get(id(error)) if error is not None else None
+    if kept is None:
         kept = keep_logs(item)
-        if kept is not None:
-            report.sections.append(("itest logs", f"every process's log kept in {kept}"))
+        if error is not None and kept is not None:
+            _KEPT[id(error)] = kept
+            _KEPT_ERRORS.append(error)  # keeps the id unique while it is a key
+    if kept is not None:
+        report.sections.append(("itest logs", f"every process's log kept in {kept}"))
+
+
+_KEPT: dict[int, Path] = {}
+_KEPT_ERRORS: list[BaseException] = []
 
 
 def keep_logs(item: pytest.Item) -> Path | None:

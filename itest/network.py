@@ -73,13 +73,19 @@ class Network:
 
     def start(self) -> None:
         t = time.monotonic()
+        # btcd mines only to addresses it was started with, and lnd needs a running btcd to
+        # create its wallet: so the LSP makes its wallet against a first btcd and is stopped
+        # before btcd restarts with the LSP's address (lnd does not always find a restarted
+        # btcd again while it waits for the chain to sync).
         self.btcd.start()
+        self.lsp.start()
+        mining_address = self.lsp.new_address()
+        self.lsp.stop()
+        self.btcd.restart(mining_address)
+        self.btcd.generate(COINBASE_MATURITY + 10)
         for node in self.nodes:
             node.start()
         t = self._mark("start", t)
-        # btcd mines only to addresses it was started with: restart it with the LSP's.
-        self.btcd.restart(self.lsp.new_address())
-        self.btcd.generate(COINBASE_MATURITY + 10)
         self.wait_synced()
         wait_for(
             "the LSP's coinbase outputs to mature",

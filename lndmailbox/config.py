@@ -223,6 +223,13 @@ class Settings:
         for name in ("max_messages_per_peer", "max_bytes_per_peer", "max_bytes_total"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.buffer_messages < 1:
+            problems.append("--buffer-messages must be at least 1")
+        for name in ("sweep_interval", "notify_timeout", "notify_give_up"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.race_window < 0:
+            problems.append("--race-window must not be negative")
         if self.max_bytes_per_peer > self.max_bytes_total:
             problems.append("--max-bytes-per-peer cannot exceed --max-bytes-total")
         if self.notify_url and not self.notify_secret:

@@ -28,7 +28,7 @@ from typing import Any
 from lndmailbox import __version__
 from lndmailbox.clock import sleep_or_stop
 from lndmailbox.config import Settings, add_arguments, settings_from_args
-from lndmailbox.errors import ConfigError, LndError, MailboxError
+from lndmailbox.errors import ConfigError, LndError, MailboxError, StoreUnavailableError
 from lndmailbox.lnd import LndClient, LndEndpoint, resolve_endpoint
 from lndmailbox.logs import configure_logging
 from lndmailbox.mailbox import Mailbox, MailboxOptions
@@ -150,7 +150,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                 give_up_after=settings.notify_give_up,
                 on_failure=lambda reason: metrics.notify_failed.inc(),
             )
-            stack.enter_context(_background(notifier.run()))
+            stack.enter_context(_background(notifier.run(), stop))
             # Unwound first: what is queued gets a moment to go out before the worker stops.
             stack.push_async_callback(functools.partial(notifier.aclose, drain=2.0))
         async with _node_lock(store, stop):
@@ -195,7 +195,7 @@ async def _node_lock(store: Store, stop: asyncio.Event) -> AsyncIterator[None]:
     """Holds the node's lock (renewed, with a heartbeat) for as long as the block runs."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     said = False
-    while not stop.is_set() and not await store.acquire_lock(owner, LOCK_LEASE):
+    while not stop.is_set() and not await _try_lock(store, owner, stop):
         holder = await store.lock_owner()
         if holder is not None and _died_on_this_host(holder):
             log.warning("taking over the node lock from %s, which is no longer running", holder)
@@ -239,13 +239,27 @@ async def _node_lock(store: Store, stop: asyncio.Event) -> AsyncIterator[None]:
             except MailboxError as e:
                 log.warning("could not renew the node lock: %s", e)
 
-    with _background(keep_lease()):
+    with _background(keep_lease(), stop):
         try:
             yield
         finally:
             if not lost.is_set():
                 with contextlib.suppress(MailboxError):
                     await store.release_lock(owner)
+
+
+async def _try_lock(store: Store, owner: str, stop: asyncio.Event) -> bool:
+    """One try at the node lock; while Redis cannot be reached, waits for it (saying so once)."""
+    said = False
+    while not stop.is_set():
+        try:
+            return await store.acquire_lock(owner, LOCK_LEASE)
+        except StoreUnavailableError as e:
+            if not said:
+                log.warning("waiting for Redis: %s", e)
+                said = True
+            await sleep_or_stop(stop, 2.0)
+    return False
 
 
 def _died_on_this_host(owner: str) -> bool:
@@ -267,12 +281,20 @@ def _died_on_this_host(owner: str) -> bool:
 
 
 @contextlib.contextmanager
-def _background(coro: Coroutine[Any, Any, None]) -> Iterator[None]:
-    """Runs ``coro`` as a task for the duration of the block."""
+def _background(coro: Coroutine[Any, Any, None], stop: asyncio.Event) -> Iterator[None]:
+    """Runs ``coro`` as a task for the duration of the block; if it dies, the daemon stops."""
     task = asyncio.ensure_future(coro)
+
+    def died(done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("a background task failed; stopping", exc_info=done.exception())
+            stop.set()
+
+    task.add_done_callback(died)
     try:
         yield
     finally:
+        task.remove_done_callback(died)
         task.cancel()
 
 

@@ -10,28 +10,37 @@ Rules that hold:
 - One drain per peer at a time, so a peer's messages go out in order; a drain asked for
   while one runs makes that one go round again, so nothing stored meanwhile is missed.
 - One slow or flapping peer holds up nobody else: every peer has its own task.
-- A message lnd refuses outright (not a connection problem) is tried ``max_attempts``
-  times, then dropped as ``rejected_by_lnd`` so it cannot block the queue behind it.
+- A message lnd refuses outright (not a connection problem) is tried again later, up to
+  ``max_attempts`` times, then dropped as ``rejected_by_lnd`` so it cannot block the queue
+  behind it for ever. A macaroon that may not send stops the daemon: no attempt is used up.
+- At most ``max_drains`` peers are drained at once (after an lnd restart thousands of
+  peers may come back together).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from lndmailbox.clock import Clock
-from lndmailbox.errors import LndError, PeerOfflineError, StoreError, StoreUnavailableError
+from lndmailbox.errors import (
+    LndError,
+    LndPermissionError,
+    PeerOfflineError,
+    StoreError,
+    StoreUnavailableError,
+)
+from lndmailbox.parcel import Send
 from lndmailbox.peers import PeerTracker
 from lndmailbox.report import Reporter
 from lndmailbox.store import Store, StoredMessage
 
 log = logging.getLogger("lndmailbox.mailbox")
 
-Send = Callable[[bytes, bytes, bytes], Awaitable[None]]
-
 _BATCH = 32
 _MAX_BACKOFF = 10.0
+_RETRY_AFTER = 5.0
+_UNSUPPORTED = ("UNIMPLEMENTED",)
 
 
 class Deliverer:
@@ -44,6 +53,7 @@ class Deliverer:
         reporter: Reporter,
         clock: Clock,
         max_attempts: int = 5,
+        max_drains: int = 32,
     ) -> None:
         self._store = store
         self._send = send
@@ -54,6 +64,9 @@ class Deliverer:
         self._running: dict[bytes, asyncio.Task[None]] = {}
         self._again: set[bytes] = set()
         self._stopping = False
+        self._slots = asyncio.Semaphore(max_drains)
+        self.fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Fails with an error that no retry can mend (a macaroon that may not send)."""
 
     def kick(self, peer: bytes) -> None:
         """Drains ``peer``'s mail now if it is online (or goes round again if draining)."""
@@ -62,33 +75,43 @@ class Deliverer:
         if peer in self._running:
             self._again.add(peer)
             return
-        task = asyncio.create_task(self._drain_until_settled(peer), name=f"deliver-{peer.hex()}")
-        self._running[peer] = task
-        task.add_done_callback(lambda _: self._running.pop(peer, None))
+        self._running[peer] = asyncio.create_task(
+            self._drain_until_settled(peer), name=f"deliver-{peer.hex()}"
+        )
 
-    @property
-    def active(self) -> int:
-        return len(self._running)
+    def _retry_later(self, peer: bytes) -> None:
+        if not self._stopping:
+            asyncio.get_running_loop().call_later(_RETRY_AFTER, self.kick, peer)
 
-    async def close(self) -> None:
+    async def close(self, within: float = 10.0) -> None:
         """Lets running drains finish the message in hand, then stops them."""
         self._stopping = True
         tasks = list(self._running.values())
         if tasks:
-            await asyncio.wait(tasks, timeout=10.0)
+            await asyncio.wait(tasks, timeout=within)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drain_until_settled(self, peer: bytes) -> None:
         try:
-            while True:
-                self._again.discard(peer)
-                await self._drain(peer)
-                if peer not in self._again or self._stopping:
-                    return
+            async with self._slots:
+                while True:
+                    self._again.discard(peer)
+                    await self._drain(peer)
+                    if peer not in self._again or self._stopping:
+                        return
+        except LndPermissionError as e:
+            if not self.fatal.done():
+                self.fatal.set_exception(e)
         except Exception:
-            log.exception("delivery to %s failed unexpectedly; will retry on next kick", peer.hex())
+            log.exception("delivery to %s failed unexpectedly; retrying later", peer.hex())
+            self._retry_later(peer)
+        finally:
+            # Synchronously, with no await since the last look at _again: a kick that comes
+            # after this starts a new drain instead of being left to a finished one.
+            if self._running.get(peer) is asyncio.current_task():
+                del self._running[peer]
 
     async def _drain(self, peer: bytes) -> None:
         backoff = 0.2
@@ -125,7 +148,7 @@ class Deliverer:
                 outcome = await self._send_one(peer, message)
                 if outcome == "sent":
                     removals.append(asyncio.create_task(self._remove_delivered(message)))
-                elif outcome == "stop":
+                else:
                     return False
             return True
         finally:
@@ -136,18 +159,19 @@ class Deliverer:
         try:
             await self._send(peer, message.path_key, message.onion)
         except PeerOfflineError:
-            self._peers.mark(peer, online=False)
+            # Gone again: lnd's PEER_OFFLINE tells the tracker, the rest waits for PEER_ONLINE.
             return "stop"
+        except LndPermissionError:
+            raise
         except LndError as e:
-            if e.retryable:
-                log.warning("delivery to %s paused: %s", peer.hex(), e)
-                return "stop"
-            await self._refused(peer, message, e)
-            return "refused"
+            log.warning("delivery to %s paused: %s", peer.hex(), e)
+            if not e.retryable and e.code not in _UNSUPPORTED:
+                await self._refused(peer, message)
+            self._retry_later(peer)
+            return "stop"
         return "sent"
 
-    async def _refused(self, peer: bytes, message: StoredMessage, error: LndError) -> None:
-        log.warning("lnd refused message %s for %s: %s", message.id, peer.hex(), error)
+    async def _refused(self, peer: bytes, message: StoredMessage) -> None:
         try:
             if message.attempts + 1 >= self._max_attempts:
                 if await self._store.remove(message):

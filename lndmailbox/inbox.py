@@ -6,6 +6,10 @@ would be gone. Each message is journaled in Redis as soon as it is read, and for
 once it is decided; a daemon starting up decides again whatever its predecessor left.
 Forgetting is batched: a crash may leave a decided message journaled, and deciding it
 again gives at worst a duplicate (the store keeps one copy of a queued message).
+
+While Redis is unreachable the journal is skipped, not waited for: after a failure no
+journaling is tried for a while (doubling up to 30 s), so ingest runs at full speed on
+the keeper's memory buffer.
 """
 
 from __future__ import annotations
@@ -13,43 +17,67 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lndmailbox.clock import sleep_or_stop
-from lndmailbox.errors import StoreError
+from lndmailbox.clock import Clock, sleep_or_stop
+from lndmailbox.errors import StoreError, StoreUnavailableError
+from lndmailbox.ingest import Arrival
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.store import Store
 
 log = logging.getLogger("lndmailbox.mailbox")
 
 _FLUSH_INTERVAL = 0.05
+_PAUSE_MIN, _PAUSE_MAX = 1.0, 30.0
 
 
 class Inbox:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
+        self._clock = clock
         self._decided: list[str] = []
+        self._paused_until = 0.0
+        self._pause = _PAUSE_MIN
 
-    async def add(self, message: IncomingOnionMessage) -> str | None:
+    async def add(self, message: IncomingOnionMessage, now: float) -> str | None:
         """Journals ``message``; None when Redis is away (the message goes on unjournaled)."""
-        try:
-            return await self._store.inbox_add(message.peer, message.path_key, message.onion)
-        except StoreError:
+        if self._clock.monotonic() < self._paused_until:
             return None
+        try:
+            entry = await self._store.inbox_add(message.peer, message.path_key, message.onion, now)
+        except StoreUnavailableError as e:
+            log.warning("inbox not written (%s); journaling paused for %.0fs", e, self._pause)
+            self._paused_until = self._clock.monotonic() + self._pause
+            self._pause = min(self._pause * 2, _PAUSE_MAX)
+            return None
+        except StoreError as e:
+            log.warning("inbox not written: %s", e)
+            return None
+        self._pause = _PAUSE_MIN
+        return entry
 
     def decided(self, entry: str | None) -> None:
         if entry is not None:
             self._decided.append(entry)
 
-    async def left_over(self) -> list[tuple[str, IncomingOnionMessage]]:
-        """What a previous daemon read from lnd and did not get to decide."""
+    async def left_over(self, *, ttl: float) -> list[Arrival]:
+        """What a previous daemon read from lnd and did not decide, still within ``ttl``."""
         try:
             pending = await self._store.inbox_pending()
         except StoreError as e:
             log.warning("could not read the inbox left by a previous daemon: %s", e)
             return []
-        return [
-            (entry, IncomingOnionMessage(peer=sender, path_key=path_key, onion=onion))
-            for entry, sender, path_key, onion in pending
-        ]
+        now = self._clock.now()
+        arrivals = []
+        for item in pending:
+            if item.received_at + ttl <= now:
+                self.decided(item.entry)  # expired while nobody held it
+                continue
+            message = IncomingOnionMessage(
+                peer=item.sender, path_key=item.path_key, onion=item.onion
+            )
+            arrivals.append(
+                Arrival(message, item.entry, replayed=True, received_at=item.received_at)
+            )
+        return arrivals
 
     async def flush(self) -> None:
         decided, self._decided = self._decided, []

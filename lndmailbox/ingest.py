@@ -32,32 +32,14 @@ from lndmailbox.clock import Clock
 from lndmailbox.errors import LndError, OnionError, PeerOfflineError
 from lndmailbox.lnd import IncomingOnionMessage, Transport
 from lndmailbox.metrics import Metrics
+from lndmailbox.parcel import Parcel, Send
 from lndmailbox.peers import ChannelMap, PeerTracker
 from lndmailbox.report import Reporter
 from lndmailbox.sphinx import Forward, NodeKey, peel
 
 log = logging.getLogger("lndmailbox.mailbox")
 
-Send = Callable[[bytes, bytes, bytes], Awaitable[None]]
-"""Hands (peer, path_key, onion) to lnd; raises PeerOfflineError or another LndError."""
-
 IsAllowed = Callable[[bytes], Awaitable[bool]]
-
-
-@dataclass(frozen=True)
-class Parcel:
-    """A message on its way to ``peer``: what the next hop must receive."""
-
-    peer: bytes
-    sender: bytes
-    path_key: bytes
-    onion: bytes
-    entry: str | None = None
-    """Its inbox entry, to forget once the parcel is written (see inbox.py)."""
-
-    @property
-    def size(self) -> int:
-        return len(self.path_key) + len(self.onion)
 
 
 class RaceGuard:
@@ -68,6 +50,7 @@ class RaceGuard:
         self._window = window
         self._per_peer = per_peer
         self._recent: dict[bytes, deque[tuple[float, Parcel]]] = {}
+        self._remembered = 0
 
     def remember(self, parcel: Parcel) -> None:
         if self._window <= 0:
@@ -75,6 +58,9 @@ class RaceGuard:
         queue = self._recent.setdefault(parcel.peer, deque(maxlen=self._per_peer))
         queue.append((self._clock.monotonic(), parcel))
         self._forget_old(parcel.peer)
+        self._remembered += 1
+        if self._remembered % 1024 == 0:
+            self.prune()
 
     def take(self, peer: bytes, offline_since: float) -> list[Parcel]:
         """Parcels for ``peer`` left to lnd no earlier than ``window`` before it went offline."""
@@ -107,6 +93,7 @@ class Ingest:
         channels: ChannelMap,
         is_allowed: IsAllowed,
         send: Send,
+        clock: Clock,
         keep: Callable[[Parcel], None],
         decided: Callable[[str | None], None],
         race: RaceGuard,
@@ -120,6 +107,7 @@ class Ingest:
         self._channels = channels
         self._is_allowed = is_allowed
         self._send = send
+        self._clock = clock
         self._keep = keep
         self._decided = decided
         self._race = race
@@ -127,7 +115,12 @@ class Ingest:
         self._metrics = metrics
 
     async def handle(
-        self, message: IncomingOnionMessage, entry: str | None = None, *, replayed: bool = False
+        self,
+        message: IncomingOnionMessage,
+        entry: str | None = None,
+        *,
+        replayed: bool = False,
+        received_at: float | None = None,
     ) -> None:
         """Decides one incoming message. Never raises for anything a peer can send.
 
@@ -137,16 +130,21 @@ class Ingest:
         """
         kept = False
         try:
-            kept = await self._decide(message, entry, replayed)
+            kept = await self._decide(message, entry, replayed, received_at)
+        except asyncio.CancelledError:
+            raise  # undecided: it stays journaled and the next daemon decides it
         except Exception:
             log.exception("unexpected error while deciding a message; it was dropped")
             self._reporter.dropped("internal_error", sender=message.peer)
-        finally:
-            if not kept:
-                self._decided(entry)
+        if not kept:
+            self._decided(entry)
 
     async def _decide(
-        self, message: IncomingOnionMessage, entry: str | None, replayed: bool
+        self,
+        message: IncomingOnionMessage,
+        entry: str | None,
+        replayed: bool,
+        received_at: float | None,
     ) -> bool:
         """True when the message went to the keeper (which then owns its inbox entry)."""
         sender = message.peer
@@ -170,7 +168,14 @@ class Ingest:
         peer = await self._next_hop(result, sender)
         if peer is None:
             return False
-        parcel = Parcel(peer, sender, result.next_path_key, result.next_onion, entry)
+        parcel = Parcel(
+            peer,
+            sender,
+            result.next_path_key,
+            result.next_onion,
+            received_at if received_at is not None else self._clock.now(),
+            entry,
+        )
         if self._peers.is_online(peer):
             return await self._hand_to_online_peer(parcel, replayed)
         return await self._keep_if_allowed(parcel)
@@ -203,7 +208,7 @@ class Ingest:
         try:
             await self._send(parcel.peer, parcel.path_key, parcel.onion)
         except PeerOfflineError:
-            self._peers.mark(parcel.peer, online=False)
+            # lnd's PEER_OFFLINE will tell the tracker; here the message is only kept.
             return await self._keep_if_allowed(parcel)
         except LndError as e:
             log.warning("forward to %s failed: %s", parcel.peer.hex(), e)
@@ -226,7 +231,8 @@ class Ingest:
         if offline_since is None:
             return
         for parcel in self._race.take(peer, offline_since):
-            await self._keep_if_allowed(parcel)
+            if await self._keep_if_allowed(parcel):
+                self._reporter.rescued(parcel.peer, parcel.size)
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,7 @@ class Arrival:
     message: IncomingOnionMessage
     entry: str | None
     replayed: bool = False
+    received_at: float | None = None
 
 
 async def run_workers(ingest: Ingest, queue: asyncio.Queue[Arrival], workers: int) -> None:
@@ -245,7 +252,12 @@ async def run_workers(ingest: Ingest, queue: asyncio.Queue[Arrival], workers: in
         while True:
             arrival = await queue.get()
             try:
-                await ingest.handle(arrival.message, arrival.entry, replayed=arrival.replayed)
+                await ingest.handle(
+                    arrival.message,
+                    arrival.entry,
+                    replayed=arrival.replayed,
+                    received_at=arrival.received_at,
+                )
             finally:
                 queue.task_done()
 

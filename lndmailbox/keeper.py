@@ -13,22 +13,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from lndmailbox.clock import Clock
+from lndmailbox.clock import Clock, sleep_or_stop, wait_either
 from lndmailbox.errors import StoreError, StoreUnavailableError
-from lndmailbox.ingest import Parcel
 from lndmailbox.metrics import Metrics
+from lndmailbox.parcel import Parcel
 from lndmailbox.report import Reporter
 from lndmailbox.store import PutStatus, Store
 
 log = logging.getLogger("lndmailbox.mailbox")
-
-
-@dataclass(frozen=True)
-class _Pending:
-    parcel: Parcel
-    received_at: float
 
 
 class Keeper:
@@ -50,62 +43,63 @@ class Keeper:
         self._buffer_limit = buffer_limit
         self._on_stored = on_stored
         self._decided = decided
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Parcel] = deque()
         self._wakeup = asyncio.Event()
         self._outage_since: float | None = None
-
-    @property
-    def backlog(self) -> int:
-        return len(self._pending)
 
     def keep(self, parcel: Parcel) -> None:
         """Queues ``parcel`` for the store; never blocks."""
         if len(self._pending) >= self._buffer_limit:
+            # Still journaled (when Redis took the journal entry): the next daemon retries.
             self._reporter.lost(parcel.peer, parcel.size, "buffer_full")
-            self._decided(parcel.entry)
             return
-        self._pending.append(_Pending(parcel, self._clock.now()))
+        self._pending.append(parcel)
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Writes until ``stop`` is set and the buffer is empty (or Redis is gone)."""
+        try:
+            await self._run(stop)
+        except asyncio.CancelledError:
+            if self._pending:
+                self._give_up_at_shutdown(StoreUnavailableError("no answer before shutdown"))
+            raise
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while True:
             if not self._pending:
                 if stop.is_set():
                     return
-                waiter = asyncio.ensure_future(self._wakeup.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await wait_either(self._wakeup, stop)
                 self._wakeup.clear()
                 continue
+            parcel = self._pending[0]
             try:
-                await self._write(self._pending[0])
+                await self._write(parcel)
             except StoreUnavailableError as e:
                 if stop.is_set():
                     self._give_up_at_shutdown(e)
                     return
                 self._note_outage(e)
-                await asyncio.sleep(backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except StoreError as e:
-                pending = self._pending.popleft()
+                self._pending.popleft()
                 log.error("store refused a message: %s", e)
-                self._reporter.lost(pending.parcel.peer, pending.parcel.size, "store_error")
-                self._decided(pending.parcel.entry)
+                # Left journaled: a later daemon tries it again.
+                self._reporter.lost(parcel.peer, parcel.size, "store_error")
                 continue
-            pending = self._pending.popleft()
-            self._decided(pending.parcel.entry)
+            self._pending.popleft()
+            self._decided(parcel.entry)
             backoff = 0.1
             self._note_recovery()
 
-    async def _write(self, pending: _Pending) -> None:
-        parcel = pending.parcel
+    async def _write(self, parcel: Parcel) -> None:
         started = time.perf_counter()
         result = await self._store.put(
-            parcel.peer, parcel.sender, parcel.path_key, parcel.onion, pending.received_at
+            parcel.peer, parcel.sender, parcel.path_key, parcel.onion, parcel.received_at
         )
         self._metrics.store_seconds.observe(time.perf_counter() - started)
         for evicted_id in result.evicted:
@@ -116,7 +110,7 @@ class Keeper:
                 result.message_id,
                 parcel.size,
                 parcel.sender,
-                pending.received_at + self._store.limits.ttl,
+                parcel.received_at + self._store.limits.ttl,
                 self._clock.now(),
             )
             self._on_stored(parcel.peer)
@@ -143,11 +137,14 @@ class Keeper:
             self._outage_since = None
 
     def _give_up_at_shutdown(self, error: StoreError) -> None:
+        unjournaled = [p for p in self._pending if p.entry is None]
         log.error(
-            "shutting down with Redis unreachable (%s): %d buffered messages are lost",
+            "shutting down with Redis unavailable (%s): %d buffered messages not written; "
+            "%d of them are journaled and will be decided by the next daemon",
             error,
             len(self._pending),
+            len(self._pending) - len(unjournaled),
         )
-        while self._pending:
-            pending = self._pending.popleft()
-            self._reporter.lost(pending.parcel.peer, pending.parcel.size, "shutdown")
+        self._pending.clear()
+        for parcel in unjournaled:
+            self._reporter.lost(parcel.peer, parcel.size, "shutdown")

@@ -9,9 +9,10 @@ Tasks, all stopped by one event (SIGTERM/SIGINT in production):
 - ``onion messages``: the transport's stream feeds a bounded queue that ``workers``
   consumers peel and decide concurrently (each peel is two ECDH round trips to lnd).
 - ``keeper``: writes kept messages to Redis, buffering while Redis is away.
-- ``sweeper``: removes expired mail everywhere every ``sweep_interval``.
-- ``heartbeat``: renews the node lock and the heartbeat key, and serves delivery
-  requests from ``mailboxctl deliver``.
+- ``sweeper``: removes expired mail everywhere every ``sweep_interval``, updates the
+  gauges, and drains any online peer that still has mail (a safety net).
+- ``delivery requests``: serves ``mailboxctl deliver``.
+- the node lock and heartbeat are the entry point's (daemon.py).
 - ``reporter``: writes counters and events to Redis in batches.
 
 Shutdown order keeps every message: stop reading lnd, finish the messages already read,
@@ -29,7 +30,7 @@ from typing import Any
 
 from lndmailbox.clock import Clock, SystemClock, sleep_or_stop
 from lndmailbox.deliver import Deliverer
-from lndmailbox.errors import LndError, StoreError
+from lndmailbox.errors import LndError, MailboxError, StoreError
 from lndmailbox.inbox import Inbox
 from lndmailbox.ingest import Arrival, Ingest, RaceGuard, run_workers
 from lndmailbox.keeper import Keeper
@@ -62,8 +63,8 @@ class MailboxOptions:
     sweep_interval: float = 60.0
     buffer_messages: int = 10_000
     workers: int = 64
-    heartbeat_interval: float = 5.0
-    drain_timeout: float = 10.0
+    drain_timeout: float = 20.0
+    """The whole shutdown's budget (compose gives the container 60 s)."""
 
 
 class Mailbox:
@@ -114,9 +115,9 @@ class Mailbox:
         async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
             await self._lnd.send_onion_message(transport, peer, path_key, onion)
 
-        journal = Inbox(self._store)
+        journal = Inbox(self._store, clock)
         # Read before this daemon journals anything of its own.
-        left_over = await journal.left_over()
+        left_over = await journal.left_over(ttl=self._store.limits.ttl)
         deliverer = Deliverer(
             store=self._store, send=send, peers=peers, reporter=reporter, clock=clock
         )
@@ -144,6 +145,7 @@ class Mailbox:
             channels=channels,
             is_allowed=policy.is_allowed,
             send=send,
+            clock=clock,
             keep=keeper.keep,
             decided=journal.decided,
             race=race,
@@ -151,9 +153,22 @@ class Mailbox:
             metrics=self._metrics,
         )
         inbox: asyncio.Queue[Arrival] = asyncio.Queue(maxsize=self._options.workers * 4)
+        peers_known = asyncio.Event()
 
         async def resync_peers() -> None:
-            came, went = peers.reset(await self._lnd.list_peers())
+            """Rebuilds the online set from ListPeers, retrying while lnd is not ready."""
+            backoff = 0.5
+            while True:
+                try:
+                    online = await self._lnd.list_peers()
+                    break
+                except LndError as e:
+                    if not e.retryable:
+                        raise
+                    log.warning("could not list lnd's peers (%s); trying again", e)
+                    await sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 10.0)
+            came, went = peers.reset(online)
             self._metrics.online_peers.set(len(peers.online))
             for peer in went:
                 await ingest.peer_went_offline(peer)
@@ -165,15 +180,8 @@ class Mailbox:
             # Subscribe first, then read the current state: no change falls between the two.
             await events.wait_subscribed()
             await resync_peers()
+            peers_known.set()
             await self._kick_peers_with_mail(peers.online, deliverer)
-            # lnd keeps nothing for a subscriber that is not there yet: be on both streams
-            # before saying we are ready.
-            await messages_subscribed.wait()
-            if left_over:
-                log.warning("deciding %d messages a previous daemon left undecided", len(left_over))
-            for entry, message in left_over:
-                await inbox.put(Arrival(message, entry, replayed=True))
-            self.ready.set()
             async for event in events:
                 if isinstance(event, Resubscribed):
                     log.info("peer events resubscribed; resynchronising online peers")
@@ -190,20 +198,28 @@ class Mailbox:
             elif transport is Transport.NATIVE:
                 await ingest.peer_went_offline(event.pubkey)
 
-        messages_subscribed = asyncio.Event()
-
         async def follow_messages() -> None:
+            # Decisions need to know who is online: read nothing before the first ListPeers.
+            await peers_known.wait()
             messages = self._lnd.onion_messages(transport)
+            # lnd keeps nothing for a subscriber that is not there yet: be on the stream
+            # before saying we are ready.
             await messages.wait_subscribed()
-            messages_subscribed.set()
+            if left_over:
+                log.warning("deciding %d messages a previous daemon left undecided", len(left_over))
+            for arrival in left_over:
+                await inbox.put(arrival)
+            self.ready.set()
             async for item in messages:
                 if isinstance(item, Resubscribed):
                     log.info("onion message stream resubscribed")
                     continue
                 if isinstance(item, IncomingOnionMessage):
-                    await inbox.put(Arrival(item, await journal.add(item)))
+                    now = clock.now()
+                    entry = await journal.add(item, now)
+                    await inbox.put(Arrival(item, entry, received_at=now))
                 else:
-                    reporter.dropped("malformed", sender=item.peer)
+                    reporter.dropped(item.reason, sender=item.peer)
 
         async def sweep() -> None:
             while not await sleep_or_stop(stop, self._options.sweep_interval):
@@ -212,6 +228,10 @@ class Mailbox:
                     for message in await self._store.sweep_expired(clock.now()):
                         reporter.expired(message.peer, message.id, message.size)
                 await self._update_gauges()
+                # A safety net under every other trigger: every online peer is drained (a
+                # peer without mail costs one peek).
+                for peer in peers.online:
+                    deliverer.kick(peer)
 
         async def serve_requests() -> None:
             while not stop.is_set():
@@ -223,33 +243,43 @@ class Mailbox:
                 for peer in requested:
                     deliverer.kick(peer)
 
+        async def watch_deliveries() -> None:
+            await deliverer.fatal
+
         readers = [
             _spawn(follow_peers(), "peer-events"),
             _spawn(follow_messages(), "onion-messages"),
             _spawn(sweep(), "sweeper"),
             _spawn(serve_requests(), "delivery-requests"),
+            _spawn(watch_deliveries(), "delivery-watch"),
         ]
         workers = _spawn(run_workers(ingest, inbox, self._options.workers), "ingest")
         keeper_stop = asyncio.Event()
-        reporter_stop = asyncio.Event()
+        flush_stop = asyncio.Event()
         keeper_task = _spawn(keeper.run(keeper_stop), "keeper")
-        reporter_task = _spawn(reporter.run(reporter_stop), "reporter")
-        journal_task = _spawn(journal.run(reporter_stop), "inbox")
+        reporter_task = _spawn(reporter.run(flush_stop), "reporter")
+        journal_task = _spawn(journal.run(flush_stop), "inbox")
         background = [*readers, workers, keeper_task, reporter_task, journal_task]
         try:
             await _until_stop_or_failure(stop, background)
         finally:
+            # One budget for the whole shutdown, spent stage by stage in this order.
+            deadline = asyncio.get_running_loop().time() + self._options.drain_timeout
+
+            def left() -> float:
+                return max(deadline - asyncio.get_running_loop().time(), 0.1)
+
             log.info("stopping: finishing %d received messages", inbox.qsize())
             await _cancel(readers)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inbox.join(), self._options.drain_timeout)
+                await asyncio.wait_for(inbox.join(), left())
             await _cancel([workers])
             keeper_stop.set()
-            await _settle(keeper_task, self._options.drain_timeout)
-            await deliverer.close()
-            reporter_stop.set()
-            await _settle(reporter_task, self._options.drain_timeout)
-            await _settle(journal_task, self._options.drain_timeout)
+            await _settle(keeper_task, left())
+            await deliverer.close(left())
+            flush_stop.set()
+            await _settle(reporter_task, left())
+            await _settle(journal_task, left())
             log.info("stopped")
 
     async def _kick_peers_with_mail(self, online: frozenset[bytes], deliverer: Deliverer) -> None:
@@ -265,12 +295,12 @@ class Mailbox:
 
     async def _update_gauges(self) -> None:
         try:
-            stats = await self._store.stats()
+            peers, messages, size = await self._store.totals()
         except StoreError:
             return
-        self._metrics.queued_messages.set(stats.messages)
-        self._metrics.queued_bytes.set(stats.bytes)
-        self._metrics.peers_with_mail.set(stats.peers_with_mail)
+        self._metrics.queued_messages.set(messages)
+        self._metrics.queued_bytes.set(size)
+        self._metrics.peers_with_mail.set(peers)
 
 
 def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -278,15 +308,23 @@ def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 
 
 async def _until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-    """Waits for ``stop``; a task that fails first takes the daemon down with its error."""
+    """Waits for ``stop``; a task that ends first takes the daemon down with it.
+
+    Every task runs until stopped, so one that ends early is a failure even without an
+    error: the daemon stops rather than run on with a part missing.
+    """
     stopper = asyncio.ensure_future(stop.wait())
     try:
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
+    if stop.is_set():
+        return
     for task in done:
-        if task is not stopper and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+        raise MailboxError(f"the {task.get_name()} task ended on its own")
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -65,8 +66,9 @@ class PeerTracker:
 class ChannelMap:
     """short_channel_id (real or alias) -> the peer at the other end, from lnd's channels.
 
-    Refreshed when a lookup misses, at most once per ``min_refresh`` seconds, so that a
-    peer sending made-up channel ids cannot turn every message into a ListChannels call.
+    Reloaded when a lookup misses, at most once per ``min_refresh`` seconds and one load at
+    a time (a failed load counts too), so that a peer sending made-up channel ids cannot
+    turn every message into a ListChannels call.
     """
 
     def __init__(
@@ -81,29 +83,37 @@ class ChannelMap:
         self._min_refresh = min_refresh
         self._by_scid: dict[int, bytes] = {}
         self._peers: frozenset[bytes] = frozenset()
-        self._loaded_at: float | None = None
+        self._tried_at: float | None = None
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
+        async with self._lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        self._tried_at = self._clock.monotonic()
         self._by_scid = await self._load()
         self._peers = frozenset(self._by_scid.values())
-        self._loaded_at = self._clock.monotonic()
 
-    def _may_refresh(self) -> bool:
-        return (
-            self._loaded_at is None
-            or self._clock.monotonic() - self._loaded_at >= self._min_refresh
-        )
+    async def _refresh_if_stale(self) -> None:
+        tried = self._tried_at
+        if self._lock.locked():
+            async with self._lock:  # a load is under way: its answer is the one to use
+                return
+        if tried is not None and self._clock.monotonic() - tried < self._min_refresh:
+            return
+        async with self._lock:
+            if self._tried_at == tried:  # nobody reloaded while we waited for the lock
+                await self._reload()
 
     async def peer_for(self, scid: int) -> bytes | None:
         peer = self._by_scid.get(scid)
-        if peer is not None:
-            return peer
-        if not self._may_refresh():
-            return None
-        await self.refresh()
-        return self._by_scid.get(scid)
+        if peer is None:
+            await self._refresh_if_stale()
+            peer = self._by_scid.get(scid)
+        return peer
 
     async def has_channel(self, peer: bytes) -> bool:
-        if peer not in self._peers and self._may_refresh():
-            await self.refresh()
+        if peer not in self._peers:
+            await self._refresh_if_stale()
         return peer in self._peers

@@ -15,6 +15,7 @@ import logging
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from lndmailbox.clock import wait_either
 from lndmailbox.errors import StoreError
 from lndmailbox.logs import decision
 from lndmailbox.metrics import Metrics
@@ -24,6 +25,11 @@ from lndmailbox.store import Store
 log = logging.getLogger("lndmailbox.mailbox")
 
 _JOURNAL_LIMIT = 100_000
+
+MAILBOX_DROPS = frozenset(
+    {"not_allowed", "mailbox_full", "rejected_by_lnd", "internal_error", "signer_unavailable"}
+)
+"""Drops about the mailbox's own keeping, published as events; others are only counted."""
 _FLUSH_INTERVAL = 0.05
 
 
@@ -62,9 +68,10 @@ class Reporter:
         decision(log, "received", sender=sender, size=size, level=logging.DEBUG)
 
     def forwarded(self, sender: bytes, peer: bytes, size: int) -> None:
+        # Every relayed message: at INFO this would write who talks to whom to disk.
         self._metrics.forwarded.inc()
         self._count("forwarded")
-        decision(log, "forwarded", peer=peer, sender=sender, size=size)
+        decision(log, "forwarded", peer=peer, sender=sender, size=size, level=logging.DEBUG)
 
     def left_to_lnd(self, sender: bytes, peer: bytes, size: int) -> None:
         self._count("left_to_lnd")
@@ -87,10 +94,10 @@ class Reporter:
             )
         )
 
-    def rescued(self, peer: bytes, message_id: str, size: int) -> None:
-        """A message left to lnd was stored after all: its next hop went offline meanwhile."""
+    def rescued(self, peer: bytes, size: int) -> None:
+        """A message left to lnd is kept after all: its next hop went offline meanwhile."""
         self._count("rescued")
-        decision(log, "rescued", peer=peer, id=message_id, size=size)
+        decision(log, "rescued", peer=peer, size=size)
 
     def duplicate(self, peer: bytes, message_id: str, size: int) -> None:
         self._metrics.duplicate.inc()
@@ -126,8 +133,23 @@ class Reporter:
         message_id: str = "",
     ) -> None:
         self._metrics.dropped.labels(reason=reason).inc()
-        self._journal("dropped", peer or b"", message_id, size, reason)
-        decision(log, "dropped", peer=peer, sender=sender, id=message_id or None, reason=reason)
+        if reason in MAILBOX_DROPS:
+            self._journal("dropped", peer or b"", message_id, size, reason)
+            level = logging.INFO
+        else:
+            # What a peer sent wrong: counted, but neither a log line at INFO nor an event
+            # each, or one misbehaving peer could fill the disk and push real events out.
+            self._count(f"dropped:{reason}")
+            level = logging.DEBUG
+        decision(
+            log,
+            "dropped",
+            peer=peer,
+            sender=sender,
+            id=message_id or None,
+            reason=reason,
+            level=level,
+        )
 
     def lost(self, peer: bytes, size: int, reason: str) -> None:
         """A message we meant to keep and could not: the one outcome that must stay at zero."""
@@ -182,11 +204,7 @@ class Reporter:
         """Flushes until ``stop`` is set, then once more."""
         backoff = _FLUSH_INTERVAL
         while not stop.is_set():
-            waiter = asyncio.ensure_future(self._wakeup.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+            await wait_either(self._wakeup, stop)
             self._wakeup.clear()
             try:
                 await self.flush()

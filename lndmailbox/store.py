@@ -195,6 +195,17 @@ class Event:
 
 
 @dataclass(frozen=True)
+class InboxEntry:
+    """A message the daemon read from lnd and had not decided when it stopped."""
+
+    entry: str
+    received_at: float
+    sender: bytes
+    path_key: bytes
+    onion: bytes
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     version: str
     used_memory: int
@@ -547,6 +558,9 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+_PASSING_REFUSALS = ("OOM", "MASTERDOWN", "TRYAGAIN", "BUSY", "LOADING", "CLUSTERDOWN")
+
+
 def _redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """Turns redis-py's exceptions into the store's (always chained with ``from``)."""
 
@@ -559,6 +573,10 @@ def _redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any
         except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError) as e:
             raise StoreUnavailableError(f"Redis is unavailable: {e}") from e
         except rexc.RedisError as e:
+            if isinstance(e, rexc.OutOfMemoryError) or str(e).startswith(_PASSING_REFUSALS):
+                # Redis will take the command again once memory, a failover or a busy
+                # script has passed: the same as unreachable for the caller.
+                raise StoreUnavailableError(f"Redis cannot take {fn.__name__} now: {e}") from e
             raise StoreError(f"Redis refused {fn.__name__}: {e}") from e
 
     return wrapper
@@ -1084,18 +1102,29 @@ class Store:
         raw = await self.redis.hgetall(self.heartbeat_key)
         return {_str(k): _str(v) for k, v in raw.items()} if raw else None
 
+    @_redis_errors
+    async def totals(self) -> tuple[int, int, int]:
+        """(peers with mail, messages, bytes) from the node's counters: O(1), for gauges."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.mail_key)
+            pipe.hmget(self.usage_key, ["messages", "bytes"])
+            peers, (messages, size) = await pipe.execute()
+        return int(peers), int(messages or 0), int(size or 0)
+
     # ---- the inbox: messages read from lnd and not yet decided (a write-ahead journal)
 
     @_redis_errors
-    async def inbox_add(self, sender: bytes, path_key: bytes, onion: bytes) -> str:
+    async def inbox_add(self, sender: bytes, path_key: bytes, onion: bytes, now: float) -> str:
         """Journals a message just read from lnd; returns its entry id for :meth:`inbox_done`.
 
         lnd's streams have no acknowledgement: without this, a daemon that dies between
         reading a message and storing it loses it. The inbox expires with the TTL of mail.
+        Entry: received_at (u64, ms) ‖ sender (33) ‖ path_key (33) ‖ onion.
         """
         entry = os.urandom(8).hex()
+        record = _ms(now).to_bytes(8, "big") + sender + path_key + onion
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.inbox_key, entry, sender + path_key + onion)
+            pipe.hset(self.inbox_key, entry, record)
             pipe.pexpire(self.inbox_key, max(_ms(self.limits.ttl), 1))
             await pipe.execute()
         return entry
@@ -1107,14 +1136,28 @@ class Store:
             await self.redis.hdel(self.inbox_key, *entries)
 
     @_redis_errors
-    async def inbox_pending(self) -> list[tuple[str, bytes, bytes, bytes]]:
-        """Journaled messages a previous daemon left undecided: (entry, sender, path_key, onion)."""
-        pending = []
+    async def inbox_pending(self) -> list[InboxEntry]:
+        """Journaled messages a previous daemon left undecided, oldest first.
+
+        An entry too short to hold a message is removed (it can only be damage)."""
+        pending: list[InboxEntry] = []
+        damaged: list[Any] = []
         for entry, raw in (await self.redis.hgetall(self.inbox_key)).items():
-            if not isinstance(raw, bytes) or len(raw) < 2 * 33 + 1:
-                raise StoreError(f"unreadable inbox entry {_str(entry)}")
-            pending.append((_str(entry), raw[:33], raw[33:66], raw[66:]))
-        return pending
+            if not isinstance(raw, bytes) or len(raw) < 8 + 2 * PUBKEY_SIZE + 1:
+                damaged.append(entry)
+                continue
+            pending.append(
+                InboxEntry(
+                    entry=_str(entry),
+                    received_at=int.from_bytes(raw[:8], "big") / 1000,
+                    sender=raw[8:41],
+                    path_key=raw[41:74],
+                    onion=raw[74:],
+                )
+            )
+        if damaged:
+            await self.redis.hdel(self.inbox_key, *damaged)
+        return sorted(pending, key=lambda e: e.received_at)
 
     # ---- delivery requests (mailboxctl deliver -> daemon)
 

@@ -77,7 +77,7 @@ class World:
         if self.task is None:
             return
         self.stop.set()
-        await asyncio.wait_for(self.task, 30)
+        await asyncio.wait_for(self.task, 60)
         self.task = None
 
     def message_for_bob(

@@ -155,3 +155,30 @@ async def test_a_macaroon_without_the_signer_stops_the_daemon_with_a_clear_error
             await asyncio.wait_for(
                 run(replace(w.settings, macaroonpath=narrow), stop=asyncio.Event()), 30
             )
+
+
+async def test_a_macaroon_that_may_not_send_stops_the_daemon_and_keeps_the_mail(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from lndmailbox.daemon import run
+    from lndmailbox.errors import LndPermissionError
+    from lndmailbox.lnd import PERMISSIONS
+
+    async with world(Personality.LND_0_20, redis_url, tmp_path) as w:
+        may_not_send = {p for _, p in PERMISSIONS.values()} - {"offchain:write"}
+        narrow = tmp_path / "narrow.macaroon"
+        narrow.write_bytes(w.node.bake_macaroon(sorted(may_not_send)))
+        daemon = asyncio.create_task(
+            run(replace(w.settings, macaroonpath=narrow), stop=asyncio.Event())
+        )
+        await wait_until(lambda: w.node.subscriber_count("custom_messages") >= 1, what="the daemon")
+        await w.alice.send_onion_message(w.message_for_bob(b"kept"))
+        await stored_count(w, 1)
+        w.bob.connect()
+        with pytest.raises(LndPermissionError, match="offchain:write"):
+            await asyncio.wait_for(daemon, 30)
+        # Not one attempt used up: the mail waits for a daemon that may send it.
+        [message] = await w.stored_for(w.bob)
+        assert message.attempts == 0
