@@ -36,7 +36,7 @@ import pstats
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.simnet_process import SimnetProcess, build_messages
@@ -171,7 +171,6 @@ class Figures:
     drain: Drain
     memory: tuple[Memory, ...]
     profile: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 async def _wait_for(
