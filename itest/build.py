@@ -44,7 +44,7 @@ BTCD_MODULE = "github.com/btcsuite/btcd"
 LND_MODULE = "github.com/lightningnetwork/lnd"
 
 # The newest release of each line that the Go module proxy serves. Checked with
-# `go mod download -json MODULE@VERSION` on 2026-09: lnd v0.20.3-beta is tagged upstream but
+# `go mod download -json MODULE@VERSION` in 2026-11: lnd v0.20.3-beta is tagged upstream but
 # the proxy refuses its zip (403 "not available") and sum.golang.org does not know it, so
 # v0.20.2-beta is the newest 0.20.x that can be built from its module; v0.21.4-beta does not
 # exist yet.
