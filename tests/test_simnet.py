@@ -42,6 +42,7 @@ from lndmailbox.sphinx import (
     Forward,
     LocalNodeKey,
     Receive,
+    build_onion_message,
     create_blinded_path,
     message_via,
     peel,
@@ -159,15 +160,57 @@ async def test_get_info_reports_the_personality(node: SimNode, personality: Pers
     async with rpc(node) as c:
         info = await c.ln.GetInfo(ln.GetInfoRequest(), metadata=c.md)
     expected = {
-        Personality.LND_0_20: "0.20.1-beta commit=v0.20.1-beta",
-        Personality.LND_0_21: "0.21.2-beta commit=v0.21.2-beta",
+        Personality.LND_0_20: "0.20.2-beta commit=v0.20.2-beta",
+        Personality.LND_0_21: "0.21.3-beta commit=v0.21.3-beta",
     }[personality]
     assert info.version == expected
     assert bytes.fromhex(info.identity_pubkey) == node.pubkey
     assert info.alias == "simnet"
     assert [c.network for c in info.chains] == ["regtest"]
-    # Only lnd 0.21 knows (and advertises) option_onion_messages.
-    assert (39 in info.features) is (personality is Personality.LND_0_21)
+
+
+def feature(features: Any, bit: int) -> tuple[str, bool, bool] | None:
+    if bit not in features:
+        return None
+    f = features[bit]
+    return (f.name, f.is_required, f.is_known)
+
+
+@pytest.mark.parametrize(
+    ("personality_", "custom", "expected"),
+    [
+        # lnd 0.20 with custom-message=513 / custom-init=39 / custom-nodeann=39 (the itest's
+        # flags): it advertises bit 39 but has no name for it.
+        (Personality.LND_0_20, None, ("unknown", False, False)),
+        (Personality.LND_0_20, False, None),
+        # lnd 0.21 knows option_onion_messages and advertises it on its own.
+        (Personality.LND_0_21, None, ("onion-messages", False, True)),
+        (Personality.LND_0_21, False, ("onion-messages", False, True)),
+    ],
+)
+async def test_get_info_feature_39_as_real_lnd_reports_it(
+    personality_: Personality, custom: bool | None, expected: tuple[str, bool, bool] | None
+) -> None:
+    async with SimNode(personality_, custom_message_513=custom) as sim:
+        sim.add_peer("alice", connect=True)
+        async with rpc(sim) as c:
+            info = await c.ln.GetInfo(ln.GetInfoRequest(), metadata=c.md)
+            peers = await c.ln.ListPeers(ln.ListPeersRequest(), metadata=c.md)
+    assert feature(info.features, 39) == expected
+    # Peers advertise it either way; lnd names it as it names its own.
+    known = personality_ is Personality.LND_0_21
+    assert feature(peers.peers[0].features, 39) == (
+        ("onion-messages", False, True) if known else ("unknown", False, False)
+    )
+
+
+async def test_custom_nodeann_39_is_its_own_switch_on_0_20() -> None:
+    async with (
+        SimNode(Personality.LND_0_20, custom_message_513=True, custom_nodeann_39=False) as sim,
+        rpc(sim) as c,
+    ):
+        info = await c.ln.GetInfo(ln.GetInfoRequest(), metadata=c.md)
+    assert feature(info.features, 39) is None
 
 
 # --- macaroons -------------------------------------------------------------------------------
@@ -569,6 +612,32 @@ async def test_0_21_publishes_the_incoming_message_when_the_next_hop_is_offline(
     assert final.payload[TEXT] == b"keep me"
 
 
+@pytest.mark.parametrize("bob_online", [True, False], ids=["forwarded", "next_hop_offline"])
+async def test_0_21_publishes_the_hops_encrypted_recipient_data_when_forwarding(
+    node21: SimNode, bob_online: bool
+) -> None:
+    """lnd puts this hop's encrypted_recipient_data (still encrypted) on the update for a
+    message it forwards as well as for one it receives (itest, lnd 0.21.3)."""
+    alice, bob = peers_with_channels(node21)
+    alice.connect()
+    if bob_online:
+        bob.connect()
+    path = create_blinded_path(
+        [BlindedHopSpec(node21.pubkey, next_node_id=bob.pubkey), BlindedHopSpec(bob.pubkey)],
+        random_secret(),
+    )
+    _, msg = build_onion_message(path, {TEXT: b"via the node"}, random_secret())
+    async with rpc(node21) as c:
+        onion = await subscribe_onion(node21, c)
+        result = await alice.send_onion_message(msg)
+        update = await read(onion)
+        onion.cancel()
+    assert result.published
+    assert (result.forwarded_to is not None) is bob_online
+    assert update.encrypted_recipient_data == path.hops[0].encrypted_recipient_data
+    assert dict(update.custom_records) == {}
+
+
 async def test_0_21_resolves_short_channel_ids_and_aliases(node21: SimNode) -> None:
     alice, bob = peers_with_channels(node21)
     alice.connect()
@@ -647,7 +716,9 @@ async def test_0_21_tells_subscribers_what_a_message_for_the_node_carried(node21
         update = await read(onion)
         onion.cancel()
     assert dict(update.custom_records) == {TEXT: b"hello"}
-    assert update.encrypted_recipient_data  # still encrypted, as lnd passes it on
+    # Still encrypted, as lnd passes it on: the ciphertext of the path's only hop.
+    assert update.encrypted_recipient_data
+    assert update.encrypted_recipient_data != b"hello"
     assert update.reply_path.introduction_node == reply.pubkey
     assert len(update.reply_path.blinded_hops) == 1
 
@@ -747,11 +818,19 @@ async def test_restart_ends_streams_like_lnd_and_serves_again(node: SimNode) -> 
         custom = c.ln.SubscribeCustomMessages(ln.SubscribeCustomMessagesRequest(), metadata=c.md)
         await asyncio.wait_for(node.wait_for_subscribers("peer_events"), 5)
         await asyncio.wait_for(node.wait_for_subscribers("custom_messages"), 5)
+        onion = None
+        if node.personality.native_onion_messages:
+            onion = await subscribe_onion(node, c)
         await node.stop()
-        # Peer events: the stream simply ends. Custom messages: lnd's "shutdown" error.
+        # Peer events: the stream ends cleanly (real lnd: OK or UNAVAILABLE, about half
+        # each). The message streams: UNAVAILABLE "Stream removed (Socket closed)", as a
+        # client sees real lnd's shutdown every time.
         assert await read(events) is grpc.aio.EOF  # type: ignore[attr-defined]
         assert await events.code() is grpc.StatusCode.OK
-        assert_status(await rpc_error(custom.read()), grpc.StatusCode.UNKNOWN, "shutdown")
+        unavailable = (grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)")
+        assert_status(await rpc_error(custom.read()), *unavailable)
+        if onion is not None:
+            assert_status(await rpc_error(onion.read()), *unavailable)
         assert not alice.online
     await node.start()
     assert (node.port, node.tls.cert_pem, node.admin_macaroon) == (port, cert, admin)

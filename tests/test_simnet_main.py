@@ -78,7 +78,7 @@ async def get_info_and_peers(
 async def test_standalone_simnet(tmp_path: Path) -> None:
     sim, ready = await start(tmp_path, "--personality", "0.21", "--peer", "alice", "--peer", "bob")
     try:
-        assert ready["version"] == "0.21.2-beta commit=v0.21.2-beta"
+        assert ready["version"] == "0.21.3-beta commit=v0.21.3-beta"
         info, peers = await get_info_and_peers(
             ready, (tmp_path / "tls.cert").read_bytes(), (tmp_path / "admin.macaroon").read_bytes()
         )
@@ -101,7 +101,7 @@ async def test_standalone_simnet(tmp_path: Path) -> None:
     sim, again = await start(tmp_path, "--personality", "0.20")
     try:
         assert again["identity_pubkey"] == ready["identity_pubkey"]
-        assert again["version"] == "0.20.1-beta commit=v0.20.1-beta"
+        assert again["version"] == "0.20.2-beta commit=v0.20.2-beta"
         lnd_layout = tmp_path / "data" / "chain" / "bitcoin" / "regtest" / "admin.macaroon"
         info, peers = await get_info_and_peers(
             again, (tmp_path / "tls.cert").read_bytes(), lnd_layout.read_bytes()

@@ -26,6 +26,7 @@ from lndmailbox.simnet.macaroons import (
 )
 from lndmailbox.simnet.node import (
     PERMISSIONS,
+    SHUTDOWN_STATUS,
     STREAMS,
     CustomMessageReceived,
     Ingested,
@@ -43,6 +44,7 @@ __all__ = [
     "ADMIN_PERMISSIONS",
     "PERMISSIONS",
     "READONLY_PERMISSIONS",
+    "SHUTDOWN_STATUS",
     "STREAMS",
     "CustomMessageReceived",
     "IngestResult",

@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         "--custom-513",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="lnd's protocol.custom-message=513 (default: on for 0.20, off for 0.21)",
+        help="lnd's protocol.custom-message=513, and on 0.20 custom-init/custom-nodeann=39 "
+        "(default: on for 0.20, off for 0.21)",
     )
     p.add_argument(
         "--relay-all",

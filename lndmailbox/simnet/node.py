@@ -1,6 +1,7 @@
 """SimNode: a stand-in lnd, a real gRPC server speaking lnd's protos, with simulated peers.
 
-What it reproduces of lnd (checked in lnd v0.20.1-beta / v0.21.2-beta):
+What it reproduces of lnd (checked in lnd v0.20.2-beta / v0.21.3-beta, and against those
+binaries by the itest):
 
 * Transport: TLS with a self-signed ECDSA certificate like lnd's ``tls.cert``; a macaroon,
   hex in the ``macaroon`` metadata header, checked on every call before the handler runs
@@ -18,18 +19,26 @@ What it reproduces of lnd (checked in lnd v0.20.1-beta / v0.21.2-beta):
 * Personality LND_0_20: onion messages exist only as custom message type 513, and only when
   started with ``custom_message_513`` (lnd's ``protocol.custom-message=513``, default on
   here); the native onion RPCs are ``UNIMPLEMENTED`` "unknown method ... for service
-  lnrpc.Lightning", as grpc-go answers for a method the server does not have.
+  lnrpc.Lightning", as grpc-go answers for a method the server does not have. With
+  ``custom_nodeann_39`` (lnd's ``protocol.custom-nodeann=39``, default: as
+  ``custom_message_513``) GetInfo lists feature bit 39 as lnd 0.20 names a bit it does not
+  know: ``{name: "unknown", is_required: false, is_known: false}``.
 * Personality LND_0_21: onion messages go through lnd's own path: the channel-presence gate
   (unless ``onion_msg_relay_all``), per-peer and global token buckets (lnd's defaults), one
   Sphinx layer peeled with the node key, the next hop resolved (node id, or a
   short_channel_id through the node's channels and aliases; unresolvable: dropped), a
   message whose next hop is its sender dropped, a forward attempted to the next hop when it
   is online, and then the *incoming* message published to ``SubscribeOnionMessages``
-  whether the forward worked or not. ``SubscribeCustomMessages`` never carries type 513.
+  whether the forward worked or not, with this hop's ``encrypted_recipient_data`` ciphertext
+  as received (for a forwarded message too, not only for one addressed to the node).
+  ``SubscribeCustomMessages`` never carries type 513. GetInfo lists feature bit 39 as
+  ``{name: "onion-messages", is_required: false, is_known: true}``.
 * ``Signer.DeriveSharedKey``: SHA256 of the compressed ECDH point with the node key.
-* Restart: :meth:`SimNode.stop` ends every stream the way lnd's shutdown does (peer events:
-  end of stream; custom and onion messages: ``UNKNOWN`` "shutdown"), and
-  :meth:`SimNode.start` serves again on the same port, certificate, node key and macaroons.
+* Restart: :meth:`SimNode.stop` ends every stream the way a client sees lnd's shutdown end
+  it (see :data:`SHUTDOWN_STATUS`): custom and onion messages with ``UNAVAILABLE``
+  "Stream removed (Socket closed)"; peer events cleanly (``OK``), one of the two endings
+  real lnd shows there. :meth:`SimNode.start` serves again on the same port, certificate,
+  node key and macaroons.
 
 Everything runs on the event loop that calls :meth:`SimNode.start`; drive peers from it.
 """
@@ -39,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import hmac
 import logging
 import os
 import time
@@ -57,8 +67,8 @@ from lndmailbox.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnrpc import signer_pb2 as signrpc
 from lndmailbox.simnet.macaroons import MacaroonError, MacaroonService, Op
 from lndmailbox.simnet.tls import TlsPair, generate_tls_pair
-from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, peel
-from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage
+from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, open_packet, peel
+from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage, OnionMessagePayload
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +90,7 @@ class Personality(enum.Enum):
 
     @property
     def release(self) -> str:
-        return {"0.20": "0.20.1-beta", "0.21": "0.21.2-beta"}[self.value]
+        return {"0.20": "0.20.2-beta", "0.21": "0.21.3-beta"}[self.value]
 
     @property
     def version(self) -> str:
@@ -368,6 +378,18 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 _SHUTDOWN = object()
 STREAMS = ("peer_events", "custom_messages", "onion_messages")
 
+# How a gRPC client sees lnd's orderly shutdown end SubscribeCustomMessages and
+# SubscribeOnionMessages (itest against lnd 0.20.2 / 0.21.3: 6 times out of 6): the server
+# drops the connection under the open stream and the client's transport reports it as
+# UNAVAILABLE with this text. simnet sends that status itself, so every client sees the
+# same ending whatever the timing. SubscribePeerEvents ends either cleanly (OK) or with
+# this same status in real lnd (about half each, depending on timing); simnet always ends
+# it cleanly (OK), so clients must handle both endings anyway.
+SHUTDOWN_STATUS: tuple[grpc.StatusCode, str] = (
+    grpc.StatusCode.UNAVAILABLE,
+    "Stream removed (Socket closed)",
+)
+
 
 class SimNode:
     """A stand-in lnd node: gRPC over TLS on a loopback port, macaroon-checked, with peers.
@@ -390,6 +412,7 @@ class SimNode:
         tls: TlsPair | None = None,
         macaroon_root_key: bytes | None = None,
         custom_message_513: bool | None = None,
+        custom_nodeann_39: bool | None = None,
         onion_msg_relay_all: bool = False,
         onion_rate_limits: OnionRateLimits | None = OnionRateLimits(),
         network: str = "regtest",
@@ -411,6 +434,12 @@ class SimNode:
             custom_message_513
             if custom_message_513 is not None
             else personality is Personality.LND_0_20
+        )
+        # lnd's protocol.custom-nodeann=39 (with custom-init=39, the lines that go with
+        # custom-message=513): 0.20 then advertises bit 39 without knowing it. 0.21
+        # advertises it natively whatever this says.
+        self.custom_nodeann_39 = (
+            custom_nodeann_39 if custom_nodeann_39 is not None else self.custom_message_513
         )
         self.onion_msg_relay_all = onion_msg_relay_all
         self.onion_rate_limits = onion_rate_limits
@@ -713,6 +742,11 @@ class SimNode:
             if next_node == peer.pubkey:
                 return IngestResult(published=False, drop_reason="cycle")
             target = self.peers.get(next_node)
+            # lnd hands subscribers this hop's encrypted_recipient_data when it forwards
+            # too; peel() does not return it for a forward, so open this layer again.
+            erd = await self._hop_encrypted_recipient_data(msg)
+            if erd is not None:
+                update.encrypted_recipient_data = erd
             if target is not None and target.online:
                 out = OnionMessage(action.next_path_key, action.next_onion)
                 target._deliver(ONION_MESSAGE_TYPE, out.encode())
@@ -724,6 +758,20 @@ class SimNode:
             _fill_receive(update, action)
         self._publish("onion_messages", update)
         return IngestResult(published=True, forwarded_to=forwarded_to, drop_reason=reason)
+
+    async def _hop_encrypted_recipient_data(self, msg: OnionMessage) -> bytes | None:
+        """This hop's ``encrypted_recipient_data`` ciphertext, as it sits in the onion payload.
+
+        Only for a message :func:`~lndmailbox.sphinx.peel` accepted: the blinded shared
+        secret (BOLT 4: ``ss = ECDH(HMAC("blinded_node_id", ECDH(path_key)) * E)``) opens
+        the layer, and the payload's TLV record 4 is the ciphertext.
+        """
+        path_ss = await self.key.ecdh(msg.path_key)
+        blinding = hmac.new(b"blinded_node_id", path_ss, hashlib.sha256).digest()
+        onion_key = coincurve.PublicKey(msg.onion[1:34]).multiply(blinding)
+        shared = await self.key.ecdh(onion_key.format(compressed=True))
+        payload, _ = open_packet(msg.onion, shared)
+        return OnionMessagePayload.decode(payload).encrypted_recipient_data
 
     # --- gRPC plumbing ----------------------------------------------------------------------
 
@@ -900,6 +948,12 @@ class SimNode:
             feature.name = "onion-messages"
             feature.is_required = False
             feature.is_known = True
+        elif self.custom_nodeann_39:
+            # A custom node-announcement bit lnd 0.20 has no name for.
+            feature = resp.features[FEATURE_ONION_MESSAGES_OPTIONAL]
+            feature.name = "unknown"
+            feature.is_required = False
+            feature.is_known = False
         return resp
 
     async def _list_peers(self, request: Any) -> Any:
@@ -920,7 +974,7 @@ class SimNode:
     async def _subscribe_peer_events(self, request: Any) -> AsyncIterator[Any]:
         async for event in self._subscription("peer_events"):
             yield event
-        # lnd's peer event stream returns without error when the RPC server quits.
+        # Ends cleanly (OK) at shutdown: one of real lnd's two endings (SHUTDOWN_STATUS).
 
     async def _list_channels(self, request: Any) -> Any:
         if request.active_only and request.inactive_only:
@@ -984,7 +1038,7 @@ class SimNode:
     async def _subscribe_custom_messages(self, request: Any) -> AsyncIterator[Any]:
         async for msg in self._subscription("custom_messages"):
             yield msg
-        raise _unknown("shutdown")
+        raise _RpcAbort(*SHUTDOWN_STATUS)
 
     async def _send_onion_message(self, request: Any) -> Any:
         try:
@@ -998,7 +1052,7 @@ class SimNode:
     async def _subscribe_onion_messages(self, request: Any) -> AsyncIterator[Any]:
         async for update in self._subscription("onion_messages"):
             yield update
-        raise _unknown("shutdown")
+        raise _RpcAbort(*SHUTDOWN_STATUS)
 
     async def _derive_shared_key(self, request: Any) -> Any:
         try:
@@ -1066,6 +1120,7 @@ def _fill_receive(update: Any, action: Receive) -> None:
 
 __all__ = [
     "PERMISSIONS",
+    "SHUTDOWN_STATUS",
     "STREAMS",
     "CustomMessageReceived",
     "IngestResult",
