@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -327,13 +328,24 @@ async def _until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task[N
         raise MailboxError(f"the {task.get_name()} task ended on its own")
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+async def _cancel(tasks: list[asyncio.Task[None]], within: float = 5.0) -> None:
+    """Cancels ``tasks`` and waits up to ``within`` seconds for them to end.
+
+    A task that does not end in time is named in the log with where it hangs, and left
+    behind: shutdown goes on rather than wait for ever.
+    """
     for task in tasks:
         task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, LndError | StoreError):
-            log.warning("%s", result)
+    done, hanging = await asyncio.wait(tasks, timeout=within)
+    for task in hanging:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        log.error(
+            "task %s did not stop within %.0fs: %s", task.get_name(), within, stack.getvalue()
+        )
+    for task in done:
+        if not task.cancelled() and isinstance(task.exception(), LndError | StoreError):
+            log.warning("%s", task.exception())
 
 
 async def _settle(task: asyncio.Task[None], within: float) -> None:
