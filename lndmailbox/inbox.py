@@ -4,20 +4,23 @@ lnd's streams carry no acknowledgement, so a message the daemon has read is the 
 alone: were the process to die before the message is stored, forwarded or dropped, it
 would be gone. Each message is journaled in Redis as soon as it is read, and forgotten
 once it is decided; a daemon starting up decides again whatever its predecessor left.
-Forgetting is batched: a crash may leave a decided message journaled, and deciding it
-again gives at worst a duplicate (the store keeps one copy of a queued message).
 
-While Redis is unreachable the journal is skipped, not waited for: after a failure no
-journaling is tried for a while (doubling up to 30 s), so ingest runs at full speed on
-the keeper's memory buffer.
+Writes are batched, a few milliseconds at a time, in one round trip with the entries to
+forget: ingest never waits for the journal. A message decided before its batch went out is
+never written at all. A crash may leave a decided message journaled, and deciding it again
+gives at worst a duplicate (the store keeps one copy of a queued message).
+
+While Redis is unreachable the journal is skipped: after a failure no journaling is tried
+for a while (doubling up to 30 s), and ingest runs on the keeper's memory buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
-from lndmailbox.clock import Clock, sleep_or_stop
+from lndmailbox.clock import Clock, sleep_or_stop, wait_either
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.ingest import Arrival
 from lndmailbox.lnd import IncomingOnionMessage
@@ -25,7 +28,7 @@ from lndmailbox.store import Store
 
 log = logging.getLogger("lndmailbox.mailbox")
 
-_FLUSH_INTERVAL = 0.05
+_WRITE_INTERVAL = 0.002
 _PAUSE_MIN, _PAUSE_MAX = 1.0, 30.0
 
 
@@ -33,30 +36,27 @@ class Inbox:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
+        self._to_write: dict[str, tuple[bytes, bytes, bytes, float]] = {}
         self._decided: list[str] = []
         self._paused_until = 0.0
         self._pause = _PAUSE_MIN
+        self._wakeup = asyncio.Event()
 
-    async def add(self, message: IncomingOnionMessage, now: float) -> str | None:
-        """Journals ``message``; None when Redis is away (the message goes on unjournaled)."""
+    def add(self, message: IncomingOnionMessage, now: float) -> str | None:
+        """Journals ``message`` (in the next batch); None while journaling is paused."""
         if self._clock.monotonic() < self._paused_until:
             return None
-        try:
-            entry = await self._store.inbox_add(message.peer, message.path_key, message.onion, now)
-        except StoreUnavailableError as e:
-            log.warning("inbox not written (%s); journaling paused for %.0fs", e, self._pause)
-            self._paused_until = self._clock.monotonic() + self._pause
-            self._pause = min(self._pause * 2, _PAUSE_MAX)
-            return None
-        except StoreError as e:
-            log.warning("inbox not written: %s", e)
-            return None
-        self._pause = _PAUSE_MIN
+        entry = os.urandom(8).hex()
+        self._to_write[entry] = (message.peer, message.path_key, message.onion, now)
+        self._wakeup.set()
         return entry
 
     def decided(self, entry: str | None) -> None:
-        if entry is not None:
+        if entry is None:
+            return
+        if self._to_write.pop(entry, None) is None:
             self._decided.append(entry)
+            self._wakeup.set()
 
     async def left_over(self, *, ttl: float) -> list[Arrival]:
         """What a previous daemon read from lnd and did not decide, still within ``ttl``."""
@@ -80,19 +80,33 @@ class Inbox:
         return arrivals
 
     async def flush(self) -> None:
+        written, self._to_write = self._to_write, {}
         decided, self._decided = self._decided, []
         try:
-            await self._store.inbox_done(decided)
+            await self._store.inbox_write(
+                [(entry, *fields) for entry, fields in written.items()], decided
+            )
+        except StoreUnavailableError as e:
+            # The batch is not journaled: its messages go on, held in memory only.
+            log.warning("inbox not written (%s); journaling paused for %.0fs", e, self._pause)
+            self._paused_until = self._clock.monotonic() + self._pause
+            self._pause = min(self._pause * 2, _PAUSE_MAX)
+            self._decided[:0] = decided
+            raise
         except StoreError:
             self._decided[:0] = decided
             raise
+        self._pause = _PAUSE_MIN
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, _FLUSH_INTERVAL):
+        while not stop.is_set():
+            await wait_either(self._wakeup, stop)
+            self._wakeup.clear()
+            await sleep_or_stop(stop, _WRITE_INTERVAL)  # gather a batch
             try:
                 await self.flush()
             except StoreError:
-                await sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 0.5)
         try:
             await self.flush()
         except StoreError:

@@ -217,7 +217,7 @@ class Mailbox:
                     continue
                 if isinstance(item, IncomingOnionMessage):
                     now = clock.now()
-                    entry = await journal.add(item, now)
+                    entry = journal.add(item, now)
                     await inbox.put(Arrival(item, entry, received_at=now))
                 else:
                     reporter.dropped(item.reason, sender=item.peer)

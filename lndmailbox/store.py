@@ -1114,26 +1114,33 @@ class Store:
     # ---- the inbox: messages read from lnd and not yet decided (a write-ahead journal)
 
     @_redis_errors
-    async def inbox_add(self, sender: bytes, path_key: bytes, onion: bytes, now: float) -> str:
-        """Journals a message just read from lnd; returns its entry id for :meth:`inbox_done`.
+    async def inbox_write(
+        self,
+        added: Sequence[tuple[str, bytes, bytes, bytes, float]] = (),
+        decided: Sequence[str] = (),
+    ) -> None:
+        """Journals messages just read from lnd and forgets decided ones, in one round trip.
 
-        lnd's streams have no acknowledgement: without this, a daemon that dies between
-        reading a message and storing it loses it. The inbox expires with the TTL of mail.
-        Entry: received_at (u64, ms) ‖ sender (33) ‖ path_key (33) ‖ onion.
+        ``added``: (entry, sender, path_key, onion, received_at). lnd's streams have no
+        acknowledgement: without the journal, a daemon that dies between reading a message
+        and storing it loses it. Entry value: received_at (u64, ms) ‖ sender (33) ‖
+        path_key (33) ‖ onion. The inbox expires with the TTL of mail.
         """
-        entry = os.urandom(8).hex()
-        record = _ms(now).to_bytes(8, "big") + sender + path_key + onion
+        if not added and not decided:
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.inbox_key, entry, record)
-            pipe.pexpire(self.inbox_key, max(_ms(self.limits.ttl), 1))
+            if added:
+                pipe.hset(
+                    self.inbox_key,
+                    mapping={
+                        entry: _ms(at).to_bytes(8, "big") + sender + path_key + onion
+                        for entry, sender, path_key, onion, at in added
+                    },
+                )
+                pipe.pexpire(self.inbox_key, max(_ms(self.limits.ttl), 1))
+            if decided:
+                pipe.hdel(self.inbox_key, *decided)
             await pipe.execute()
-        return entry
-
-    @_redis_errors
-    async def inbox_done(self, entries: Sequence[str]) -> None:
-        """Forgets journaled messages that were decided (stored, forwarded or dropped)."""
-        if entries:
-            await self.redis.hdel(self.inbox_key, *entries)
 
     @_redis_errors
     async def inbox_pending(self) -> list[InboxEntry]:

@@ -90,9 +90,10 @@ async def scenario(client: aioredis.Redis) -> Store:
     assert await store.acquire_lock("daemon-1", lease=15)
     await store.heartbeat({"pid": 1, "host": "lsp", "started_at": NOW, "version": "0"}, ttl=30)
     await store.request_delivery(carol)
-    decided = await store.inbox_add(alice, pubkey(), os.urandom(1366), NOW)
-    await store.inbox_add(alice, pubkey(), os.urandom(1366), NOW)  # left undecided
-    await store.inbox_done([decided])
+    await store.inbox_write(
+        [("e1", alice, pubkey(), os.urandom(1366), NOW), ("e2", alice, pubkey(), b"x", NOW)]
+    )
+    await store.inbox_write(decided=["e1"])  # e2 is left undecided
     assert len(await store.inbox_pending()) == 1
     return store
 
