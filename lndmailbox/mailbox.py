@@ -48,6 +48,7 @@ from lndmailbox.notify import Notifier
 from lndmailbox.peers import ChannelMap, PeerTracker
 from lndmailbox.policy import Policy
 from lndmailbox.report import Reporter
+from lndmailbox.sphinx import CachedNodeKey
 from lndmailbox.store import Store
 
 log = logging.getLogger("lndmailbox.mailbox")
@@ -140,7 +141,7 @@ class Mailbox:
         race = RaceGuard(clock, self._options.race_window)
         ingest = Ingest(
             node_id=info.pubkey,
-            node_key=self._lnd.node_key(),
+            node_key=CachedNodeKey(self._lnd.node_key()),
             transport=transport,
             peers=peers,
             channels=channels,

@@ -452,3 +452,25 @@ def test_equal_length_padding() -> None:
         equal_length=True,
     )
     assert len({len(hop.encrypted_recipient_data) for hop in path.hops}) == 1
+
+
+async def test_cached_node_key_answers_like_the_key_and_asks_once_per_point() -> None:
+    from lndmailbox.sphinx import CachedNodeKey, LocalNodeKey
+
+    class Counting:
+        def __init__(self, key: LocalNodeKey) -> None:
+            self.key = key
+            self.asked: list[bytes] = []
+
+        async def ecdh(self, point: bytes) -> bytes:
+            self.asked.append(point)
+            return await self.key.ecdh(point)
+
+    key = LocalNodeKey.generate()
+    inner = Counting(key)
+    cached = CachedNodeKey(inner, size=2)
+    a, b, c = (LocalNodeKey.generate().pubkey for _ in range(3))
+    for point in (a, a, b, a, c, b):
+        assert await cached.ecdh(point) == await key.ecdh(point)
+    # a's second use refreshes it, so c pushes b out, and b is asked again.
+    assert inner.asked == [a, b, c, b]
