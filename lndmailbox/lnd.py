@@ -683,25 +683,37 @@ class LndClient:
             if isinstance(error, LndError):
                 self._outage.failed(rpc, error)
 
+        async def attempt() -> _Resp:
+            started = time.perf_counter()
+            try:
+                response = await call(seconds, self._metadata)
+            except grpc.aio.AioRpcError as e:
+                raise rpc_error(rpc, e) from e
+            finally:
+                if self._on_rpc is not None:
+                    self._on_rpc(rpc, time.perf_counter() - started)
+            self._outage.recovered(rpc)
+            return response
+
+        # The first try goes without the retry machinery: it is the hot path (two
+        # DeriveSharedKey calls per message), and nearly always the only try.
+        try:
+            return await attempt()
+        except LndError as e:
+            if not worth_retrying(e):
+                raise
+            self._outage.failed(rpc, e)
+            await asyncio.sleep(self._backoff.delay(1))
         retrying = AsyncRetrying(
             retry=retry_if_exception(worth_retrying),
             stop=stop_after_delay(self._retry_for),
-            wait=lambda state: self._backoff.delay(state.attempt_number),
+            wait=lambda state: self._backoff.delay(state.attempt_number + 1),
             before_sleep=before_sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                started = time.perf_counter()
-                try:
-                    response = await call(seconds, self._metadata)
-                except grpc.aio.AioRpcError as e:
-                    raise rpc_error(rpc, e) from e
-                finally:
-                    if self._on_rpc is not None:
-                        self._on_rpc(rpc, time.perf_counter() - started)
-                self._outage.recovered(rpc)
-                return response
+        async for retry in retrying:
+            with retry:
+                return await attempt()
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _stream(
