@@ -40,6 +40,7 @@ log = logging.getLogger("lndmailbox.mailbox")
 _BATCH = 32
 _MAX_BACKOFF = 10.0
 _RETRY_AFTER = 5.0
+_REMOVE_EVERY = 8
 _UNSUPPORTED = ("UNIMPLEMENTED",)
 
 
@@ -136,8 +137,10 @@ class Deliverer:
         return ready
 
     async def _send_batch(self, peer: bytes, batch: list[StoredMessage]) -> bool:
-        """Sends in order; removals overlap the next send. False: stop draining for now."""
+        """Sends in order, removing what lnd accepted a few at a time while the next ones
+        are sent (a crash re-sends at most those few). False: stop draining for now."""
         removals: list[asyncio.Task[None]] = []
+        accepted: list[StoredMessage] = []
         try:
             for message in batch:
                 if self._stopping:
@@ -145,13 +148,16 @@ class Deliverer:
                 if message.expires_at <= self._clock.now():
                     # Expired while the batch was in hand: the next peek removes and counts it.
                     continue
-                outcome = await self._send_one(peer, message)
-                if outcome == "sent":
-                    removals.append(asyncio.create_task(self._remove_delivered(message)))
-                else:
+                if await self._send_one(peer, message) != "sent":
                     return False
+                accepted.append(message)
+                if len(accepted) == _REMOVE_EVERY:
+                    removals.append(asyncio.create_task(self._remove_delivered(accepted)))
+                    accepted = []
             return True
         finally:
+            if accepted:
+                removals.append(asyncio.create_task(self._remove_delivered(accepted)))
             if removals:
                 await asyncio.gather(*removals)
 
@@ -187,22 +193,23 @@ class Deliverer:
         except StoreError as e:
             log.warning("could not record a refused delivery of %s: %s", message.id, e)
 
-    async def _remove_delivered(self, message: StoredMessage) -> None:
-        """lnd accepted ``message``: take it out of Redis, retrying until Redis answers."""
+    async def _remove_delivered(self, messages: list[StoredMessage]) -> None:
+        """lnd accepted ``messages``: take them out of Redis, retrying until Redis answers."""
         now = self._clock.now()
-        self._reporter.delivered(
-            message.peer, message.id, message.size, now - message.received_at, now
-        )
+        for message in messages:
+            self._reporter.delivered(
+                message.peer, message.id, message.size, now - message.received_at, now
+            )
         backoff = 0.1
         while True:
             try:
-                await self._store.remove(message)
+                await self._store.remove_many(messages)
                 return
             except StoreUnavailableError:
                 if self._stopping:
                     log.warning(
-                        "message %s delivered but still in Redis: it will be sent again",
-                        message.id,
+                        "%d delivered messages still in Redis: they will be sent again",
+                        len(messages),
                     )
                     return
                 await asyncio.sleep(backoff)

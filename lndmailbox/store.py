@@ -843,6 +843,22 @@ class Store:
         return bool(reply)
 
     @_redis_errors
+    async def remove_many(self, messages: Sequence[StoredMessage]) -> int:
+        """:meth:`remove` for several messages in one round trip (each removal atomic on its
+        own); how many were still queued."""
+        if not messages:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg in messages:
+                await self._remove(
+                    keys=self._script_keys(msg.peer),
+                    args=[msg.peer.hex(), bytes.fromhex(msg.id)],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return sum(1 for reply in replies if reply)
+
+    @_redis_errors
     async def record_attempt(self, msg: StoredMessage) -> int:
         """Adds one to the message's delivery attempts; the new count, or -1 if it is gone."""
         reply = await self._attempt(
