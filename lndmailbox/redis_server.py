@@ -42,6 +42,11 @@ def free_port() -> int:
         return port
 
 
+def _ping(sock: socket.socket) -> bool:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(16).startswith(b"+PONG")
+
+
 class RedisServer:
     """One server process on 127.0.0.1.
 
@@ -128,14 +133,12 @@ class RedisServer:
     def _answers_ping(self) -> bool:
         try:
             if self.unix_socket is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(0.5)
-                sock.connect(str(self.unix_socket))
-            else:
-                sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
-            with sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(0.5)
+                    sock.connect(str(self.unix_socket))
+                    return _ping(sock)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                return _ping(sock)
         except OSError:
             return False
 

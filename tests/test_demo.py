@@ -1,0 +1,18 @@
+"""`make demo`, the README's first command, tells its whole story on both lnd generations."""
+
+from __future__ import annotations
+
+import pytest
+
+from lndmailbox.demo import main
+
+
+@pytest.mark.parametrize("lnd", ["0.21", "0.20"])
+def test_demo_story_ends_with_bob_reading_alices_payload(
+    lnd: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--lnd", lnd]) == 0
+    out = capsys.readouterr().out
+    assert "stored in Redis for bob: 1 message" in out
+    assert "bob peels it with his own key and reads: 'held_htlc_available (demo)" in out
+    assert "delivered=1" in out
