@@ -42,6 +42,29 @@ async def wait_until(
         await asyncio.sleep(0.02)
 
 
+async def counter(w: World, name: str) -> int:
+    """A counter the daemon keeps in Redis (0 until first counted)."""
+    return (await w.store.counters()).get(name, 0)
+
+
+async def counted(w: World, name: str, value: int) -> None:
+    """Waits until the daemon's counter ``name`` reads ``value``."""
+
+    async def reached() -> bool:
+        return await counter(w, name) == value
+
+    await wait_until(reached, what=f"counter {name} == {value}")
+
+
+async def stored_count(w: World, count: int) -> None:
+    """Waits until exactly ``count`` messages are queued for bob."""
+
+    async def reached() -> bool:
+        return len(await w.stored_for(w.bob)) == count
+
+    await wait_until(reached, what=f"{count} stored for bob")
+
+
 @dataclass
 class World:
     """simnet's LSP node with alice (sender, online) and bob (recipient), plus the daemon."""

@@ -13,7 +13,7 @@ import pytest
 
 from lndmailbox.simnet import Personality
 from lndmailbox.wire import OnionMessage
-from tests.daemon_harness import World, wait_until, world
+from tests.daemon_harness import World, counted, stored_count, wait_until, world
 
 GENERATIONS = [Personality.LND_0_20, Personality.LND_0_21]
 
@@ -25,33 +25,19 @@ async def w(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> A
         yield running
 
 
-async def _stored(w: World, count: int = 1) -> None:
-    async def enough() -> bool:
-        return len(await w.stored_for(w.bob)) >= count
-
-    await wait_until(enough, what=f"{count} message(s) stored for bob")
-
-
 @pytest.mark.parametrize("how", ["next_node_id", "short_channel_id", "override"])
 async def test_offline_recipient_gets_the_message_when_back(w: World, how: str) -> None:
     text = f"hello bob, by {how}".encode()
     message = w.message_for_bob(text, by_scid=how == "short_channel_id", override=how == "override")
     await w.alice.send_onion_message(message)
-    await _stored(w)
+    await stored_count(w, 1)
     assert w.bob.received == []
 
     w.bob.connect()
     await wait_until(lambda: len(w.bob.received) == 1, what="delivery to bob")
     assert await w.payloads_received(w.bob) == [text]
     await wait_until(lambda: _no_mail(w), what="the delivered message to leave Redis")
-    await _counted(w, "delivered", 1)
-
-
-async def _counted(w: World, name: str, value: int) -> None:
-    async def reached() -> bool:
-        return (await w.store.counters()).get(name) == value
-
-    await wait_until(reached, what=f"counter {name} to reach {value}")
+    await counted(w, "delivered", 1)
 
 
 async def _no_mail(w: World) -> bool:
@@ -70,7 +56,7 @@ async def test_several_messages_arrive_oldest_first(w: World) -> None:
     texts = [f"message {i}".encode() for i in range(5)]
     for text in texts:
         await w.alice.send_onion_message(w.message_for_bob(text))
-        await _stored(w, texts.index(text) + 1)
+        await stored_count(w, texts.index(text) + 1)
     w.bob.connect()
     await wait_until(lambda: len(w.bob.received) == 5, what="all five delivered")
     assert await w.payloads_received(w.bob) == texts
@@ -81,11 +67,11 @@ async def test_malformed_onion_is_dropped_and_daemon_keeps_going(w: World) -> No
     broken = OnionMessage(good.path_key, good.onion[:-1] + bytes([good.onion[-1] ^ 1]))
     fate = await w.alice.send_onion_message(broken)
     await w.alice.send_onion_message(good)
-    await _stored(w)
+    await stored_count(w, 1)
     if w.node.personality is Personality.LND_0_21:
         # lnd 0.21 peels every message itself and never publishes one that fails.
         assert not fate.published
         assert fate.drop_reason is not None
         assert fate.drop_reason.startswith("peel")
     else:
-        await _counted(w, "dropped:bad_hmac", 1)
+        await counted(w, "dropped:bad_hmac", 1)

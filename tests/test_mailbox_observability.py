@@ -13,7 +13,7 @@ from lndmailbox.notify import SIGNATURE_HEADER, verify_signature
 from lndmailbox.redis_server import free_port
 from lndmailbox.simnet import Personality
 from lndmailbox.sphinx import BlindedHopSpec, message_via
-from tests.daemon_harness import PAYLOAD_TYPE, World, wait_until, world
+from tests.daemon_harness import PAYLOAD_TYPE, World, counter, wait_until, world
 from tests.http_endpoint import MakeEndpoint
 
 SECRET = "webhook secret"
@@ -29,10 +29,6 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}"] = sample.value
     return samples
-
-
-async def counter(w: World, name: str) -> int:
-    return (await w.store.counters()).get(name, 0)
 
 
 async def store_deliver_and_refuse(w: World) -> None:

@@ -9,25 +9,11 @@ import pytest
 from lndmailbox.simnet import Personality
 from lndmailbox.sphinx import BlindedHopSpec, message_via
 from lndmailbox.wire import scid
-from tests.daemon_harness import PAYLOAD_TYPE, World, wait_until, world
+from tests.daemon_harness import PAYLOAD_TYPE, counted, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(
     "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
 )
-
-
-async def counted(w: World, name: str, value: int) -> None:
-    async def reached() -> bool:
-        return (await w.store.counters()).get(name, 0) == value
-
-    await wait_until(reached, what=f"counter {name} == {value}")
-
-
-async def stored_count(w: World, count: int) -> None:
-    async def reached() -> bool:
-        return len(await w.stored_for(w.bob)) == count
-
-    await wait_until(reached, what=f"{count} stored for bob")
 
 
 @GENERATIONS

@@ -9,22 +9,11 @@ import pytest
 
 from lndmailbox.redis_server import RedisServer
 from lndmailbox.simnet import Personality
-from tests.daemon_harness import World, wait_until, world
+from tests.daemon_harness import World, counter, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(
     "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
 )
-
-
-async def counter(w: World, name: str) -> int:
-    return (await w.store.counters()).get(name, 0)
-
-
-async def stored_count(w: World, count: int) -> None:
-    async def reached() -> bool:
-        return len(await w.stored_for(w.bob)) == count
-
-    await wait_until(reached, what=f"{count} stored for bob")
 
 
 @GENERATIONS
