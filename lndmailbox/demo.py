@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import tempfile
 import time
@@ -136,10 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--lnd", choices=["0.20", "0.21"], default="0.21", help="which lnd generation to play"
     )
-    parser.add_argument("--verbose", action="store_true", help="show the daemon's log lines")
+    parser.add_argument("--verbose", action="store_true", help="show the daemon's debug lines")
     args = parser.parse_args(argv)
-    configure_logging("info" if args.verbose else "warning", "text")
-    logging.getLogger("lndmailbox.mailbox").setLevel(logging.INFO)
+    configure_logging("debug" if args.verbose else "info", "text")
     personality = Personality.LND_0_21 if args.lnd == "0.21" else Personality.LND_0_20
     with tempfile.TemporaryDirectory(prefix="lndmailbox-demo-") as tmp:
         try:
