@@ -87,7 +87,7 @@ class Mailbox:
         self._notifier = notifier
         self._clock = clock or SystemClock()
         self.ready = asyncio.Event()
-        """Set once the daemon follows lnd's streams and has drained online peers."""
+        """Set once the daemon knows who is online and follows both of lnd's streams."""
 
     def choose_transport(self, version: str) -> Transport:
         if self._options.transport == "auto":
@@ -212,6 +212,7 @@ class Mailbox:
             for arrival in left_over:
                 await inbox.put(arrival)
             self.ready.set()
+            log.info("ready: following lnd's peer events and onion messages")
             async for item in messages:
                 if isinstance(item, Resubscribed):
                     log.info("onion message stream resubscribed")
