@@ -25,24 +25,6 @@ class SystemClock:
         return time.monotonic()
 
 
-class ManualClock:
-    """A clock that moves only when told to (tests and benchmarks)."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._now = start
-        self._mono = 0.0
-
-    def now(self) -> float:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-        self._mono += seconds
-
-
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleeps up to ``seconds``; returns True when ``stop`` was set meanwhile."""
     try:

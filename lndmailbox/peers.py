@@ -86,10 +86,6 @@ class ChannelMap:
         self._tried_at: float | None = None
         self._lock = asyncio.Lock()
 
-    async def refresh(self) -> None:
-        async with self._lock:
-            await self._reload()
-
     async def _reload(self) -> None:
         self._tried_at = self._clock.monotonic()
         self._by_scid = await self._load()
