@@ -38,7 +38,15 @@ import functools
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -143,6 +151,19 @@ class PutStatus(enum.Enum):
     """The same (path_key, onion) is already queued for this peer; ``message_id`` is its id."""
     REJECTED_FULL = "rejected_full"
     """The node's byte cap would be passed (or the message is larger than a peer's byte cap)."""
+    REJECTED_DAMAGED = "rejected_damaged"
+    """The peer's keys hold values of the wrong type (written by something else): untouched."""
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to queue for ``peer``, which arrived at ``now`` from ``sender``."""
+
+    peer: bytes
+    sender: bytes
+    path_key: bytes
+    onion: bytes
+    now: float
 
 
 @dataclass(frozen=True)
@@ -378,55 +399,89 @@ local function take(pos, r)
 end
 """
 
-# ARGV: peer, record, max messages, max bytes per peer, max bytes total, key ttl ms, id hex
-# Returns {0, id, evicted records...} | {1, existing id} | {2}
+# Several messages, possibly for several peers, in one atomic step.
+# KEYS: the first message's five keys, then queue and dedup of each further message.
+# ARGV: first peer, max messages, max bytes per peer, max bytes total, then for each
+# message: peer, record, key ttl ms, id hex.
+# Returns one reply per message: {0, id, evicted records...} | {1, existing id} | {2} (full)
+# | {3} (the peer's keys hold the wrong types). Types are checked before anything is written,
+# so that a damaged key costs its own message and never leaves a batch half done.
 _LUA_PUT = """
-repair()
-local rec = ARGV[2]
-local maxn, maxb, maxt = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ttl = tonumber(ARGV[6])
-local digest = rec_digest(rec)
-local existing = redis.call('HGET', D, digest)
-if existing then return {1, existing} end
-local size = rec_size(rec)
-if size > maxb then return {2} end
-local n = redis.call('LLEN', Q)
-local pb = tonumber(redis.call('HGET', U, F_BYTES) or '0')
-local total = tonumber(redis.call('HGET', U, 'bytes') or '0')
-local evicted, evb = {}, 0
-while #evicted < n and (n - #evicted + 1 > maxn or pb - evb + size > maxb) do
-  local old = redis.call('LINDEX', Q, #evicted)
-  evicted[#evicted + 1] = old
-  evb = evb + rec_size(old)
+local maxn, maxb, maxt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local function holds(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  return t == kind or t == 'none'
 end
-if total - evb + size > maxt then return {2} end
-if #evicted > 0 then
-  redis.call('LTRIM', Q, #evicted, -1)
-  for _, old in ipairs(evicted) do redis.call('HDEL', D, rec_digest(old)) end
+if not (holds(M, 'zset') and holds(U, 'hash') and holds(C, 'hash')) then
+  return redis.error_reply('WRONGTYPE a node-wide mailbox key holds the wrong type of value')
 end
-redis.call('RPUSH', Q, rec)
-redis.call('HSET', D, digest, ARGV[7])
-account(1 - #evicted, size - evb)
-redis.call('ZADD', M, 'LT', rec_expires(rec), PEER)
-for _, key in ipairs({Q, D, M, U}) do extend(key, ttl) end
-local out = {0, ARGV[7]}
-for _, old in ipairs(evicted) do out[#out + 1] = old end
-return out
+
+local function put(rec, ttl, id)
+  if not (holds(Q, 'list') and holds(D, 'hash')) then return {3} end
+  repair()
+  local digest = rec_digest(rec)
+  local existing = redis.call('HGET', D, digest)
+  if existing then return {1, existing} end
+  local size = rec_size(rec)
+  if size > maxb then return {2} end
+  local n = redis.call('LLEN', Q)
+  local pb = tonumber(redis.call('HGET', U, F_BYTES) or '0')
+  local total = tonumber(redis.call('HGET', U, 'bytes') or '0')
+  local evicted, evb = {}, 0
+  while #evicted < n and (n - #evicted + 1 > maxn or pb - evb + size > maxb) do
+    local old = redis.call('LINDEX', Q, #evicted)
+    evicted[#evicted + 1] = old
+    evb = evb + rec_size(old)
+  end
+  if total - evb + size > maxt then return {2} end
+  if #evicted > 0 then
+    redis.call('LTRIM', Q, #evicted, -1)
+    for _, old in ipairs(evicted) do redis.call('HDEL', D, rec_digest(old)) end
+  end
+  redis.call('RPUSH', Q, rec)
+  redis.call('HSET', D, digest, id)
+  account(1 - #evicted, size - evb)
+  redis.call('ZADD', M, 'LT', rec_expires(rec), PEER)
+  for _, key in ipairs({Q, D, M, U}) do extend(key, ttl) end
+  local out = {0, id}
+  for _, old in ipairs(evicted) do out[#out + 1] = old end
+  return out
+end
+
+local replies = {}
+local k = 0
+for i = 5, #ARGV, 4 do
+  if k > 0 then
+    -- the prelude's functions work on these: point them at this message's peer
+    Q, D = KEYS[4 + 2 * k], KEYS[5 + 2 * k]
+    PEER = ARGV[i]
+    F_MSGS, F_BYTES = 'messages:' .. PEER, 'bytes:' .. PEER
+  end
+  replies[#replies + 1] = put(ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
+  k = k + 1
+end
+return replies
 """
 
-# ARGV: peer, now ms, limit. Walks from the head: expired records met on the way are removed,
-# the first `limit` unexpired ones are returned (and stay queued).
+# ARGV: peer, now ms, limit, binary ids to pass over... Walks from the head: records passed
+# over stay as they are (the deliverer has them in hand), expired records met on the way are
+# removed, the first `limit` other ones are returned (and stay queued).
 # Returns {number of ready records, ready records..., expired records...}
 _LUA_PEEK = """
 repair()
 local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local skip = {}
+for i = 4, #ARGV do skip[ARGV[i]] = true end
 local ready, expired = {}, {}
 local pos, db = 0, 0
 while #ready < limit do
   local chunk = redis.call('LRANGE', Q, pos, pos + limit + 15)
   if #chunk == 0 then break end
   for _, r in ipairs(chunk) do
-    if rec_expires(r) <= now then
+    if skip[rec_id(r)] then
+      -- in hand
+    elseif rec_expires(r) <= now then
       expired[#expired + 1] = r
       db = db - rec_size(r)
     else
@@ -452,6 +507,22 @@ if not pos then return '' end
 take(pos, r)
 account(-1, -rec_size(r))
 return r
+"""
+
+# ARGV: peer, binary ids... Returns how many of them were still queued (and are now gone).
+_LUA_REMOVE_MANY = """
+repair()
+local n, db = 0, 0
+for i = 2, #ARGV do
+  local pos, r = find(ARGV[i])
+  if pos then
+    take(pos, r)
+    n = n + 1
+    db = db - rec_size(r)
+  end
+end
+if n > 0 then account(-n, db) end
+return n
 """
 
 # ARGV: peer, binary id. Returns the new attempts count, or -1 if the message is gone.
@@ -532,6 +603,24 @@ for i, peer in ipairs(ARGV) do
   out[#out + 1] = string.sub(tail, 1, 17)
 end
 return out
+"""
+
+# KEYS: counters, events. ARGV: events maxlen, at, number of counters, (name, by)...,
+# (kind, peer, id, size, reason)... One command, so a batch lands whole or not at all.
+_LUA_RECORD = """
+local C, E = KEYS[1], KEYS[2]
+local maxlen, at, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local i = 4
+for _ = 1, n do
+  redis.call('HINCRBY', C, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('XADD', E, 'MAXLEN', '~', maxlen, '*', 'kind', ARGV[i], 'peer', ARGV[i + 1],
+    'id', ARGV[i + 2], 'size', ARGV[i + 3], 'reason', ARGV[i + 4], 'at', at)
+  i = i + 5
+end
+return 1
 """
 
 # KEYS: lock; ARGV: owner token, lease ms. Returns 1 if the owner still held it.
@@ -638,10 +727,12 @@ class Store:
         self._put = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PUT)
         self._peek = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PEEK)
         self._remove = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_REMOVE)
+        self._remove_many = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_REMOVE_MANY)
         self._attempt = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_ATTEMPT)
         self._sweep = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_SWEEP)
         self._purge = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PURGE)
         self._summaries = redis.register_script(_LUA_SUMMARIES)
+        self._record = redis.register_script(_SHEBANG + _LUA_RECORD)
         self._renew = redis.register_script(_SHEBANG + _LUA_RENEW)
         self._release = redis.register_script(_SHEBANG + _LUA_RELEASE)
 
@@ -759,7 +850,6 @@ class Store:
 
     # ---- messages
 
-    @_redis_errors
     async def put(
         self,
         peer: bytes,
@@ -775,38 +865,65 @@ class Store:
         STORED: ``evicted`` lists the peer's oldest messages that gave way to it.
         DUPLICATE: the same (path_key, onion) is already queued; ``message_id`` is that one's.
         REJECTED_FULL: the node's byte cap would be passed; nothing changed.
+        Raises StoreError if the peer's keys hold the wrong types of value (nothing changed).
         """
-        _check_pubkey("peer", peer)
-        msg = StoredMessage(
-            id=new_message_id(now),
-            peer=peer,
-            sender=sender,
-            path_key=path_key,
-            onion=onion,
-            received_at=_ms(now) / 1000,
-            expires_at=(_ms(now) + _ms(self.limits.ttl if ttl is None else ttl)) / 1000,
-            attempts=0,
-        )
-        record = encode_record(msg)
-        key_ttl = _ms(msg.expires_at) - _ms(now) + _ms(self.limits.key_grace)
-        reply = await self._put(
-            keys=self._script_keys(peer),
-            args=[
-                peer.hex(),
-                record,
-                self.limits.max_messages_per_peer,
-                self.limits.max_bytes_per_peer,
-                self.limits.max_bytes_total,
-                max(key_ttl, 1),
-                msg.id,
-            ],
-        )
+        (result,) = await self.put_many([NewMessage(peer, sender, path_key, onion, now)], ttl=ttl)
+        if result.status is PutStatus.REJECTED_DAMAGED:
+            raise StoreError(f"Redis keys of peer {peer.hex()} hold values of the wrong type")
+        return result
+
+    @_redis_errors
+    async def put_many(
+        self, messages: Sequence[NewMessage], *, ttl: float | None = None
+    ) -> list[PutResult]:
+        """:meth:`put` for several messages (for any peers) in one round trip and one atomic
+        step, in order; one result per message."""
+        if not messages:
+            return []
+        for m in messages:
+            _check_pubkey("peer", m.peer)
+        keep_for = _ms(self.limits.ttl if ttl is None else ttl)
+        stored = [
+            StoredMessage(
+                id=new_message_id(m.now),
+                peer=m.peer,
+                sender=m.sender,
+                path_key=m.path_key,
+                onion=m.onion,
+                received_at=_ms(m.now) / 1000,
+                expires_at=(_ms(m.now) + keep_for) / 1000,
+                attempts=0,
+            )
+            for m in messages
+        ]
+        keys = self._script_keys(stored[0].peer)
+        args: list[str | int | bytes] = [
+            stored[0].peer.hex(),
+            self.limits.max_messages_per_peer,
+            self.limits.max_bytes_per_peer,
+            self.limits.max_bytes_total,
+        ]
+        key_ttl = max(keep_for + _ms(self.limits.key_grace), 1)
+        for i, msg in enumerate(stored):
+            if i:
+                keys += (self.queue_key(msg.peer), self.dedup_key(msg.peer))
+            args += (msg.peer.hex(), encode_record(msg), key_ttl, msg.id)
+        replies = _items(await self._put(keys=keys, args=args))
+        if len(replies) != len(stored):
+            raise StoreError(f"Redis answered {len(replies)} puts for {len(stored)}")
+        return [
+            self._put_result(msg, _items(reply)) for msg, reply in zip(stored, replies, strict=True)
+        ]
+
+    def _put_result(self, msg: StoredMessage, reply: list[Any]) -> PutResult:
         code = int(reply[0])
         if code == 1:
             return PutResult(PutStatus.DUPLICATE, _str(reply[1]), size=msg.size)
         if code == 2:
             return PutResult(PutStatus.REJECTED_FULL, msg.id, size=msg.size)
-        evicted = tuple(self._decode(peer, r) for r in reply[2:])
+        if code == 3:
+            return PutResult(PutStatus.REJECTED_DAMAGED, msg.id, size=msg.size)
+        evicted = tuple(self._decode(msg.peer, r) for r in reply[2:])
         return PutResult(
             PutStatus.STORED,
             msg.id,
@@ -818,13 +935,15 @@ class Store:
 
     @_redis_errors
     async def peek(
-        self, peer: bytes, now: float, *, limit: int = 1
+        self, peer: bytes, now: float, *, limit: int = 1, skip: Collection[str] = ()
     ) -> tuple[list[StoredMessage], list[StoredMessage]]:
         """The peer's ``limit`` oldest unexpired messages, oldest first (they stay queued until
         :meth:`remove`), and the expired messages met before the last of them, which this
-        call removed (for the caller to count and publish)."""
+        call removed (for the caller to count and publish). Messages whose ids are in
+        ``skip`` (in the caller's hands) are passed over and left as they are."""
         reply = await self._peek(
-            keys=self._script_keys(peer), args=[peer.hex(), _ms(now), max(limit, 1)]
+            keys=self._script_keys(peer),
+            args=[peer.hex(), _ms(now), max(limit, 1), *(bytes.fromhex(i) for i in skip)],
         )
         ready = int(reply[0])
         records = reply[1:]
@@ -844,19 +963,18 @@ class Store:
 
     @_redis_errors
     async def remove_many(self, messages: Sequence[StoredMessage]) -> int:
-        """:meth:`remove` for several messages in one round trip (each removal atomic on its
-        own); how many were still queued."""
-        if not messages:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for msg in messages:
-                await self._remove(
-                    keys=self._script_keys(msg.peer),
-                    args=[msg.peer.hex(), bytes.fromhex(msg.id)],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        return sum(1 for reply in replies if reply)
+        """:meth:`remove` for several messages, one round trip and one atomic step per peer;
+        how many were still queued."""
+        by_peer: dict[bytes, list[bytes]] = {}
+        for msg in messages:
+            by_peer.setdefault(msg.peer, []).append(bytes.fromhex(msg.id))
+        # Script calls one by one: a pipeline of scripts costs a SCRIPT EXISTS round trip.
+        removed = 0
+        for peer, ids in by_peer.items():
+            removed += int(
+                await self._remove_many(keys=self._script_keys(peer), args=[peer.hex(), *ids])
+            )
+        return removed
 
     @_redis_errors
     async def record_attempt(self, msg: StoredMessage) -> int:
@@ -986,23 +1104,18 @@ class Store:
         at: float | None = None,
     ) -> None:
         """Adds to several counters and appends several events (kind, peer, message id, size,
-        reason) in one MULTI/EXEC, so a batch lands whole or not at all (a connection lost
-        after EXEC went out leaves it unknown: a retry may then count twice)."""
-        if not counters and not events:
+        reason) in one script, so a batch lands whole or not at all (a connection lost after
+        the script went out leaves it unknown: a retry may then count twice)."""
+        counted = [(name, by) for name, by in (counters or {}).items() if by]
+        if not counted and not events:
             return
         when = f"{time.time() if at is None else at:.3f}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for name, by in (counters or {}).items():
-                if by:
-                    pipe.hincrby(self.counters_key, name, by)
-            for kind, peer, message_id, size, reason in events:
-                pipe.xadd(
-                    self.events_key,
-                    self._event_fields(kind, peer, message_id, size, reason, when),
-                    maxlen=self.events_maxlen,
-                    approximate=True,
-                )
-            await pipe.execute()
+        args: list[str | int] = [self.events_maxlen, when, len(counted)]
+        for name, by in counted:
+            args += (name, by)
+        for kind, peer, message_id, size, reason in events:
+            args += (kind, peer.hex() if peer else "", message_id, size, reason)
+        await self._record(keys=[self.counters_key, self.events_key], args=args)
 
     # ---- events
 

@@ -13,6 +13,7 @@ from lndmailbox.store import (
     HEADER_SIZE,
     RECORD_VERSION,
     Limits,
+    NewMessage,
     PutStatus,
     Stats,
     Store,
@@ -100,6 +101,82 @@ async def test_peek_a_batch_skips_and_removes_expired(store: Store) -> None:
     for m in ready:
         assert await store.remove(m)
     assert await store.peek(peer, NOW + 50, limit=10) == ([], [])
+    await assert_consistent(store)
+
+
+async def test_put_many_serves_several_peers_in_order_in_one_step(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE, Limits(ttl=100.0, max_messages_per_peer=2))
+    bob, carol, sender = pubkey(), pubkey(), pubkey()
+    twice = (pubkey(), onion())
+    batch = [
+        NewMessage(bob, sender, pubkey(), onion(), NOW),
+        NewMessage(carol, sender, *twice, NOW),
+        NewMessage(bob, sender, pubkey(), onion(), NOW + 1),
+        NewMessage(carol, sender, *twice, NOW + 1),
+        NewMessage(bob, sender, pubkey(), onion(), NOW + 2),
+    ]
+    results = await store.put_many(batch)
+    assert [r.status for r in results] == [
+        PutStatus.STORED,
+        PutStatus.STORED,
+        PutStatus.STORED,
+        PutStatus.DUPLICATE,
+        PutStatus.STORED,
+    ]
+    assert results[3].message_id == results[1].message_id
+    assert results[4].evicted == (results[0].message_id,), "bob's cap is 2: the oldest goes"
+    assert [m.id for m in await store.messages(bob)] == [
+        results[2].message_id,
+        results[4].message_id,
+    ]
+    assert [(m.path_key, m.onion) for m in await store.messages(carol)] == [twice]
+    stats = await store.stats()
+    assert (stats.peers_with_mail, stats.messages) == (2, 3)
+    assert await store.put_many([]) == []
+    await assert_consistent(store)
+
+
+async def test_put_many_refuses_what_passes_the_node_cap_and_keeps_the_rest(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE, Limits(ttl=100.0, max_bytes_total=2 * 1399))
+    peers = [pubkey() for _ in range(3)]
+    results = await store.put_many([NewMessage(p, pubkey(), pubkey(), onion(), NOW) for p in peers])
+    assert [r.status for r in results] == [
+        PutStatus.STORED,
+        PutStatus.STORED,
+        PutStatus.REJECTED_FULL,
+    ]
+    assert await store.messages(peers[2]) == []
+    await assert_consistent(store)
+
+
+async def test_peek_passes_over_messages_in_hand_even_expired_ones(store: Store) -> None:
+    peer = pubkey()
+    ids = [await put(store, peer, NOW + i, ttl=5.0 if i == 1 else 100.0) for i in range(6)]
+    ready, expired = await store.peek(peer, NOW + 50, limit=2, skip={ids[0], ids[1], ids[3]})
+    assert [m.id for m in ready] == [ids[2], ids[4]]
+    assert expired == [], "an expired message in hand is the deliverer's to settle"
+    assert len(await store.messages(peer)) == 6
+    await assert_consistent(store)
+
+
+async def test_remove_many_spans_peers_and_ignores_what_is_gone(store: Store) -> None:
+    bob, carol = pubkey(), pubkey()
+    bobs = [await put(store, bob, NOW + i) for i in range(5)]
+    carols = [await put(store, carol, NOW + i) for i in range(3)]
+    ready_bob, _ = await store.peek(bob, NOW, limit=5)
+    ready_carol, _ = await store.peek(carol, NOW, limit=3)
+    assert await store.purge(bob, bobs[1]) == 1
+    removed = await store.remove_many([*ready_bob[:3], ready_carol[2], ready_bob[4]])
+    assert removed == 4, "the purged one is not counted"
+    assert [m.id for m in await store.messages(bob)] == [bobs[3]]
+    assert [m.id for m in await store.messages(carol)] == carols[:2]
+    stats = await store.stats()
+    assert (stats.messages, stats.bytes) == (3, 3 * (33 + 1366))
+    assert await store.remove_many([]) == 0
     await assert_consistent(store)
 
 
@@ -338,9 +415,15 @@ async def test_failed_script_leaves_nothing_half_written(
     # a foreign value under the peer's queue key makes the script fail on its first read;
     # every script validates before its first write, so nothing else changes
     await redis_client.set(store.queue_key(peer), b"not a list")
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StoreError, match="wrong type"):
         await store.put(peer, pubkey(), pubkey(), onion(), NOW)
-    assert info.value.__cause__ is not None
+    # in a batch, the damaged peer's message alone is refused
+    fine = pubkey()
+    results = await store.put_many(
+        [NewMessage(p, pubkey(), pubkey(), onion(), NOW) for p in (peer, fine)]
+    )
+    assert [r.status for r in results] == [PutStatus.REJECTED_DAMAGED, PutStatus.STORED]
+    assert await store.purge(fine) == 1
     assert (await store.stats(), await redis_client.hgetall(store.usage_key)) == before
     assert not await redis_client.exists(store.dedup_key(peer))
     assert peer not in await store.peers_with_mail()

@@ -106,6 +106,18 @@ async def test_record_batches_counters_and_events(store: Store) -> None:
     ]
 
 
+async def test_record_keeps_the_stream_capped(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, NODE, events_maxlen=50)
+    many = [("delivered", pubkey(), f"{i:04x}", 1, "") for i in range(499)]
+    await store.record(events=[*many, ("dropped", None, "", 0, "mailbox_full")])
+    assert await redis_client.xlen(store.events_key) < 200, "the stream stays capped"
+    recent = await store.recent_events(2)
+    assert [(e.kind, e.message_id, e.peer) for e in recent] == [
+        ("delivered", "01f2", many[-1][1]),
+        ("dropped", "", None),
+    ]
+
+
 async def test_lock_is_owned(store: Store, redis_client: aioredis.Redis) -> None:
     assert await store.acquire_lock("one", lease=10)
     assert not await store.acquire_lock("two", lease=10)
