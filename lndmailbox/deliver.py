@@ -37,10 +37,10 @@ from lndmailbox.store import Store, StoredMessage
 
 log = logging.getLogger("lndmailbox.mailbox")
 
-_BATCH = 32
+_BATCH = 64
 _MAX_BACKOFF = 10.0
 _RETRY_AFTER = 5.0
-_REMOVE_EVERY = 8
+_REMOVE_EVERY = 16
 _UNSUPPORTED = ("UNIMPLEMENTED",)
 
 
@@ -115,58 +115,114 @@ class Deliverer:
                 del self._running[peer]
 
     async def _drain(self, peer: bytes) -> None:
+        """Sends the peer's mail in order until the queue is empty, the peer is gone, lnd
+        refuses or the daemon stops.
+
+        Pipelined, so that a drain costs little more than its sends: while one batch goes
+        out, the next is read from Redis (passing over the messages in hand), and what lnd
+        accepted is removed a few at a time in the background. Every removal is awaited
+        before the drain ends."""
+        in_hand: set[str] = set()
+        removals: list[asyncio.Task[None]] = []
+        delivered = 0
+        started = self._clock.monotonic()
+        ended = ""
+        try:
+            batch = await self._read(peer, frozenset())
+            while batch:
+                in_hand.update(m.id for m in batch)
+                following = asyncio.create_task(self._read(peer, frozenset(in_hand)))
+                try:
+                    sent, ended = await self._send_batch(peer, batch, in_hand, removals)
+                finally:
+                    # Awaited even when the drain stops: the read may have removed expired
+                    # messages, which are counted only when it returns.
+                    next_batch = (await asyncio.gather(following, return_exceptions=True))[0]
+                delivered += sent
+                if ended:
+                    break
+                if isinstance(next_batch, BaseException):
+                    raise next_batch
+                batch = next_batch
+            if not ended:
+                ended = (
+                    "daemon stopping"
+                    if self._stopping
+                    else "queue empty"
+                    if self._peers.is_online(peer)
+                    else "peer offline"
+                )
+        finally:
+            if removals:
+                await asyncio.gather(*removals)
+            if delivered:
+                log.info(
+                    "delivered %d messages to %s in %.3fs (%s)",
+                    delivered,
+                    peer.hex(),
+                    self._clock.monotonic() - started,
+                    ended or "interrupted",
+                )
+
+    async def _read(self, peer: bytes, skip: frozenset[str]) -> list[StoredMessage]:
+        """The next batch, passing over ``skip``; empty once the peer is gone or we stop.
+        Waits out a Redis outage."""
         backoff = 0.2
         while not self._stopping and self._peers.is_online(peer):
             try:
-                batch = await self._next_batch(peer)
+                ready, expired = await self._store.peek(
+                    peer, self._clock.now(), limit=_BATCH, skip=skip
+                )
             except StoreUnavailableError as e:
                 log.warning("delivery to %s paused, Redis unreachable: %s", peer.hex(), e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
-            if not batch:
-                return
-            backoff = 0.2
-            if not await self._send_batch(peer, batch):
-                return
+            for message in expired:
+                self._reporter.expired(peer, message.id, message.size)
+            return ready
+        return []
 
-    async def _next_batch(self, peer: bytes) -> list[StoredMessage]:
-        ready, expired = await self._store.peek(peer, self._clock.now(), limit=_BATCH)
-        for message in expired:
-            self._reporter.expired(peer, message.id, message.size)
-        return ready
-
-    async def _send_batch(self, peer: bytes, batch: list[StoredMessage]) -> bool:
-        """Sends in order, removing what lnd accepted a few at a time while the next ones
-        are sent (a crash re-sends at most those few). False: stop draining for now."""
-        removals: list[asyncio.Task[None]] = []
+    async def _send_batch(
+        self,
+        peer: bytes,
+        batch: list[StoredMessage],
+        in_hand: set[str],
+        removals: list[asyncio.Task[None]],
+    ) -> tuple[int, str]:
+        """Sends ``batch`` in order, starting the removal of every few that lnd accepted
+        (a crash re-sends at most those few). Returns how many were sent and, if the drain
+        must stop, why."""
         accepted: list[StoredMessage] = []
-        try:
-            for message in batch:
-                if self._stopping:
-                    return False
-                if message.expires_at <= self._clock.now():
-                    # Expired while the batch was in hand: the next peek removes and counts it.
-                    continue
-                if await self._send_one(peer, message) != "sent":
-                    return False
-                accepted.append(message)
-                if len(accepted) == _REMOVE_EVERY:
-                    removals.append(asyncio.create_task(self._remove_delivered(accepted)))
-                    accepted = []
-            return True
-        finally:
-            if accepted:
-                removals.append(asyncio.create_task(self._remove_delivered(accepted)))
-            if removals:
-                await asyncio.gather(*removals)
+        sent = 0
+        ended = ""
+        for message in batch:
+            if self._stopping:
+                ended = "daemon stopping"
+                break
+            if message.expires_at <= self._clock.now():
+                # Expired while in hand: a later read (this drain's or the sweep) counts it.
+                in_hand.discard(message.id)
+                continue
+            ended = await self._send_one(peer, message)
+            if ended:
+                break
+            sent += 1
+            accepted.append(message)
+            if len(accepted) == _REMOVE_EVERY:
+                removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
+                accepted = []
+        if accepted:
+            removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
+        return sent, ended
 
     async def _send_one(self, peer: bytes, message: StoredMessage) -> str:
+        """Empty when lnd accepted the message, else why the drain stops."""
         try:
             await self._send(peer, message.path_key, message.onion)
         except PeerOfflineError:
             # Gone again: lnd's PEER_OFFLINE tells the tracker, the rest waits for PEER_ONLINE.
-            return "stop"
+            return "peer offline"
         except LndPermissionError:
             raise
         except LndError as e:
@@ -174,8 +230,8 @@ class Deliverer:
             if not e.retryable and e.code not in _UNSUPPORTED:
                 await self._refused(peer, message)
             self._retry_later(peer)
-            return "stop"
-        return "sent"
+            return "lnd refused, retrying later"
+        return ""
 
     async def _refused(self, peer: bytes, message: StoredMessage) -> None:
         try:
@@ -193,8 +249,9 @@ class Deliverer:
         except StoreError as e:
             log.warning("could not record a refused delivery of %s: %s", message.id, e)
 
-    async def _remove_delivered(self, messages: list[StoredMessage]) -> None:
-        """lnd accepted ``messages``: take them out of Redis, retrying until Redis answers."""
+    async def _remove_delivered(self, messages: list[StoredMessage], in_hand: set[str]) -> None:
+        """lnd accepted ``messages``: take them out of Redis, retrying until Redis answers;
+        then they need no passing over."""
         now = self._clock.now()
         for message in messages:
             self._reporter.delivered(
@@ -204,6 +261,7 @@ class Deliverer:
         while True:
             try:
                 await self._store.remove_many(messages)
+                in_hand.difference_update(m.id for m in messages)
                 return
             except StoreUnavailableError:
                 if self._stopping:

@@ -11,6 +11,7 @@ blocks either.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ MAILBOX_DROPS = frozenset(
 )
 """Drops about the mailbox's own keeping, published as events; others are only counted."""
 _FLUSH_INTERVAL = 0.05
+_EVENTS_PER_FLUSH = 1000
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,16 @@ class Reporter:
         self._metrics.delivered.inc()
         self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
         self._journal("delivered", peer, message_id, size, "")
-        decision(log, "delivered", peer=peer, id=message_id, size=size, delay=round(delay, 3))
+        # The deliverer logs one line per drain at INFO; a line per message is DEBUG.
+        decision(
+            log,
+            "delivered",
+            peer=peer,
+            id=message_id,
+            size=size,
+            delay=round(delay, 3),
+            level=logging.DEBUG,
+        )
         self._notify(
             delivered_event(node=self._node, peer=peer, message_id=message_id, size=size, at=at)
         )
@@ -185,7 +196,7 @@ class Reporter:
     async def flush(self) -> None:
         """Writes what is queued to Redis; keeps it queued when Redis is unreachable."""
         counters, self._counters = self._counters, Counter()
-        events = list(self._events)
+        events = list(itertools.islice(self._events, _EVENTS_PER_FLUSH))
         try:
             await self._store.record(
                 counters=dict(counters),
@@ -196,6 +207,8 @@ class Reporter:
             raise
         for _ in events:
             self._events.popleft()
+        if self._events:
+            self._wakeup.set()
         if self._events_lost:
             log.warning("event stream fell behind: %d events not published", self._events_lost)
             self._events_lost = 0
@@ -214,5 +227,7 @@ class Reporter:
             await asyncio.sleep(backoff)
         try:
             await self.flush()
+            while self._events:
+                await self.flush()
         except StoreError:
             log.warning("could not write the last counters and events to Redis at shutdown")

@@ -62,6 +62,29 @@ async def test_several_messages_arrive_oldest_first(w: World) -> None:
     assert await w.payloads_received(w.bob) == texts
 
 
+@pytest.mark.parametrize("personality", GENERATIONS, ids=lambda p: f"lnd{p.value}")
+async def test_a_long_queue_is_delivered_whole_in_store_order(
+    personality: Personality, redis_url: str, tmp_path: Path
+) -> None:
+    # Several of the deliverer's batches, read ahead while the one before goes out.
+    count = 150
+    async with world(personality, redis_url, tmp_path) as w:
+        await w.start_daemon(max_messages_per_peer=count, max_bytes_per_peer=count * 1400)
+        texts = [f"queued {i}".encode() for i in range(count)]
+        for text in texts:
+            await w.alice.send_onion_message(w.message_for_bob(text))
+        await stored_count(w, count)
+        queued = [(m.path_key, m.onion) for m in await w.stored_for(w.bob)]
+
+        w.bob.connect()
+        await wait_until(lambda: len(w.bob.received) == count, what="the whole queue")
+        assert [(m.path_key, m.onion) for m in w.bob.received] == queued
+        assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
+        await wait_until(lambda: _no_mail(w), what="the delivered messages to leave Redis")
+        await counted(w, "delivered", count)
+        assert await w.store.audit() == []
+
+
 async def test_malformed_onion_is_dropped_and_daemon_keeps_going(w: World) -> None:
     good = w.message_for_bob(b"after the bad one")
     broken = OnionMessage(good.path_key, good.onion[:-1] + bytes([good.onion[-1] ^ 1]))
