@@ -1,7 +1,9 @@
 """The keeper: writes messages for offline peers into the store, riding out Redis outages.
 
 Ingest hands it a :class:`~lndmailbox.ingest.Parcel` and moves on; the keeper writes it
-with its expiry counted from when it arrived. While Redis cannot be reached, parcels wait
+with its expiry counted from when it arrived. What arrived while one write was on its way
+goes in the next, up to ``_WRITE_BATCH`` messages in one round trip: under load the store
+costs one round trip per batch, not per message. While Redis cannot be reached, parcels wait
 in a bounded in-memory buffer and are written when Redis is back; a parcel that does not
 fit is counted and logged as lost. At shutdown the buffer is written out if Redis allows.
 """
@@ -9,6 +11,7 @@ fit is counted and logged as lost. At shutdown the buffer is written out if Redi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -19,9 +22,11 @@ from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.metrics import Metrics
 from lndmailbox.parcel import Parcel
 from lndmailbox.report import Reporter
-from lndmailbox.store import PutStatus, Store
+from lndmailbox.store import NewMessage, PutResult, PutStatus, Store
 
 log = logging.getLogger("lndmailbox.mailbox")
+
+_WRITE_BATCH = 64
 
 
 class Keeper:
@@ -74,9 +79,9 @@ class Keeper:
                 await wait_either(self._wakeup, stop)
                 self._wakeup.clear()
                 continue
-            parcel = self._pending[0]
+            batch = list(itertools.islice(self._pending, _WRITE_BATCH))
             try:
-                await self._write(parcel)
+                results = await self._write(batch)
             except StoreUnavailableError as e:
                 if stop.is_set():
                     self._give_up_at_shutdown(e)
@@ -86,22 +91,29 @@ class Keeper:
                 backoff = min(backoff * 2, 5.0)
                 continue
             except StoreError as e:
-                self._pending.popleft()
-                log.error("store refused a message: %s", e)
-                # Left journaled: a later daemon tries it again.
-                self._reporter.lost(parcel.peer, parcel.size, "store_error")
+                # The script wrote nothing: they stay journaled, a later daemon tries again.
+                log.error("store refused %d messages: %s", len(batch), e)
+                for parcel in batch:
+                    self._pending.popleft()
+                    self._reporter.lost(parcel.peer, parcel.size, "store_error")
                 continue
-            self._pending.popleft()
-            self._decided(parcel.entry)
+            for parcel, result in zip(batch, results, strict=True):
+                self._pending.popleft()
+                self._report(parcel, result)
+                if result.status is not PutStatus.REJECTED_DAMAGED:
+                    self._decided(parcel.entry)  # else left journaled, as for a refused write
             backoff = 0.1
             self._note_recovery()
 
-    async def _write(self, parcel: Parcel) -> None:
+    async def _write(self, batch: list[Parcel]) -> list[PutResult]:
         started = time.perf_counter()
-        result = await self._store.put(
-            parcel.peer, parcel.sender, parcel.path_key, parcel.onion, parcel.received_at
+        results = await self._store.put_many(
+            [NewMessage(p.peer, p.sender, p.path_key, p.onion, p.received_at) for p in batch]
         )
         self._metrics.store_seconds.observe(time.perf_counter() - started)
+        return results
+
+    def _report(self, parcel: Parcel, result: PutResult) -> None:
         for evicted_id in result.evicted:
             self._reporter.evicted(parcel.peer, evicted_id)
         if result.status is PutStatus.STORED:
@@ -116,6 +128,13 @@ class Keeper:
             self._on_stored(parcel.peer)
         elif result.status is PutStatus.DUPLICATE:
             self._reporter.duplicate(parcel.peer, result.message_id, parcel.size)
+        elif result.status is PutStatus.REJECTED_DAMAGED:
+            log.error(
+                "Redis keys of peer %s hold values of the wrong type (not written by the "
+                "mailbox?); a message for it is lost",
+                parcel.peer.hex(),
+            )
+            self._reporter.lost(parcel.peer, parcel.size, "store_error")
         else:
             self._reporter.dropped(
                 "mailbox_full", sender=parcel.sender, peer=parcel.peer, size=parcel.size

@@ -168,7 +168,9 @@ class Metrics:
             "peel_seconds", "Time to peel one onion layer (including lnd's ECDH).", FAST_BUCKETS
         )
         self.store_seconds = histogram(
-            "store_seconds", "Time to store one message in Redis.", FAST_BUCKETS
+            "store_seconds",
+            "Time of one Redis write of messages (a batch under load).",
+            FAST_BUCKETS,
         )
         self.delivery_delay_seconds = histogram(
             "delivery_delay_seconds",
