@@ -73,7 +73,8 @@ class Config:
     reuse_paths: bool = False
     """Messages to one recipient share its blinded path (so the path key repeats)."""
     profile: bool = False
-    """cProfile this process (the daemon) during the timed ingest; stats in the result."""
+    """cProfile this process (the daemon) during the timed ingest and the drain, and simnet
+    during the ingest; stats in the result."""
     timeout: float = 120.0
 
 
@@ -307,7 +308,7 @@ async def _run(
 
         ingest, profile = await _ingest(config, sim, store, daemon, say)
         short = await _memory(store, [keys[r] for r in recipients])
-        drain, long = await _drain(config, sim, store, transport, keys, daemon, say)
+        drain, long, drain_profile = await _drain(config, sim, store, transport, keys, daemon, say)
         return Figures(
             personality=config.personality,
             transport=transport,
@@ -316,7 +317,7 @@ async def _run(
             ingest=ingest,
             drain=drain,
             memory=(short, long),
-            profile=profile,
+            profile=profile + drain_profile,
         )
     finally:
         stop.set()
@@ -496,7 +497,7 @@ async def _drain(
     keys: dict[str, bytes],
     daemon: asyncio.Task[None],
     say: Callable[[str], None],
-) -> tuple[Drain, Memory]:
+) -> tuple[Drain, Memory, str]:
     bob, carol = keys["bob"], keys["carol"]
     before = await _stored(store)
     await sim.inject("drain", "alice")
@@ -522,10 +523,17 @@ async def _drain(
         cpu_before = time.process_time()
         bare_before = await _bare_sends(lnd, transport, carol, queued)
         bare_cpu = time.process_time() - cpu_before
+        profiler = cProfile.Profile() if config.profile else None
         cpu_before = time.process_time()
-        seconds, _ = await sim.wait_received(
-            "bob", config.drain, within=config.timeout, connect=True
-        )
+        if profiler is not None:
+            profiler.enable()
+        try:
+            seconds, _ = await sim.wait_received(
+                "bob", config.drain, within=config.timeout, connect=True
+            )
+        finally:
+            if profiler is not None:
+                profiler.disable()
         daemon_cpu = time.process_time() - cpu_before
         await _wait_for(bob_emptied, within=config.timeout, what="bob's queue to empty")
         bare_after = await _bare_sends(lnd, transport, carol, queued)
@@ -546,4 +554,11 @@ async def _drain(
         f"{drain.bare_before:.3f}s before and {drain.bare_after:.3f}s after; bob peeled "
         f"{peeled} of {received} to their payloads ({distinct} distinct)"
     )
-    return drain, memory
+    profile = ""
+    if profiler is not None:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+        profile = f"daemon process, during the drain:\n{out.getvalue()}\n"
+    return drain, memory, profile
