@@ -113,6 +113,16 @@ def table(
         )
         lines.append(
             _row(
+                "  signer round trips alone, 2/msg",
+                lnd,
+                f"{r.signer.message_rate:.0f} msg/s",
+                f"lnd global ceiling {mailbox.LND_CEILING_MSGS:.0f} msg/s",
+                r.signer.message_rate / mailbox.LND_CEILING_MSGS,
+                "",
+            )
+        )
+        lines.append(
+            _row(
                 "  its floor: stream + peel only",
                 lnd,
                 f"{r.floor.rate:.0f} msg/s",
@@ -159,6 +169,10 @@ def details(r: mailbox.Figures) -> list[str]:
         f"           one core each would allow: daemon {_per_second(i.messages, i.cpu.daemon)}"
         f", simnet {_per_second(i.messages, i.cpu.simnet)} msg/s",
         f"           dropped/lost counters: {dropped or 'none'}",
+        f"  signer   {r.signer.calls} DeriveSharedKey calls (64 in flight) in "
+        f"{r.signer.seconds:.3f}s = {r.signer.rate:.0f}/s; CPU per call here "
+        f"{r.signer.cpu.daemon * 1e6 / r.signer.calls:.0f} us, simnet "
+        f"{r.signer.cpu.simnet * 1e6 / r.signer.calls:.0f} us",
         f"  floor    {r.floor.messages} messages only read and peeled through simnet's signer "
         f"in {r.floor.seconds:.3f}s = {r.floor.rate:.0f}/s; CPU per message here "
         f"{r.floor.cpu.daemon * 1e6 / r.floor.messages:.0f} us, simnet "

@@ -13,6 +13,9 @@ bare sends go to her), ``bob`` (offline: the drain) and ``r000``... (offline: in
   simnet's Signer over gRPC, decided and written with the store's Lua script. The
   baseline is lnd's default global onion-message ceiling (5120 kbps: about 470 messages
   of 1366 bytes per second, see lnd-facts.md); simnet's own buckets are off.
+* Signer (same run, before the daemon starts): DeriveSharedKey calls alone, 64 in
+  flight, to fresh points: the round trips every peel makes to lnd (two per message with a
+  fresh blinded path), with the CPU each side spends on one.
 * Floor (same run, before the daemon starts): the same messages read from lnd's stream and
   peeled through simnet's signer with the daemon's concurrency, and nothing else. What
   ingest adds on top of it is the mailbox's own cost (deciding, Redis, reporting).
@@ -39,6 +42,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import coincurve
+
 from bench.simnet_process import SimnetProcess, build_messages
 from lndmailbox.config import Settings
 from lndmailbox.daemon import run as run_daemon
@@ -63,6 +68,7 @@ MEMORY_TARGET = 1.25
 class Config:
     personality: Personality = Personality.LND_0_21
     messages: int = 5000
+    signer_calls: int = 3000
     floor_messages: int = 2000
     """How many of the ingest messages also time the floor (before the daemon starts)."""
     warmup: int = 300
@@ -103,6 +109,24 @@ class Ingest:
     @property
     def ratio(self) -> float:
         return self.rate / LND_CEILING_MSGS
+
+
+@dataclass(frozen=True)
+class Signer:
+    """DeriveSharedKey round trips alone: what a peel asks of lnd."""
+
+    calls: int
+    seconds: float
+    cpu: Cpu
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def message_rate(self) -> float:
+        """Messages per second these round trips allow at two per message."""
+        return self.rate / 2
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,7 @@ class Figures:
     personality: Personality
     transport: Transport
     build_seconds: float
+    signer: Signer
     floor: Floor
     ingest: Ingest
     drain: Drain
@@ -274,6 +299,7 @@ async def _run(
         f"in {build_seconds:.1f}s (not timed)"
     )
 
+    signer = await _signer(config, sim, say)
     floor = await _floor(config, sim, transport, say)
 
     per_peer = max(64, config.drain)
@@ -313,6 +339,7 @@ async def _run(
             personality=config.personality,
             transport=transport,
             build_seconds=build_seconds,
+            signer=signer,
             floor=floor,
             ingest=ingest,
             drain=drain,
@@ -341,6 +368,30 @@ async def _until_stored(
         return await _stored(store) >= count
 
     await _wait_for(done, within=within, what=what)
+
+
+async def _signer(config: Config, sim: SimnetProcess, say: Callable[[str], None]) -> Signer:
+    points = [coincurve.PrivateKey().public_key.format() for _ in range(config.signer_calls)]
+    in_flight = asyncio.Semaphore(64)
+    async with LndClient(sim.endpoint) as lnd:
+
+        async def one(point: bytes) -> None:
+            async with in_flight:
+                await lnd.derive_shared_key(point)
+
+        await asyncio.gather(*(one(p) for p in points[:200]))  # warm-up
+        cpu0 = time.process_time(), await sim.cpu()
+        started = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in points))
+        seconds = time.perf_counter() - started
+        cpu1 = time.process_time(), await sim.cpu()
+    signer = Signer(len(points), seconds, Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], 0.0))
+    say(
+        f"signer: {signer.calls} DeriveSharedKey calls, 64 in flight, in {seconds:.2f}s = "
+        f"{signer.rate:.0f}/s; CPU per call here {signer.cpu.daemon / signer.calls * 1e6:.0f} us,"
+        f" simnet {signer.cpu.simnet / signer.calls * 1e6:.0f} us"
+    )
+    return signer
 
 
 async def _floor(

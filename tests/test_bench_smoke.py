@@ -23,6 +23,7 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
         warmup=3,
         recipients=3,
         drain=8,
+        signer_calls=20,
         redis_url=redis_url,
         timeout=20.0,
     )
@@ -30,6 +31,7 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
 
     assert figures.ingest.messages == figures.floor.messages == 12
     assert figures.floor.rate > 0
+    assert figures.signer.calls == 20 and figures.signer.rate > 0
     assert figures.ingest.rate > 0
     assert not {k for k in figures.ingest.counters if k.startswith(("dropped", "lost"))}
     # Every drained message reached bob and he peeled each one to its own payload.
@@ -45,4 +47,5 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
     assert any("crypto floor 273.6 us" in line for line in printed)
     assert any("ingest: peel, decide, store" in line for line in printed)
     assert any("its floor: stream + peel only" in line for line in printed)
+    assert any("signer round trips alone" in line for line in printed)
     assert any("drain 8 to returning peer" in line for line in printed)
