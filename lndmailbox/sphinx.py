@@ -344,6 +344,9 @@ class Forward:
     short_channel_id: int | None
     next_path_key: bytes
     next_onion: bytes
+    encrypted_recipient_data: bytes = b""
+    """This hop's encrypted_recipient_data as it came, before decryption (lnd 0.21 hands
+    it to its onion-message subscribers)."""
 
     @property
     def message(self) -> OnionMessage:
@@ -455,7 +458,7 @@ async def peel(path_key: bytes, onion: bytes, node: NodeKey) -> Forward | Receiv
     after = end + HMAC_LEN
     area = len(onion) - OVERHEAD
     next_onion = b"".join((b"\x00", next_ephemeral, unwrapped[after : after + area], next_hmac))
-    return Forward(next_node_id, short_channel_id, next_path_key, next_onion)
+    return Forward(next_node_id, short_channel_id, next_path_key, next_onion, encrypted)
 
 
 def _receive(

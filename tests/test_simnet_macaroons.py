@@ -213,3 +213,23 @@ def test_permission_strings_are_validated(permission: str) -> None:
 
 def test_uri_permissions_keep_the_method() -> None:
     assert Op.parse("uri:/lnrpc.Lightning/GetInfo") == Op("uri", "/lnrpc.Lightning/GetInfo")
+
+
+def test_a_macaroon_verified_once_is_still_checked_on_every_call() -> None:
+    service = MacaroonService(ROOT_KEY)
+    now = datetime.now(UTC)
+    expires = now + timedelta(minutes=5)
+    mac = service.bake(["info:read"], caveats=[time_before_caveat(expires)])
+    assert check(service, mac, ops("info:read")) == "ok"
+    # remembered as authentic, but its caveat and its permissions still count each time
+    later = expires + timedelta(seconds=1)
+    with pytest.raises(MacaroonError, match="macaroon has expired"):
+        service.check([mac.hex()], ops("info:read"), GET_INFO, now=later)
+    assert check(service, mac, ops("offchain:write")) == "permission denied"
+    # a forged sibling of a remembered macaroon is verified afresh
+    genuine = Macaroon.decode(mac)
+    forged = Macaroon(genuine.location, genuine.identifier, (), genuine.signature)
+    assert check(service, forged.encode(), ops("info:read")).startswith("verification failed")
+    # a new root key voids what was verified under the old one
+    service.root_key = bytes(32)
+    assert check(service, mac, ops("info:read")).startswith("verification failed")

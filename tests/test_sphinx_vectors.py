@@ -150,6 +150,7 @@ async def test_onion_message_is_peeled_hop_by_hop() -> None:
             assert isinstance(result, Forward)
             assert result.next_node_id == h(hop["next_node_id"])
             assert result.short_channel_id is None
+            assert result.encrypted_recipient_data == h(generate[i]["encrypted_recipient_data"])
             after = OnionMessage.decode_with_type(h(decrypt[i + 1]["onion_message"]))
             assert result.next_path_key == after.path_key
             assert result.next_onion == after.onion

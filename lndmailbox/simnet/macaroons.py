@@ -400,6 +400,10 @@ def _go_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_VERIFIED_LIMIT = 256
+"""Verified macaroons remembered per service (a node serves a handful of clients)."""
+
+
 class MacaroonService:
     """One lnd node's macaroon root key: bakes macaroons and checks them on each call."""
 
@@ -413,6 +417,7 @@ class MacaroonService:
         self.root_key = root_key if root_key is not None else os.urandom(32)
         self.root_key_id = root_key_id
         self.location = location
+        self._verified: dict[tuple[str, bytes, bytes], tuple[Macaroon, MacaroonId]] = {}
 
     def bake(self, permissions: Iterable[str], *, caveats: Sequence[str] = ()) -> bytes:
         """A macaroon (V2 binary) allowing ``permissions`` (``"entity:action"`` strings)."""
@@ -444,7 +449,30 @@ class MacaroonService:
         """
         if len(header_values) != 1:
             raise MacaroonError(f"expected 1 macaroon, got {len(header_values)}")
-        mac = Macaroon.decode(_go_hex_decode(header_values[0]))
+        mac, mac_id = self._authentic(header_values[0])
+        when = now if now is not None else datetime.now(UTC)
+        for caveat in mac.caveats:
+            failed = _check_caveat(caveat.id, when)
+            if failed is not None:
+                raise MacaroonError(failed)
+        granted = set(mac_id.ops)
+        if all(op in granted for op in required) or Op("uri", full_method) in granted:
+            return
+        raise MacaroonError("permission denied")
+
+    def _authentic(self, header: str) -> tuple[Macaroon, MacaroonId]:
+        """The macaroon in ``header``, decoded and its signature chain verified.
+
+        What depends only on the bytes and the root key is remembered: a client sends the
+        same macaroon with every call, and re-verifying it in Python would cost the daemon's
+        benchmarks more than lnd's Go code costs the daemon. Caveats and permissions are
+        checked on every call by the caller. Failures are not remembered.
+        """
+        cache_key = (header, self.root_key, self.root_key_id)
+        known = self._verified.get(cache_key)
+        if known is not None:
+            return known
+        mac = Macaroon.decode(_go_hex_decode(header))
         if not mac.identifier or mac.identifier[0] != _ID_VERSION:
             raise MacaroonError("invalid ID")
         try:
@@ -459,15 +487,10 @@ class MacaroonService:
         reason = self._verify_signature(mac)
         if reason is not None:
             raise MacaroonError(f"verification failed: {reason}")
-        when = now if now is not None else datetime.now(UTC)
-        for caveat in mac.caveats:
-            failed = _check_caveat(caveat.id, when)
-            if failed is not None:
-                raise MacaroonError(failed)
-        granted = set(mac_id.ops)
-        if all(op in granted for op in required) or Op("uri", full_method) in granted:
-            return
-        raise MacaroonError("permission denied")
+        if len(self._verified) >= _VERIFIED_LIMIT:
+            self._verified.clear()
+        self._verified[cache_key] = (mac, mac_id)
+        return mac, mac_id
 
     def _verify_signature(self, mac: Macaroon) -> str | None:
         sig = _hmac(_hmac(_KEY_GENERATOR, self.root_key), mac.identifier)

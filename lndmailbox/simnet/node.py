@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import hmac
 import logging
 import os
 import time
@@ -67,8 +66,8 @@ from lndmailbox.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnrpc import signer_pb2 as signrpc
 from lndmailbox.simnet.macaroons import MacaroonError, MacaroonService, Op
 from lndmailbox.simnet.tls import TlsPair, generate_tls_pair
-from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, open_packet, peel
-from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage, OnionMessagePayload
+from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, peel
+from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage
 
 log = logging.getLogger(__name__)
 
@@ -742,11 +741,8 @@ class SimNode:
             if next_node == peer.pubkey:
                 return IngestResult(published=False, drop_reason="cycle")
             target = self.peers.get(next_node)
-            # lnd hands subscribers this hop's encrypted_recipient_data when it forwards
-            # too; peel() does not return it for a forward, so open this layer again.
-            erd = await self._hop_encrypted_recipient_data(msg)
-            if erd is not None:
-                update.encrypted_recipient_data = erd
+            # lnd hands subscribers this hop's encrypted_recipient_data when it forwards too.
+            update.encrypted_recipient_data = action.encrypted_recipient_data
             if target is not None and target.online:
                 out = OnionMessage(action.next_path_key, action.next_onion)
                 target._deliver(ONION_MESSAGE_TYPE, out.encode())
@@ -758,20 +754,6 @@ class SimNode:
             _fill_receive(update, action)
         self._publish("onion_messages", update)
         return IngestResult(published=True, forwarded_to=forwarded_to, drop_reason=reason)
-
-    async def _hop_encrypted_recipient_data(self, msg: OnionMessage) -> bytes | None:
-        """This hop's ``encrypted_recipient_data`` ciphertext, as it sits in the onion payload.
-
-        Only for a message :func:`~lndmailbox.sphinx.peel` accepted: the blinded shared
-        secret (BOLT 4: ``ss = ECDH(HMAC("blinded_node_id", ECDH(path_key)) * E)``) opens
-        the layer, and the payload's TLV record 4 is the ciphertext.
-        """
-        path_ss = await self.key.ecdh(msg.path_key)
-        blinding = hmac.new(b"blinded_node_id", path_ss, hashlib.sha256).digest()
-        onion_key = coincurve.PublicKey(msg.onion[1:34]).multiply(blinding)
-        shared = await self.key.ecdh(onion_key.format(compressed=True))
-        payload, _ = open_packet(msg.onion, shared)
-        return OnionMessagePayload.decode(payload).encrypted_recipient_data
 
     # --- gRPC plumbing ----------------------------------------------------------------------
 
