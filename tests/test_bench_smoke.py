@@ -31,7 +31,8 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
 
     assert figures.ingest.messages == figures.floor.messages == 12
     assert figures.floor.rate > 0
-    assert figures.signer.calls == 20 and figures.signer.rate > 0
+    assert figures.signer.calls == 20
+    assert figures.signer.rate > 0
     assert figures.ingest.rate > 0
     assert not {k for k in figures.ingest.counters if k.startswith(("dropped", "lost"))}
     # Every drained message reached bob and he peeled each one to its own payload.
