@@ -250,19 +250,13 @@ class Deliverer:
             log.warning("could not record a refused delivery of %s: %s", message.id, e)
 
     async def _remove_delivered(self, messages: list[StoredMessage], in_hand: set[str]) -> None:
-        """lnd accepted ``messages``: take them out of Redis, retrying until Redis answers;
-        then they need no passing over."""
-        now = self._clock.now()
-        for message in messages:
-            self._reporter.delivered(
-                message.peer, message.id, message.size, now - message.received_at, now
-            )
+        """lnd accepted ``messages``: take them out of Redis (which counts and publishes them),
+        retrying until Redis answers; then they need no passing over."""
         backoff = 0.1
         while True:
             try:
-                await self._store.remove_many(messages)
-                in_hand.difference_update(m.id for m in messages)
-                return
+                await self._store.remove_delivered(messages)
+                break
             except StoreUnavailableError:
                 if self._stopping:
                     log.warning(
@@ -272,3 +266,9 @@ class Deliverer:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+        in_hand.difference_update(m.id for m in messages)
+        now = self._clock.now()
+        for message in messages:
+            self._reporter.delivered(
+                message.peer, message.id, message.size, now - message.received_at, now
+            )

@@ -1,10 +1,12 @@
 """Where every outcome of every message is told: metrics, the log, Redis and the webhook.
 
 The daemon calls one :class:`Reporter` method per outcome. Each call updates the
-Prometheus metrics and writes one decision line at once; the Redis side (the counters
-``mailboxctl status`` shows and the event stream integrators read) is queued and written
-by :meth:`Reporter.run` in batches, so that a slow or unreachable Redis never holds up
-ingest or delivery. Notifications (stored, delivered) go to the webhook, which never
+Prometheus metrics and writes one decision line at once. The Redis side (the counters
+``mailboxctl status`` shows and the event stream integrators read) of an outcome that
+changes the mailbox (stored, duplicate, evicted, delivered) is written by the store in the
+same atomic step as the change, so a crash can lose neither; the other outcomes are queued
+here and written by :meth:`Reporter.run` in batches, so that a slow or unreachable Redis
+never holds up ingest or delivery. Notifications (stored, delivered) go to the webhook, which never
 blocks either.
 """
 
@@ -82,8 +84,7 @@ class Reporter:
     def stored(
         self, peer: bytes, message_id: str, size: int, sender: bytes, expires_at: float, at: float
     ) -> None:
-        self._metrics.stored.inc()
-        self._journal("stored", peer, message_id, size, "")
+        self._metrics.stored.inc()  # counted and published by the store's put
         decision(log, "stored", peer=peer, sender=sender, id=message_id, size=size)
         self._notify(
             stored_event(
@@ -102,19 +103,17 @@ class Reporter:
         decision(log, "rescued", peer=peer, size=size)
 
     def duplicate(self, peer: bytes, message_id: str, size: int) -> None:
-        self._metrics.duplicate.inc()
-        self._journal("duplicate", peer, message_id, size, "")
+        self._metrics.duplicate.inc()  # counted and published by the store's put
         decision(log, "duplicate", peer=peer, id=message_id, size=size)
 
     def evicted(self, peer: bytes, message_id: str) -> None:
-        self._metrics.evicted.inc()
-        self._journal("evicted", peer, message_id, 0, "peer_cap")
+        self._metrics.evicted.inc()  # counted and published by the store's put
         decision(log, "evicted", peer=peer, id=message_id, reason="peer_cap")
 
     def delivered(self, peer: bytes, message_id: str, size: int, delay: float, at: float) -> None:
         self._metrics.delivered.inc()
         self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
-        self._journal("delivered", peer, message_id, size, "")
+        # counted and published by the store's remove_delivered
         # The deliverer logs one line per drain at INFO; a line per message is DEBUG.
         decision(
             log,

@@ -89,6 +89,11 @@ _DELIVERY_REQUEST_TTL_MS = 3_600_000
 _DEFAULT_EVENTS_MAXLEN = 10_000
 
 
+def _event_time(at: float | None = None) -> str:
+    """An event's ``at`` field: seconds since the epoch, to the millisecond."""
+    return f"{time.time() if at is None else at:.3f}"
+
+
 def _ms(seconds: float) -> int:
     return math.floor(seconds * 1000)
 
@@ -312,11 +317,12 @@ def _record_times(header: bytes) -> tuple[float, float]:
 # scripts' mix of one peer's keys and the node's keys would cross slots.
 _SHEBANG = "#!lua flags=no-cluster\n"
 
-# Every per-peer script gets KEYS = queue, dedup, mail, usage, counters and ARGV[1] = peer hex.
+# Every per-peer script gets KEYS = queue, dedup, mail, usage, counters, events and
+# ARGV[1] = peer hex.
 # Record offsets below are Lua's 1-based positions of the layout in encode_record.
 _LUA_PRELUDE = """
 local HEADER = 52
-local Q, D, M, U, C = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local Q, D, M, U, C, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PEER = ARGV[1]
 local F_MSGS, F_BYTES = 'messages:' .. PEER, 'bytes:' .. PEER
 
@@ -328,6 +334,15 @@ local function rec_id(r) return string.sub(r, 2, 11) end
 local function rec_expires(r) return u48(r, 12) end
 local function rec_size(r) return #r - HEADER end
 local function rec_digest(r) return string.sub(redis.sha1hex(string.sub(r, HEADER + 1)), 1, 32) end
+local function hex(s) return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end)) end
+
+-- Count an outcome and append its event, in the same step as the change it describes: a
+-- crash can then lose neither (the `stored` event is what wakes a phone).
+local function tell(kind, id, size, reason, maxlen, at)
+  redis.call('HINCRBY', C, kind, 1)
+  redis.call('XADD', E, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'peer', PEER, 'id', id,
+    'size', size, 'reason', reason, 'at', at)
+end
 
 -- Keys are only ever extended: a key lives until its latest message expired plus the grace.
 local function extend(key, ttl)
@@ -400,14 +415,16 @@ end
 """
 
 # Several messages, possibly for several peers, in one atomic step.
-# KEYS: the first message's five keys, then queue and dedup of each further message.
-# ARGV: first peer, max messages, max bytes per peer, max bytes total, then for each
-# message: peer, record, key ttl ms, id hex.
+# KEYS: the first message's six keys, then queue and dedup of each further message.
+# ARGV: first peer, max messages, max bytes per peer, max bytes total, events maxlen, at
+# (seconds), then for each message: peer, record, key ttl ms, id hex.
+# Counts and publishes stored, duplicate and evicted with the change.
 # Returns one reply per message: {0, id, evicted records...} | {1, existing id} | {2} (full)
 # | {3} (the peer's keys hold the wrong types). Types are checked before anything is written,
 # so that a damaged key costs its own message and never leaves a batch half done.
 _LUA_PUT = """
 local maxn, maxb, maxt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxlen, at = ARGV[5], ARGV[6]
 
 local function holds(key, kind)
   local t = redis.call('TYPE', key)['ok']
@@ -422,7 +439,10 @@ local function put(rec, ttl, id)
   repair()
   local digest = rec_digest(rec)
   local existing = redis.call('HGET', D, digest)
-  if existing then return {1, existing} end
+  if existing then
+    tell('duplicate', existing, rec_size(rec), '', maxlen, at)
+    return {1, existing}
+  end
   local size = rec_size(rec)
   if size > maxb then return {2} end
   local n = redis.call('LLEN', Q)
@@ -437,13 +457,17 @@ local function put(rec, ttl, id)
   if total - evb + size > maxt then return {2} end
   if #evicted > 0 then
     redis.call('LTRIM', Q, #evicted, -1)
-    for _, old in ipairs(evicted) do redis.call('HDEL', D, rec_digest(old)) end
+    for _, old in ipairs(evicted) do
+      redis.call('HDEL', D, rec_digest(old))
+      tell('evicted', hex(rec_id(old)), rec_size(old), 'peer_cap', maxlen, at)
+    end
   end
   redis.call('RPUSH', Q, rec)
   redis.call('HSET', D, digest, id)
   account(1 - #evicted, size - evb)
   redis.call('ZADD', M, 'LT', rec_expires(rec), PEER)
   for _, key in ipairs({Q, D, M, U}) do extend(key, ttl) end
+  tell('stored', id, size, '', maxlen, at)
   local out = {0, id}
   for _, old in ipairs(evicted) do out[#out + 1] = old end
   return out
@@ -451,10 +475,10 @@ end
 
 local replies = {}
 local k = 0
-for i = 5, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   if k > 0 then
     -- the prelude's functions work on these: point them at this message's peer
-    Q, D = KEYS[4 + 2 * k], KEYS[5 + 2 * k]
+    Q, D = KEYS[5 + 2 * k], KEYS[6 + 2 * k]
     PEER = ARGV[i]
     F_MSGS, F_BYTES = 'messages:' .. PEER, 'bytes:' .. PEER
   end
@@ -509,16 +533,18 @@ account(-1, -rec_size(r))
 return r
 """
 
-# ARGV: peer, binary ids... Returns how many of them were still queued (and are now gone).
-_LUA_REMOVE_MANY = """
+# ARGV: peer, events maxlen, at (seconds), binary ids... Counts and publishes each as
+# delivered. Returns how many of them were still queued (and are now gone).
+_LUA_REMOVE_DELIVERED = """
 repair()
 local n, db = 0, 0
-for i = 2, #ARGV do
+for i = 4, #ARGV do
   local pos, r = find(ARGV[i])
   if pos then
     take(pos, r)
     n = n + 1
     db = db - rec_size(r)
+    tell('delivered', hex(ARGV[i]), rec_size(r), '', ARGV[2], ARGV[3])
   end
 end
 if n > 0 then account(-n, db) end
@@ -727,7 +753,9 @@ class Store:
         self._put = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PUT)
         self._peek = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PEEK)
         self._remove = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_REMOVE)
-        self._remove_many = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_REMOVE_MANY)
+        self._remove_delivered = redis.register_script(
+            _SHEBANG + _LUA_PRELUDE + _LUA_REMOVE_DELIVERED
+        )
         self._attempt = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_ATTEMPT)
         self._sweep = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_SWEEP)
         self._purge = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PURGE)
@@ -843,6 +871,7 @@ class Store:
             self.mail_key,
             self.usage_key,
             self.counters_key,
+            self.events_key,
         ]
 
     def _decode(self, peer: bytes, data: object) -> StoredMessage:
@@ -902,6 +931,8 @@ class Store:
             self.limits.max_messages_per_peer,
             self.limits.max_bytes_per_peer,
             self.limits.max_bytes_total,
+            self.events_maxlen,
+            _event_time(),
         ]
         key_ttl = max(keep_for + _ms(self.limits.key_grace), 1)
         for i, msg in enumerate(stored):
@@ -962,17 +993,22 @@ class Store:
         return bool(reply)
 
     @_redis_errors
-    async def remove_many(self, messages: Sequence[StoredMessage]) -> int:
-        """:meth:`remove` for several messages, one round trip and one atomic step per peer;
-        how many were still queued."""
+    async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
+        """Removes messages lnd accepted, counting and publishing each as ``delivered`` in the
+        same step; one round trip and one atomic step per peer. How many were still queued
+        (evicted, expired or purged ones are neither removed nor told)."""
         by_peer: dict[bytes, list[bytes]] = {}
         for msg in messages:
             by_peer.setdefault(msg.peer, []).append(bytes.fromhex(msg.id))
         # Script calls one by one: a pipeline of scripts costs a SCRIPT EXISTS round trip.
         removed = 0
+        at = _event_time()
         for peer, ids in by_peer.items():
             removed += int(
-                await self._remove_many(keys=self._script_keys(peer), args=[peer.hex(), *ids])
+                await self._remove_delivered(
+                    keys=self._script_keys(peer),
+                    args=[peer.hex(), self.events_maxlen, at, *ids],
+                )
             )
         return removed
 
@@ -1109,8 +1145,7 @@ class Store:
         counted = [(name, by) for name, by in (counters or {}).items() if by]
         if not counted and not events:
             return
-        when = f"{time.time() if at is None else at:.3f}"
-        args: list[str | int] = [self.events_maxlen, when, len(counted)]
+        args: list[str | int] = [self.events_maxlen, _event_time(at), len(counted)]
         for name, by in counted:
             args += (name, by)
         for kind, peer, message_id, size, reason in events:
@@ -1148,7 +1183,7 @@ class Store:
         ``at`` is when it happened (Unix seconds); the wall clock when not given, since an
         event's time is information for readers, not a decision of the store.
         """
-        when = f"{time.time() if at is None else at:.3f}"
+        when = _event_time(at)
         fields = self._event_fields(kind, peer, message_id, size, reason, when)
         stream_id = await self.redis.xadd(
             self.events_key, fields, maxlen=self.events_maxlen, approximate=True

@@ -21,11 +21,11 @@ async def test_a_backlog_larger_than_one_flush_is_written_whole_at_stop(
     reporter = Reporter(node=NODE, metrics=Metrics(), store=store)
     peer = b"\x02" + os.urandom(32)
     for i in range(2500):
-        reporter.delivered(peer, f"{i:020x}", 1399, 0.5, 0.0)
+        reporter.expired(peer, f"{i:020x}", 1399)
     stop = asyncio.Event()
     stop.set()
     await reporter.run(stop)
-    assert await store.counters() == {"delivered": 2500}
+    assert await store.counters() == {"expired": 2500}
     assert await redis_client.xlen(store.events_key) == 2500
     last = await store.recent_events(1)
     assert last[0].message_id == f"{2499:020x}"

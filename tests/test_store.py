@@ -127,6 +127,17 @@ async def test_put_many_serves_several_peers_in_order_in_one_step(
     ]
     assert results[3].message_id == results[1].message_id
     assert results[4].evicted == (results[0].message_id,), "bob's cap is 2: the oldest goes"
+    # every outcome is counted and published in the same step as the change
+    told = [(e.kind, e.peer, e.message_id, e.reason) for e in await store.read_events()]
+    assert told == [
+        ("stored", bob, results[0].message_id, ""),
+        ("stored", carol, results[1].message_id, ""),
+        ("stored", bob, results[2].message_id, ""),
+        ("duplicate", carol, results[1].message_id, ""),
+        ("evicted", bob, results[0].message_id, "peer_cap"),
+        ("stored", bob, results[4].message_id, ""),
+    ]
+    assert await store.counters() == {"stored": 4, "duplicate": 1, "evicted": 1}
     assert [m.id for m in await store.messages(bob)] == [
         results[2].message_id,
         results[4].message_id,
@@ -163,20 +174,29 @@ async def test_peek_passes_over_messages_in_hand_even_expired_ones(store: Store)
     await assert_consistent(store)
 
 
-async def test_remove_many_spans_peers_and_ignores_what_is_gone(store: Store) -> None:
+async def test_remove_delivered_spans_peers_and_ignores_what_is_gone(store: Store) -> None:
     bob, carol = pubkey(), pubkey()
     bobs = [await put(store, bob, NOW + i) for i in range(5)]
     carols = [await put(store, carol, NOW + i) for i in range(3)]
     ready_bob, _ = await store.peek(bob, NOW, limit=5)
     ready_carol, _ = await store.peek(carol, NOW, limit=3)
     assert await store.purge(bob, bobs[1]) == 1
-    removed = await store.remove_many([*ready_bob[:3], ready_carol[2], ready_bob[4]])
+    removed = await store.remove_delivered([*ready_bob[:3], ready_carol[2], ready_bob[4]])
     assert removed == 4, "the purged one is not counted"
     assert [m.id for m in await store.messages(bob)] == [bobs[3]]
     assert [m.id for m in await store.messages(carol)] == carols[:2]
     stats = await store.stats()
     assert (stats.messages, stats.bytes) == (3, 3 * (33 + 1366))
-    assert await store.remove_many([]) == 0
+    assert await store.remove_delivered([]) == 0
+    # told in the same step: one delivered event per message removed, none for the purged one
+    delivered = [e for e in await store.read_events() if e.kind == "delivered"]
+    assert [(e.peer, e.message_id, e.size) for e in delivered] == [
+        (bob, bobs[0], 1399),
+        (bob, bobs[2], 1399),
+        (bob, bobs[4], 1399),
+        (carol, carols[2], 1399),
+    ]
+    assert (await store.counters())["delivered"] == 4
     await assert_consistent(store)
 
 
