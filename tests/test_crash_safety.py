@@ -8,6 +8,8 @@ What must hold afterwards:
   with the process. The test shows each such message was handed over just before a kill,
   and counts those and the duplicates.
 - The mailbox ends empty and its indexes agree with its queues (``Store.audit``).
+- Every message stored and every one delivered has its event in the stream, and the
+  counters agree with the events.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ async def test_sigkill_loses_nothing_stored(
                     assert isinstance(peeled, Receive)
                     received.append(peeled.payload[PAYLOAD_TYPE])
                 counters = await store.counters()
+                events = await store.read_events(count=100_000)
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 30) == 0
@@ -160,6 +163,12 @@ async def test_sigkill_loses_nothing_stored(
 
     assert counters.get("stored", 0) > 0, "the scenario stored nothing: it tests nothing"
     assert counters.get("lost", 0) == 0
+    # Written with the data, the stored and delivered events survive every kill.
+    stored_ids = [e.message_id for e in events if e.kind == "stored"]
+    delivered_ids = [e.message_id for e in events if e.kind == "delivered"]
+    assert len(stored_ids) == counters["stored"]
+    assert len(delivered_ids) == counters.get("delivered", 0)
+    assert set(delivered_ids) <= set(stored_ids)
 
     missing = set(ledger.handed_over) - set(received)
     in_memory = 0
