@@ -5,7 +5,8 @@ the node's own identity and which peers are online). It reads the daemon's conne
 settings (same flags, ``LNDMAILBOX_*`` environment variables and config file), so it
 finds the same Redis and the same lnd without being told twice.
 
-Which node's mailbox: ``--node PUBKEY`` if given, else the node lnd reports (GetInfo).
+Which node's mailbox: ``--node PUBKEY`` if given, else the node lnd reports (GetInfo), else,
+when lnd is unreachable, the one node Redis holds a mailbox for.
 Commands that do not need lnd keep working when lnd is unreachable as long as the node
 is known.
 
@@ -38,6 +39,7 @@ from lndmailbox.errors import (
     LndError,
     MailboxError,
     OnionError,
+    StoreError,
     StoreUnavailableError,
 )
 from lndmailbox.lnd import LndClient, NodeInfo
@@ -350,13 +352,32 @@ class Session:
                 self._node = (self.node_flag, "--node")
             else:
                 info = await self.lnd_info()
-                if not isinstance(info, NodeInfo):
-                    raise CtlError(
-                        f"cannot tell which node's mailbox to open: lnd is unreachable "
-                        f"({info}); pass --node PUBKEY"
-                    )
-                self._node = (info.pubkey, "lnd")
+                if isinstance(info, NodeInfo):
+                    self._node = (info.pubkey, "lnd")
+                else:
+                    self._node = (await self._only_node_in_redis(info), "Redis")
         return self._node
+
+    async def _only_node_in_redis(self, lnd_error: MailboxError) -> bytes:
+        """With lnd unreachable, the one node Redis has a mailbox for (else a clear error)."""
+        why = f"lnd is unreachable ({lnd_error})"
+        try:
+            nodes = await Store.nodes_at(self.redis_url)
+        except StoreError as e:
+            raise CtlError(
+                f"cannot tell which node's mailbox to open: {why}, and Redis could not be "
+                f"asked ({self.redis_hint(e)}); pass --node PUBKEY"
+            ) from e
+        if len(nodes) == 1:
+            return nodes[0]
+        found = (
+            "Redis holds no mailbox"
+            if not nodes
+            else "Redis holds mailboxes of " + ", ".join(n.hex() for n in nodes)
+        )
+        raise CtlError(
+            f"cannot tell which node's mailbox to open: {why} and {found}; pass --node PUBKEY"
+        )
 
     async def store(self) -> Store:
         if self._store is None:
@@ -417,7 +438,9 @@ async def cmd_status(s: Session, args: argparse.Namespace) -> int:
     try:
         node, source = await s.node()
     except MailboxError:
-        report["node_error"] = "lnd is unreachable and no --node was given"
+        report["node_error"] = (
+            "lnd is unreachable, no --node was given and Redis holds no one mailbox"
+        )
         problem = "cannot tell which node's mailbox to show: pass --node PUBKEY"
     else:
         report["node"], report["node_source"] = node.hex(), source
@@ -472,7 +495,11 @@ async def _status_from_store(store: Store, report: dict[str, Any], now: float) -
 
 def _render_status(r: dict[str, Any], now: float) -> str:
     fields: list[tuple[str, str]] = []
-    source = {"lnd": "from lnd", "--node": "from --node"}.get(r["node_source"] or "", "")
+    source = {
+        "lnd": "from lnd",
+        "--node": "from --node",
+        "Redis": "the only mailbox in Redis; lnd unreachable",
+    }.get(r["node_source"] or "", "")
     fields.append(
         ("node", f"{r['node']} ({source})" if r["node"] else f"unknown ({r['node_error']})")
     )

@@ -37,6 +37,7 @@ import enum
 import functools
 import math
 import os
+import re
 import time
 from collections.abc import (
     Awaitable,
@@ -315,6 +316,8 @@ def _record_times(header: bytes) -> tuple[float, float]:
 # The shebang makes Redis refuse a script before it starts when memory is over maxmemory
 # (rather than at its first write), and refuse it outright on Redis Cluster, where the
 # scripts' mix of one peer's keys and the node's keys would cross slots.
+_NODE_KEY = re.compile(r"lndmailbox:((?:02|03)[0-9a-f]{64}):(?:counters|heartbeat)")
+
 _SHEBANG = "#!lua flags=no-cluster\n"
 
 # Every per-peer script gets KEYS = queue, dedup, mail, usage, counters, events and
@@ -801,6 +804,23 @@ class Store:
         store = cls(aioredis.Redis.from_pool(pool), node, limits)
         store._owns_client = True
         return store
+
+    @staticmethod
+    @_redis_errors
+    async def nodes_at(url: str) -> list[bytes]:
+        """The lnd nodes with a mailbox in the Redis at ``url`` (those with counters or a
+        running daemon's heartbeat), sorted. One SCAN over the keyspace: for tools, not for
+        the daemon."""
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
+        nodes: set[bytes] = set()
+        try:
+            async for key in client.scan_iter(match="lndmailbox:*", count=1000):
+                match = _NODE_KEY.fullmatch(_str(key))
+                if match:
+                    nodes.add(bytes.fromhex(match.group(1)))
+        finally:
+            await client.aclose()
+        return sorted(nodes)
 
     async def aclose(self) -> None:
         if self._owns_client:

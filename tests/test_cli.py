@@ -271,7 +271,10 @@ async def test_status_when_redis_is_unreachable_says_so_and_exits_1(ctl: Ctl) ->
 async def test_status_without_node_and_without_lnd_asks_for_node(ctl: Ctl) -> None:
     r = await ctl("status", node=None)
     assert r.code == 1
-    assert "node   unknown (lnd is unreachable and no --node was given)" in r.out
+    assert (
+        "node   unknown (lnd is unreachable, no --node was given and Redis holds no one mailbox)"
+        in r.out
+    )
     assert "(not asked: the node is unknown)" in r.out
     assert r.err == "mailboxctl: cannot tell which node's mailbox to show: pass --node PUBKEY\n"
 
@@ -283,6 +286,30 @@ async def test_commands_without_node_and_without_lnd_fail_with_one_line(ctl: Ctl
     assert r.err.count("\n") == 1
     assert r.err.startswith("mailboxctl: cannot tell which node's mailbox to open: lnd is ")
     assert r.err.endswith("pass --node PUBKEY\n")
+
+
+async def test_without_node_and_without_lnd_the_only_mailbox_in_redis_is_opened(
+    ctl: Ctl, store: Store
+) -> None:
+    await put(store, ALICE, 60)
+    await store.incr("stored")
+    r = await ctl("status", node=None)
+    lines = {line.split()[0]: line for line in r.out.splitlines() if line.strip()}
+    assert lines["node"].split(maxsplit=1)[1] == (
+        f"{NODE.hex()} (the only mailbox in Redis; lnd unreachable)"
+    )
+    assert lines["stored"].split() == ["stored", "2"]
+    r = await ctl("peers", node=None)
+    assert r.code == 0
+    assert "online status unknown" in r.err
+    assert ALICE.hex() in r.out
+
+    other = b"\x03" + bytes(32)
+    async with Store.from_url(ctl.redis_url, other) as second:
+        await second.incr("stored")
+    r = await ctl("peers", node=None)
+    assert r.code == 1
+    assert f"Redis holds mailboxes of {NODE.hex()}, {other.hex()}; pass --node PUBKEY\n" in r.err
 
 
 async def test_redis_unreachable_is_one_line_and_exit_1(ctl: Ctl) -> None:
