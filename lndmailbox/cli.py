@@ -439,7 +439,7 @@ async def cmd_status(s: Session, args: argparse.Namespace) -> int:
         node, source = await s.node()
     except MailboxError:
         report["node_error"] = (
-            "lnd is unreachable, no --node was given and Redis holds no one mailbox"
+            "lnd is unreachable, no --node was given, and Redis holds no single mailbox"
         )
         problem = "cannot tell which node's mailbox to show: pass --node PUBKEY"
     else:

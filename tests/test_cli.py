@@ -272,7 +272,7 @@ async def test_status_without_node_and_without_lnd_asks_for_node(ctl: Ctl) -> No
     r = await ctl("status", node=None)
     assert r.code == 1
     assert (
-        "node   unknown (lnd is unreachable, no --node was given and Redis holds no one mailbox)"
+        "node   unknown (lnd is unreachable, no --node was given, and Redis holds no single mailbox)"
         in r.out
     )
     assert "(not asked: the node is unknown)" in r.out
