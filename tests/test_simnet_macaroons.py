@@ -233,3 +233,41 @@ def test_a_macaroon_verified_once_is_still_checked_on_every_call() -> None:
     # a new root key voids what was verified under the old one
     service.root_key = bytes(32)
     assert check(service, mac, ops("info:read")).startswith("verification failed")
+
+
+def test_remembered_caveats_are_evaluated_on_every_call_in_order() -> None:
+    service = MacaroonService(ROOT_KEY)
+    now = datetime.now(UTC)
+    deadline = now + timedelta(minutes=5)
+    timed = service.bake(["info:read"], caveats=[time_before_caveat(deadline)])
+    # the time counts at each call, whichever way it moves
+    expired = f'caveat "{time_before_caveat(deadline)}" not satisfied: macaroon has expired'
+    for when, expected in [(now, None), (deadline, expired), (now, None), (deadline, expired)]:
+        try:
+            service.check([timed.hex()], ops("info:read"), GET_INFO, now=when)
+            outcome = None
+        except MacaroonError as e:
+            outcome = str(e)
+        assert outcome == expected
+    # caveats that never hold are refused every time, the first failing one named
+    never = service.bake(
+        ["info:read"],
+        caveats=[time_before_caveat(deadline), "time-before yesterday", "odd 1"],
+    )
+    for _ in range(2):
+        assert check(service, never, ops("info:read")).startswith(
+            'caveat "time-before yesterday" not satisfied: '
+        )
+    unknown = service.bake(["info:read"], caveats=["odd 1"])
+    for _ in range(2):
+        assert check(service, unknown, ops("info:read")) == (
+            'caveat "odd 1" not satisfied: caveat not recognized'
+        )
+    # a macaroon with a wrong signature is refused every time, and never remembered
+    genuine = Macaroon.decode(service.bake_admin())
+    bad = Macaroon(genuine.location, genuine.identifier, (), bytes(32)).encode()
+    for _ in range(2):
+        assert check(service, bad, ops("info:read")) == (
+            "verification failed: signature mismatch after caveat verification"
+        )
+    assert all(key[0] != bad.hex() for key in service._verified)
