@@ -127,6 +127,7 @@ class Deliverer:
         delivered = 0
         started = self._clock.monotonic()
         ended = ""
+        failure: BaseException | None = None
         try:
             batch = await self._read(peer, frozenset())
             while batch:
@@ -152,9 +153,14 @@ class Deliverer:
                     if self._peers.is_online(peer)
                     else "peer offline"
                 )
+        except BaseException as e:
+            failure = e
+            raise
         finally:
-            if removals:
-                await asyncio.gather(*removals)
+            # Every removal is awaited, even after one failed: a drain must not end with
+            # messages lnd took still on their way out of Redis (the next would resend them).
+            outcomes = await asyncio.gather(*removals, return_exceptions=True)
+            failed = [e for e in outcomes if isinstance(e, BaseException)]
             if delivered:
                 log.info(
                     "delivered %d messages to %s in %.3fs (%s)",
@@ -163,6 +169,10 @@ class Deliverer:
                     self._clock.monotonic() - started,
                     ended or "interrupted",
                 )
+            for error in failed[1 if failure is None else 0 :]:
+                log.warning("removing delivered messages from Redis failed: %s", error)
+            if failed and failure is None:
+                raise failed[0]
 
     async def _read(self, peer: bytes, skip: frozenset[str]) -> list[StoredMessage]:
         """The next batch, passing over ``skip``; empty once the peer is gone or we stop.
@@ -196,24 +206,27 @@ class Deliverer:
         accepted: list[StoredMessage] = []
         sent = 0
         ended = ""
-        for message in batch:
-            if self._stopping:
-                ended = "daemon stopping"
-                break
-            if message.expires_at <= self._clock.now():
-                # Expired while in hand: a later read (this drain's or the sweep) counts it.
-                in_hand.discard(message.id)
-                continue
-            ended = await self._send_one(peer, message)
-            if ended:
-                break
-            sent += 1
-            accepted.append(message)
-            if len(accepted) == _REMOVE_EVERY:
+        try:
+            for message in batch:
+                if self._stopping:
+                    ended = "daemon stopping"
+                    break
+                if message.expires_at <= self._clock.now():
+                    # Expired while in hand: a later read (this drain's or the sweep) counts it.
+                    in_hand.discard(message.id)
+                    continue
+                ended = await self._send_one(peer, message)
+                if ended:
+                    break
+                sent += 1
+                accepted.append(message)
+                if len(accepted) == _REMOVE_EVERY:
+                    removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
+                    accepted = []
+        finally:
+            # Also when a send raised or the drain was cancelled: lnd took these.
+            if accepted:
                 removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
-                accepted = []
-        if accepted:
-            removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
         return sent, ended
 
     async def _send_one(self, peer: bytes, message: StoredMessage) -> str:

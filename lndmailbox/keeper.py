@@ -22,7 +22,7 @@ from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.metrics import Metrics
 from lndmailbox.parcel import Parcel
 from lndmailbox.report import Reporter
-from lndmailbox.store import NewMessage, PutResult, PutStatus, Store
+from lndmailbox.store import NewMessage, PutResult, PutStatus, Store, new_message_id
 
 log = logging.getLogger("lndmailbox.mailbox")
 
@@ -48,7 +48,9 @@ class Keeper:
         self._buffer_limit = buffer_limit
         self._on_stored = on_stored
         self._decided = decided
-        self._pending: deque[Parcel] = deque()
+        # Each parcel with its message id, chosen once: a write retried after a lost reply
+        # finds its own copy and reports it stored, not duplicate.
+        self._pending: deque[tuple[Parcel, str]] = deque()
         self._wakeup = asyncio.Event()
         self._outage_since: float | None = None
 
@@ -58,7 +60,7 @@ class Keeper:
             # Still journaled (when Redis took the journal entry): the next daemon retries.
             self._reporter.lost(parcel.peer, parcel.size, "buffer_full")
             return
-        self._pending.append(parcel)
+        self._pending.append((parcel, new_message_id(parcel.received_at)))
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -91,13 +93,14 @@ class Keeper:
                 backoff = min(backoff * 2, 5.0)
                 continue
             except StoreError as e:
-                # The script wrote nothing: they stay journaled, a later daemon tries again.
+                # The script checks before it writes, so nothing was stored: they stay
+                # journaled, and a later daemon tries again.
                 log.error("store refused %d messages: %s", len(batch), e)
-                for parcel in batch:
+                for parcel, _ in batch:
                     self._pending.popleft()
                     self._reporter.lost(parcel.peer, parcel.size, "store_error")
                 continue
-            for parcel, result in zip(batch, results, strict=True):
+            for (parcel, _), result in zip(batch, results, strict=True):
                 self._pending.popleft()
                 self._report(parcel, result)
                 if result.status is not PutStatus.REJECTED_DAMAGED:
@@ -105,10 +108,13 @@ class Keeper:
             backoff = 0.1
             self._note_recovery()
 
-    async def _write(self, batch: list[Parcel]) -> list[PutResult]:
+    async def _write(self, batch: list[tuple[Parcel, str]]) -> list[PutResult]:
         started = time.perf_counter()
         results = await self._store.put_many(
-            [NewMessage(p.peer, p.sender, p.path_key, p.onion, p.received_at) for p in batch]
+            [
+                NewMessage(p.peer, p.sender, p.path_key, p.onion, p.received_at, id)
+                for p, id in batch
+            ]
         )
         self._metrics.store_seconds.observe(time.perf_counter() - started)
         return results
@@ -156,7 +162,7 @@ class Keeper:
             self._outage_since = None
 
     def _give_up_at_shutdown(self, error: StoreError) -> None:
-        unjournaled = [p for p in self._pending if p.entry is None]
+        unjournaled = [p for p, _ in self._pending if p.entry is None]
         log.error(
             "shutting down with Redis unavailable (%s): %d buffered messages not written; "
             "%d of them are journaled and will be decided by the next daemon",

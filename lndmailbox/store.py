@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import math
 import os
 import re
@@ -163,13 +164,18 @@ class PutStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class NewMessage:
-    """A message to queue for ``peer``, which arrived at ``now`` from ``sender``."""
+    """A message to queue for ``peer``, which arrived at ``now`` from ``sender``.
+
+    ``id``: give one (:func:`new_message_id`) to write the same message again after an
+    unknown outcome (a lost reply): the copy already stored is then reported STORED, not
+    DUPLICATE. None: a fresh one."""
 
     peer: bytes
     sender: bytes
     path_key: bytes
     onion: bytes
     now: float
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +322,8 @@ def _record_times(header: bytes) -> tuple[float, float]:
 # The shebang makes Redis refuse a script before it starts when memory is over maxmemory
 # (rather than at its first write), and refuse it outright on Redis Cluster, where the
 # scripts' mix of one peer's keys and the node's keys would cross slots.
+log = logging.getLogger("lndmailbox.store")
+
 _NODE_KEY = re.compile(r"lndmailbox:((?:02|03)[0-9a-f]{64}):(?:counters|heartbeat)")
 
 _SHEBANG = "#!lua flags=no-cluster\n"
@@ -337,6 +345,10 @@ local function rec_id(r) return string.sub(r, 2, 11) end
 local function rec_expires(r) return u48(r, 12) end
 local function rec_size(r) return #r - HEADER end
 local function rec_digest(r) return string.sub(redis.sha1hex(string.sub(r, HEADER + 1)), 1, 32) end
+local function holds(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  return t == kind or t == 'none'
+end
 local function hex(s) return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end)) end
 
 -- Count an outcome and append its event, in the same step as the change it describes: a
@@ -428,12 +440,7 @@ end
 _LUA_PUT = """
 local maxn, maxb, maxt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxlen, at = ARGV[5], ARGV[6]
-
-local function holds(key, kind)
-  local t = redis.call('TYPE', key)['ok']
-  return t == kind or t == 'none'
-end
-if not (holds(M, 'zset') and holds(U, 'hash') and holds(C, 'hash')) then
+if not (holds(M, 'zset') and holds(U, 'hash') and holds(C, 'hash') and holds(E, 'stream')) then
   return redis.error_reply('WRONGTYPE a node-wide mailbox key holds the wrong type of value')
 end
 
@@ -442,6 +449,7 @@ local function put(rec, ttl, id)
   repair()
   local digest = rec_digest(rec)
   local existing = redis.call('HGET', D, digest)
+  if existing == id then return {0, id} end -- this very write, run again: told already
   if existing then
     tell('duplicate', existing, rec_size(rec), '', maxlen, at)
     return {1, existing}
@@ -536,19 +544,24 @@ account(-1, -rec_size(r))
 return r
 """
 
-# ARGV: peer, events maxlen, at (seconds), binary ids... Counts and publishes each as
-# delivered. Returns how many of them were still queued (and are now gone).
+# ARGV: peer, events maxlen, at (seconds), then (binary id, size) of each message lnd
+# accepted. Counts and publishes each as delivered, also one evicted, expired or purged
+# while it was on its way (the peer got it all the same), and removes those still queued.
+# Returns how many were still queued.
 _LUA_REMOVE_DELIVERED = """
+if not (holds(C, 'hash') and holds(E, 'stream')) then
+  return redis.error_reply('WRONGTYPE a node-wide mailbox key holds the wrong type of value')
+end
 repair()
 local n, db = 0, 0
-for i = 4, #ARGV do
+for i = 4, #ARGV, 2 do
   local pos, r = find(ARGV[i])
   if pos then
     take(pos, r)
     n = n + 1
     db = db - rec_size(r)
-    tell('delivered', hex(ARGV[i]), rec_size(r), '', ARGV[2], ARGV[3])
   end
+  tell('delivered', hex(ARGV[i]), ARGV[i + 1], '', ARGV[2], ARGV[3])
 end
 if n > 0 then account(-n, db) end
 return n
@@ -934,7 +947,7 @@ class Store:
         keep_for = _ms(self.limits.ttl if ttl is None else ttl)
         stored = [
             StoredMessage(
-                id=new_message_id(m.now),
+                id=m.id or new_message_id(m.now),
                 peer=m.peer,
                 sender=m.sender,
                 path_key=m.path_key,
@@ -974,12 +987,22 @@ class Store:
             return PutResult(PutStatus.REJECTED_FULL, msg.id, size=msg.size)
         if code == 3:
             return PutResult(PutStatus.REJECTED_DAMAGED, msg.id, size=msg.size)
-        evicted = tuple(self._decode(msg.peer, r) for r in reply[2:])
+        # The write is done: a record that does not decode (another version, a hand-made
+        # value) must not make it look failed. Its id is in the same place in every version.
+        evicted_ids: list[str] = []
+        evicted: list[StoredMessage] = []
+        for raw in reply[2:]:
+            record = _bytes(raw)
+            try:
+                evicted.append(decode_record(msg.peer, record))
+            except (StoreError, ValueError):
+                log.warning("evicted an unreadable record for %s", msg.peer.hex())
+            evicted_ids.append(record[1 : 1 + ID_SIZE].hex())
         return PutResult(
             PutStatus.STORED,
             msg.id,
-            evicted=tuple(m.id for m in evicted),
-            evicted_messages=evicted,
+            evicted=tuple(evicted_ids),
+            evicted_messages=tuple(evicted),
             message=msg,
             size=msg.size,
         )
@@ -1015,19 +1038,19 @@ class Store:
     @_redis_errors
     async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
         """Removes messages lnd accepted, counting and publishing each as ``delivered`` in the
-        same step; one round trip and one atomic step per peer. How many were still queued
-        (evicted, expired or purged ones are neither removed nor told)."""
-        by_peer: dict[bytes, list[bytes]] = {}
+        same step (also one evicted, expired or purged meanwhile: the peer got it); one
+        round trip and one atomic step per peer. How many were still queued."""
+        by_peer: dict[bytes, list[bytes | int]] = {}
         for msg in messages:
-            by_peer.setdefault(msg.peer, []).append(bytes.fromhex(msg.id))
+            by_peer.setdefault(msg.peer, []).extend((bytes.fromhex(msg.id), msg.size))
         # Script calls one by one: a pipeline of scripts costs a SCRIPT EXISTS round trip.
         removed = 0
         at = _event_time()
-        for peer, ids in by_peer.items():
+        for peer, items in by_peer.items():
             removed += int(
                 await self._remove_delivered(
                     keys=self._script_keys(peer),
-                    args=[peer.hex(), self.events_maxlen, at, *ids],
+                    args=[peer.hex(), self.events_maxlen, at, *items],
                 )
             )
         return removed

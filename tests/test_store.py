@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from lndmailbox.store import (
     StoredMessage,
     decode_record,
     encode_record,
+    new_message_id,
 )
 
 NOW = 1_700_000_000.0
@@ -164,6 +166,46 @@ async def test_put_many_refuses_what_passes_the_node_cap_and_keeps_the_rest(
     await assert_consistent(store)
 
 
+async def test_a_put_run_again_after_a_lost_reply_finds_its_own_copy(store: Store) -> None:
+    bob = pubkey()
+    message = NewMessage(bob, pubkey(), pubkey(), onion(), NOW, new_message_id(NOW))
+    (first,) = await store.put_many([message])
+    (again,) = await store.put_many([message])
+    assert (first.status, again.status) == (PutStatus.STORED, PutStatus.STORED)
+    assert again.message_id == first.message_id == message.id
+    assert len(await store.messages(bob)) == 1
+    assert await store.counters() == {"stored": 1}, "told once"
+    # the same message under a new id is a duplicate
+    (copy,) = await store.put_many([replace(message, id=None)])
+    assert (copy.status, copy.message_id) == (PutStatus.DUPLICATE, message.id)
+    await assert_consistent(store)
+
+
+async def test_a_damaged_event_stream_stops_a_batch_before_it_writes(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    await redis_client.set(store.events_key, b"not a stream")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        await store.put_many([NewMessage(pubkey(), pubkey(), pubkey(), onion(), NOW)])
+    assert await store.peers_with_mail() == []
+    assert await store.counters() == {}
+
+
+async def test_an_unreadable_evicted_record_does_not_fail_the_put(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE, Limits(ttl=100.0, max_messages_per_peer=1))
+    bob = pubkey()
+    old = await put(store, bob)
+    head = await redis_client.lindex(store.queue_key(bob), 0)
+    await redis_client.lset(store.queue_key(bob), 0, b"\x09" + head[1:])  # a future version
+    result = await store.put(bob, pubkey(), pubkey(), onion(), NOW + 1)
+    assert result.status is PutStatus.STORED
+    assert result.evicted == (old,)
+    assert result.evicted_messages == ()
+    assert len(await store.messages(bob)) == 1
+
+
 async def test_peek_passes_over_messages_in_hand_even_expired_ones(store: Store) -> None:
     peer = pubkey()
     ids = [await put(store, peer, NOW + i, ttl=5.0 if i == 1 else 100.0) for i in range(6)]
@@ -188,15 +230,17 @@ async def test_remove_delivered_spans_peers_and_ignores_what_is_gone(store: Stor
     stats = await store.stats()
     assert (stats.messages, stats.bytes) == (3, 3 * (33 + 1366))
     assert await store.remove_delivered([]) == 0
-    # told in the same step: one delivered event per message removed, none for the purged one
+    # told in the same step, one delivered event per message lnd took: the purged one too,
+    # since its peer got it all the same
     delivered = [e for e in await store.read_events() if e.kind == "delivered"]
     assert [(e.peer, e.message_id, e.size) for e in delivered] == [
         (bob, bobs[0], 1399),
+        (bob, bobs[1], 1399),
         (bob, bobs[2], 1399),
         (bob, bobs[4], 1399),
         (carol, carols[2], 1399),
     ]
-    assert (await store.counters())["delivered"] == 4
+    assert (await store.counters())["delivered"] == 5
     await assert_consistent(store)
 
 

@@ -1,0 +1,68 @@
+"""The deliverer against a real Redis, on the paths a drain can leave early.
+
+lnd is the ``send`` the deliverer is built with: here one that takes a number of messages
+and then answers as lnd does when the macaroon may not send. Whatever it took must leave
+Redis (and be told as delivered) even though the drain ends with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import redis.asyncio as aioredis
+
+from lndmailbox.clock import SystemClock
+from lndmailbox.deliver import Deliverer
+from lndmailbox.errors import LndPermissionError
+from lndmailbox.metrics import Metrics
+from lndmailbox.peers import PeerTracker
+from lndmailbox.report import Reporter
+from lndmailbox.store import Limits, Store
+
+NODE = bytes.fromhex("02" + "44" * 32)
+
+
+def pubkey() -> bytes:
+    return b"\x02" + os.urandom(32)
+
+
+async def test_what_lnd_took_before_a_fatal_answer_leaves_redis(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE, Limits(max_messages_per_peer=100))
+    bob = pubkey()
+    clock = SystemClock()
+    for _ in range(40):
+        await store.put(bob, pubkey(), pubkey(), b"\x00" + os.urandom(1365), clock.now())
+    queued = await store.messages(bob)
+    taken: list[bytes] = []
+
+    async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
+        if len(taken) == 21:  # not a multiple of the removal group: some are in hand
+            raise LndPermissionError(
+                "permission denied", rpc="SendOnionMessage", code="UNKNOWN", retryable=False
+            )
+        taken.append(onion)
+
+    peers = PeerTracker(clock)
+    peers.mark(bob, True)
+    metrics = Metrics()
+    deliverer = Deliverer(
+        store=store,
+        send=send,
+        peers=peers,
+        reporter=Reporter(node=NODE, metrics=metrics, store=store),
+        clock=clock,
+    )
+    deliverer.kick(bob)
+    with pytest.raises(LndPermissionError):
+        await asyncio.wait_for(deliverer.fatal, 10)
+    await deliverer.close()
+
+    assert taken == [m.onion for m in queued[:21]]
+    assert [m.onion for m in await store.messages(bob)] == [m.onion for m in queued[21:]]
+    delivered = [e.message_id for e in await store.read_events(count=1000) if e.kind == "delivered"]
+    assert delivered == [m.id for m in queued[:21]]
+    assert await store.audit() == []
