@@ -198,7 +198,9 @@ async def test_an_unreadable_evicted_record_does_not_fail_the_put(
     bob = pubkey()
     old = await put(store, bob)
     head = await redis_client.lindex(store.queue_key(bob), 0)
-    await redis_client.lset(store.queue_key(bob), 0, b"\x09" + head[1:])  # a future version
+    assert isinstance(head, bytes)
+    future_version = b"\x09" + head[1:]
+    await redis_client.lset(store.queue_key(bob), 0, future_version)  # type: ignore[arg-type]
     result = await store.put(bob, pubkey(), pubkey(), onion(), NOW + 1)
     assert result.status is PutStatus.STORED
     assert result.evicted == (old,)
