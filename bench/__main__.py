@@ -115,9 +115,9 @@ def table(
             _row(
                 "  signer round trips alone, 2/msg",
                 lnd,
-                f"{r.signer.message_rate:.0f} msg/s",
+                f"{r.signer.rate / 2:.0f} msg/s",
                 f"lnd global ceiling {mailbox.LND_CEILING_MSGS:.0f} msg/s",
-                r.signer.message_rate / mailbox.LND_CEILING_MSGS,
+                r.signer.rate / 2 / mailbox.LND_CEILING_MSGS,
                 "",
             )
         )
@@ -169,14 +169,14 @@ def details(r: mailbox.Figures) -> list[str]:
         f"           one core each would allow: daemon {_per_second(i.messages, i.cpu.daemon)}"
         f", simnet {_per_second(i.messages, i.cpu.simnet)} msg/s",
         f"           dropped/lost counters: {dropped or 'none'}",
-        f"  signer   {r.signer.calls} DeriveSharedKey calls (64 in flight) in "
+        f"  signer   {r.signer.count} DeriveSharedKey calls (64 in flight) in "
         f"{r.signer.seconds:.3f}s = {r.signer.rate:.0f}/s; CPU per call here "
-        f"{r.signer.cpu.daemon * 1e6 / r.signer.calls:.0f} us, simnet "
-        f"{r.signer.cpu.simnet * 1e6 / r.signer.calls:.0f} us",
-        f"  floor    {r.floor.messages} messages only read and peeled through simnet's signer "
+        f"{r.signer.cpu.daemon * 1e6 / r.signer.count:.0f} us, simnet "
+        f"{r.signer.cpu.simnet * 1e6 / r.signer.count:.0f} us",
+        f"  floor    {r.floor.count} messages only read and peeled through simnet's signer "
         f"in {r.floor.seconds:.3f}s = {r.floor.rate:.0f}/s; CPU per message here "
-        f"{r.floor.cpu.daemon * 1e6 / r.floor.messages:.0f} us, simnet "
-        f"{r.floor.cpu.simnet * 1e6 / r.floor.messages:.0f} us; ingest reaches "
+        f"{r.floor.cpu.daemon * 1e6 / r.floor.count:.0f} us, simnet "
+        f"{r.floor.cpu.simnet * 1e6 / r.floor.count:.0f} us; ingest reaches "
         f"{i.rate / r.floor.rate:.2f}x of it",
         f"  drain    {d.messages} in {d.seconds:.3f}s ({d.messages / d.seconds:.0f}/s); bare "
         f"sends {d.bare_before:.3f}s before, {d.bare_after:.3f}s after",

@@ -112,34 +112,20 @@ class Ingest:
 
 
 @dataclass(frozen=True)
-class Signer:
-    """DeriveSharedKey round trips alone: what a peel asks of lnd."""
+class Phase:
+    """A timed part of the run: ``count`` messages (or calls) in ``seconds``, and its CPU.
 
-    calls: int
+    Two are measured before the daemon starts: the signer (DeriveSharedKey calls alone:
+    what a peel asks of lnd) and the floor (read lnd's stream and peel through its signer:
+    the part of ingest the design fixes)."""
+
+    count: int
     seconds: float
     cpu: Cpu
 
     @property
     def rate(self) -> float:
-        return self.calls / self.seconds
-
-    @property
-    def message_rate(self) -> float:
-        """Messages per second these round trips allow at two per message."""
-        return self.rate / 2
-
-
-@dataclass(frozen=True)
-class Floor:
-    """The part of ingest the design fixes: read lnd's stream, peel through lnd's signer."""
-
-    messages: int
-    seconds: float
-    cpu: Cpu
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds
+        return self.count / self.seconds
 
 
 @dataclass(frozen=True)
@@ -191,8 +177,8 @@ class Figures:
     personality: Personality
     transport: Transport
     build_seconds: float
-    signer: Signer
-    floor: Floor
+    signer: Phase
+    floor: Phase
     ingest: Ingest
     drain: Drain
     memory: tuple[Memory, ...]
@@ -370,7 +356,7 @@ async def _until_stored(
     await _wait_for(done, within=within, what=what)
 
 
-async def _signer(config: Config, sim: SimnetProcess, say: Callable[[str], None]) -> Signer:
+async def _signer(config: Config, sim: SimnetProcess, say: Callable[[str], None]) -> Phase:
     points = [coincurve.PrivateKey().public_key.format() for _ in range(config.signer_calls)]
     in_flight = asyncio.Semaphore(64)
     async with LndClient(sim.endpoint) as lnd:
@@ -385,18 +371,18 @@ async def _signer(config: Config, sim: SimnetProcess, say: Callable[[str], None]
         await asyncio.gather(*(one(p) for p in points))
         seconds = time.perf_counter() - started
         cpu1 = time.process_time(), await sim.cpu()
-    signer = Signer(len(points), seconds, Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], 0.0))
+    signer = Phase(len(points), seconds, Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], 0.0))
     say(
-        f"signer: {signer.calls} DeriveSharedKey calls, 64 in flight, in {seconds:.2f}s = "
-        f"{signer.rate:.0f}/s; CPU per call here {signer.cpu.daemon / signer.calls * 1e6:.0f} us,"
-        f" simnet {signer.cpu.simnet / signer.calls * 1e6:.0f} us"
+        f"signer: {signer.count} DeriveSharedKey calls, 64 in flight, in {seconds:.2f}s = "
+        f"{signer.rate:.0f}/s; CPU per call here {signer.cpu.daemon / signer.count * 1e6:.0f} us,"
+        f" simnet {signer.cpu.simnet / signer.count * 1e6:.0f} us"
     )
     return signer
 
 
 async def _floor(
     config: Config, sim: SimnetProcess, transport: Transport, say: Callable[[str], None]
-) -> Floor:
+) -> Phase:
     """Messages per second that only follow lnd's stream and peel through its signer.
 
     The daemon's own concurrency (64 messages in flight), no decision and no Redis: what
@@ -449,7 +435,7 @@ async def _floor(
                 for task in tasks:
                     task.cancel()
         await stream.aclose()
-    floor = Floor(count, seconds, Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], 0.0))
+    floor = Phase(count, seconds, Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], 0.0))
     say(
         f"floor: {count} messages read from the stream and peeled through simnet's signer "
         f"(nothing else) in {seconds:.2f}s = {floor.rate:.0f}/s; CPU here "
@@ -511,13 +497,17 @@ async def _ingest(
     )
     profile = ""
     if profiler is not None:
-        out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("tottime").print_stats(25)
-        stats.sort_stats("cumulative").print_stats(40)
-        profile = f"daemon process, during ingest:\n{out.getvalue()}\n"
+        profile = _profile_text(profiler, "daemon process, during ingest")
         profile += f"simnet process, during ingest:\n{await sim.profile_stop(40)}\n"
     return ingest, profile
+
+
+def _profile_text(profiler: cProfile.Profile, title: str) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    return f"{title}:\n{out.getvalue()}\n"
 
 
 async def _memory(store: Store, peers: list[bytes]) -> Memory:
@@ -605,11 +595,7 @@ async def _drain(
         f"{drain.bare_before:.3f}s before and {drain.bare_after:.3f}s after; bob peeled "
         f"{peeled} of {received} to their payloads ({distinct} distinct)"
     )
-    profile = ""
-    if profiler is not None:
-        out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("tottime").print_stats(25)
-        stats.sort_stats("cumulative").print_stats(40)
-        profile = f"daemon process, during the drain:\n{out.getvalue()}\n"
+    profile = (
+        "" if profiler is None else _profile_text(profiler, "daemon process, during the drain")
+    )
     return drain, memory, profile

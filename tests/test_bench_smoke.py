@@ -29,9 +29,9 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
     )
     figures = await mailbox.run(config, say=lines.append)
 
-    assert figures.ingest.messages == figures.floor.messages == 12
+    assert figures.ingest.messages == figures.floor.count == 12
     assert figures.floor.rate > 0
-    assert figures.signer.calls == 20
+    assert figures.signer.count == 20
     assert figures.signer.rate > 0
     assert figures.ingest.rate > 0
     assert not {k for k in figures.ingest.counters if k.startswith(("dropped", "lost"))}
