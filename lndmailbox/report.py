@@ -6,8 +6,8 @@ Prometheus metrics and writes one decision line at once. The Redis side (the cou
 changes the mailbox (stored, duplicate, evicted, delivered) is written by the store in the
 same atomic step as the change, so a crash can lose neither; the other outcomes are queued
 here and written by :meth:`Reporter.run` in batches, so that a slow or unreachable Redis
-never holds up ingest or delivery. Notifications (stored, delivered) go to the webhook, which never
-blocks either.
+never holds up ingest or delivery. Notifications (stored, delivered) go to the webhook,
+which never blocks either.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class Reporter:
     def delivered(self, peer: bytes, message_id: str, size: int, delay: float, at: float) -> None:
         self._metrics.delivered.inc()
         self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
-        # counted and published by the store's remove_delivered
-        # The deliverer logs one line per drain at INFO; a line per message is DEBUG.
+        # Counted and published by the store's remove_delivered. The deliverer logs one line
+        # per drain at INFO, so the line per message is DEBUG.
         decision(
             log,
             "delivered",

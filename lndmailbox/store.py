@@ -89,6 +89,10 @@ _MAX_U48 = (1 << 48) - 1
 _MAX_ATTEMPTS = 0xFFFF
 _DELIVERY_REQUEST_TTL_MS = 3_600_000
 _DEFAULT_EVENTS_MAXLEN = 10_000
+_NODE_KEY = re.compile(r"lndmailbox:((?:02|03)[0-9a-f]{64}):(?:counters|heartbeat)")
+"""Keys only a node with a mailbox has: how tools find the nodes a Redis serves."""
+
+log = logging.getLogger("lndmailbox.store")
 
 
 def _event_time(at: float | None = None) -> str:
@@ -322,16 +326,20 @@ def _record_times(header: bytes) -> tuple[float, float]:
 # The shebang makes Redis refuse a script before it starts when memory is over maxmemory
 # (rather than at its first write), and refuse it outright on Redis Cluster, where the
 # scripts' mix of one peer's keys and the node's keys would cross slots.
-log = logging.getLogger("lndmailbox.store")
-
-_NODE_KEY = re.compile(r"lndmailbox:((?:02|03)[0-9a-f]{64}):(?:counters|heartbeat)")
-
 _SHEBANG = "#!lua flags=no-cluster\n"
+
+# One entry of the event stream; every script that appends one goes through it.
+_LUA_EVENT = """
+local function append_event(stream, maxlen, kind, peer, id, size, reason, at)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'peer', peer, 'id', id,
+    'size', size, 'reason', reason, 'at', at)
+end
+"""
 
 # Every per-peer script gets KEYS = queue, dedup, mail, usage, counters, events and
 # ARGV[1] = peer hex.
 # Record offsets below are Lua's 1-based positions of the layout in encode_record.
-_LUA_PRELUDE = """
+_LUA_PEER_HELPERS = """
 local HEADER = 52
 local Q, D, M, U, C, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PEER = ARGV[1]
@@ -355,9 +363,15 @@ local function hex(s) return (string.gsub(s, '.', function(c) return string.form
 -- crash can then lose neither (the `stored` event is what wakes a phone).
 local function tell(kind, id, size, reason, maxlen, at)
   redis.call('HINCRBY', C, kind, 1)
-  redis.call('XADD', E, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'peer', PEER, 'id', id,
-    'size', size, 'reason', reason, 'at', at)
+  append_event(E, maxlen, kind, PEER, id, size, reason, at)
 end
+
+-- The node-wide keys hold what the mailbox writes there (or nothing yet). Scripts that
+-- write them check first: Redis does not roll a failed script back.
+local function node_keys_ok()
+  return holds(M, 'zset') and holds(U, 'hash') and holds(C, 'hash') and holds(E, 'stream')
+end
+local NODE_KEYS_DAMAGED = 'WRONGTYPE a node-wide mailbox key holds the wrong type of value'
 
 -- Keys are only ever extended: a key lives until its latest message expired plus the grace.
 local function extend(key, ttl)
@@ -428,6 +442,7 @@ local function take(pos, r)
   redis.call('HDEL', D, rec_digest(r))
 end
 """
+_LUA_PRELUDE = _LUA_EVENT + _LUA_PEER_HELPERS
 
 # Several messages, possibly for several peers, in one atomic step.
 # KEYS: the first message's six keys, then queue and dedup of each further message.
@@ -440,9 +455,7 @@ end
 _LUA_PUT = """
 local maxn, maxb, maxt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxlen, at = ARGV[5], ARGV[6]
-if not (holds(M, 'zset') and holds(U, 'hash') and holds(C, 'hash') and holds(E, 'stream')) then
-  return redis.error_reply('WRONGTYPE a node-wide mailbox key holds the wrong type of value')
-end
+if not node_keys_ok() then return redis.error_reply(NODE_KEYS_DAMAGED) end
 
 local function put(rec, ttl, id)
   if not (holds(Q, 'list') and holds(D, 'hash')) then return {3} end
@@ -549,9 +562,7 @@ return r
 # while it was on its way (the peer got it all the same), and removes those still queued.
 # Returns how many were still queued.
 _LUA_REMOVE_DELIVERED = """
-if not (holds(C, 'hash') and holds(E, 'stream')) then
-  return redis.error_reply('WRONGTYPE a node-wide mailbox key holds the wrong type of value')
-end
+if not node_keys_ok() then return redis.error_reply(NODE_KEYS_DAMAGED) end
 repair()
 local n, db = 0, 0
 for i = 4, #ARGV, 2 do
@@ -658,8 +669,7 @@ for _ = 1, n do
   i = i + 2
 end
 while i <= #ARGV do
-  redis.call('XADD', E, 'MAXLEN', '~', maxlen, '*', 'kind', ARGV[i], 'peer', ARGV[i + 1],
-    'id', ARGV[i + 2], 'size', ARGV[i + 3], 'reason', ARGV[i + 4], 'at', at)
+  append_event(E, maxlen, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], at)
   i = i + 5
 end
 return 1
@@ -776,7 +786,7 @@ class Store:
         self._sweep = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_SWEEP)
         self._purge = redis.register_script(_SHEBANG + _LUA_PRELUDE + _LUA_PURGE)
         self._summaries = redis.register_script(_LUA_SUMMARIES)
-        self._record = redis.register_script(_SHEBANG + _LUA_RECORD)
+        self._record = redis.register_script(_SHEBANG + _LUA_EVENT + _LUA_RECORD)
         self._renew = redis.register_script(_SHEBANG + _LUA_RENEW)
         self._release = redis.register_script(_SHEBANG + _LUA_RELEASE)
 
