@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from lndmailbox.clock import Clock
 from lndmailbox.errors import (
@@ -42,6 +43,32 @@ _MAX_BACKOFF = 10.0
 _RETRY_AFTER = 5.0
 _REMOVE_EVERY = 16
 _UNSUPPORTED = ("UNIMPLEMENTED",)
+
+
+class _Removals:
+    """What lnd accepted during one drain, taken out of Redis group by group in the
+    background, each group only after the one before it: the delivered events then list
+    the messages in the order lnd took them."""
+
+    def __init__(self, remove: Callable[[list[StoredMessage]], Awaitable[None]]) -> None:
+        self._remove = remove
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, messages: list[StoredMessage]) -> None:
+        previous = self._tasks[-1] if self._tasks else None
+        self._tasks.append(asyncio.create_task(self._remove_after(previous, messages)))
+
+    async def _remove_after(
+        self, previous: asyncio.Task[None] | None, messages: list[StoredMessage]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its failure is the drain's to report, not ours
+        await self._remove(messages)
+
+    async def settle(self) -> list[BaseException]:
+        """Waits for every removal, even after one failed; returns the failures."""
+        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        return [e for e in outcomes if isinstance(e, BaseException)]
 
 
 class Deliverer:
@@ -120,10 +147,10 @@ class Deliverer:
 
         Pipelined, so that a drain costs little more than its sends: while one batch goes
         out, the next is read from Redis (passing over the messages in hand), and what lnd
-        accepted is removed a few at a time in the background. Every removal is awaited
-        before the drain ends."""
+        accepted is removed a few at a time, in order, in the background. Every removal is
+        awaited before the drain ends."""
         in_hand: set[str] = set()
-        removals: list[asyncio.Task[None]] = []
+        removals = _Removals(lambda messages: self._remove_delivered(messages, in_hand))
         delivered = 0
         started = self._clock.monotonic()
         ended = ""
@@ -159,8 +186,7 @@ class Deliverer:
         finally:
             # Every removal is awaited, even after one failed: a drain must not end with
             # messages lnd took still on their way out of Redis (the next would resend them).
-            outcomes = await asyncio.gather(*removals, return_exceptions=True)
-            failed = [e for e in outcomes if isinstance(e, BaseException)]
+            failed = await removals.settle()
             if delivered:
                 log.info(
                     "delivered %d messages to %s in %.3fs (%s)",
@@ -198,7 +224,7 @@ class Deliverer:
         peer: bytes,
         batch: list[StoredMessage],
         in_hand: set[str],
-        removals: list[asyncio.Task[None]],
+        removals: _Removals,
     ) -> tuple[int, str]:
         """Sends ``batch`` in order, starting the removal of every few that lnd accepted
         (a crash re-sends at most those few). Returns how many were sent and, if the drain
@@ -221,12 +247,12 @@ class Deliverer:
                 sent += 1
                 accepted.append(message)
                 if len(accepted) == _REMOVE_EVERY:
-                    removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
+                    removals.start(accepted)
                     accepted = []
         finally:
             # Also when a send raised or the drain was cancelled: lnd took these.
             if accepted:
-                removals.append(asyncio.create_task(self._remove_delivered(accepted, in_hand)))
+                removals.start(accepted)
         return sent, ended
 
     async def _send_one(self, peer: bytes, message: StoredMessage) -> str:

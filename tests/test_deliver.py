@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,7 +20,7 @@ from lndmailbox.errors import LndPermissionError
 from lndmailbox.metrics import Metrics
 from lndmailbox.peers import PeerTracker
 from lndmailbox.report import Reporter
-from lndmailbox.store import Limits, Store
+from lndmailbox.store import Limits, Store, StoredMessage
 
 NODE = bytes.fromhex("02" + "44" * 32)
 
@@ -66,3 +67,54 @@ async def test_what_lnd_took_before_a_fatal_answer_leaves_redis(
     delivered = [e.message_id for e in await store.read_events(count=1000) if e.kind == "delivered"]
     assert delivered == [m.id for m in queued[:21]]
     assert await store.audit() == []
+
+
+class FirstRemovalSlow(Store):
+    """A real store whose first removal of delivered messages waits a moment, as one does
+    when Redis is busy: later removals of the same drain must still come after it."""
+
+    def __init__(self, redis: aioredis.Redis, node: bytes, limits: Limits) -> None:
+        super().__init__(redis, node, limits)
+        self.removals = 0
+
+    async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
+        self.removals += 1
+        if self.removals == 1:
+            await asyncio.sleep(0.2)
+        return await super().remove_delivered(messages)
+
+
+async def test_delivered_events_keep_the_order_lnd_took_the_messages_in(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = FirstRemovalSlow(redis_client, NODE, Limits(max_messages_per_peer=100))
+    bob = pubkey()
+    clock = SystemClock()
+    for _ in range(40):
+        await store.put(bob, pubkey(), pubkey(), b"\x00" + os.urandom(1365), clock.now())
+    queued = await store.messages(bob)
+    taken: list[bytes] = []
+
+    async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
+        taken.append(onion)
+
+    peers = PeerTracker(clock)
+    peers.mark(bob, True)
+    deliverer = Deliverer(
+        store=store,
+        send=send,
+        peers=peers,
+        reporter=Reporter(node=NODE, metrics=Metrics(), store=store),
+        clock=clock,
+    )
+    deliverer.kick(bob)
+    for _ in range(100):
+        if not await store.messages(bob):
+            break
+        await asyncio.sleep(0.05)
+    await deliverer.close()
+
+    assert taken == [m.onion for m in queued]
+    assert store.removals >= 3  # several groups, the first of them slow
+    delivered = [e.message_id for e in await store.read_events(count=1000) if e.kind == "delivered"]
+    assert delivered == [m.id for m in queued]
