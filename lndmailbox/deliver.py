@@ -46,27 +46,41 @@ _UNSUPPORTED = ("UNIMPLEMENTED",)
 
 
 class _Removals:
-    """What lnd accepted during one drain, taken out of Redis group by group in the
-    background, each group only after the one before it: the delivered events then list
-    the messages in the order lnd took them."""
+    """What lnd accepted during one drain, taken out of Redis in the background, a group
+    of ``_REMOVE_EVERY`` at a time (a crash re-sends at most one group). Each group goes
+    only after the one before it, so the delivered events list the messages in the order
+    lnd took them."""
 
     def __init__(self, remove: Callable[[list[StoredMessage]], Awaitable[None]]) -> None:
         self._remove = remove
+        self._group: list[StoredMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.accepted = 0
 
-    def start(self, messages: list[StoredMessage]) -> None:
+    def add(self, message: StoredMessage) -> None:
+        self.accepted += 1
+        self._group.append(message)
+        if len(self._group) == _REMOVE_EVERY:
+            self._start_group()
+
+    def _start_group(self) -> None:
         previous = self._tasks[-1] if self._tasks else None
-        self._tasks.append(asyncio.create_task(self._remove_after(previous, messages)))
+        self._tasks.append(asyncio.create_task(self._remove_after(previous, self._group)))
+        self._group = []
 
     async def _remove_after(
-        self, previous: asyncio.Task[None] | None, messages: list[StoredMessage]
+        self, previous: asyncio.Task[None] | None, group: list[StoredMessage]
     ) -> None:
         if previous is not None:
-            await asyncio.wait([previous])  # its failure is the drain's to report, not ours
-        await self._remove(messages)
+            await asyncio.wait([previous])  # its failure is settle()'s to report, not ours
+        await self._remove(group)
 
     async def settle(self) -> list[BaseException]:
-        """Waits for every removal, even after one failed; returns the failures."""
+        """Removes what is left and waits for every group, even after one failed: a drain
+        must not end with messages lnd took still on their way out of Redis (the next
+        drain would send them again). Returns the failures."""
+        if self._group:
+            self._start_group()
         outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
         return [e for e in outcomes if isinstance(e, BaseException)]
 
@@ -143,62 +157,53 @@ class Deliverer:
 
     async def _drain(self, peer: bytes) -> None:
         """Sends the peer's mail in order until the queue is empty, the peer is gone, lnd
-        refuses or the daemon stops.
-
-        Pipelined, so that a drain costs little more than its sends: while one batch goes
-        out, the next is read from Redis (passing over the messages in hand), and what lnd
-        accepted is removed a few at a time, in order, in the background. Every removal is
-        awaited before the drain ends."""
+        refuses or the daemon stops; then waits until Redis has let go of all lnd took."""
         in_hand: set[str] = set()
-        removals = _Removals(lambda messages: self._remove_delivered(messages, in_hand))
-        delivered = 0
+        removals = _Removals(lambda group: self._remove_delivered(group, in_hand))
         started = self._clock.monotonic()
         ended = ""
-        failure: BaseException | None = None
         try:
-            batch = await self._read(peer, frozenset())
-            while batch:
-                in_hand.update(m.id for m in batch)
-                following = asyncio.create_task(self._read(peer, frozenset(in_hand)))
-                try:
-                    sent, ended = await self._send_batch(peer, batch, in_hand, removals)
-                finally:
-                    # Awaited even when the drain stops: the read may have removed expired
-                    # messages, which are counted only when it returns.
-                    next_batch = (await asyncio.gather(following, return_exceptions=True))[0]
-                delivered += sent
-                if ended:
-                    break
-                if isinstance(next_batch, BaseException):
-                    raise next_batch
-                batch = next_batch
-            if not ended:
-                ended = (
-                    "daemon stopping"
-                    if self._stopping
-                    else "queue empty"
-                    if self._peers.is_online(peer)
-                    else "peer offline"
-                )
-        except BaseException as e:
-            failure = e
-            raise
+            ended = await self._send_queue(peer, in_hand, removals)
         finally:
-            # Every removal is awaited, even after one failed: a drain must not end with
-            # messages lnd took still on their way out of Redis (the next would resend them).
+            # Also when sending raised or was cancelled: lnd took what it accepted.
             failed = await removals.settle()
-            if delivered:
+            if removals.accepted:
                 log.info(
                     "delivered %d messages to %s in %.3fs (%s)",
-                    delivered,
+                    removals.accepted,
                     peer.hex(),
                     self._clock.monotonic() - started,
                     ended or "interrupted",
                 )
-            for error in failed[1 if failure is None else 0 :]:
+            # An error from sending goes up in preference; a removal's failure is raised
+            # below only when sending ended well, so every other one is logged here.
+            for error in failed[1 if ended else 0 :]:
                 log.warning("removing delivered messages from Redis failed: %s", error)
-            if failed and failure is None:
-                raise failed[0]
+        if failed:
+            raise failed[0]
+
+    async def _send_queue(self, peer: bytes, in_hand: set[str], removals: _Removals) -> str:
+        """Sends batch after batch, reading the next one from Redis (passing over the
+        messages in hand) while the current one goes out, so that a drain costs little
+        more than its sends. Returns why it ended."""
+        batch = await self._read(peer, frozenset())
+        while batch:
+            in_hand.update(m.id for m in batch)
+            following = asyncio.create_task(self._read(peer, frozenset(in_hand)))
+            try:
+                ended = await self._send_batch(peer, batch, in_hand, removals)
+            finally:
+                # Awaited even when the drain stops: the read may have removed expired
+                # messages, which are counted only when it returns.
+                next_batch = (await asyncio.gather(following, return_exceptions=True))[0]
+            if ended:
+                return ended
+            if isinstance(next_batch, BaseException):
+                raise next_batch
+            batch = next_batch
+        if self._stopping:
+            return "daemon stopping"
+        return "queue empty" if self._peers.is_online(peer) else "peer offline"
 
     async def _read(self, peer: bytes, skip: frozenset[str]) -> list[StoredMessage]:
         """The next batch, passing over ``skip``; empty once the peer is gone or we stop.
@@ -225,35 +230,21 @@ class Deliverer:
         batch: list[StoredMessage],
         in_hand: set[str],
         removals: _Removals,
-    ) -> tuple[int, str]:
-        """Sends ``batch`` in order, starting the removal of every few that lnd accepted
-        (a crash re-sends at most those few). Returns how many were sent and, if the drain
-        must stop, why."""
-        accepted: list[StoredMessage] = []
-        sent = 0
-        ended = ""
-        try:
-            for message in batch:
-                if self._stopping:
-                    ended = "daemon stopping"
-                    break
-                if message.expires_at <= self._clock.now():
-                    # Expired while in hand: a later read (this drain's or the sweep) counts it.
-                    in_hand.discard(message.id)
-                    continue
-                ended = await self._send_one(peer, message)
-                if ended:
-                    break
-                sent += 1
-                accepted.append(message)
-                if len(accepted) == _REMOVE_EVERY:
-                    removals.start(accepted)
-                    accepted = []
-        finally:
-            # Also when a send raised or the drain was cancelled: lnd took these.
-            if accepted:
-                removals.start(accepted)
-        return sent, ended
+    ) -> str:
+        """Sends ``batch`` in order, handing what lnd accepted to ``removals``. Empty when
+        the whole batch went out, else why the drain stops."""
+        for message in batch:
+            if self._stopping:
+                return "daemon stopping"
+            if message.expires_at <= self._clock.now():
+                # Expired while in hand: a later read (this drain's or the sweep) counts it.
+                in_hand.discard(message.id)
+                continue
+            ended = await self._send_one(peer, message)
+            if ended:
+                return ended
+            removals.add(message)
+        return ""
 
     async def _send_one(self, peer: bytes, message: StoredMessage) -> str:
         """Empty when lnd accepted the message, else why the drain stops."""
