@@ -1208,42 +1208,6 @@ class Store:
     # ---- events
 
     @staticmethod
-    def _event_fields(
-        kind: str, peer: bytes | None, message_id: str, size: int, reason: str, at: str
-    ) -> dict[Any, Any]:
-        return {
-            "kind": kind,
-            "peer": peer.hex() if peer else "",
-            "id": message_id,
-            "size": size,
-            "reason": reason,
-            "at": at,
-        }
-
-    @_redis_errors
-    async def publish_event(
-        self,
-        kind: str,
-        peer: bytes | None,
-        message_id: str = "",
-        size: int = 0,
-        reason: str = "",
-        *,
-        at: float | None = None,
-    ) -> str:
-        """Appends to the node's capped event stream; the entry's stream id.
-
-        ``at`` is when it happened (Unix seconds); the wall clock when not given, since an
-        event's time is information for readers, not a decision of the store.
-        """
-        when = _event_time(at)
-        fields = self._event_fields(kind, peer, message_id, size, reason, when)
-        stream_id = await self.redis.xadd(
-            self.events_key, fields, maxlen=self.events_maxlen, approximate=True
-        )
-        return _str(stream_id)
-
-    @staticmethod
     def _event(stream_id: object, raw: object) -> Event:
         if not isinstance(raw, Mapping):
             raise StoreError(f"unreadable event {stream_id!r}")

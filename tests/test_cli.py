@@ -714,12 +714,14 @@ def test_packet_fields_of_short_or_odd_packets() -> None:
 
 async def _publish(store: Store, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
-        await store.publish_event("stored", ALICE, f"{i:020x}", 100 + i, "", at=1_700_000_000 + i)
+        await store.record(
+            events=[("stored", ALICE, f"{i:020x}", 100 + i, "")], at=1_700_000_000 + i
+        )
 
 
 async def test_events_shows_the_latest(ctl: Ctl, store: Store) -> None:
     await _publish(store, 5)
-    await store.publish_event("dropped", BOB, "", 0, "not_allowed", at=1_700_000_100)
+    await store.record(events=[("dropped", BOB, "", 0, "not_allowed")], at=1_700_000_100)
 
     r = await ctl("events", "--count", "3")
 

@@ -85,7 +85,7 @@ async def scenario(client: aioredis.Redis) -> Store:
     assert await store.record_attempt(ready[1]) == 1
     assert len(await store.sweep_expired(NOW + 10)) == 1  # alice's short-lived message
     await store.incr("stored", 4)
-    await store.publish_event("stored", bob, ready[0].id, ready[0].size, "")
+    await store.record(events=[("stored", bob, ready[0].id, ready[0].size, "")])
     await store.record(counters={"delivered": 1}, events=[("delivered", bob, ready[0].id, 1, "")])
     assert await store.acquire_lock("daemon-1", lease=15)
     await store.heartbeat({"pid": 1, "host": "lsp", "started_at": NOW, "version": "0"}, ttl=30)

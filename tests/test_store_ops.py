@@ -62,11 +62,10 @@ async def test_counters(store: Store) -> None:
 async def test_events_publish_read_and_cap(redis_client: aioredis.Redis) -> None:
     store = Store(redis_client, NODE, events_maxlen=50)
     peer = pubkey()
-    first = await store.publish_event("stored", peer, "00aa", 1399, "", at=NOW)
-    await store.publish_event("dropped", None, "", 10, "not_allowed", at=NOW + 1)
+    await store.record(events=[("stored", peer, "00aa", 1399, "")], at=NOW)
+    await store.record(events=[("dropped", None, "", 10, "not_allowed")], at=NOW + 1)
     events = await store.read_events("0-0")
     assert [e.kind for e in events] == ["stored", "dropped"]
-    assert events[0].stream_id == first
     assert (events[0].peer, events[0].message_id, events[0].size, events[0].at) == (
         peer,
         "00aa",
@@ -79,12 +78,12 @@ async def test_events_publish_read_and_cap(redis_client: aioredis.Redis) -> None
     # a reader blocked on new events is woken by the next one
     reader = asyncio.create_task(store.read_events("$", block_ms=5000))
     await asyncio.sleep(0.05)
-    await store.publish_event("delivered", peer, "00aa", 1399, "", at=NOW + 2)
+    await store.record(events=[("delivered", peer, "00aa", 1399, "")], at=NOW + 2)
     woken = await asyncio.wait_for(reader, 5)
     assert [e.kind for e in woken] == ["delivered"]
 
     for i in range(500):
-        await store.publish_event("stored", peer, f"{i:04x}", 1, "")
+        await store.record(events=[("stored", peer, f"{i:04x}", 1, "")])
     assert await redis_client.xlen(store.events_key) < 200, "the stream stays capped"
     recent = await store.recent_events(3)
     assert [e.message_id for e in recent] == ["01f1", "01f2", "01f3"]
@@ -280,7 +279,7 @@ async def test_acl_user_and_password_url(
             assert await store.remove(ready[0])
             await store.allow_add([peer])
             await store.incr("stored")
-            await store.publish_event("stored", peer, put.message_id, 100, "")
+            await store.record(events=[("stored", peer, put.message_id, 100, "")])
             assert await store.acquire_lock("me", 5)
             assert await store.sweep_expired(NOW) == []
             assert await store.memory_usage() > 0
