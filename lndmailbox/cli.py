@@ -82,6 +82,18 @@ class CtlError(MailboxError):
     """A command that cannot do what it was asked (exit 1)."""
 
 
+class NodeUnknownError(CtlError):
+    """lnd is unreachable, no --node was given, and Redis does not point at one mailbox."""
+
+    def __init__(self, lnd_error: MailboxError, redis_answer: str) -> None:
+        super().__init__(
+            f"cannot tell which node's mailbox to open: lnd is unreachable ({lnd_error}) and "
+            f"{redis_answer}; pass --node PUBKEY"
+        )
+        self.redis_answer = redis_answer
+        """What Redis said instead of one node: none, several (named), or no answer."""
+
+
 class UsageError(MailboxError):
     """An argument found wrong after parsing, e.g. hex read from stdin (exit 2)."""
 
@@ -360,23 +372,18 @@ class Session:
 
     async def _only_node_in_redis(self, lnd_error: MailboxError) -> bytes:
         """With lnd unreachable, the one node Redis has a mailbox for (else a clear error)."""
-        why = f"lnd is unreachable ({lnd_error})"
         try:
             nodes = await Store.nodes_at(self.redis_url)
         except StoreError as e:
-            raise CtlError(
-                f"cannot tell which node's mailbox to open: {why}, and Redis could not be "
-                f"asked ({self.redis_hint(e)}); pass --node PUBKEY"
+            raise NodeUnknownError(
+                lnd_error, f"Redis could not be asked ({self.redis_hint(e)})"
             ) from e
         if len(nodes) == 1:
             return nodes[0]
-        found = (
-            "Redis holds no mailbox"
-            if not nodes
-            else "Redis holds mailboxes of " + ", ".join(n.hex() for n in nodes)
-        )
-        raise CtlError(
-            f"cannot tell which node's mailbox to open: {why} and {found}; pass --node PUBKEY"
+        if not nodes:
+            raise NodeUnknownError(lnd_error, "Redis holds no mailbox")
+        raise NodeUnknownError(
+            lnd_error, "Redis holds mailboxes of " + ", ".join(n.hex() for n in nodes)
         )
 
     async def store(self) -> Store:
@@ -437,9 +444,10 @@ async def cmd_status(s: Session, args: argparse.Namespace) -> int:
     problem: str | None = None
     try:
         node, source = await s.node()
-    except MailboxError:
-        report["node_error"] = (
-            "lnd is unreachable, no --node was given, and Redis holds no single mailbox"
+    except NodeUnknownError as e:
+        # The lnd row already says why lnd could not be asked.
+        report["node_error"] = scrub_text(
+            f"lnd is unreachable, no --node was given, and {e.redis_answer}"
         )
         problem = "cannot tell which node's mailbox to show: pass --node PUBKEY"
     else:

@@ -272,7 +272,7 @@ async def test_status_without_node_and_without_lnd_asks_for_node(ctl: Ctl) -> No
     r = await ctl("status", node=None)
     assert r.code == 1
     assert (
-        "node   unknown (lnd is unreachable, no --node was given, and Redis holds no single mailbox)"
+        "node   unknown (lnd is unreachable, no --node was given, and Redis holds no mailbox)"
         in r.out
     )
     assert "(not asked: the node is unknown)" in r.out
@@ -310,6 +310,21 @@ async def test_without_node_and_without_lnd_the_only_mailbox_in_redis_is_opened(
     r = await ctl("peers", node=None)
     assert r.code == 1
     assert f"Redis holds mailboxes of {NODE.hex()}, {other.hex()}; pass --node PUBKEY\n" in r.err
+    r = await ctl("--json", "status", node=None)
+    assert r.code == 1
+    assert r.json()["node_error"] == (
+        "lnd is unreachable, no --node was given, and Redis holds mailboxes of "
+        f"{NODE.hex()}, {other.hex()}"
+    )
+
+
+async def test_status_without_node_lnd_or_redis_says_neither_could_be_asked(ctl: Ctl) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    r = await ctl("--json", "status", node=None, redis_url=dead)
+    assert r.code == 1
+    why = r.json()["node_error"]
+    assert why.startswith("lnd is unreachable, no --node was given, and Redis could not be asked")
+    assert "Redis is unavailable" in why
 
 
 async def test_redis_unreachable_is_one_line_and_exit_1(ctl: Ctl) -> None:
