@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -18,6 +19,7 @@ from lndmailbox.clock import SystemClock
 from lndmailbox.deliver import Deliverer
 from lndmailbox.errors import LndPermissionError
 from lndmailbox.metrics import Metrics
+from lndmailbox.parcel import Send
 from lndmailbox.peers import PeerTracker
 from lndmailbox.report import Reporter
 from lndmailbox.store import Limits, Store, StoredMessage
@@ -29,15 +31,27 @@ def pubkey() -> bytes:
     return b"\x02" + os.urandom(32)
 
 
+async def queue_mail(store: Store, peer: bytes, count: int) -> list[StoredMessage]:
+    for _ in range(count):
+        await store.put(peer, pubkey(), pubkey(), b"\x00" + os.urandom(1365), time.time())
+    return await store.messages(peer)
+
+
+def deliverer_to(peer: bytes, store: Store, send: Send) -> Deliverer:
+    """A deliverer that finds ``peer`` online and hands lnd's part to ``send``."""
+    clock = SystemClock()
+    peers = PeerTracker(clock)
+    peers.mark(peer, True)
+    reporter = Reporter(node=NODE, metrics=Metrics(), store=store)
+    return Deliverer(store=store, send=send, peers=peers, reporter=reporter, clock=clock)
+
+
 async def test_what_lnd_took_before_a_fatal_answer_leaves_redis(
     redis_client: aioredis.Redis,
 ) -> None:
     store = Store(redis_client, NODE, Limits(max_messages_per_peer=100))
     bob = pubkey()
-    clock = SystemClock()
-    for _ in range(40):
-        await store.put(bob, pubkey(), pubkey(), b"\x00" + os.urandom(1365), clock.now())
-    queued = await store.messages(bob)
+    queued = await queue_mail(store, bob, 40)
     taken: list[bytes] = []
 
     async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
@@ -47,16 +61,7 @@ async def test_what_lnd_took_before_a_fatal_answer_leaves_redis(
             )
         taken.append(onion)
 
-    peers = PeerTracker(clock)
-    peers.mark(bob, True)
-    metrics = Metrics()
-    deliverer = Deliverer(
-        store=store,
-        send=send,
-        peers=peers,
-        reporter=Reporter(node=NODE, metrics=metrics, store=store),
-        clock=clock,
-    )
+    deliverer = deliverer_to(bob, store, send)
     deliverer.kick(bob)
     with pytest.raises(LndPermissionError):
         await asyncio.wait_for(deliverer.fatal, 10)
@@ -89,24 +94,13 @@ async def test_delivered_events_keep_the_order_lnd_took_the_messages_in(
 ) -> None:
     store = FirstRemovalSlow(redis_client, NODE, Limits(max_messages_per_peer=100))
     bob = pubkey()
-    clock = SystemClock()
-    for _ in range(40):
-        await store.put(bob, pubkey(), pubkey(), b"\x00" + os.urandom(1365), clock.now())
-    queued = await store.messages(bob)
+    queued = await queue_mail(store, bob, 40)
     taken: list[bytes] = []
 
     async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
         taken.append(onion)
 
-    peers = PeerTracker(clock)
-    peers.mark(bob, True)
-    deliverer = Deliverer(
-        store=store,
-        send=send,
-        peers=peers,
-        reporter=Reporter(node=NODE, metrics=Metrics(), store=store),
-        clock=clock,
-    )
+    deliverer = deliverer_to(bob, store, send)
     deliverer.kick(bob)
     for _ in range(100):
         if not await store.messages(bob):
