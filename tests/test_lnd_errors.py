@@ -367,8 +367,9 @@ async def test_the_certificate_must_name_the_host() -> None:
 
 
 async def test_a_send_past_its_deadline_is_not_retried(scripted: Scripted) -> None:
-    scripted.script.steps["SendOnionMessage"] = [Sleep(2.0)]
-    async with _client(scripted.port, send_timeout=0.2) as lnd:
+    scripted.script.steps["SendOnionMessage"] = [Sleep(5.0)]
+    async with _client(scripted.port, send_timeout=1.0) as lnd:
+        await lnd.list_peers()  # the channel is up: the deadline covers only the send
         with pytest.raises(LndError) as raised:
             await lnd.send_onion_message(Transport.NATIVE, PEER, PATH_KEY, ONION)
     assert raised.value.code == "DEADLINE_EXCEEDED"
@@ -378,10 +379,11 @@ async def test_a_send_past_its_deadline_is_not_retried(scripted: Scripted) -> No
 
 async def test_other_calls_past_their_deadline_are_retried(scripted: Scripted) -> None:
     scripted.script.steps["GetInfo"] = [
-        Sleep(2.0),
+        Sleep(5.0),
         ln.GetInfoResponse(identity_pubkey=PEER.hex(), version="0.20.1-beta"),
     ]
-    async with _client(scripted.port, timeout=0.2) as lnd:
+    async with _client(scripted.port, timeout=1.0) as lnd:
+        await lnd.list_peers()  # the channel is up: the deadline covers only GetInfo
         info = await lnd.get_info()
     assert info.transport is Transport.CUSTOM
     assert scripted.script.calls["GetInfo"] == 2
@@ -470,7 +472,9 @@ async def test_a_broken_stream_resubscribes_and_says_so(
         Abort(grpc.StatusCode.UNKNOWN, "the RPC server is in the process of starting up"),
         [offline],
     ]
-    async with _client(scripted.port) as lnd:
+    # A long settle: a subscription counts as opened only by what it yields, however slowly
+    # a loaded machine delivers the refusals.
+    async with _client(scripted.port, settle=5.0) as lnd:
         events = lnd.peer_events()
         items = [await anext(events) for _ in range(3)]
         await events.aclose()

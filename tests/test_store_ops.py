@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.redis_server import RedisServer, free_port
 from lndmailbox.store import HEADER_SIZE, Limits, PutStatus, Store
+from tests.daemon_harness import wait_until
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("03" + "22" * 32)
@@ -151,10 +152,14 @@ async def test_heartbeat(store: Store, redis_client: aioredis.Redis) -> None:
         "node": NODE.hex(),
     }
     assert 0 < await redis_client.pttl(store.heartbeat_key) <= 30_000
-    await store.heartbeat({"pid": 43}, ttl=0.05)
+    await store.heartbeat({"pid": 43}, ttl=30)
     assert await store.read_heartbeat() == {"pid": "43"}, "replaced, not merged"
-    await asyncio.sleep(0.1)
-    assert await store.read_heartbeat() is None
+    await store.heartbeat({"pid": 43}, ttl=0.05)
+
+    async def expired() -> bool:
+        return await store.read_heartbeat() is None
+
+    await wait_until(expired, what="the heartbeat to expire")
 
 
 async def test_delivery_requests(store: Store, redis_client: aioredis.Redis) -> None:
