@@ -20,6 +20,7 @@ Rules that hold:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -46,22 +47,31 @@ _UNSUPPORTED = ("UNIMPLEMENTED",)
 
 
 class _Removals:
-    """What lnd accepted during one drain, taken out of Redis in the background, a group
-    of ``_REMOVE_EVERY`` at a time (a crash re-sends at most one group). Each group goes
-    only after the one before it, so the delivered events list the messages in the order
-    lnd took them."""
+    """What lnd accepted during one drain, taken out of Redis in the background a group of
+    ``_REMOVE_EVERY`` at a time. Each group goes only after the one before it, so the
+    delivered events list the messages in the order lnd took them, and sending waits
+    when two groups are already on their way, so a crash re-sends at most three groups.
 
-    def __init__(self, remove: Callable[[list[StoredMessage]], Awaitable[None]]) -> None:
+    ``remove`` takes a group out of Redis; it returns False when it gave up (Redis gone
+    while the daemon stops), and then the groups after it do not try: at shutdown every
+    try could take a connection timeout."""
+
+    def __init__(self, remove: Callable[[list[StoredMessage]], Awaitable[bool]]) -> None:
         self._remove = remove
         self._group: list[StoredMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._gave_up = False
         self.accepted = 0
+        """Messages lnd accepted: removed, on their way out, or left for the next drain."""
 
-    def add(self, message: StoredMessage) -> None:
+    async def add(self, message: StoredMessage) -> None:
         self.accepted += 1
         self._group.append(message)
-        if len(self._group) == _REMOVE_EVERY:
-            self._start_group()
+        if len(self._group) < _REMOVE_EVERY:
+            return
+        if len(self._tasks) >= 2:
+            await asyncio.wait([self._tasks[-2]])
+        self._start_group()
 
     def _start_group(self) -> None:
         previous = self._tasks[-1] if self._tasks else None
@@ -73,7 +83,10 @@ class _Removals:
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # its failure is settle()'s to report, not ours
-        await self._remove(group)
+        if self._gave_up:
+            log.warning("%d delivered messages still in Redis: they will be sent again", len(group))
+        elif not await self._remove(group):
+            self._gave_up = True
 
     async def settle(self) -> list[BaseException]:
         """Removes what is left and waits for every group, even after one failed: a drain
@@ -159,27 +172,32 @@ class Deliverer:
         """Sends the peer's mail in order until the queue is empty, the peer is gone, lnd
         refuses or the daemon stops; then waits until Redis has let go of all lnd took."""
         in_hand: set[str] = set()
-        removals = _Removals(lambda group: self._remove_delivered(group, in_hand))
+        removals = _Removals(functools.partial(self._remove_delivered, in_hand=in_hand))
         started = self._clock.monotonic()
-        ended = ""
         try:
             ended = await self._send_queue(peer, in_hand, removals)
-        finally:
-            # Also when sending raised or was cancelled: lnd took what it accepted.
-            failed = await removals.settle()
-            if removals.accepted:
-                log.info(
-                    "delivered %d messages to %s in %.3fs (%s)",
-                    removals.accepted,
-                    peer.hex(),
-                    self._clock.monotonic() - started,
-                    ended or "interrupted",
-                )
-            # An error from sending goes up in preference; a removal's failure is raised
-            # below only when sending ended well, so every other one is logged here.
-            for error in failed[1 if ended else 0 :]:
-                log.warning("removing delivered messages from Redis failed: %s", error)
-        if failed:
+        except BaseException:
+            # Also when sending raised or was cancelled: lnd took what it accepted. The
+            # sending error goes up; the removals' failures are only logged.
+            await self._settle(peer, removals, started, "interrupted", raise_failure=False)
+            raise
+        await self._settle(peer, removals, started, ended, raise_failure=True)
+
+    async def _settle(
+        self, peer: bytes, removals: _Removals, started: float, ended: str, *, raise_failure: bool
+    ) -> None:
+        failed = await removals.settle()
+        if removals.accepted:
+            log.info(
+                "delivered %d messages to %s in %.3fs (%s)",
+                removals.accepted,
+                peer.hex(),
+                self._clock.monotonic() - started,
+                ended,
+            )
+        for error in failed[1 if raise_failure else 0 :]:
+            log.warning("removing delivered messages from Redis failed: %s", error)
+        if raise_failure and failed:
             raise failed[0]
 
     async def _send_queue(self, peer: bytes, in_hand: set[str], removals: _Removals) -> str:
@@ -243,7 +261,7 @@ class Deliverer:
             ended = await self._send_one(peer, message)
             if ended:
                 return ended
-            removals.add(message)
+            await removals.add(message)
         return ""
 
     async def _send_one(self, peer: bytes, message: StoredMessage) -> str:
@@ -279,9 +297,10 @@ class Deliverer:
         except StoreError as e:
             log.warning("could not record a refused delivery of %s: %s", message.id, e)
 
-    async def _remove_delivered(self, messages: list[StoredMessage], in_hand: set[str]) -> None:
+    async def _remove_delivered(self, messages: list[StoredMessage], in_hand: set[str]) -> bool:
         """lnd accepted ``messages``: take them out of Redis (which counts and publishes them),
-        retrying until Redis answers; then they need no passing over."""
+        retrying until Redis answers; then they need no passing over. False if Redis was
+        gone while the daemon stops: they stay, to be sent again."""
         backoff = 0.1
         while True:
             try:
@@ -293,7 +312,7 @@ class Deliverer:
                         "%d delivered messages still in Redis: they will be sent again",
                         len(messages),
                     )
-                    return
+                    return False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
         in_hand.difference_update(m.id for m in messages)
@@ -302,3 +321,4 @@ class Deliverer:
             self._reporter.delivered(
                 message.peer, message.id, message.size, now - message.received_at, now
             )
+        return True
