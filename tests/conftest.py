@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a real Redis-protocol server per session, wiped per test."""
+"""Fixtures shared by the whole suite: a real Redis-protocol server per session, wiped per
+test, and simnet nodes of either lnd generation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from lndmailbox.redis_server import RedisServer
+from lndmailbox.simnet import Personality, SimNode
 from tests.http_endpoint import MakeEndpoint, endpoints
 
 
@@ -44,3 +46,28 @@ async def endpoint() -> AsyncIterator[MakeEndpoint]:
     """Makes real local HTTP endpoints (see tests/http_endpoint.py); closes them after."""
     async for make in endpoints():
         yield make
+
+
+@pytest.fixture(params=list(Personality), ids=lambda p: p.value)
+def personality(request: pytest.FixtureRequest) -> Personality:
+    """Each lnd generation in turn."""
+    value: Personality = request.param
+    return value
+
+
+@pytest.fixture
+async def node(personality: Personality) -> AsyncIterator[SimNode]:
+    async with SimNode(personality) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def node20() -> AsyncIterator[SimNode]:
+    async with SimNode(Personality.LND_0_20) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def node21() -> AsyncIterator[SimNode]:
+    async with SimNode(Personality.LND_0_21) as sim:
+        yield sim

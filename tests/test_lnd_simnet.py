@@ -54,22 +54,6 @@ async def next_item(stream: AsyncIterator[T]) -> T:
         return await anext(stream)
 
 
-@pytest.fixture(params=list(Personality), ids=lambda p: p.value)
-async def node(request: pytest.FixtureRequest) -> AsyncIterator[SimNode]:
-    sim = SimNode(request.param)
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
-@pytest.fixture
-async def node21() -> AsyncIterator[SimNode]:
-    sim = SimNode(Personality.LND_0_21)
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
 @pytest.fixture
 async def lnd(node: SimNode) -> AsyncIterator[LndClient]:
     async with client(node.endpoint) as c:

@@ -92,36 +92,6 @@ def assert_status(err: grpc.aio.AioRpcError, code: grpc.StatusCode, details: str
     assert (err.code(), err.details()) == (code, details)
 
 
-@pytest.fixture(params=list(Personality), ids=lambda p: p.value)
-def personality(request: pytest.FixtureRequest) -> Personality:
-    value: Personality = request.param
-    return value
-
-
-@pytest.fixture
-async def node(personality: Personality) -> AsyncIterator[SimNode]:
-    sim = SimNode(personality)
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
-@pytest.fixture
-async def node21() -> AsyncIterator[SimNode]:
-    sim = SimNode(Personality.LND_0_21)
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
-@pytest.fixture
-async def node20() -> AsyncIterator[SimNode]:
-    sim = SimNode(Personality.LND_0_20)
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
 def peers_with_channels(node: SimNode) -> tuple[SimPeer, SimPeer]:
     alice = node.add_peer("alice")
     bob = node.add_peer("bob")
