@@ -119,6 +119,9 @@ class LndNode:
             "--trickledelay=50",
             "--minbackoff=200ms",
             "--maxbackoff=2s",
+            # LSPs open their users' private channels with SCID aliases: a phone wallet then
+            # names the channel by an alias in its blinded paths, never by the real SCID.
+            "--protocol.option-scid-alias",
         ]
         if self.listen:
             argv.append(f"--listen={self.p2p_address}")

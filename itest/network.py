@@ -1,6 +1,6 @@
 """A regtest Lightning network of three real lnd nodes around one btcd.
 
-    sender ──channel── LSP ──private channel── recipient
+    sender ──channel── LSP ──private channel with an SCID alias── recipient
 
 The LSP is the node the mailbox serves. The recipient runs with ``--nolisten`` like a phone
 wallet: it is online exactly while it holds an outbound connection to the LSP, and after
@@ -29,6 +29,8 @@ COINBASE_MATURITY = 100
 class Channel:
     short_channel_id: int
     channel_point: str
+    alias_scids: tuple[int, ...] = ()
+    """The LSP's SCID aliases of the channel (opened with ``--scid_alias``)."""
 
 
 class Network:
@@ -96,7 +98,7 @@ class Network:
         self.sender.connect(self.lsp)
         self.recipient.connect(self.lsp)
         self.sender_channel = self.open_channel(self.sender, private=True)
-        self.recipient_channel = self.open_channel(self.recipient, private=True)
+        self.recipient_channel = self.open_channel(self.recipient, private=True, scid_alias=True)
         self._mark("channels", t)
 
     def wait_synced(self) -> None:
@@ -104,7 +106,7 @@ class Network:
         for node in self.nodes:
             node.wait_synced(height)
 
-    def open_channel(self, peer: LndNode, *, private: bool) -> Channel:
+    def open_channel(self, peer: LndNode, *, private: bool, scid_alias: bool = False) -> Channel:
         """The LSP opens a channel to ``peer`` and waits until both sides see it active."""
         args = [
             "openchannel",
@@ -114,6 +116,8 @@ class Network:
         ]
         if private:
             args.append("--private")
+        if scid_alias:
+            args.append("--scid_alias")
         txid = str(self.lsp.lncli(*args)["funding_txid"])
         wait_for(
             "the funding transaction in btcd's mempool",
@@ -139,7 +143,10 @@ class Network:
         # lncli 0.21 prints the 32-byte channel id as "chan_id" and the SCID as "scid";
         # lncli 0.20 prints the SCID as "chan_id".
         scid = channel.get("scid", channel["chan_id"])
-        return Channel(int(str(scid)), str(channel["channel_point"]))
+        listed = channel.get("alias_scids") or []
+        assert isinstance(listed, list)
+        aliases = tuple(int(str(a)) for a in listed)
+        return Channel(int(str(scid)), str(channel["channel_point"]), aliases)
 
     def stop(self) -> None:
         for node in self.nodes:

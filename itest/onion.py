@@ -55,14 +55,12 @@ async def peel_with(node: LndNode, message: OnionMessage) -> sphinx.Forward | sp
         return await sphinx.peel(message.path_key, message.onion, client.node_key())
 
 
-async def write_letter(network: Network, *, by_scid: bool = False, label: str = "") -> Letter:
-    """A message LSP -> recipient naming the recipient by node id, or by the channel's SCID."""
+async def write_letter(network: Network, *, scid: int | None = None, label: str = "") -> Letter:
+    """A message LSP -> recipient naming the recipient by node id, or by ``scid``, one of the
+    short channel ids of its channel."""
     lsp, recipient = network.lsp, network.recipient
-    if by_scid:
-        assert network.recipient_channel is not None
-        first = sphinx.BlindedHopSpec(
-            lsp.pubkey, short_channel_id=network.recipient_channel.short_channel_id
-        )
+    if scid is not None:
+        first = sphinx.BlindedHopSpec(lsp.pubkey, short_channel_id=scid)
     else:
         first = sphinx.BlindedHopSpec(lsp.pubkey, next_node_id=recipient.pubkey)
     last = sphinx.BlindedHopSpec(recipient.pubkey, path_id=os.urandom(32))
@@ -74,8 +72,8 @@ async def write_letter(network: Network, *, by_scid: bool = False, label: str = 
     assert first_hop == lsp.pubkey
     forward = await peel_with(lsp, message)
     assert isinstance(forward, sphinx.Forward), forward
-    if by_scid:
-        assert forward.short_channel_id == network.recipient_channel.short_channel_id  # type: ignore[union-attr]
+    if scid is not None:
+        assert forward.short_channel_id == scid
     else:
         assert forward.next_node_id == recipient.pubkey
     return Letter(payload, path, message, forward)

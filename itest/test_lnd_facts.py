@@ -25,6 +25,7 @@ from itest.onion import (
     send_to_lsp,
     write_letter,
 )
+from itest.process import wait_for
 from itest.rpc import Collector, collect
 from lndmailbox import sphinx
 from lndmailbox.lnrpc import lightning_pb2 as ln
@@ -218,6 +219,36 @@ async def test_native_drops_an_unknown_short_channel_id(network: Network) -> Non
     async with lsp.rpc() as rpc, collect(inbox_stream(network, rpc)) as stream:
         await send_to_lsp(network, message)
         await asyncio.sleep(3.0)
+        assert stream.items == []
+
+
+async def test_native_drops_a_next_hop_named_by_an_scid_alias(network: Network) -> None:
+    """native (0.21.3): lnd looks a next hop's SCID up only in its channel graph, so a message
+    naming the recipient by the alias the LSP gave their channel (what a wallet behind an LSP
+    puts in its blinded paths) fails inside lnd and is never published: the mailbox cannot
+    keep it. The custom transport resolves aliases in the mailbox (test_scenarios)."""
+    if network.generation is Generation.CUSTOM:
+        return  # lnd 0.20 does not read onion messages at all
+    channel = network.recipient_channel
+    assert channel is not None
+    assert channel.alias_scids, "lnd gave the channel opened with --scid_alias no alias"
+    alias = channel.alias_scids[0]
+    await asyncio.to_thread(network.ensure_sender_connected)
+    letter = await write_letter(network, scid=alias, label="alias")
+    refusal = (
+        f"Failed to fetch channel edges for SCID "
+        f"{alias >> 40}:{(alias >> 16) & 0xFFFFFF}:{alias & 0xFFFF}: edge not found"
+    )
+    async with network.lsp.rpc() as rpc, collect(inbox_stream(network, rpc)) as stream:
+        await send_to_lsp(network, letter.sent)
+        log = network.lsp.log_file
+        await asyncio.to_thread(
+            wait_for,
+            f"lnd's log to say {refusal!r}",
+            lambda: refusal in log.read_text(errors="replace"),
+            timeout=20,
+        )
+        await asyncio.sleep(1.0)
         assert stream.items == []
 
 
