@@ -120,7 +120,7 @@ class LndNode:
             "--minbackoff=200ms",
             "--maxbackoff=2s",
             # LSPs open their users' private channels with SCID aliases: a phone wallet then
-            # names the channel by an alias in its blinded paths, never by the real SCID.
+            # names the channel by that alias in its blinded paths.
             "--protocol.option-scid-alias",
         ]
         if self.listen:
