@@ -28,6 +28,7 @@ from typing import Any
 from lndmailbox import __version__
 from lndmailbox.clock import sleep_or_stop
 from lndmailbox.config import Settings, add_arguments, settings_from_args
+from lndmailbox.dirlock import DirectoryLock
 from lndmailbox.errors import ConfigError, LndError, MailboxError, StoreUnavailableError
 from lndmailbox.lnd import LndClient, LndEndpoint, resolve_endpoint
 from lndmailbox.logs import configure_logging
@@ -124,6 +125,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
         if settings.redis_url is None:
+            if not await _hold_datadir(settings.datadir, stack, stop):
+                return
             server = embedded_redis(settings)
             await asyncio.to_thread(server.start)
             stack.callback(server.stop)
@@ -170,6 +173,28 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                 ),
             )
             await mailbox.run(stop)
+
+
+async def _hold_datadir(
+    datadir: Path, stack: contextlib.AsyncExitStack, stop: asyncio.Event
+) -> bool:
+    """Waits until no other daemon uses ``datadir``, then holds it until the stack unwinds.
+    The embedded Redis in it belongs to one daemon: a second one would take the running
+    server over and shut it down under the first when it stops. False if stopped first."""
+    lock = DirectoryLock(datadir / "lndmailbox.lock")
+    logged = False
+    while not lock.try_acquire():
+        if not logged:
+            log.warning(
+                "another lndmailbox (pid %s) uses %s; waiting for it to stop",
+                lock.holder() or "unknown",
+                datadir,
+            )
+            logged = True
+        if await sleep_or_stop(stop, 1.0):
+            return False
+    stack.callback(lock.release)
+    return True
 
 
 async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> bytes | None:
