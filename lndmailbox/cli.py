@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("decode", "decode an onion_message (with or without its 2-byte type)")
     p.add_argument("hex", type=hex_arg, metavar="HEX|-", help="the message in hex, - for stdin")
 
-    p = command("events", "the node's event stream: stored, delivered, expired, dropped")
+    p = command("events", "the node's event stream: stored, delivered, expired, dropped, ...")
     p.add_argument(
         "--count",
         "-n",

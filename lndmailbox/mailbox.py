@@ -138,6 +138,7 @@ class Mailbox:
             clock=clock,
             allow_channel_peers=self._options.allow_channel_peers,
         )
+        await policy.say_who()
         race = RaceGuard(clock, self._options.race_window)
         ingest = Ingest(
             node_id=info.pubkey,

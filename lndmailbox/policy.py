@@ -52,6 +52,19 @@ class Policy:
             log.warning("could not list lnd's channels to check a peer: %s", e)
             return False
 
+    async def say_who(self) -> None:
+        """Logs whom mail is kept for; warns when that is nobody, which drops every message
+        for an offline peer as not_allowed."""
+        await self._reload()
+        channel_peers = " and every peer with a channel" if self._allow_channel_peers else ""
+        log.info("keeping mail for %d allowlisted peers%s", len(self._allowlist), channel_peers)
+        if not self._allowlist and not self._allow_channel_peers:
+            log.warning(
+                "no peer is allowed (empty allowlist, no --allow-channel-peers): every "
+                "message for an offline peer is dropped; add peers with "
+                "`mailboxctl allow add PEER`"
+            )
+
     async def _reload(self) -> None:
         self._read_at = self._clock.monotonic()
         try:

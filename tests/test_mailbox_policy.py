@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,14 @@ async def test_duplicate_is_stored_once(
 
 @GENERATIONS
 async def test_only_allowed_peers_get_a_mailbox(
-    personality: Personality, redis_url: str, tmp_path: Path
+    personality: Personality, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lndmailbox")
     async with world(personality, redis_url, tmp_path, allow_channel_peers=False) as w:
         await w.start_daemon()
+        # Allowing nobody is almost always a mistake: the daemon says so when it starts.
+        assert "keeping mail for 0 allowlisted peers\n" in caplog.text
+        assert "no peer is allowed (empty allowlist, no --allow-channel-peers)" in caplog.text
         await w.alice.send_onion_message(w.message_for_bob(b"not yet allowed"))
         await counted(w, "dropped:not_allowed", 1)
         assert await w.stored_for(w.bob) == []
