@@ -59,6 +59,22 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
+def format_duration(seconds: float) -> str:
+    """The way a duration is written in flags: ``"24h"``, ``"5m"``, ``"5s"``, ``"250ms"``."""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def format_size(count: int) -> str:
+    """The way a size is written in flags: ``"256MiB"``, ``"256KiB"``, ``"1366"``."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= size and count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -97,6 +113,20 @@ class Option:
     @property
     def default(self) -> Any:
         return _SETTINGS_FIELDS[self.name].default
+
+    @property
+    def shown_default(self) -> str | None:
+        """The default as it would be typed on the command line (for --help)."""
+        value = self.default
+        if self.is_flag:
+            return "off" if not value else "on"
+        if value is None:
+            return None
+        if self.parse is parse_duration:
+            return format_duration(float(value))
+        if self.parse is parse_size:
+            return format_size(int(value))
+        return str(value)
 
     @property
     def flag(self) -> str:
@@ -278,8 +308,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, daemon: bool) -> None:
     for option in OPTIONS:
         if option.daemon_only and not daemon:
             continue
+        shown = option.shown_default
         help_text = f"{option.help} (env {option.env}"
-        help_text += f"; default {option.default})" if option.default is not None else ")"
+        help_text += f"; default {shown})" if shown is not None else ")"
         if option.is_flag:
             parser.add_argument(
                 option.flag,

@@ -9,6 +9,7 @@ import pytest
 
 from lndmailbox.config import (
     OPTIONS,
+    Option,
     Settings,
     add_arguments,
     parse_duration,
@@ -101,3 +102,17 @@ def test_every_option_is_in_the_readme() -> None:
 def test_daemon_exits_2_on_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--ttl", "forever"]) == 2
     assert "--ttl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [o for o in OPTIONS if o.shown_default], ids=lambda o: o.name)
+def test_help_shows_each_default_as_it_would_be_typed(option: Option) -> None:
+    """--help writes defaults the way the README's table does (24h, 256KiB, off); typed
+    back in, each means the default."""
+    shown = option.shown_default
+    assert shown is not None
+    if option.is_flag:
+        assert shown == ("on" if option.default else "off")
+    else:
+        default = option.default
+        expected = default.expanduser() if isinstance(default, Path) else default
+        assert option.parse(shown) == expected
