@@ -55,9 +55,11 @@ class Policy:
     async def say_who(self) -> None:
         """Logs whom mail is kept for; warns when that is nobody, which drops every message
         for an offline peer as not_allowed."""
-        await self._reload()
         channel_peers = " and every peer with a channel" if self._allow_channel_peers else ""
-        log.info("keeping mail for %d allowlisted peers%s", len(self._allowlist), channel_peers)
+        if not await self._reload():
+            log.info("keeping mail for the allowlist (unread until Redis answers)%s", channel_peers)
+            return
+        log.info("keeping mail for the allowlist (%d peers)%s", len(self._allowlist), channel_peers)
         if not self._allowlist and not self._allow_channel_peers:
             log.warning(
                 "no peer is allowed (empty allowlist, no --allow-channel-peers): every "
@@ -65,9 +67,12 @@ class Policy:
                 "`mailboxctl allow add PEER`"
             )
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> bool:
+        """Reads the allowlist again; False (keeping the last copy) if Redis could not."""
         self._read_at = self._clock.monotonic()
         try:
             self._allowlist = frozenset(await self._store.allowlist())
         except StoreError as e:
             log.warning("could not read the allowlist, using the last copy: %s", e)
+            return False
+        return True

@@ -1170,7 +1170,19 @@ class Store:
 
     @_redis_errors
     async def allowlist(self) -> list[bytes]:
-        return sorted(bytes.fromhex(_str(m)) for m in await self.redis.smembers(self.allow_key))
+        """The allowed peers; a member that is no pubkey (written by hand) is passed over and
+        logged, so that it cannot deny everyone else."""
+        peers = []
+        for member in await self.redis.smembers(self.allow_key):
+            text = _str(member)
+            try:
+                peer = bytes.fromhex(text)
+                _check_pubkey("allowlist member", peer)
+            except ValueError:
+                log.warning("allowlist member %r is not a pubkey in hex; ignored", text)
+                continue
+            peers.append(peer)
+        return sorted(peers)
 
     # ---- counters
 

@@ -70,7 +70,7 @@ async def test_only_allowed_peers_get_a_mailbox(
     async with world(personality, redis_url, tmp_path, allow_channel_peers=False) as w:
         await w.start_daemon()
         # Allowing nobody is almost always a mistake: the daemon says so when it starts.
-        assert "keeping mail for 0 allowlisted peers\n" in caplog.text
+        assert "keeping mail for the allowlist (0 peers)\n" in caplog.text
         assert "no peer is allowed (empty allowlist, no --allow-channel-peers)" in caplog.text
         await w.alice.send_onion_message(w.message_for_bob(b"not yet allowed"))
         await counted(w, "dropped:not_allowed", 1)

@@ -52,6 +52,17 @@ async def test_allowlist(store: Store) -> None:
         await store.allow_add([b"\x02" * 5])
 
 
+async def test_a_hand_written_allowlist_member_that_is_no_pubkey_denies_nobody_else(
+    store: Store, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = pubkey()
+    await store.allow_add([good])
+    await redis_client.sadd(store.allow_key, "bob's phone", "02abcd")
+    assert await store.allowlist() == [good]
+    assert 'allowlist member "bob\'s phone" is not a pubkey in hex; ignored' in caplog.text
+    assert "allowlist member '02abcd' is not a pubkey in hex; ignored" in caplog.text
+
+
 async def test_counters(store: Store) -> None:
     assert await store.counters() == {}
     assert await store.incr("stored") == 1
