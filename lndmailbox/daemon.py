@@ -1,8 +1,8 @@
 """``lndmailbox``: the daemon's entry point.
 
 It reads the settings, connects to lnd and Redis (starting the embedded server when no
-``--redis-url`` is given), takes the node's lock so only one daemon serves a node, and
-runs :class:`~lndmailbox.mailbox.Mailbox` until SIGTERM or SIGINT.
+``--redis-url`` is given, after locking the data directory so only one daemon owns that
+server), takes the node's lock so only one daemon serves a node, and runs :class:`~lndmailbox.mailbox.Mailbox` until SIGTERM or SIGINT.
 
 Exit codes: 0 after a clean stop, 1 on an error that stops the daemon (its message is
 logged), 2 on bad settings.
@@ -183,7 +183,7 @@ async def _hold_datadir(
     server over and shut it down under the first when it stops. False if stopped first."""
     lock = DirectoryLock(datadir / "lndmailbox.lock")
     logged = False
-    while not lock.try_acquire():
+    while not _try_datadir_lock(lock):
         if not logged:
             log.warning(
                 "another lndmailbox (pid %s) uses %s; waiting for it to stop",
@@ -195,6 +195,13 @@ async def _hold_datadir(
             return False
     stack.callback(lock.release)
     return True
+
+
+def _try_datadir_lock(lock: DirectoryLock) -> bool:
+    try:
+        return lock.try_acquire()
+    except OSError as e:  # a read-only or lock-less file system, say
+        raise ConfigError(f"cannot lock the data directory ({lock.path}): {e}") from e
 
 
 async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> bytes | None:

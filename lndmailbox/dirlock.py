@@ -23,14 +23,14 @@ class DirectoryLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         except BlockingIOError:
             os.close(fd)
             return False
         except BaseException:
-            os.close(fd)
+            os.close(fd)  # drops the lock too, if it was taken
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return True
 
