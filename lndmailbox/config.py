@@ -59,16 +59,18 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
-def format_duration(seconds: float) -> str:
-    """The way a duration is written in flags: ``"24h"``, ``"5m"``, ``"5s"``, ``"250ms"``."""
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
+def duration_text(seconds: float) -> str:
+    """A duration as it is typed in flags, read back exactly by :func:`parse_duration`:
+    ``"24h"``, ``"5m"``, ``"5s"``, ``"250ms"``, else plain seconds."""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001)):
+        count = seconds / size
+        if count >= 1 and count == int(count) and int(count) * size == seconds:
+            return f"{int(count)}{unit}"
+    return f"{seconds!r}s"
 
 
-def format_size(count: int) -> str:
-    """The way a size is written in flags: ``"256MiB"``, ``"256KiB"``, ``"1366"``."""
+def size_text(count: int) -> str:
+    """A size as it is typed in flags: ``"256MiB"``, ``"256KiB"``, ``"1366"``."""
     for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if count >= size and count % size == 0:
             return f"{count // size}{unit}"
@@ -123,9 +125,9 @@ class Option:
         if value is None:
             return None
         if self.parse is parse_duration:
-            return format_duration(float(value))
+            return duration_text(float(value))
         if self.parse is parse_size:
-            return format_size(int(value))
+            return size_text(int(value))
         return str(value)
 
     @property

@@ -12,9 +12,11 @@ from lndmailbox.config import (
     Option,
     Settings,
     add_arguments,
+    duration_text,
     parse_duration,
     parse_size,
     settings_from_args,
+    size_text,
 )
 from lndmailbox.daemon import main
 from lndmailbox.errors import ConfigError
@@ -116,3 +118,15 @@ def test_help_shows_each_default_as_it_would_be_typed(option: Option) -> None:
         default = option.default
         expected = default.expanduser() if isinstance(default, Path) else default
         assert option.parse(shown) == expected
+
+
+@pytest.mark.parametrize(
+    "seconds", [86400.0, 300.0, 60.0, 5.0, 1.5, 0.25, 0.001, 0.0005, 1.0005, 0.3 * 3]
+)
+def test_a_duration_is_written_so_that_it_reads_back_exactly(seconds: float) -> None:
+    assert parse_duration(duration_text(seconds)) == seconds
+
+
+@pytest.mark.parametrize("count", [1, 1366, 1024, 262144, 268435456, 3 * 1024**3, 1025])
+def test_a_size_is_written_so_that_it_reads_back_exactly(count: int) -> None:
+    assert parse_size(size_text(count)) == count
