@@ -119,8 +119,8 @@ class LndNode:
             "--trickledelay=50",
             "--minbackoff=200ms",
             "--maxbackoff=2s",
-            # LSPs open their users' private channels with SCID aliases: a phone wallet then
-            # names the channel by that alias in its blinded paths.
+            # Negotiated by both ends, it gives every private channel an SCID alias, as LSPs'
+            # users' channels have: a phone wallet names the channel by it in its paths.
             "--protocol.option-scid-alias",
         ]
         if self.listen:

@@ -30,7 +30,7 @@ class Channel:
     short_channel_id: int
     channel_point: str
     alias_scids: tuple[int, ...] = ()
-    """The LSP's SCID aliases of the channel (opened with ``--scid_alias``)."""
+    """The LSP's SCID aliases of the channel (private, with option-scid-alias negotiated)."""
 
 
 class Network:
@@ -98,7 +98,7 @@ class Network:
         self.sender.connect(self.lsp)
         self.recipient.connect(self.lsp)
         self.sender_channel = self.open_channel(self.sender, private=True)
-        self.recipient_channel = self.open_channel(self.recipient, private=True, scid_alias=True)
+        self.recipient_channel = self.open_channel(self.recipient, private=True)
         self._mark("channels", t)
 
     def wait_synced(self) -> None:
@@ -106,7 +106,7 @@ class Network:
         for node in self.nodes:
             node.wait_synced(height)
 
-    def open_channel(self, peer: LndNode, *, private: bool, scid_alias: bool = False) -> Channel:
+    def open_channel(self, peer: LndNode, *, private: bool) -> Channel:
         """The LSP opens a channel to ``peer`` and waits until both sides see it active."""
         args = [
             "openchannel",
@@ -116,8 +116,6 @@ class Network:
         ]
         if private:
             args.append("--private")
-        if scid_alias:
-            args.append("--scid_alias")
         txid = str(self.lsp.lncli(*args)["funding_txid"])
         wait_for(
             "the funding transaction in btcd's mempool",

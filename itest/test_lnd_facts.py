@@ -231,7 +231,7 @@ async def test_native_drops_a_next_hop_named_by_an_scid_alias(network: Network) 
         return  # lnd 0.20 does not read onion messages at all
     channel = network.recipient_channel
     assert channel is not None
-    assert channel.alias_scids, "lnd gave the channel opened with --scid_alias no alias"
+    assert channel.alias_scids, "lnd gave the private channel no SCID alias"
     alias = channel.alias_scids[0]
     await asyncio.to_thread(network.ensure_sender_connected)
     letter = await write_letter(network, scid=alias, label="alias")

@@ -112,7 +112,7 @@ async def test_offline_recipient_gets_its_mail_on_reconnect(
         "scid_alias": channel.alias_scids[0] if channel.alias_scids else None,
     }[next_hop]
     if next_hop == "scid_alias":
-        assert scid is not None, "lnd gave the channel opened with --scid_alias no alias"
+        assert scid is not None, "lnd gave the private channel no SCID alias"
         assert scid != channel.short_channel_id
         if network.generation is Generation.NATIVE:
             pytest.skip(
