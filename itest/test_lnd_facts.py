@@ -30,6 +30,7 @@ from itest.rpc import Collector, collect
 from lndmailbox import sphinx
 from lndmailbox.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnrpc import signer_pb2 as signer
+from lndmailbox.wire import format_scid
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -235,10 +236,9 @@ async def test_native_drops_a_next_hop_named_by_an_scid_alias(network: Network) 
     alias = channel.alias_scids[0]
     await asyncio.to_thread(network.ensure_sender_connected)
     letter = await write_letter(network, scid=alias, label="alias")
-    refusal = (
-        f"Failed to fetch channel edges for SCID "
-        f"{alias >> 40}:{(alias >> 16) & 0xFFFFFF}:{alias & 0xFFFF}: edge not found"
-    )
+    # lnd writes an SCID as block:tx:output.
+    refusal = f"Failed to fetch channel edges for SCID {format_scid(alias).replace('x', ':')}: "
+    refusal += "edge not found"
     async with network.lsp.rpc() as rpc, collect(inbox_stream(network, rpc)) as stream:
         await send_to_lsp(network, letter.sent)
         log = network.lsp.log_file

@@ -63,9 +63,9 @@ def duration_text(seconds: float) -> str:
     """A duration as it is typed in flags, read back exactly by :func:`parse_duration`:
     ``"24h"``, ``"5m"``, ``"5s"``, ``"250ms"``, else plain seconds."""
     for unit, size in (("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001)):
-        count = seconds / size
-        if count >= 1 and count == int(count) and int(count) * size == seconds:
-            return f"{int(count)}{unit}"
+        count = int(seconds / size)
+        if count >= 1 and count * size == seconds:
+            return f"{count}{unit}"
     return f"{seconds!r}s"
 
 

@@ -2,7 +2,8 @@
 
 It reads the settings, connects to lnd and Redis (starting the embedded server when no
 ``--redis-url`` is given, after locking the data directory so only one daemon owns that
-server), takes the node's lock so only one daemon serves a node, and runs :class:`~lndmailbox.mailbox.Mailbox` until SIGTERM or SIGINT.
+server), takes the node's lock so only one daemon serves a node, and runs
+:class:`~lndmailbox.mailbox.Mailbox` until SIGTERM or SIGINT.
 
 Exit codes: 0 after a clean stop, 1 on an error that stops the daemon (its message is
 logged), 2 on bad settings.

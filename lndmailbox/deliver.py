@@ -46,6 +46,10 @@ _REMOVE_EVERY = 16
 _UNSUPPORTED = ("UNIMPLEMENTED",)
 
 
+def _log_left_in_redis(messages: list[StoredMessage]) -> None:
+    log.warning("%d delivered messages still in Redis: they will be sent again", len(messages))
+
+
 class _Removals:
     """What lnd accepted during one drain, taken out of Redis in the background a group of
     ``_REMOVE_EVERY`` at a time. Each group goes only after the one before it, so the
@@ -84,7 +88,7 @@ class _Removals:
         if previous is not None:
             await asyncio.wait([previous])  # its failure is settle()'s to report, not ours
         if self._gave_up:
-            log.warning("%d delivered messages still in Redis: they will be sent again", len(group))
+            _log_left_in_redis(group)
         elif not await self._remove(group):
             self._gave_up = True
 
@@ -308,10 +312,7 @@ class Deliverer:
                 break
             except StoreUnavailableError:
                 if self._stopping:
-                    log.warning(
-                        "%d delivered messages still in Redis: they will be sent again",
-                        len(messages),
-                    )
+                    _log_left_in_redis(messages)
                     return False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
