@@ -7,8 +7,10 @@
     │   ├── PeerOfflineError  lnd says NOT_FOUND "peer is not connected"
     │   └── LndPermissionError the macaroon lacks a permission (named in the message)
     ├── StoreError            Redis failed or holds something unreadable
-    │   └── StoreUnavailableError  Redis cannot be reached right now
-    └── ConfigError           settings that cannot work
+    │   ├── StoreUnavailableError  Redis cannot be reached right now
+    │   ├── RecordError       a message the store cannot encode, or a record it cannot read
+    │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
+    └── ConfigError           settings that cannot work (exit code 2)
 
 Every error raised from another library's exception keeps it as ``__cause__``.
 """
@@ -57,6 +59,17 @@ class StoreError(MailboxError):
 
 class StoreUnavailableError(StoreError):
     """Redis cannot be reached right now; the operation may succeed later."""
+
+
+class RecordError(StoreError):
+    """A message the store refuses to encode, or a stored record it cannot decode."""
+
+
+class ServerStartError(StoreError):
+    """The embedded Redis server could not be started (no binary, a full disk, too slow).
+
+    Not a settings problem: the daemon exits 3, so a supervisor can tell it from exit 2.
+    """
 
 
 class ConfigError(MailboxError):
