@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SOURCES := lndmailbox support/simnet tests bench itest scripts
 
 .PHONY: all venv test lint bench demo protos protos-check itest clean
 
@@ -10,10 +11,11 @@ all: test
 
 # The virtual environment is made, and the package installed with its dev tools, on first use
 # and again whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# simnet (the stand-in lnd, and the demo) is a package of its own, outside lndmailbox's wheel.
+$(STAMP): pyproject.toml support/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./support
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,15 +24,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check lndmailbox tests bench itest
-	$(BIN)/ruff format --check lndmailbox tests bench itest
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m lndmailbox.demo $(DEMO_ARGS)
+	$(BIN)/python -m simnet.demo $(DEMO_ARGS)
 
 # Regenerates lndmailbox/lnrpc/ from protos/ (committed; CI checks it is fresh).
 protos: $(STAMP)

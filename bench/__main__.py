@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import mailbox, peel
 from lndmailbox.logs import configure_logging
-from lndmailbox.simnet import Personality
+from simnet import Personality
 
 
 def _cpu_model() -> str:

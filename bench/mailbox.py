@@ -49,10 +49,10 @@ from lndmailbox.config import Settings
 from lndmailbox.daemon import run as run_daemon
 from lndmailbox.lnd import IncomingOnionMessage, LndClient, Transport, transport_for_version
 from lndmailbox.redis_server import RedisServer
-from lndmailbox.simnet import Personality
 from lndmailbox.sphinx import peel
 from lndmailbox.store import Store
 from lndmailbox.wire import OnionMessage
+from simnet import Personality
 
 LND_CEILING_KBPS = 5120
 PACKET_SIZE = 1366

@@ -2,7 +2,7 @@
 
 The mailbox benchmarks measure the daemon, so the stand-in lnd must not eat the daemon's
 CPU: :class:`SimnetProcess` starts ``python -m bench.simnet_process`` as a child, which
-runs a :class:`~lndmailbox.simnet.SimNode` (gRPC over TLS, macaroons, the Signer's ECDH)
+runs a :class:`~simnet.SimNode` (gRPC over TLS, macaroons, the Signer's ECDH)
 with simnet's own onion-message rate limits off by default: the point is the mailbox's
 rate, which the benchmark compares with lnd's default limits separately.
 
@@ -54,9 +54,9 @@ from typing import Any
 
 from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
-from lndmailbox.simnet import OnionRateLimits, Personality, SimNode
 from lndmailbox.sphinx import Receive, message_via
 from lndmailbox.wire import OnionMessage, scid
+from simnet import OnionRateLimits, Personality, SimNode
 
 PAYLOAD_TYPE = 65
 _REPO = Path(__file__).resolve().parent.parent

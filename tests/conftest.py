@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from lndmailbox.redis_server import RedisServer
-from lndmailbox.simnet import Personality, SimNode
+from simnet import Personality, SimNode
 from tests.http_endpoint import MakeEndpoint, endpoints
 
 

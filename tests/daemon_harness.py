@@ -14,10 +14,10 @@ from pathlib import Path
 
 from lndmailbox.config import Settings
 from lndmailbox.daemon import run
-from lndmailbox.simnet import Personality, SimNode, SimPeer
 from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
 from lndmailbox.store import Store, StoredMessage
 from lndmailbox.wire import OnionMessage, scid
+from simnet import Personality, SimNode, SimPeer
 
 PAYLOAD_TYPE = 65
 BOB_SCID = scid(800_000, 7, 1)

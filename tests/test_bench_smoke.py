@@ -11,7 +11,7 @@ import pytest
 
 from bench import mailbox
 from bench.__main__ import details, table
-from lndmailbox.simnet import Personality
+from simnet import Personality
 
 
 @pytest.mark.parametrize("personality", list(Personality))

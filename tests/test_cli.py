@@ -28,10 +28,10 @@ import redis.asyncio as aioredis
 import lndmailbox.cli
 from lndmailbox.cli import main, packet_fields, parse_onion_message
 from lndmailbox.redis_server import free_port
-from lndmailbox.simnet import generate_tls_pair
 from lndmailbox.sphinx import LocalNodeKey, message_via
 from lndmailbox.store import Store, StoredMessage
 from lndmailbox.wire import OnionMessage
+from simnet import generate_tls_pair
 
 WAIT = 10.0
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lndmailbox.simnet import Personality, SimNode, SimPeer
 from lndmailbox.store import Store
+from simnet import Personality, SimNode, SimPeer
 from tests.test_cli import NODE, Run, put, run_main
 from tests.test_cli import _clean_environment as _clean_environment  # autouse fixture
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from lndmailbox.simnet import Personality, SimNode
 from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
 from lndmailbox.store import Store
 from lndmailbox.wire import scid
+from simnet import Personality, SimNode
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 
 KILLS = 50

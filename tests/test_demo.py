@@ -6,8 +6,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-
-from lndmailbox.demo import main
+from simnet.demo import main
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import pytest
 
 from lndmailbox.daemon import embedded_socket_path, run
 from lndmailbox.dirlock import DirectoryLock
-from lndmailbox.simnet import Personality
+from simnet import Personality
 from tests.daemon_harness import stored_count, wait_until, world
 
 

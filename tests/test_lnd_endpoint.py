@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from simnet.tls import generate_tls_pair
 
 from lndmailbox.errors import ConfigError
 from lndmailbox.lnd import (
@@ -18,7 +19,6 @@ from lndmailbox.lnd import (
     resolve_endpoint,
     transport_for_version,
 )
-from lndmailbox.simnet.tls import generate_tls_pair
 
 CERT = generate_tls_pair().cert_pem
 OTHER_CERT = generate_tls_pair().cert_pem

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from simnet.tls import TlsPair, generate_tls_pair
 
 from lndmailbox.errors import LndError, LndPermissionError, PeerOfflineError
 from lndmailbox.lnd import (
@@ -36,7 +37,6 @@ from lndmailbox.lnd import (
     Transport,
 )
 from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.simnet.tls import TlsPair, generate_tls_pair
 from lndmailbox.wire import OnionMessage
 
 TLS = generate_tls_pair()

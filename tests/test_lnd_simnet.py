@@ -27,9 +27,9 @@ from lndmailbox.lnd import (
     Resubscribed,
     Transport,
 )
-from lndmailbox.simnet import Personality, SimNode
 from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, message_via, peel, random_secret
 from lndmailbox.wire import OnionMessage, PointError, scid
+from simnet import Personality, SimNode
 
 TEXT = 65537
 SCID_ALICE = scid(700_000, 1, 0)

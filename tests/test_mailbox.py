@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lndmailbox.simnet import Personality
 from lndmailbox.wire import OnionMessage
+from simnet import Personality
 from tests.daemon_harness import World, counted, stored_count, wait_until, world
 
 GENERATIONS = [Personality.LND_0_20, Personality.LND_0_21]

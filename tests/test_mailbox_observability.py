@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lndmailbox.notify import SIGNATURE_HEADER, verify_signature
 from lndmailbox.redis_server import free_port
-from lndmailbox.simnet import Personality
 from lndmailbox.sphinx import BlindedHopSpec, message_via
+from simnet import Personality
 from tests.daemon_harness import PAYLOAD_TYPE, World, counter, wait_until, world
 from tests.http_endpoint import MakeEndpoint
 

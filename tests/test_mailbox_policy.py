@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lndmailbox.simnet import Personality
 from lndmailbox.sphinx import BlindedHopSpec, message_via
 from lndmailbox.wire import scid
+from simnet import Personality
 from tests.daemon_harness import PAYLOAD_TYPE, counted, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lndmailbox.redis_server import RedisServer
-from lndmailbox.simnet import Personality
+from simnet import Personality
 from tests.daemon_harness import World, counter, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import pathlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,17 +27,6 @@ from lndmailbox.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnrpc import lightning_pb2_grpc as ln_grpc
 from lndmailbox.lnrpc import signer_pb2 as signrpc
 from lndmailbox.lnrpc import signer_pb2_grpc as signrpc_grpc
-from lndmailbox.simnet import (
-    ADMIN_PERMISSIONS,
-    PERMISSIONS,
-    OnionRateLimits,
-    Personality,
-    SimnetError,
-    SimNode,
-    SimPeer,
-    generate_tls_pair,
-    time_before_caveat,
-)
 from lndmailbox.sphinx import (
     BlindedHopSpec,
     Forward,
@@ -49,6 +39,17 @@ from lndmailbox.sphinx import (
     random_secret,
 )
 from lndmailbox.wire import OnionMessage, scid
+from simnet import (
+    ADMIN_PERMISSIONS,
+    PERMISSIONS,
+    OnionRateLimits,
+    Personality,
+    SimnetError,
+    SimNode,
+    SimPeer,
+    generate_tls_pair,
+    time_before_caveat,
+)
 
 TEXT = 65537
 SCID_ALICE = scid(700_000, 1, 0)
@@ -821,14 +822,16 @@ async def test_an_abrupt_stop_breaks_open_streams(node21: SimNode) -> None:
     assert err.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
-def test_simnet_is_not_imported_by_the_daemon() -> None:
-    # Production modules must run without simnet: only tests, demo and bench use it.
+def test_simnet_and_the_demo_stay_out_of_the_product() -> None:
+    # The production wheel is lndmailbox/ alone: simnet and the demo live in their own
+    # package (simnet/, with its own pyproject), and no product module names them.
     root = pathlib.Path(__file__).resolve().parent.parent / "lndmailbox"
+    assert not (root / "simnet").exists()
+    assert not (root / "demo.py").exists()
     offenders = [
         str(path.relative_to(root))
         for path in root.rglob("*.py")
-        if "simnet" not in path.parts
-        and path.name != "demo.py"
-        and "lndmailbox.simnet" in path.read_text()
+        if "lnrpc" not in path.parts
+        and re.search(r"^\s*(from|import) simnet\b", path.read_text(), re.M)
     ]
     assert offenders == []

@@ -12,8 +12,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from lndmailbox.simnet.macaroons import (
+from simnet.macaroons import (
     ADMIN_PERMISSIONS,
     Caveat,
     Macaroon,

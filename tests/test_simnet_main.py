@@ -1,4 +1,4 @@
-"""``python -m lndmailbox.simnet``: standalone, credentials on disk, peers on stdin, SIGINT."""
+"""``python -m simnet``: standalone, credentials on disk, peers on stdin, SIGINT."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ async def start(directory: Path, *args: str) -> tuple[Simnet, dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "lndmailbox.simnet",
+        "simnet",
         "--json",
         "--dir",
         str(directory),

@@ -12,19 +12,19 @@ Only tests, the demo and the benchmarks import it; the daemon never does.
     ...  # LndClient(node.endpoint) talks to it like to lnd
     await node.stop()
 
-Standalone: ``python -m lndmailbox.simnet --help``.
+Standalone: ``python -m simnet --help``.
 """
 
 from __future__ import annotations
 
-from lndmailbox.simnet.macaroons import (
+from simnet.macaroons import (
     ADMIN_PERMISSIONS,
     READONLY_PERMISSIONS,
     MacaroonError,
     MacaroonService,
     time_before_caveat,
 )
-from lndmailbox.simnet.node import (
+from simnet.node import (
     PERMISSIONS,
     SHUTDOWN_STATUS,
     STREAMS,
@@ -38,7 +38,7 @@ from lndmailbox.simnet.node import (
     SimNode,
     SimPeer,
 )
-from lndmailbox.simnet.tls import TlsPair, generate_tls_pair
+from simnet.tls import TlsPair, generate_tls_pair
 
 __all__ = [
     "ADMIN_PERMISSIONS",

@@ -21,10 +21,10 @@ from pathlib import Path
 from lndmailbox.config import Settings
 from lndmailbox.daemon import redis_url_for, run
 from lndmailbox.logs import configure_logging
-from lndmailbox.simnet import Personality, SimNode
 from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
 from lndmailbox.store import Store
 from lndmailbox.wire import scid
+from simnet import Personality, SimNode
 
 PAYLOAD_TYPE = 65
 
@@ -84,7 +84,7 @@ async def story(personality: Personality, workdir: Path) -> None:
 
 
 async def _tell(node: SimNode, alice: object, bob: object, store: Store) -> None:
-    from lndmailbox.simnet import SimPeer
+    from simnet import SimPeer
 
     assert isinstance(alice, SimPeer)
     assert isinstance(bob, SimPeer)
@@ -131,7 +131,7 @@ def _counted(store: Store) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lndmailbox.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="simnet.demo", description=__doc__)
     parser.add_argument(
         "--lnd", choices=["0.20", "0.21"], default="0.21", help="which lnd generation to play"
     )

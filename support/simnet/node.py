@@ -64,10 +64,10 @@ from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
 from lndmailbox.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnrpc import signer_pb2 as signrpc
-from lndmailbox.simnet.macaroons import MacaroonError, MacaroonService, Op
-from lndmailbox.simnet.tls import TlsPair, generate_tls_pair
 from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, peel
 from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage
+from simnet.macaroons import MacaroonError, MacaroonService, Op
+from simnet.tls import TlsPair, generate_tls_pair
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +484,7 @@ class SimNode:
     def bake_macaroon(self, permissions: Iterable[str], *, caveats: Sequence[str] = ()) -> bytes:
         """A macaroon for ``"entity:action"`` permissions (``"uri:/lnrpc.Lightning/GetInfo"``
         works too), signed with this node's root key; ``caveats`` are first-party conditions
-        such as :func:`~lndmailbox.simnet.macaroons.time_before_caveat`."""
+        such as :func:`~simnet.macaroons.time_before_caveat`."""
         return self.macaroons.bake(permissions, caveats=caveats)
 
     def write_credentials(self, directory: Path) -> tuple[Path, Path]:

@@ -1,9 +1,9 @@
-"""``python -m lndmailbox.simnet``: run a stand-in lnd until SIGINT/SIGTERM.
+"""``python -m simnet``: run a stand-in lnd until SIGINT/SIGTERM.
 
 It writes its credentials into ``--dir`` the way an lnd directory holds them, so the
 mailbox can be pointed at it with either set of flags::
 
-    python -m lndmailbox.simnet --dir /tmp/sim --port 10009 --peer alice --peer bob
+    python -m simnet --dir /tmp/sim --port 10009 --peer alice --peer bob
     lndmailbox --rpcserver 127.0.0.1:10009 --lnddir /tmp/sim --network regtest ...
     lndmailbox --rpcserver 127.0.0.1:10009 --tlscertpath /tmp/sim/tls.cert \\
                --macaroonpath /tmp/sim/admin.macaroon ...
@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from lndmailbox.errors import OnionError
-from lndmailbox.simnet.node import (
+from lndmailbox.sphinx import Receive, message_via
+from lndmailbox.wire import format_scid, scid
+from simnet.node import (
     OnionRateLimits,
     Personality,
     SimnetError,
     SimNode,
     SimPeer,
 )
-from lndmailbox.simnet.tls import TlsPair, generate_tls_pair
-from lndmailbox.sphinx import Receive, message_via
-from lndmailbox.wire import format_scid, scid
+from simnet.tls import TlsPair, generate_tls_pair
 
 TEXT_RECORD = 65537
 HELP = """\
@@ -54,7 +54,7 @@ received NAME         NAME peels every onion message it received"""
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m lndmailbox.simnet",
+        prog="python -m simnet",
         description="A stand-in lnd (gRPC over TLS, lnd's macaroons) with simulated peers.",
     )
     p.add_argument(
