@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
@@ -34,7 +35,7 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m simnet.demo $(DEMO_ARGS)
 
-# Regenerates lndmailbox/lnrpc/ from protos/ (committed; CI checks it is fresh).
+# Regenerates lndmailbox/lnd/lnrpc/ from protos/ (committed; CI checks it is fresh).
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 

@@ -26,9 +26,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from simnet import Personality
+
 from bench import mailbox, peel
 from lndmailbox.logs import configure_logging
-from simnet import Personality
 
 
 def _cpu_model() -> str:

@@ -43,16 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import coincurve
+from simnet import Personality
 
 from bench.simnet_process import SimnetProcess, build_messages
 from lndmailbox.config import Settings
 from lndmailbox.daemon import run as run_daemon
 from lndmailbox.lnd import IncomingOnionMessage, LndClient, Transport, transport_for_version
-from lndmailbox.redis_server import RedisServer
-from lndmailbox.sphinx import peel
-from lndmailbox.store import Store
-from lndmailbox.wire import OnionMessage
-from simnet import Personality
+from lndmailbox.onion import peel
+from lndmailbox.onion.wire import OnionMessage
+from lndmailbox.store import RedisServer, Store
 
 LND_CEILING_KBPS = 5120
 PACKET_SIZE = 1366
@@ -225,7 +224,7 @@ async def _cpu(sim: SimnetProcess, store: Store) -> tuple[float, float, float]:
 
 
 async def _stored(store: Store) -> int:
-    return (await store.counters()).get("stored", 0)
+    return (await store.events.counters()).get("stored", 0)
 
 
 async def run(config: Config, *, say: Callable[[str], None] = print) -> Figures:
@@ -314,7 +313,7 @@ async def _run(
         async def locked() -> bool:
             if daemon.done():
                 daemon.result()
-            return await store.lock_owner() is not None
+            return await store.control.lock_owner() is not None
 
         await _wait_for(locked, within=config.timeout, what="the daemon's lock")
 
@@ -488,7 +487,7 @@ async def _ingest(
         inject_seconds=injected.seconds,
         cpu=Cpu(cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], cpu1[2] - cpu0[2]),
         outcomes=injected.outcomes,
-        counters=await store.counters(),
+        counters=await store.events.counters(),
     )
     say(
         f"ingest: {ingest.messages} messages stored in {seconds:.2f}s = {ingest.rate:.0f}/s "
@@ -514,9 +513,13 @@ async def _memory(store: Store, peers: list[bytes]) -> Memory:
     """MEMORY USAGE (all elements sampled) of the peers' queue and dedup keys."""
     messages = queue_bytes = dedup_bytes = 0
     for peer in peers:
-        messages += int(await store.redis.llen(store.queue_key(peer)))
-        queue_bytes += int(await store.redis.memory_usage(store.queue_key(peer), samples=0) or 0)
-        dedup_bytes += int(await store.redis.memory_usage(store.dedup_key(peer), samples=0) or 0)
+        messages += int(await store.redis.llen(store.keys.queue_key(peer)))
+        queue_bytes += int(
+            await store.redis.memory_usage(store.keys.queue_key(peer), samples=0) or 0
+        )
+        dedup_bytes += int(
+            await store.redis.memory_usage(store.keys.dedup_key(peer), samples=0) or 0
+        )
     return Memory(len(peers), messages, queue_bytes, dedup_bytes)
 
 
@@ -551,13 +554,13 @@ async def _drain(
     )
     memory = await _memory(store, [bob])
     # The bare sends carry exactly what the deliverer will send bob: the queued messages.
-    queued = [OnionMessage(m.path_key, m.onion) for m in await store.messages(bob)]
+    queued = [OnionMessage(m.path_key, m.onion) for m in await store.queues.messages(bob)]
     if len(queued) != config.drain:
         raise RuntimeError(f"bench: {len(queued)} messages queued for bob, not {config.drain}")
 
     async def bob_emptied() -> bool:
         _check_alive(daemon)
-        return int(await store.redis.llen(store.queue_key(bob))) == 0
+        return int(await store.redis.llen(store.keys.queue_key(bob))) == 0
 
     async with LndClient(sim.endpoint) as lnd:
         await _bare_sends(lnd, transport, carol, queued[:50])  # warm-up

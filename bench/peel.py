@@ -1,4 +1,4 @@
-"""How fast :func:`lndmailbox.sphinx.peel` is, against the crypto it cannot avoid.
+"""How fast :func:`lndmailbox.onion.peel` is, against the crypto it cannot avoid.
 
 A 1366-byte onion message is peeled by an intermediate hop (the mailbox's common case: a
 message to forward, possibly to an offline peer) with :class:`LocalNodeKey`. The floor is
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from lndmailbox.sphinx import Forward, LocalNodeKey, message_via, open_packet, peel
-from lndmailbox.wire import ONIONMSG_KNOWN_EVEN, decode_tlv_stream
+from lndmailbox.onion import Forward, LocalNodeKey, message_via, open_packet, peel
+from lndmailbox.onion.wire import ONIONMSG_KNOWN_EVEN, decode_tlv_stream
 
 ROUNDS = 5
 PEELS_PER_ROUND = 2000

@@ -52,11 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simnet import OnionRateLimits, Personality, SimNode
+
 from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
-from lndmailbox.sphinx import Receive, message_via
-from lndmailbox.wire import OnionMessage, scid
-from simnet import OnionRateLimits, Personality, SimNode
+from lndmailbox.onion import Receive, message_via
+from lndmailbox.onion.wire import OnionMessage, scid
 
 PAYLOAD_TYPE = 65
 _REPO = Path(__file__).resolve().parent.parent

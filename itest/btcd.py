@@ -11,7 +11,7 @@ from typing import Any
 
 from itest.build import BtcdBinaries
 from itest.process import Process, wait_for
-from lndmailbox.redis_server import free_port
+from lndmailbox.store import free_port
 
 
 class BtcdError(Exception):

@@ -22,7 +22,7 @@ import pytest
 from itest.build import Binaries, BuildError, Generation, ensure_all
 from itest.daemon import MailboxDaemon
 from itest.network import Network
-from lndmailbox.redis_server import RedisServer
+from lndmailbox.store import RedisServer
 
 KEPT_LOGS = Path("/tmp/lndmailbox-itest-logs")
 _BINARIES = pytest.StashKey[Binaries]()

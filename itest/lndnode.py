@@ -12,7 +12,7 @@ from itest.btcd import Btcd
 from itest.build import Generation, LndBinaries
 from itest.process import Process, ProcessError, wait_for
 from itest.rpc import NodeRpc
-from lndmailbox.redis_server import free_port
+from lndmailbox.store import free_port
 
 # What every node of the custom generation needs for onion messages to reach
 # SubscribeCustomMessages and for the node to advertise option_onion_messages (bit 39).

@@ -17,10 +17,10 @@ from itest.build import Generation
 from itest.lndnode import LndNode
 from itest.network import Network
 from itest.rpc import NodeRpc
-from lndmailbox import sphinx
+from lndmailbox import onion
 from lndmailbox.lnd import LndClient, LndEndpoint
-from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 
 # The recipient's payload record: odd (so no reader may reject it as unknown), >= 64 (a
 # final-hop payload field), and none of BOLT 12's 64/66/68.
@@ -32,9 +32,9 @@ class Letter:
     """One message on its way: what the sender sends and what the LSP must pass on."""
 
     payload: bytes
-    path: sphinx.BlindedPath
+    path: onion.BlindedPath
     sent: OnionMessage
-    forward: sphinx.Forward
+    forward: onion.Forward
 
     @property
     def delivered(self) -> OnionMessage:
@@ -49,10 +49,10 @@ def endpoint(node: LndNode) -> LndEndpoint:
     )
 
 
-async def peel_with(node: LndNode, message: OnionMessage) -> sphinx.Forward | sphinx.Receive:
+async def peel_with(node: LndNode, message: OnionMessage) -> onion.Forward | onion.Receive:
     """One layer off ``message`` with ``node``'s identity key, which stays inside its lnd."""
     async with LndClient(endpoint(node)) as client:
-        return await sphinx.peel(message.path_key, message.onion, client.node_key())
+        return await onion.peel(message.path_key, message.onion, client.node_key())
 
 
 async def write_letter(network: Network, *, scid: int | None = None, label: str = "") -> Letter:
@@ -60,18 +60,18 @@ async def write_letter(network: Network, *, scid: int | None = None, label: str 
     short channel ids of its channel."""
     lsp, recipient = network.lsp, network.recipient
     if scid is not None:
-        first = sphinx.BlindedHopSpec(lsp.pubkey, short_channel_id=scid)
+        first = onion.BlindedHopSpec(lsp.pubkey, short_channel_id=scid)
     else:
-        first = sphinx.BlindedHopSpec(lsp.pubkey, next_node_id=recipient.pubkey)
-    last = sphinx.BlindedHopSpec(recipient.pubkey, path_id=os.urandom(32))
-    path = sphinx.create_blinded_path([first, last], sphinx.random_secret())
+        first = onion.BlindedHopSpec(lsp.pubkey, next_node_id=recipient.pubkey)
+    last = onion.BlindedHopSpec(recipient.pubkey, path_id=os.urandom(32))
+    path = onion.create_blinded_path([first, last], onion.random_secret())
     payload = f"itest {label} ".encode() + os.urandom(16).hex().encode()
-    first_hop, message = sphinx.build_onion_message(
-        path, {PAYLOAD_TYPE: payload}, sphinx.random_secret()
+    first_hop, message = onion.build_onion_message(
+        path, {PAYLOAD_TYPE: payload}, onion.random_secret()
     )
     assert first_hop == lsp.pubkey
     forward = await peel_with(lsp, message)
-    assert isinstance(forward, sphinx.Forward), forward
+    assert isinstance(forward, onion.Forward), forward
     if scid is not None:
         assert forward.short_channel_id == scid
     else:
@@ -133,7 +133,7 @@ async def check_received(network: Network, letter: Letter, item: Any) -> None:
         assert item.type == ONION_MESSAGE_TYPE
         assert OnionMessage.decode(item.data) == letter.delivered
         received = await peel_with(recipient, letter.delivered)
-        assert isinstance(received, sphinx.Receive), received
+        assert isinstance(received, onion.Receive), received
         assert received.payload[PAYLOAD_TYPE] == letter.payload
     else:
         assert item.path_key == letter.delivered.path_key

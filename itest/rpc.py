@@ -1,4 +1,4 @@
-"""Raw gRPC to a real lnd with the project's generated stubs (lndmailbox/lnrpc).
+"""Raw gRPC to a real lnd with the project's generated stubs (lndmailbox/lnd/lnrpc).
 
 The itest talks to lnd directly, not through lndmailbox.lnd, where it checks what lnd
 itself answers (status codes, messages, stream contents): those are the facts the mailbox
@@ -16,8 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from lndmailbox.lnrpc import lightning_pb2_grpc as lnrpc
-from lndmailbox.lnrpc import signer_pb2_grpc as signrpc
+from lndmailbox.lnd.lnrpc import lightning_pb2_grpc as lnrpc
+from lndmailbox.lnd.lnrpc import signer_pb2_grpc as signrpc
 
 T = TypeVar("T")
 

@@ -27,10 +27,10 @@ from itest.onion import (
 )
 from itest.process import wait_for
 from itest.rpc import Collector, collect
-from lndmailbox import sphinx
-from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.lnrpc import signer_pb2 as signer
-from lndmailbox.wire import format_scid
+from lndmailbox import onion
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnd.lnrpc import signer_pb2 as signer
+from lndmailbox.onion.wire import format_scid
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -209,14 +209,14 @@ async def test_native_drops_an_unknown_short_channel_id(network: Network) -> Non
         return  # lnd 0.20 does not read onion messages at all
     await asyncio.to_thread(network.ensure_sender_connected)
     lsp, recipient = network.lsp, network.recipient
-    path = sphinx.create_blinded_path(
+    path = onion.create_blinded_path(
         [
-            sphinx.BlindedHopSpec(lsp.pubkey, short_channel_id=(999 << 40) | (1 << 16)),
-            sphinx.BlindedHopSpec(recipient.pubkey),
+            onion.BlindedHopSpec(lsp.pubkey, short_channel_id=(999 << 40) | (1 << 16)),
+            onion.BlindedHopSpec(recipient.pubkey),
         ],
-        sphinx.random_secret(),
+        onion.random_secret(),
     )
-    _, message = sphinx.build_onion_message(path, {PAYLOAD_TYPE: b"x"}, sphinx.random_secret())
+    _, message = onion.build_onion_message(path, {PAYLOAD_TYPE: b"x"}, onion.random_secret())
     async with lsp.rpc() as rpc, collect(inbox_stream(network, rpc)) as stream:
         await send_to_lsp(network, message)
         await asyncio.sleep(3.0)
@@ -258,14 +258,14 @@ async def test_native_drops_a_message_back_to_its_sender(network: Network) -> No
         return  # lnd 0.20 does not read onion messages at all
     await asyncio.to_thread(network.ensure_sender_connected)
     lsp, sender = network.lsp, network.sender
-    path = sphinx.create_blinded_path(
+    path = onion.create_blinded_path(
         [
-            sphinx.BlindedHopSpec(lsp.pubkey, next_node_id=sender.pubkey),
-            sphinx.BlindedHopSpec(sender.pubkey),
+            onion.BlindedHopSpec(lsp.pubkey, next_node_id=sender.pubkey),
+            onion.BlindedHopSpec(sender.pubkey),
         ],
-        sphinx.random_secret(),
+        onion.random_secret(),
     )
-    _, message = sphinx.build_onion_message(path, {PAYLOAD_TYPE: b"x"}, sphinx.random_secret())
+    _, message = onion.build_onion_message(path, {PAYLOAD_TYPE: b"x"}, onion.random_secret())
     async with (
         lsp.rpc() as lsp_rpc,
         sender.rpc() as sender_rpc,

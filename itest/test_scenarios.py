@@ -21,8 +21,7 @@ from itest.daemon import MailboxDaemon
 from itest.network import Network
 from itest.onion import Letter, check_received, inbox_stream, is_letter, send_to_lsp, write_letter
 from itest.rpc import Collector, collect
-from lndmailbox.redis_server import RedisServer
-from lndmailbox.store import Store, StoredMessage
+from lndmailbox.store import RedisServer, Store, StoredMessage
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -72,7 +71,7 @@ async def stored_for_recipient(
 ) -> list[StoredMessage]:
     return await eventually(
         f"{count} message(s) stored for the recipient",
-        lambda: store.messages(network.recipient.pubkey),
+        lambda: store.queues.messages(network.recipient.pubkey),
         lambda messages: len(messages) >= count,
         daemon=daemon,
     )
@@ -86,7 +85,7 @@ def assert_stored(network: Network, stored: StoredMessage, letter: Letter) -> No
 
 
 async def counter(store: Store, name: str) -> int:
-    return (await store.counters()).get(name, 0)
+    return (await store.events.counters()).get(name, 0)
 
 
 async def prepare(network: Network, *, recipient_online: bool) -> None:
@@ -134,7 +133,7 @@ async def test_offline_recipient_gets_its_mail_on_reconnect(
 
         await eventually(
             "the recipient's queue emptied",
-            lambda: store.messages(network.recipient.pubkey),
+            lambda: store.queues.messages(network.recipient.pubkey),
             lambda messages: messages == [],
             daemon=daemon,
         )
@@ -167,7 +166,7 @@ async def test_online_recipient_is_not_stored(
         # Long enough for any wrong decision (a store, a second delivery) to show.
         await asyncio.sleep(3.0)
         daemon.check_alive()
-        assert await store.messages(network.recipient.pubkey) == []
+        assert await store.queues.messages(network.recipient.pubkey) == []
         assert await counter(store, "stored") == 0
         assert len([i for i in inbox.items if is_letter(network, letter)(i)]) == 1
 
@@ -216,7 +215,7 @@ async def test_lsp_restart_while_mail_is_stored(
         await eventually(
             "both delivered", lambda: counter(store, "delivered"), lambda n: n == 2, daemon=daemon
         )
-        assert await store.messages(network.recipient.pubkey) == []
+        assert await store.queues.messages(network.recipient.pubkey) == []
 
 
 async def test_expired_mail_is_not_delivered(
@@ -236,7 +235,7 @@ async def test_expired_mail_is_not_delivered(
             within=20,
             daemon=daemon,
         )
-        assert await store.messages(network.recipient.pubkey) == []
+        assert await store.queues.messages(network.recipient.pubkey) == []
 
         async with recipient_inbox(network) as inbox:
             await asyncio.to_thread(network.bring_recipient_online)

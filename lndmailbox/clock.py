@@ -25,15 +25,6 @@ class SystemClock:
         return time.monotonic()
 
 
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleeps up to ``seconds``; returns True when ``stop`` was set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
 async def wait_either(event: asyncio.Event, stop: asyncio.Event) -> None:
     """Returns as soon as ``event`` or ``stop`` is set."""
     waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]

@@ -2,7 +2,7 @@
 
     MailboxError
     ├── OnionError            bytes from a peer that are not a valid onion message
-    │   └── ... (defined beside the code that detects them: wire.py, sphinx.py)
+    │   └── ... (defined beside the code that detects them: onion/wire.py, onion/reader.py)
     ├── LndError              a failed lnd RPC: gRPC code, retryable or not
     │   ├── PeerOfflineError  lnd says NOT_FOUND "peer is not connected"
     │   └── LndPermissionError the macaroon lacks a permission (named in the message)
@@ -10,7 +10,11 @@
     │   ├── StoreUnavailableError  Redis cannot be reached right now
     │   ├── RecordError       a message the store cannot encode, or a record it cannot read
     │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
-    └── ConfigError           settings that cannot work (exit code 2)
+    ├── ConfigError           settings that cannot work (exit code 2)
+    ├── CtlError              mailboxctl cannot do what it was asked (exit 1)
+    │   └── NodeUnknownError  ... nor tell which node's mailbox to open
+    └── UsageError            a mailboxctl argument found wrong after parsing (exit 2)
+                              (these three: lndmailbox/cli/errors.py, beside their only user)
 
 Every error raised from another library's exception keeps it as ``__cause__``.
 """

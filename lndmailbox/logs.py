@@ -6,11 +6,11 @@ render with a stable layout:
 
 text (``--log-format text``)::
 
-    2026-01-02T03:04:05.678Z INFO lndmailbox.mailbox event=stored peer=02ab... id=9f3c... size=1366
+    2026-01-02T03:04:05.678Z INFO lndmailbox.daemon.outcomes event=stored peer=02ab... id=9f3c... size=1366
 
 json (``--log-format json``), one object per line::
 
-    {"ts":"2026-01-02T03:04:05.678Z","level":"info","logger":"lndmailbox.mailbox","event":"stored",...}
+    {"ts":"2026-01-02T03:04:05.678Z","level":"info","logger":"lndmailbox.daemon.outcomes","event":"stored",...}
 
 The layout is: timestamp (UTC, milliseconds), level, logger name, then ``event``, then the
 common fields in a fixed order (:data:`FIELD_ORDER`), then any other field sorted by name. Other

@@ -1,6 +1,6 @@
-"""Generate lndmailbox/lnrpc/ from protos/ (``make protos``), or check it is fresh.
+"""Generate lndmailbox/lnd/lnrpc/ from protos/ (``make protos``), or check it is fresh.
 
-    python scripts/gen_protos.py           # regenerate lndmailbox/lnrpc/
+    python scripts/gen_protos.py           # regenerate lndmailbox/lnd/lnrpc/
     python scripts/gen_protos.py --check   # exit 1 if the committed files are stale
 
 The stubs are made with grpcio-tools (``*_pb2.py``, ``*_pb2_grpc.py``) and mypy-protobuf
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-OUT_DIR = ROOT / "lndmailbox" / "lnrpc"
+OUT_DIR = ROOT / "lndmailbox" / "lnd" / "lnrpc"
 
 INIT = '''\
 """Python stubs generated from protos/ by scripts/gen_protos.py (``make protos``).
@@ -95,9 +95,9 @@ def check() -> int:
     problems: list[str] = []
     for name in sorted(fresh.keys() | committed.keys()):
         if name not in committed:
-            problems.append(f"missing: lndmailbox/lnrpc/{name}")
+            problems.append(f"missing: lndmailbox/lnd/lnrpc/{name}")
         elif name not in fresh:
-            problems.append(f"not generated from protos/ (stale?): lndmailbox/lnrpc/{name}")
+            problems.append(f"not generated from protos/ (stale?): lndmailbox/lnd/lnrpc/{name}")
         elif fresh[name] != committed[name]:
             diff = difflib.unified_diff(
                 committed[name].splitlines(keepends=True),
@@ -106,21 +106,23 @@ def check() -> int:
                 f"generated/{name}",
                 n=1,
             )
-            problems.append(f"differs: lndmailbox/lnrpc/{name}\n" + "".join(list(diff)[:40]))
+            problems.append(f"differs: lndmailbox/lnd/lnrpc/{name}\n" + "".join(list(diff)[:40]))
     if problems:
-        print("lndmailbox/lnrpc/ is stale: run `make protos` and commit the result.")
+        print("lndmailbox/lnd/lnrpc/ is stale: run `make protos` and commit the result.")
         print("(The check regenerates with the installed grpcio-tools and mypy-protobuf;")
         print(" a version difference also shows up here.)")
         for problem in problems:
             print(problem)
         return 1
-    print("lndmailbox/lnrpc/ is up to date with protos/")
+    print("lndmailbox/lnd/lnrpc/ is up to date with protos/")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if lndmailbox/lnrpc/ is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if lndmailbox/lnd/lnrpc/ is stale"
+    )
     args = parser.parse_args(argv)
     if args.check:
         return check()

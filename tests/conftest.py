@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-
-from lndmailbox.redis_server import RedisServer
 from simnet import Personality, SimNode
+
+from lndmailbox.store import RedisServer
 from tests.http_endpoint import MakeEndpoint, endpoints
 
 

@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from simnet import Personality, SimNode, SimPeer
+
 from lndmailbox.config import Settings
 from lndmailbox.daemon import run
-from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
+from lndmailbox.onion import BlindedHopSpec, Receive, message_via
+from lndmailbox.onion.wire import OnionMessage, scid
 from lndmailbox.store import Store, StoredMessage
-from lndmailbox.wire import OnionMessage, scid
-from simnet import Personality, SimNode, SimPeer
 
 PAYLOAD_TYPE = 65
 BOB_SCID = scid(800_000, 7, 1)
@@ -44,7 +45,7 @@ async def wait_until(
 
 async def counter(w: World, name: str) -> int:
     """A counter the daemon keeps in Redis (0 until first counted)."""
-    return (await w.store.counters()).get(name, 0)
+    return (await w.store.events.counters()).get(name, 0)
 
 
 async def counted(w: World, name: str, value: int) -> None:
@@ -93,7 +94,7 @@ class World:
         return (
             self.node.subscriber_count("peer_events") >= 1
             and self.node.subscriber_count(streams) >= 1
-            and await self.store.lock_owner() is not None
+            and await self.store.control.lock_owner() is not None
         )
 
     async def stop_daemon(self) -> None:
@@ -114,7 +115,7 @@ class World:
         )
         if override:
             # The LSP hop hands bob a path key of a second blinded path that starts at bob.
-            from lndmailbox.sphinx import create_blinded_path, random_secret
+            from lndmailbox.onion import create_blinded_path, random_secret
 
             second_secret = random_secret()
             second = create_blinded_path([BlindedHopSpec(self.bob.pubkey)], second_secret)
@@ -125,7 +126,7 @@ class World:
         return message
 
     async def stored_for(self, peer: SimPeer) -> list[StoredMessage]:
-        return await self.store.messages(peer.pubkey)
+        return await self.store.queues.messages(peer.pubkey)
 
     async def payloads_received(self, peer: SimPeer) -> list[bytes]:
         """What ``peer`` got, peeled with its own key."""

@@ -8,10 +8,10 @@ and the table that prints them.
 from __future__ import annotations
 
 import pytest
+from simnet import Personality
 
 from bench import mailbox
 from bench.__main__ import details, table
-from simnet import Personality
 
 
 @pytest.mark.parametrize("personality", list(Personality))

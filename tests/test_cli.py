@@ -24,14 +24,19 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-
-import lndmailbox.cli
-from lndmailbox.cli import main, packet_fields, parse_onion_message
-from lndmailbox.redis_server import free_port
-from lndmailbox.sphinx import LocalNodeKey, message_via
-from lndmailbox.store import Store, StoredMessage
-from lndmailbox.wire import OnionMessage
 from simnet import generate_tls_pair
+
+import lndmailbox.cli.session
+from lndmailbox.cli import main
+from lndmailbox.cli.session import NodeSource
+from lndmailbox.cli.status import LndStatus, RedisStatus, Status, render_status
+from lndmailbox.lnd import NodeInfo
+from lndmailbox.onion import LocalNodeKey, message_via
+from lndmailbox.onion.inspect import packet_fields
+from lndmailbox.onion.wire import OnionMessage
+from lndmailbox.store import NewMessage, Store, StoredMessage
+from lndmailbox.store.audit import audit
+from lndmailbox.store.embedded import free_port
 
 WAIT = 10.0
 
@@ -140,7 +145,7 @@ def cli_now(monkeypatch: pytest.MonkeyPatch) -> float:
     """Stops mailboxctl's clock at this moment, so that ages it prints in whole seconds
     do not depend on how long a loaded machine takes to get the command going."""
     now = float(int(time.time()))  # whole, as the store keeps times to the millisecond
-    monkeypatch.setattr(lndmailbox.cli, "time", SimpleNamespace(time=lambda: now))
+    monkeypatch.setattr(lndmailbox.cli.session, "time", SimpleNamespace(time=lambda: now))
     return now
 
 
@@ -155,7 +160,9 @@ async def put(
     """Queues a real onion message for ``peer``, received ``age`` seconds before ``now``."""
     _, msg = message_via([peer])
     received_at = (time.time() if now is None else now) - age
-    result = await store.put(peer, SENDER, msg.path_key, msg.onion, received_at, ttl=ttl)
+    (result,) = await store.queues.put_many(
+        [NewMessage(peer, SENDER, msg.path_key, msg.onion, received_at)], ttl=ttl
+    )
     assert result.message is not None
     return result.message, msg
 
@@ -171,13 +178,13 @@ async def test_status_with_lnd_unreachable_shows_redis_daemon_totals_and_counter
     await put(store, BOB, 600)
     # the three puts count as stored themselves
     for name, n in (("stored", 4), ("delivered", 3), ("expired", 1)):
-        await store.incr(name, n)
-    await store.incr("dropped:not_allowed", 2)
-    await store.incr("dropped:malformed", 1)
-    await store.incr("received", 11)
+        await store.events.record({name: n})
+    await store.events.record({"dropped:not_allowed": 2})
+    await store.events.record({"dropped:malformed": 1})
+    await store.events.record({"received": 11})
     started = time.time() - 7200
-    assert await store.acquire_lock("host-a:4242:abcd", 30)
-    await store.heartbeat(
+    assert await store.control.acquire_lock("host-a:4242:abcd", 30)
+    await store.control.write_heartbeat(
         {"owner": "host-a:4242:abcd", "pid": 4242, "host": "host-a", "version": "0.1.0",
          "started_at": started, "at": time.time()}
     )  # fmt: skip
@@ -208,7 +215,7 @@ async def test_status_with_lnd_unreachable_shows_redis_daemon_totals_and_counter
 async def test_status_json_has_every_value(ctl: Ctl, store: Store) -> None:
     first, _ = await put(store, ALICE, 3600)
     second, _ = await put(store, BOB, 10)
-    await store.incr("dropped:not_allowed", 4)
+    await store.events.record({"dropped:not_allowed": 4})
 
     r = await ctl("status", "--json")
 
@@ -255,7 +262,9 @@ async def test_status_tells_a_stopped_daemon_from_a_starting_one(
     ctl: Ctl, store: Store, cli_now: float
 ) -> None:
     # A daemon that stopped released its lock; its heartbeat lingers for a lease.
-    await store.heartbeat({"owner": "a", "pid": 7, "started_at": 1.0, "at": cli_now - 4})
+    await store.control.write_heartbeat(
+        {"owner": "a", "pid": 7, "started_at": 1.0, "at": cli_now - 4}
+    )
     r = await ctl("status")
     assert "daemon           not running (stopped; last heartbeat 4s ago)\n" in r.out
     daemon = (await ctl("status", "--json")).json()["daemon"]
@@ -264,8 +273,8 @@ async def test_status_tells_a_stopped_daemon_from_a_starting_one(
     assert daemon["heartbeat"]["pid"] == "7"
 
     # One that just took the lock has not beaten yet.
-    await store.heartbeat({})
-    assert await store.acquire_lock("host-b:1:ff", 30)
+    await store.control.write_heartbeat({})
+    assert await store.control.acquire_lock("host-b:1:ff", 30)
     r = await ctl("status")
     assert "daemon           running (lock held by host-b:1:ff; no heartbeat yet)\n" in r.out
     daemon = (await ctl("status", "--json")).json()["daemon"]
@@ -311,7 +320,7 @@ async def test_without_node_and_without_lnd_the_only_mailbox_in_redis_is_opened(
     ctl: Ctl, store: Store
 ) -> None:
     await put(store, ALICE, 60)
-    await store.incr("stored")
+    await store.events.record({"stored": 1})
     r = await ctl("status", node=None)
     lines = {line.split()[0]: line for line in r.out.splitlines() if line.strip()}
     assert lines["node"].split(maxsplit=1)[1] == (
@@ -325,7 +334,7 @@ async def test_without_node_and_without_lnd_the_only_mailbox_in_redis_is_opened(
 
     other = b"\x03" + bytes(32)
     async with Store.from_url(ctl.redis_url, other) as second:
-        await second.incr("stored")
+        await second.events.record({"stored": 1})
     r = await ctl("peers", node=None)
     assert r.code == 1
     assert f"Redis holds mailboxes of {NODE.hex()}, {other.hex()}; pass --node PUBKEY\n" in r.err
@@ -372,6 +381,19 @@ async def test_credentials_in_the_redis_url_are_not_printed(ctl: Ctl) -> None:
     assert "hunter2" not in r.out + r.err
 
 
+def test_status_of_an_lnd_whose_version_does_not_name_a_transport() -> None:
+    # A version lnd's numbering does not know leaves lnd reachable and the transport unknown
+    # (the daemon then needs --transport); it is not mistaken for lnd being unreachable.
+    info = NodeInfo(NODE, "odd", "nightly-2026", network="regtest", synced_to_chain=True)
+    status = Status(LndStatus.read(info), RedisStatus("redis://x"), NODE, NodeSource.FLAG)
+    doc = status.as_json()["lnd"]
+    assert (doc["reachable"], doc["version"], doc["transport"]) == (True, "nightly-2026", None)
+    text = render_status(status, 0.0)
+    assert f'lnd    "odd" {NODE.hex()}, lnd nightly-2026, transport unknown\n' in text
+    known = LndStatus.read(NodeInfo(NODE, "", "0.20.1-beta"))
+    assert known.as_json()["transport"] == "custom"
+
+
 # --------------------------------------------------------------------------- peers
 
 
@@ -381,7 +403,7 @@ async def test_peers_table_with_online_status_unknown(
     await put(store, ALICE, 7200, now=cli_now)
     await put(store, ALICE, 120, now=cli_now)
     await put(store, BOB, 30, ttl=600, now=cli_now)
-    await store.allow_add([ALICE])
+    await store.allowlist.add([ALICE])
 
     r = await ctl("peers")
 
@@ -406,7 +428,7 @@ async def test_peers_table_with_online_status_unknown(
 async def test_peers_json(ctl: Ctl, store: Store) -> None:
     old, _ = await put(store, ALICE, 7200)
     new, _ = await put(store, ALICE, 120)
-    await store.allow_add([BOB])
+    await store.allowlist.add([BOB])
 
     r = await ctl("peers", "--json")
 
@@ -441,8 +463,8 @@ async def test_peers_when_nobody_has_mail(ctl: Ctl) -> None:
 async def test_show_lists_every_message_with_its_fields(ctl: Ctl, store: Store) -> None:
     first, _ = await put(store, ALICE, 3600)
     second, _ = await put(store, ALICE, 5)
-    assert await store.record_attempt(first) == 1
-    assert await store.record_attempt(first) == 2
+    assert await store.queues.record_attempt(first) == 1
+    assert await store.queues.record_attempt(first) == 2
 
     r = await ctl("show", ALICE.hex())
 
@@ -529,7 +551,7 @@ async def test_show_a_peer_without_mail(ctl: Ctl) -> None:
 async def test_allow_add_remove_list(ctl: Ctl, store: Store) -> None:
     r = await ctl("allow", "add", ALICE.hex(), BOB.hex())
     assert (r.code, r.out) == (0, "added 2 peers\n")
-    assert await store.allowlist() == sorted([ALICE, BOB])
+    assert await store.allowlist.members() == sorted([ALICE, BOB])
 
     r = await ctl("allow", "add", ALICE.hex(), CAROL.hex().upper())
     assert r.out == "added 1 peer, 1 already allowed\n"
@@ -542,7 +564,7 @@ async def test_allow_add_remove_list(ctl: Ctl, store: Store) -> None:
 
     r = await ctl("allow", "remove", BOB.hex(), BOB.hex(), key(9).pubkey.hex(), "--json")
     assert r.json() == {"removed": 1, "unchanged": 1, "peers": [BOB.hex(), key(9).pubkey.hex()]}
-    assert await store.allowlist() == sorted([ALICE, CAROL])
+    assert await store.allowlist.members() == sorted([ALICE, CAROL])
 
     r = await ctl("allow", "remove", ALICE.hex(), CAROL.hex())
     assert r.out == "removed 2 peers\n"
@@ -561,7 +583,7 @@ async def test_purge_refuses_without_a_terminal_or_yes(ctl: Ctl, store: Store) -
         f"mailboxctl: not deleting all 1 message of {ALICE.hex()} without confirmation: "
         "stdin is not a terminal, pass --yes\n"
     )
-    assert len(await store.messages(ALICE)) == 1
+    assert len(await store.queues.messages(ALICE)) == 1
 
 
 async def test_purge_all_with_yes_counts_and_publishes_the_drops(ctl: Ctl, store: Store) -> None:
@@ -572,15 +594,15 @@ async def test_purge_all_with_yes_counts_and_publishes_the_drops(ctl: Ctl, store
     r = await ctl("purge", ALICE.hex(), "--yes")
 
     assert (r.code, r.out) == (0, f"purged 2 messages of {ALICE.hex()}\n")
-    assert await store.messages(ALICE) == []
-    assert len(await store.messages(BOB)) == 1
-    assert (await store.counters())["dropped:purged"] == 2
-    events = [e for e in await store.recent_events(10) if e.kind == "dropped"]
+    assert await store.queues.messages(ALICE) == []
+    assert len(await store.queues.messages(BOB)) == 1
+    assert (await store.events.counters())["dropped:purged"] == 2
+    events = [e for e in await store.events.recent(10) if e.kind == "dropped"]
     assert [(e.kind, e.peer, e.message_id, e.size, e.reason) for e in events] == [
         ("dropped", ALICE, a.id, a.size, "purged"),
         ("dropped", ALICE, b.id, b.size, "purged"),
     ]
-    assert await store.audit() == []
+    assert await audit(store) == []
 
 
 async def test_purge_one_message_by_id(ctl: Ctl, store: Store) -> None:
@@ -591,12 +613,12 @@ async def test_purge_one_message_by_id(ctl: Ctl, store: Store) -> None:
 
     assert r.code == 0
     assert r.json() == {"peer": ALICE.hex(), "purged": 1}
-    assert [m.id for m in await store.messages(ALICE)] == [a.id]
+    assert [m.id for m in await store.queues.messages(ALICE)] == [a.id]
 
     r = await ctl("purge", ALICE.hex(), "--id", b.id, "--yes")
     assert r.code == 1
     assert r.err == f"mailboxctl: no message {b.id} is queued for {ALICE.hex()}\n"
-    assert (await store.counters())["dropped:purged"] == 1
+    assert (await store.events.counters())["dropped:purged"] == 1
 
 
 async def test_purge_with_nothing_queued(ctl: Ctl) -> None:
@@ -636,11 +658,11 @@ async def test_purge_asks_on_a_terminal(
     assert err.startswith(f"Delete all 1 message queued for {ALICE.hex()}? [y/N] ")
     if deleted:
         assert (code, out) == (0, f"purged 1 message of {ALICE.hex()}\n")
-        assert await store.messages(ALICE) == []
+        assert await store.queues.messages(ALICE) == []
     else:
         assert (code, out) == (1, "")
         assert err.endswith("mailboxctl: nothing deleted\n")
-        assert len(await store.messages(ALICE)) == 1
+        assert len(await store.queues.messages(ALICE)) == 1
 
 
 # --------------------------------------------------------------------------- deliver
@@ -654,13 +676,13 @@ async def test_deliver_queues_a_request_for_the_daemon(ctl: Ctl, store: Store) -
     assert r.code == 0
     assert r.out == f"asked the daemon to deliver to {ALICE.hex()} now (1 message queued)\n"
     assert "no daemon is running for this node" in r.err
-    assert await store.pop_delivery_requests() == [ALICE]
+    assert await store.control.wait_delivery_requests(WAIT) == [ALICE]
 
-    assert await store.acquire_lock("me", 30)
+    assert await store.control.acquire_lock("me", 30)
     r = await ctl("deliver", BOB.hex(), "--json")
     assert r.json() == {"peer": BOB.hex(), "requested": True, "queued": 0, "daemon_running": True}
     assert r.err == f"mailboxctl: nothing is queued for {BOB.hex()}\n"
-    assert await store.pop_delivery_requests() == [BOB]
+    assert await store.control.wait_delivery_requests(WAIT) == [BOB]
 
 
 # --------------------------------------------------------------------------- decode
@@ -705,18 +727,6 @@ async def test_decode_json_from_stdin(ctl: Ctl, monkeypatch: pytest.MonkeyPatch)
     }
 
 
-def test_decode_reads_a_body_whose_path_key_looks_like_the_type() -> None:
-    # A path key 02 01 ... makes the body start like the type 513: it is still read.
-    n = 1
-    while (k := key(n).pubkey)[:2] != b"\x02\x01":
-        n += 1
-    msg = OnionMessage(k, _message().onion)
-    decoded = parse_onion_message(msg.encode())
-    assert (decoded.message, decoded.typed) == (msg, False)
-    decoded = parse_onion_message(msg.encode_with_type())
-    assert (decoded.message, decoded.typed) == (msg, True)
-
-
 async def test_decode_rejects_what_is_not_an_onion_message(ctl: Ctl) -> None:
     msg = _message()
     r = await ctl("decode", msg.encode()[:-10].hex())
@@ -736,28 +746,19 @@ async def test_decode_bad_hex_is_a_usage_error(ctl: Ctl, monkeypatch: pytest.Mon
     assert (r.code, r.err) == (2, "mailboxctl: decode: no hex given\n")
 
 
-def test_packet_fields_of_short_or_odd_packets() -> None:
-    assert packet_fields(b"") == {"length": 0}
-    assert packet_fields(b"\x01\x02") == {"length": 2, "version": 1}
-    fields = packet_fields(b"\x00" + b"\x02" + b"\xff" * 32 + b"\x00" + b"\x11" * 32)
-    assert fields["ephemeral_key_valid"] is False
-    assert fields["payloads_length"] == 1
-    assert fields["hmac"] == "11" * 32
-
-
 # --------------------------------------------------------------------------- events
 
 
 async def _publish(store: Store, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
-        await store.record(
+        await store.events.record(
             events=[("stored", ALICE, f"{i:020x}", 100 + i, "")], at=1_700_000_000 + i
         )
 
 
 async def test_events_shows_the_latest(ctl: Ctl, store: Store) -> None:
     await _publish(store, 5)
-    await store.record(events=[("dropped", BOB, "", 0, "not_allowed")], at=1_700_000_100)
+    await store.events.record(events=[("dropped", BOB, "", 0, "not_allowed")], at=1_700_000_100)
 
     r = await ctl("events", "--count", "3")
 
@@ -873,7 +874,7 @@ async def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> No
 
 
 async def test_json_and_node_accepted_before_or_after_the_command(ctl: Ctl, store: Store) -> None:
-    await store.allow_add([ALICE])
+    await store.allowlist.add([ALICE])
     flags = ctl.flags(node=None)
     for argv in (
         [*flags, "--json", "--node", NODE.hex(), "allow", "list"],

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from simnet import Personality, SimNode, SimPeer
 
 from lndmailbox.store import Store
-from simnet import Personality, SimNode, SimPeer
 from tests.test_cli import NODE, Run, put, run_main
 from tests.test_cli import _clean_environment as _clean_environment  # autouse fixture
 
@@ -105,7 +105,7 @@ async def test_status_shows_the_node_lnd_serves(ctl: Ctl, lnd: Lnd, store: Store
 async def test_peers_shows_who_is_online(ctl: Ctl, lnd: Lnd, store: Store) -> None:
     await put(store, lnd.alice.pubkey, 600)
     await put(store, lnd.bob.pubkey, 60)
-    await store.allow_add([lnd.alice.pubkey])
+    await store.allowlist.add([lnd.alice.pubkey])
 
     r = await ctl("peers")
 
@@ -132,7 +132,7 @@ async def test_commands_open_the_mailbox_of_the_node_lnd_serves(
 ) -> None:
     r = await ctl("allow", "add", lnd.alice.pubkey.hex())
     assert r.code == 0, r.err
-    assert await store.allowlist() == [lnd.alice.pubkey]
+    assert await store.allowlist.members() == [lnd.alice.pubkey]
 
 
 async def test_another_node_given_with_node_is_not_mixed_with_lnds(

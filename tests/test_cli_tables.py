@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lndmailbox.tables import (
+from lndmailbox.cli.render import (
     format_age,
     format_bytes,
     format_duration,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import pytest
+from simnet import SimNode
 
 from lndmailbox.config import (
     OPTIONS,
@@ -104,6 +106,27 @@ def test_every_option_is_in_the_readme() -> None:
 def test_daemon_exits_2_on_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--ttl", "forever"]) == 2
     assert "--ttl" in capsys.readouterr().err
+
+
+def test_daemon_exits_3_when_the_embedded_redis_does_not_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a settings problem (2): a supervisor should tell the two apart."""
+    cert, macaroon = SimNode().write_credentials(tmp_path / "lnd")
+    # No unix socket can be bound at a path this long (the limit is about 107 bytes).
+    datadir = tmp_path / ("d" * 120)
+    argv = ["--rpcserver", "127.0.0.1:1", "--tlscertpath", str(cert)]
+    argv += ["--macaroonpath", str(macaroon), "--datadir", str(datadir)]
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert main(argv) == 3
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+    assert "the embedded Redis server did not start" in caplog.text
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.shown_default], ids=lambda o: o.name)

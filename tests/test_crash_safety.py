@@ -7,7 +7,7 @@ What must hold afterwards:
   acknowledgement, so a message read from the stream and not yet written to Redis dies
   with the process. The test shows each such message was handed over just before a kill,
   and counts those and the duplicates.
-- The mailbox ends empty and its indexes agree with its queues (``Store.audit``).
+- The mailbox ends empty and its indexes agree with its queues (``lndmailbox.store.audit``).
 - Every message stored and every one delivered has its event in the stream, and the
   counters agree with the events.
 """
@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
-from lndmailbox.store import Store
-from lndmailbox.wire import scid
 from simnet import Personality, SimNode
+
+from lndmailbox.onion import BlindedHopSpec, Receive, message_via
+from lndmailbox.onion.wire import scid
+from lndmailbox.store import Store
+from lndmailbox.store.audit import audit
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 
 KILLS = 50
@@ -144,17 +145,17 @@ async def test_sigkill_loses_nothing_stored(
             async with Store.from_url(redis_url, node.pubkey) as store:
 
                 async def drained() -> bool:
-                    return await store.messages(bob.pubkey) == []
+                    return await store.queues.messages(bob.pubkey) == []
 
                 await wait_until(drained, within=30, what="the mailbox to empty")
-                assert await store.audit() == []
+                assert await audit(store) == []
                 received = []
                 for message in bob.received:
                     peeled = await bob.peel(message)
                     assert isinstance(peeled, Receive)
                     received.append(peeled.payload[PAYLOAD_TYPE])
-                counters = await store.counters()
-                events = await store.read_events(count=100_000)
+                counters = await store.events.counters()
+                events = await store.events.read(count=100_000)
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 30) == 0

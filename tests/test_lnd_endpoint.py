@@ -10,11 +10,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from simnet.tls import generate_tls_pair
 
+from lndmailbox.config import Settings
 from lndmailbox.errors import ConfigError
 from lndmailbox.lnd import (
-    Backoff,
     LndEndpoint,
     Transport,
+    endpoint_for,
     parse_lndconnect,
     resolve_endpoint,
     transport_for_version,
@@ -201,9 +202,9 @@ def test_endpoint_repr_hides_credentials() -> None:
     assert "BEGIN" not in text
 
 
-def test_backoff_grows_with_jitter_up_to_the_maximum() -> None:
-    backoff = Backoff(initial=0.5, maximum=8.0)
-    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (40, 8.0)]:
-        delays = [backoff.delay(attempt) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert len(set(delays)) > 1
+def test_endpoint_for_reads_the_settings_like_resolve_endpoint(tmp_path: Path) -> None:
+    lnddir = _lnddir(tmp_path, "regtest")
+    settings = Settings(rpcserver="lnd.internal", lnddir=lnddir, network="regtest")
+    assert endpoint_for(settings) == LndEndpoint("lnd.internal:10009", CERT, MACAROON)
+    inline = Settings(lnddir=tmp_path / "absent", tlscert=OTHER_CERT.decode(), macaroon="02ff")
+    assert endpoint_for(inline) == LndEndpoint("localhost:10009", OTHER_CERT, b"\x02\xff")

@@ -25,9 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from simnet.tls import TlsPair, generate_tls_pair
 
-from lndmailbox.errors import LndError, LndPermissionError, PeerOfflineError
+from lndmailbox.errors import ConfigError, LndError, LndPermissionError, PeerOfflineError
 from lndmailbox.lnd import (
-    Backoff,
     IncomingMalformed,
     IncomingOnionMessage,
     LndClient,
@@ -35,9 +34,11 @@ from lndmailbox.lnd import (
     PeerEvent,
     Resubscribed,
     Transport,
+    transport_for_version,
 )
-from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.wire import OnionMessage
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.onion.wire import OnionMessage
+from lndmailbox.retry import Backoff
 
 TLS = generate_tls_pair()
 MACAROON = b"\x02scripted-macaroon"
@@ -186,7 +187,9 @@ def warnings_and_up(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixtur
 
 def _lnd_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [
-        r.getMessage() for r in caplog.records if r.name == "lndmailbox.lnd" and r.levelno == level
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("lndmailbox.lnd.") and r.levelno == level
     ]
 
 
@@ -284,9 +287,10 @@ async def test_an_outage_is_retried_and_logged_once(
     warnings = _lnd_records(warnings_and_up, logging.WARNING)
     infos = _lnd_records(warnings_and_up, logging.INFO)
     assert len(warnings) == 1
-    assert "unreachable" in warnings[0]
+    assert "lnd failing" in warnings[0]
+    assert "ListPeers" in warnings[0]
     assert len(infos) == 1
-    assert "reachable again" in infos[0]
+    assert "lnd working again" in infos[0]
 
 
 async def test_retrying_is_bounded(scripted: Scripted) -> None:
@@ -385,8 +389,26 @@ async def test_other_calls_past_their_deadline_are_retried(scripted: Scripted) -
     async with _client(scripted.port, timeout=1.0) as lnd:
         await lnd.list_peers()  # the channel is up: the deadline covers only GetInfo
         info = await lnd.get_info()
-    assert info.transport is Transport.CUSTOM
+    assert transport_for_version(info.version) is Transport.CUSTOM
     assert scripted.script.calls["GetInfo"] == 2
+
+
+@pytest.mark.parametrize("version", ["", "master-build", "lnd-custom commit=abc123"])
+async def test_get_info_takes_a_version_no_transport_mapping_knows(
+    scripted: Scripted, version: str
+) -> None:
+    # The version is mapped to a transport only for --transport auto, by the caller: an
+    # lnd built from a branch must still start with --transport native or custom.
+    scripted.script.steps["GetInfo"] = [
+        ln.GetInfoResponse(identity_pubkey=PEER.hex(), alias="lsp", version=version)
+    ]
+    async with _client(scripted.port) as lnd:
+        info = await lnd.get_info()
+    assert info.version == version
+    assert info.pubkey == PEER
+    assert scripted.script.calls["GetInfo"] == 1
+    with pytest.raises(ConfigError, match="--transport"):
+        transport_for_version(info.version)
 
 
 async def test_on_rpc_sees_every_attempt(scripted: Scripted) -> None:
@@ -566,7 +588,7 @@ async def test_node_info_and_channel_peers(scripted: Scripted) -> None:
         scids = await lnd.channel_peers()
     assert info.pubkey == PEER
     assert info.alias == "lsp"
-    assert info.transport is Transport.NATIVE
+    assert transport_for_version(info.version) is Transport.NATIVE
     assert info.network == "regtest"
     assert info.advertises_onion_messages
     assert info.block_height == 101

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+from simnet import Personality, SimNode
 
 from lndmailbox.errors import LndError, LndPermissionError, PeerOfflineError
 from lndmailbox.lnd import (
     PERMISSIONS,
-    Backoff,
     IncomingMalformed,
     IncomingOnionMessage,
     LndClient,
@@ -26,10 +26,11 @@ from lndmailbox.lnd import (
     PeerEvent,
     Resubscribed,
     Transport,
+    transport_for_version,
 )
-from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, message_via, peel, random_secret
-from lndmailbox.wire import OnionMessage, PointError, scid
-from simnet import Personality, SimNode
+from lndmailbox.onion import Forward, LocalNodeKey, Receive, message_via, peel, random_secret
+from lndmailbox.onion.wire import OnionMessage, PointError, scid
+from lndmailbox.retry import Backoff
 
 TEXT = 65537
 SCID_ALICE = scid(700_000, 1, 0)
@@ -68,7 +69,7 @@ async def test_get_info(node: SimNode, lnd: LndClient) -> None:
     assert info.pubkey == node.pubkey
     assert info.alias == node.alias
     assert info.version == node.personality.version
-    assert info.transport is transport_of(node.personality)
+    assert transport_for_version(info.version) is transport_of(node.personality)
     assert info.network == "regtest"
     assert info.block_height == node.block_height
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
+import pkgutil
 import re
 from collections.abc import Callable, Iterator
 from typing import Literal
 
 import pytest
 
+from lndmailbox.daemon import outcomes
 from lndmailbox.errors import ConfigError
 from lndmailbox.logs import REDACTED, configure_logging, decision, is_secret_name, scrub_text
 
@@ -51,7 +54,7 @@ TEXT_LINE = re.compile(
 
 def test_text_decision_has_a_stable_layout(setup_logging: Setup) -> None:
     stream = setup_logging("text")
-    log = logging.getLogger("lndmailbox.mailbox")
+    log = outcomes.log
     # Keyword order at the call site does not change the line.
     decision(log, "stored", size=1366, reason=None, id="m1", peer=PEER, attempts=0)
     decision(log, "stored", attempts=0, peer=PEER, id="m1", size=1366)
@@ -59,7 +62,7 @@ def test_text_decision_has_a_stable_layout(setup_logging: Setup) -> None:
     match = TEXT_LINE.match(first)
     assert match is not None, first
     assert match["level"] == "INFO"
-    assert match["logger"] == "lndmailbox.mailbox"
+    assert match["logger"] == "lndmailbox.daemon.outcomes"
     assert match["rest"] == f"event=stored peer={PEER.hex()} id=m1 size=1366 attempts=0"
     assert TEXT_LINE.match(second) is not None
     assert first.split(" ", 1)[1] == second.split(" ", 1)[1]
@@ -67,7 +70,7 @@ def test_text_decision_has_a_stable_layout(setup_logging: Setup) -> None:
 
 def test_text_values_that_need_it_are_quoted_and_stay_on_one_line(setup_logging: Setup) -> None:
     stream = setup_logging("text")
-    log = logging.getLogger("lndmailbox.mailbox")
+    log = outcomes.log
     decision(log, "dropped", reason="no next hop", detail='a "b"\nc=d', ok=True, empty="")
     (line,) = stream.getvalue().splitlines()
     rest = line.split(" ", 3)[3]
@@ -76,7 +79,7 @@ def test_text_values_that_need_it_are_quoted_and_stay_on_one_line(setup_logging:
 
 def test_text_plain_records_carry_msg(setup_logging: Setup) -> None:
     stream = setup_logging("text")
-    logging.getLogger("lndmailbox.lnd").warning("stream broke after %d s", 3)
+    logging.getLogger("lndmailbox.lnd.client").warning("stream broke after %d s", 3)
     (line,) = stream.getvalue().splitlines()
     match = TEXT_LINE.match(line)
     assert match is not None
@@ -86,13 +89,13 @@ def test_text_plain_records_carry_msg(setup_logging: Setup) -> None:
 
 def test_json_decision_is_one_object_per_line(setup_logging: Setup) -> None:
     stream = setup_logging("json")
-    log = logging.getLogger("lndmailbox.mailbox")
+    log = outcomes.log
     decision(log, "delivered", id="m2", peer=PEER, size=100, delay=1.5, reason=None)
     decision(log, "expired", level=logging.WARNING, peer=PEER, id="m3")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert list(first) == ["ts", "level", "logger", "event", "peer", "id", "size", "delay"]
     assert first["level"] == "info"
-    assert first["logger"] == "lndmailbox.mailbox"
+    assert first["logger"] == "lndmailbox.daemon.outcomes"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
     assert first["event"] == "delivered"
     assert first["peer"] == PEER.hex()
@@ -104,7 +107,7 @@ def test_json_decision_is_one_object_per_line(setup_logging: Setup) -> None:
 
 def test_json_plain_record_and_exception(setup_logging: Setup) -> None:
     stream = setup_logging("json")
-    log = logging.getLogger("lndmailbox.mailbox")
+    log = outcomes.log
     try:
         raise RuntimeError("boom")
     except RuntimeError:
@@ -118,7 +121,7 @@ def test_json_plain_record_and_exception(setup_logging: Setup) -> None:
 
 def test_level_filters_and_chatty_libraries_are_held_back(setup_logging: Setup) -> None:
     stream = setup_logging("text", level="INFO")
-    decision(logging.getLogger("lndmailbox.mailbox"), "peeled", level=logging.DEBUG, id="x")
+    decision(outcomes.log, "peeled", level=logging.DEBUG, id="x")
     logging.getLogger("httpx").info("HTTP Request: POST http://example/ 200")
     logging.getLogger("httpx").warning("something httpx worries about")
     lines = stream.getvalue().splitlines()
@@ -126,7 +129,7 @@ def test_level_filters_and_chatty_libraries_are_held_back(setup_logging: Setup) 
     assert "something httpx worries about" in lines[0]
 
     stream = setup_logging("text", level="debug")
-    decision(logging.getLogger("lndmailbox.mailbox"), "peeled", level=logging.DEBUG, id="x")
+    decision(outcomes.log, "peeled", level=logging.DEBUG, id="x")
     logging.getLogger("httpx").debug("detail")
     assert len(stream.getvalue().splitlines()) == 2
 
@@ -152,7 +155,7 @@ def test_bad_settings_and_reserved_names() -> None:
 def test_secret_fields_are_redacted(setup_logging: Setup, fmt: Literal["text", "json"]) -> None:
     stream = setup_logging(fmt)
     decision(
-        logging.getLogger("lndmailbox.lnd"),
+        logging.getLogger("lndmailbox.lnd.client"),
         "connected",
         macaroon=MACAROON,
         admin_macaroon_hex=MACAROON.hex(),
@@ -205,3 +208,18 @@ def test_secret_name_rules() -> None:
     assert scrub_text("nothing to hide 0201") == "nothing to hide 0201"
     assert scrub_text("redis://:pw@db:6379/0 up") == f"redis://{REDACTED}@db:6379/0 up"
     assert scrub_text("http://example.com/a@b") == "http://example.com/a@b"
+
+
+def test_every_daemon_module_logs_under_its_own_name() -> None:
+    """Operators filter on the ``logger`` field: it names the module that wrote the line."""
+    import lndmailbox.daemon as daemon
+
+    loggers: dict[str, int] = {}
+    for info in pkgutil.iter_modules(daemon.__path__):
+        module = importlib.import_module(f"{daemon.__name__}.{info.name}")
+        found = [v for v in vars(module).values() if isinstance(v, logging.Logger)]
+        for logger in found:
+            assert logger.name == module.__name__, (module.__name__, logger.name)
+        loggers[module.__name__] = len(found)
+    assert loggers["lndmailbox.daemon.outcomes"] == 1
+    assert loggers["lndmailbox.daemon.deliverer"] == 1

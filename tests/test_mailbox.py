@@ -6,13 +6,17 @@ finding the sender's payload.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from lndmailbox.wire import OnionMessage
 from simnet import Personality
+
+from lndmailbox.daemon import run
+from lndmailbox.errors import ConfigError
+from lndmailbox.onion.wire import OnionMessage
+from lndmailbox.store.audit import audit
 from tests.daemon_harness import World, counted, stored_count, wait_until, world
 
 GENERATIONS = [Personality.LND_0_20, Personality.LND_0_21]
@@ -82,7 +86,7 @@ async def test_a_long_queue_is_delivered_whole_in_store_order(
         assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
         await wait_until(lambda: _no_mail(w), what="the delivered messages to leave Redis")
         await counted(w, "delivered", count)
-        assert await w.store.audit() == []
+        assert await audit(w.store) == []
 
 
 async def test_malformed_onion_is_dropped_and_daemon_keeps_going(w: World) -> None:
@@ -98,3 +102,30 @@ async def test_malformed_onion_is_dropped_and_daemon_keeps_going(w: World) -> No
         assert fate.drop_reason.startswith("peel")
     else:
         await counted(w, "dropped:bad_hmac", 1)
+
+
+@pytest.mark.parametrize(
+    ("personality", "transport"),
+    [(Personality.LND_0_20, "custom"), (Personality.LND_0_21, "native")],
+    ids=["lnd0.20-custom", "lnd0.21-native"],
+)
+async def test_transport_flag_serves_an_lnd_whose_version_the_mapping_does_not_know(
+    personality: Personality,
+    transport: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A build of lnd whose version says nothing the mapping knows: --transport decides;
+    left to ``auto``, the daemon stops and says which flag to set."""
+    monkeypatch.setattr(Personality, "version", property(lambda _: "lsp-build commit=3f2e1d"))
+    async with world(personality, redis_url, tmp_path, transport=transport) as w:
+        await w.start_daemon()
+        await w.alice.send_onion_message(w.message_for_bob(b"whatever lnd calls itself"))
+        await stored_count(w, 1)
+        w.bob.connect()
+        await wait_until(lambda: len(w.bob.received) == 1, what="delivery to bob")
+        assert await w.payloads_received(w.bob) == [b"whatever lnd calls itself"]
+    async with world(personality, redis_url, tmp_path / "auto") as w:
+        with pytest.raises(ConfigError, match="set --transport"):
+            await asyncio.wait_for(run(w.settings, stop=asyncio.Event()), 30)

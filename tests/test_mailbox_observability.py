@@ -8,11 +8,11 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-
-from lndmailbox.notify import SIGNATURE_HEADER, verify_signature
-from lndmailbox.redis_server import free_port
-from lndmailbox.sphinx import BlindedHopSpec, message_via
 from simnet import Personality
+
+from lndmailbox.daemon.webhook import SIGNATURE_HEADER, verify_signature
+from lndmailbox.onion import BlindedHopSpec, message_via
+from lndmailbox.store import free_port
 from tests.daemon_harness import PAYLOAD_TYPE, World, counter, wait_until, world
 from tests.http_endpoint import MakeEndpoint
 
@@ -84,10 +84,10 @@ async def test_event_stream_tells_stored_delivered_and_dropped(
         await store_deliver_and_refuse(w)
 
         async def three_events() -> bool:
-            return len(await w.store.read_events()) >= 3
+            return len(await w.store.events.read()) >= 3
 
         await wait_until(three_events, what="three events")
-        events = await w.store.read_events()
+        events = await w.store.events.read()
         kinds = sorted((e.kind, e.reason) for e in events)
         assert kinds == [("delivered", ""), ("dropped", "not_allowed"), ("stored", "")]
         stored = next(e for e in events if e.kind == "stored")

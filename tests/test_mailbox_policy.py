@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from lndmailbox.sphinx import BlindedHopSpec, message_via
-from lndmailbox.wire import scid
 from simnet import Personality
+
+from lndmailbox.onion import BlindedHopSpec, message_via
+from lndmailbox.onion.wire import scid
 from tests.daemon_harness import PAYLOAD_TYPE, counted, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(
@@ -76,7 +76,7 @@ async def test_only_allowed_peers_get_a_mailbox(
         await counted(w, "dropped:not_allowed", 1)
         assert await w.stored_for(w.bob) == []
 
-        await w.store.allow_add([w.bob.pubkey])
+        await w.store.allowlist.add([w.bob.pubkey])
 
         # The daemon reads the allowlist again within a couple of seconds.
         async def kept() -> bool:

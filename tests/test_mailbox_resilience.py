@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
-from lndmailbox.redis_server import RedisServer
 from simnet import Personality
+
+from lndmailbox.store import RedisServer
 from tests.daemon_harness import World, counter, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(
@@ -104,7 +104,7 @@ async def test_native_race_stores_what_lnd_could_not_forward(
 async def test_a_second_daemon_waits_for_the_first(redis_url: str, tmp_path: Path) -> None:
     async with world(Personality.LND_0_20, redis_url, tmp_path) as w:
         await w.start_daemon()
-        owner = await w.store.lock_owner()
+        owner = await w.store.control.lock_owner()
         assert owner is not None
         from lndmailbox.daemon import run
 
@@ -112,7 +112,7 @@ async def test_a_second_daemon_waits_for_the_first(redis_url: str, tmp_path: Pat
         second = asyncio.create_task(run(w.settings, stop=second_stop))
         await asyncio.sleep(1.0)
         assert not second.done()
-        assert await w.store.lock_owner() == owner
+        assert await w.store.control.lock_owner() == owner
         await w.stop_daemon()
         await wait_until(
             lambda: _owner_changed(w, owner), within=15, what="the second daemon to take over"
@@ -122,7 +122,7 @@ async def test_a_second_daemon_waits_for_the_first(redis_url: str, tmp_path: Pat
 
 
 async def _owner_changed(w: World, previous: str) -> bool:
-    now = await w.store.lock_owner()
+    now = await w.store.control.lock_owner()
     return now is not None and now != previous
 
 

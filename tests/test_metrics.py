@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from lndmailbox.metrics import DELIVERY_DELAY_BUCKETS, Metrics
+from lndmailbox.daemon.metrics import DELIVERY_DELAY_BUCKETS, Metrics
 
 
 @pytest.fixture

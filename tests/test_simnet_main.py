@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.lnrpc import lightning_pb2_grpc as ln_grpc
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnd.lnrpc import lightning_pb2_grpc as ln_grpc
 
 
 class Simnet:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from lndmailbox.errors import OnionError
-from lndmailbox.sphinx import (
+from lndmailbox.onion import (
     LARGE_PACKET_SIZE,
     BlindedHopSpec,
     LocalNodeKey,
@@ -32,7 +32,7 @@ from lndmailbox.sphinx import (
     message_via,
     peel,
 )
-from lndmailbox.wire import BlindedPath, EncryptedData, encode_bigsize, encode_tlv_stream
+from lndmailbox.onion.wire import BlindedPath, EncryptedData, encode_bigsize, encode_tlv_stream
 
 SEED = 20240513
 TOTAL = 100_000

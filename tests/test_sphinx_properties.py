@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lndmailbox.errors import OnionError
-from lndmailbox.sphinx import (
+from lndmailbox.onion import (
     DEFAULT_PACKET_SIZE,
     LARGE_PACKET_SIZE,
     BlindedHopSpec,
@@ -24,7 +24,7 @@ from lndmailbox.sphinx import (
     message_via,
     peel,
 )
-from lndmailbox.wire import OnionMessage, encode_tlv_stream, scid
+from lndmailbox.onion.wire import OnionMessage, encode_tlv_stream, scid
 
 CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 POOL = [LocalNodeKey(bytes([i + 1]) * 32) for i in range(12)]

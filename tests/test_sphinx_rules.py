@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from lndmailbox.errors import OnionError
-from lndmailbox.sphinx import (
+from lndmailbox.onion import (
     LARGE_PACKET_SIZE,
     BlindedHopSpec,
     EncryptedDataError,
@@ -37,7 +37,7 @@ from lndmailbox.sphinx import (
     message_via,
     peel,
 )
-from lndmailbox.wire import (
+from lndmailbox.onion.wire import (
     BlindedHop,
     BlindedPath,
     EncryptedData,
@@ -455,7 +455,7 @@ def test_equal_length_padding() -> None:
 
 
 async def test_cached_node_key_answers_like_the_key_and_asks_once_per_point() -> None:
-    from lndmailbox.sphinx import CachedNodeKey, LocalNodeKey
+    from lndmailbox.onion import CachedNodeKey, LocalNodeKey
 
     class Counting:
         def __init__(self, key: LocalNodeKey) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 
 from coincurve import PrivateKey
 
-from lndmailbox import sphinx, wire
-from lndmailbox.sphinx import (
+from lndmailbox.onion import (
     BlindedHopSpec,
     Forward,
     LocalNodeKey,
@@ -22,10 +21,14 @@ from lndmailbox.sphinx import (
     build_onion_message,
     build_packet,
     create_blinded_path,
+    decrypt_recipient_data,
+    next_path_key,
     open_packet,
     peel,
+    primitives,
+    wire,
 )
-from lndmailbox.wire import BlindedPath, EncryptedData, OnionMessage
+from lndmailbox.onion.wire import BlindedPath, EncryptedData, OnionMessage
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -79,7 +82,7 @@ def test_onion_message_blinded_path_is_created_exactly() -> None:
     # Dave's path Bob -> Carol -> Dave, created with Bob's path key secret.
     specs = [
         BlindedHopSpec(
-            sphinx.LocalNodeKey(h(d["privkey"])).pubkey,
+            LocalNodeKey(h(d["privkey"])).pubkey,
             encrypted_data=EncryptedData.decode(h(g["encrypted_data_tlv"])),
         )
         for g, d in zip(hops[1:], vector["decrypt"]["hops"][1:], strict=True)
@@ -179,12 +182,14 @@ def test_onion_message_intermediate_values() -> None:
         ss = key.ecdh_sync(h(hop["E"]))
         assert ss == h(hop["ss"])
         assert PrivateKey(e_secret).ecdh(key.pubkey) == ss
-        assert sphinx._hmac256(b"blinded_node_id", ss) == h(hop["HMAC256('blinded_node_id', ss)"])
-        assert sphinx._hmac256(b"rho", ss) == h(hop["rho"])
-        assert sphinx._sha256(h(hop["E"]) + ss) == h(hop["H(E || ss)"])
+        assert primitives.hmac256(b"blinded_node_id", ss) == h(
+            hop["HMAC256('blinded_node_id', ss)"]
+        )
+        assert primitives.hmac256(b"rho", ss) == h(hop["rho"])
+        assert primitives.sha256(h(hop["E"]) + ss) == h(hop["H(E || ss)"])
         # next_e: the next path key secret before any override, with a trailing 01 flag.
         factor = int.from_bytes(h(hop["H(E || ss)"]), "big")
-        next_e = int.from_bytes(e_secret, "big") * factor % sphinx._CURVE_ORDER
+        next_e = int.from_bytes(e_secret, "big") * factor % primitives.CURVE_ORDER
         assert next_e.to_bytes(32, "big") + b"\x01" == h(hop["next_e"])
 
 
@@ -275,9 +280,9 @@ def test_route_blinding_path_is_created_exactly() -> None:
         if "session_key" in hop:  # a path starts here: its first secret is the session key
             assert hop["path_privkey"] == hop["session_key"]
         if i + 1 < len(hops) and "session_key" not in hops[i + 1]:
-            factor = sphinx._sha256(h(hop["path_key"]) + h(hop["shared_secret"]))
+            factor = primitives.sha256(h(hop["path_key"]) + h(hop["shared_secret"]))
             scalar = int.from_bytes(h(hop["path_privkey"]), "big")
-            scalar = scalar * int.from_bytes(factor, "big") % sphinx._CURVE_ORDER
+            scalar = scalar * int.from_bytes(factor, "big") % primitives.CURVE_ORDER
             assert scalar.to_bytes(32, "big") == h(hops[i + 1]["path_privkey"])
 
 
@@ -291,15 +296,17 @@ def test_route_blinding_unblind() -> None:
         path_key = h(hop["path_key"])
         ss = node.ecdh_sync(path_key)
         assert ss == h(gen["shared_secret"])
-        assert sphinx._hmac256(b"rho", ss) == h(gen["rho"])
-        tweak = int.from_bytes(sphinx._hmac256(b"blinded_node_id", ss), "big")
-        blinded_priv = int.from_bytes(h(hop["node_privkey"]), "big") * tweak % sphinx._CURVE_ORDER
+        assert primitives.hmac256(b"rho", ss) == h(gen["rho"])
+        tweak = int.from_bytes(primitives.hmac256(b"blinded_node_id", ss), "big")
+        blinded_priv = (
+            int.from_bytes(h(hop["node_privkey"]), "big") * tweak % primitives.CURVE_ORDER
+        )
         assert blinded_priv.to_bytes(32, "big") == h(hop["blinded_privkey"])
         assert pub(h(hop["blinded_privkey"])) == h(entry["blinded_node_id"])
-        plain = sphinx.decrypt_recipient_data(ss, h(entry["encrypted_data"]))
+        plain = decrypt_recipient_data(ss, h(entry["encrypted_data"]))
         assert plain == h(hop["decrypted_data"])
         data = EncryptedData.decode(plain)
-        assert sphinx.next_path_key(path_key, ss) == h(hop["next_path_key"])
+        assert next_path_key(path_key, ss) == h(hop["next_path_key"])
         if "next_path_key_override" in hop:
             assert data.next_path_key_override == h(hop["next_path_key_override"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import replace
+from importlib import resources
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,8 +22,11 @@ from lndmailbox.store import (
     StoredMessage,
     decode_record,
     encode_record,
+    lua,
     new_message_id,
 )
+from lndmailbox.store.audit import audit
+from tests.store_helpers import put_one
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("02" + "11" * 32)
@@ -42,7 +46,7 @@ async def store(redis_client: aioredis.Redis) -> Store:
 
 
 async def put(store: Store, peer: bytes, now: float = NOW, size: int = 1366, **kw: float) -> str:
-    result = await store.put(peer, pubkey(), pubkey(), onion(size), now, **kw)
+    result = await put_one(store, peer, pubkey(), pubkey(), onion(size), now, **kw)
     assert result.status is PutStatus.STORED
     return result.message_id
 
@@ -50,19 +54,19 @@ async def put(store: Store, peer: bytes, now: float = NOW, size: int = 1366, **k
 async def peek1(
     store: Store, peer: bytes, now: float
 ) -> tuple[StoredMessage | None, list[StoredMessage]]:
-    ready, expired = await store.peek(peer, now)
+    ready, expired = await store.queues.peek(peer, now)
     assert len(ready) <= 1
     return (ready[0] if ready else None), expired
 
 
 async def assert_consistent(store: Store) -> None:
-    assert await store.audit() == []
+    assert await audit(store) == []
 
 
 async def test_fifo_peek_remove(store: Store) -> None:
     peer = pubkey()
     sender, path_key, packet = pubkey(), pubkey(), onion()
-    first = await store.put(peer, sender, path_key, packet, NOW)
+    first = await put_one(store, peer, sender, path_key, packet, NOW)
     assert first.status is PutStatus.STORED
     assert first.message is not None
     assert first.size == 33 + 1366
@@ -82,27 +86,29 @@ async def test_fifo_peek_remove(store: Store) -> None:
         head, _ = await peek1(store, peer, NOW + 5)
         if head is None:
             break
-        assert await store.remove(head)
+        assert await store.queues.remove(head)
         delivered.append(head.id)
     assert delivered == ids
-    assert await store.peers_with_mail() == []
-    assert (await store.stats()).messages == 0
+    assert await store.queues.peers_with_mail() == []
+    assert (await store.queues.stats()).messages == 0
     await assert_consistent(store)
 
 
 async def test_peek_a_batch_skips_and_removes_expired(store: Store) -> None:
     peer = pubkey()
     ids = [await put(store, peer, NOW + i, ttl=5.0 if i % 2 else 100.0) for i in range(9)]
-    ready, expired = await store.peek(peer, NOW + 50, limit=3)
+    ready, expired = await store.queues.peek(peer, NOW + 50, limit=3)
     assert [m.id for m in ready] == [ids[0], ids[2], ids[4]]
     assert [m.id for m in expired] == [ids[1], ids[3]]
-    assert [m.id for m in await store.messages(peer)] == [ids[i] for i in (0, 2, 4, 5, 6, 7, 8)]
-    ready, expired = await store.peek(peer, NOW + 50, limit=100)
+    assert [m.id for m in await store.queues.messages(peer)] == [
+        ids[i] for i in (0, 2, 4, 5, 6, 7, 8)
+    ]
+    ready, expired = await store.queues.peek(peer, NOW + 50, limit=100)
     assert [m.id for m in ready] == [ids[i] for i in (0, 2, 4, 6, 8)]
     assert [m.id for m in expired] == [ids[5], ids[7]]
     for m in ready:
-        assert await store.remove(m)
-    assert await store.peek(peer, NOW + 50, limit=10) == ([], [])
+        assert await store.queues.remove(m)
+    assert await store.queues.peek(peer, NOW + 50, limit=10) == ([], [])
     await assert_consistent(store)
 
 
@@ -119,7 +125,7 @@ async def test_put_many_serves_several_peers_in_order_in_one_step(
         NewMessage(carol, sender, *twice, NOW + 1),
         NewMessage(bob, sender, pubkey(), onion(), NOW + 2),
     ]
-    results = await store.put_many(batch)
+    results = await store.queues.put_many(batch)
     assert [r.status for r in results] == [
         PutStatus.STORED,
         PutStatus.STORED,
@@ -130,7 +136,7 @@ async def test_put_many_serves_several_peers_in_order_in_one_step(
     assert results[3].message_id == results[1].message_id
     assert results[4].evicted == (results[0].message_id,), "bob's cap is 2: the oldest goes"
     # every outcome is counted and published in the same step as the change
-    told = [(e.kind, e.peer, e.message_id, e.reason) for e in await store.read_events()]
+    told = [(e.kind, e.peer, e.message_id, e.reason) for e in await store.events.read()]
     assert told == [
         ("stored", bob, results[0].message_id, ""),
         ("stored", carol, results[1].message_id, ""),
@@ -139,15 +145,15 @@ async def test_put_many_serves_several_peers_in_order_in_one_step(
         ("evicted", bob, results[0].message_id, "peer_cap"),
         ("stored", bob, results[4].message_id, ""),
     ]
-    assert await store.counters() == {"stored": 4, "duplicate": 1, "evicted": 1}
-    assert [m.id for m in await store.messages(bob)] == [
+    assert await store.events.counters() == {"stored": 4, "duplicate": 1, "evicted": 1}
+    assert [m.id for m in await store.queues.messages(bob)] == [
         results[2].message_id,
         results[4].message_id,
     ]
-    assert [(m.path_key, m.onion) for m in await store.messages(carol)] == [twice]
-    stats = await store.stats()
+    assert [(m.path_key, m.onion) for m in await store.queues.messages(carol)] == [twice]
+    stats = await store.queues.stats()
     assert (stats.peers_with_mail, stats.messages) == (2, 3)
-    assert await store.put_many([]) == []
+    assert await store.queues.put_many([]) == []
     await assert_consistent(store)
 
 
@@ -156,27 +162,29 @@ async def test_put_many_refuses_what_passes_the_node_cap_and_keeps_the_rest(
 ) -> None:
     store = Store(redis_client, NODE, Limits(ttl=100.0, max_bytes_total=2 * 1399))
     peers = [pubkey() for _ in range(3)]
-    results = await store.put_many([NewMessage(p, pubkey(), pubkey(), onion(), NOW) for p in peers])
+    results = await store.queues.put_many(
+        [NewMessage(p, pubkey(), pubkey(), onion(), NOW) for p in peers]
+    )
     assert [r.status for r in results] == [
         PutStatus.STORED,
         PutStatus.STORED,
         PutStatus.REJECTED_FULL,
     ]
-    assert await store.messages(peers[2]) == []
+    assert await store.queues.messages(peers[2]) == []
     await assert_consistent(store)
 
 
 async def test_a_put_run_again_after_a_lost_reply_finds_its_own_copy(store: Store) -> None:
     bob = pubkey()
     message = NewMessage(bob, pubkey(), pubkey(), onion(), NOW, new_message_id(NOW))
-    (first,) = await store.put_many([message])
-    (again,) = await store.put_many([message])
+    (first,) = await store.queues.put_many([message])
+    (again,) = await store.queues.put_many([message])
     assert (first.status, again.status) == (PutStatus.STORED, PutStatus.STORED)
     assert again.message_id == first.message_id == message.id
-    assert len(await store.messages(bob)) == 1
-    assert await store.counters() == {"stored": 1}, "told once"
+    assert len(await store.queues.messages(bob)) == 1
+    assert await store.events.counters() == {"stored": 1}, "told once"
     # the same message under a new id is a duplicate
-    (copy,) = await store.put_many([replace(message, id=None)])
+    (copy,) = await store.queues.put_many([replace(message, id=None)])
     assert (copy.status, copy.message_id) == (PutStatus.DUPLICATE, message.id)
     await assert_consistent(store)
 
@@ -184,11 +192,11 @@ async def test_a_put_run_again_after_a_lost_reply_finds_its_own_copy(store: Stor
 async def test_a_damaged_event_stream_stops_a_batch_before_it_writes(
     store: Store, redis_client: aioredis.Redis
 ) -> None:
-    await redis_client.set(store.events_key, b"not a stream")
+    await redis_client.set(store.keys.events_key, b"not a stream")
     with pytest.raises(StoreError, match="WRONGTYPE"):
-        await store.put_many([NewMessage(pubkey(), pubkey(), pubkey(), onion(), NOW)])
-    assert await store.peers_with_mail() == []
-    assert await store.counters() == {}
+        await store.queues.put_many([NewMessage(pubkey(), pubkey(), pubkey(), onion(), NOW)])
+    assert await store.queues.peers_with_mail() == []
+    assert await store.events.counters() == {}
 
 
 async def test_an_unreadable_evicted_record_does_not_fail_the_put(
@@ -197,24 +205,24 @@ async def test_an_unreadable_evicted_record_does_not_fail_the_put(
     store = Store(redis_client, NODE, Limits(ttl=100.0, max_messages_per_peer=1))
     bob = pubkey()
     old = await put(store, bob)
-    head = await redis_client.lindex(store.queue_key(bob), 0)
+    head = await redis_client.lindex(store.keys.queue_key(bob), 0)
     assert isinstance(head, bytes)
     future_version = b"\x09" + head[1:]
-    await redis_client.lset(store.queue_key(bob), 0, future_version)  # type: ignore[arg-type]
-    result = await store.put(bob, pubkey(), pubkey(), onion(), NOW + 1)
+    await redis_client.lset(store.keys.queue_key(bob), 0, future_version)  # type: ignore[arg-type]
+    result = await put_one(store, bob, pubkey(), pubkey(), onion(), NOW + 1)
     assert result.status is PutStatus.STORED
     assert result.evicted == (old,)
     assert result.evicted_messages == ()
-    assert len(await store.messages(bob)) == 1
+    assert len(await store.queues.messages(bob)) == 1
 
 
 async def test_peek_passes_over_messages_in_hand_even_expired_ones(store: Store) -> None:
     peer = pubkey()
     ids = [await put(store, peer, NOW + i, ttl=5.0 if i == 1 else 100.0) for i in range(6)]
-    ready, expired = await store.peek(peer, NOW + 50, limit=2, skip={ids[0], ids[1], ids[3]})
+    ready, expired = await store.queues.peek(peer, NOW + 50, limit=2, skip={ids[0], ids[1], ids[3]})
     assert [m.id for m in ready] == [ids[2], ids[4]]
     assert expired == [], "an expired message in hand is the deliverer's to settle"
-    assert len(await store.messages(peer)) == 6
+    assert len(await store.queues.messages(peer)) == 6
     await assert_consistent(store)
 
 
@@ -222,19 +230,19 @@ async def test_remove_delivered_spans_peers_and_ignores_what_is_gone(store: Stor
     bob, carol = pubkey(), pubkey()
     bobs = [await put(store, bob, NOW + i) for i in range(5)]
     carols = [await put(store, carol, NOW + i) for i in range(3)]
-    ready_bob, _ = await store.peek(bob, NOW, limit=5)
-    ready_carol, _ = await store.peek(carol, NOW, limit=3)
-    assert await store.purge(bob, bobs[1]) == 1
-    removed = await store.remove_delivered([*ready_bob[:3], ready_carol[2], ready_bob[4]])
+    ready_bob, _ = await store.queues.peek(bob, NOW, limit=5)
+    ready_carol, _ = await store.queues.peek(carol, NOW, limit=3)
+    assert await store.queues.purge(bob, bobs[1]) == 1
+    removed = await store.queues.remove_delivered([*ready_bob[:3], ready_carol[2], ready_bob[4]])
     assert removed == 4, "the purged one is not counted"
-    assert [m.id for m in await store.messages(bob)] == [bobs[3]]
-    assert [m.id for m in await store.messages(carol)] == carols[:2]
-    stats = await store.stats()
+    assert [m.id for m in await store.queues.messages(bob)] == [bobs[3]]
+    assert [m.id for m in await store.queues.messages(carol)] == carols[:2]
+    stats = await store.queues.stats()
     assert (stats.messages, stats.bytes) == (3, 3 * (33 + 1366))
-    assert await store.remove_delivered([]) == 0
+    assert await store.queues.remove_delivered([]) == 0
     # told in the same step, one delivered event per message lnd took: the purged one too,
     # since its peer got it all the same
-    delivered = [e for e in await store.read_events() if e.kind == "delivered"]
+    delivered = [e for e in await store.events.read() if e.kind == "delivered"]
     assert [(e.peer, e.message_id, e.size) for e in delivered] == [
         (bob, bobs[0], 1399),
         (bob, bobs[1], 1399),
@@ -242,7 +250,7 @@ async def test_remove_delivered_spans_peers_and_ignores_what_is_gone(store: Stor
         (bob, bobs[4], 1399),
         (carol, carols[2], 1399),
     ]
-    assert (await store.counters())["delivered"] == 5
+    assert (await store.events.counters())["delivered"] == 5
     await assert_consistent(store)
 
 
@@ -254,8 +262,8 @@ async def test_peek_leaves_message_until_removed(store: Store) -> None:
         assert head is not None
         assert head.id == msg_id
     assert head is not None
-    assert await store.remove(head)
-    assert not await store.remove(head), "a second remove finds nothing"
+    assert await store.queues.remove(head)
+    assert not await store.queues.remove(head), "a second remove finds nothing"
 
 
 async def test_expired_never_delivered_and_reported(store: Store) -> None:
@@ -273,7 +281,7 @@ async def test_expired_never_delivered_and_reported(store: Store) -> None:
     head, expired = await peek1(store, peer, NOW + 1000)
     assert head is None
     assert [m.id for m in expired] == [new]
-    assert await store.peers_with_mail() == []
+    assert await store.queues.peers_with_mail() == []
     await assert_consistent(store)
 
 
@@ -284,7 +292,7 @@ async def test_shorter_ttl_behind_longer_is_not_delivered(store: Store) -> None:
     head, _ = await peek1(store, peer, NOW + 20)
     assert head is not None
     assert head.id == long_id
-    assert await store.remove(head)
+    assert await store.queues.remove(head)
     head, expired = await peek1(store, peer, NOW + 20)
     assert head is None
     assert [m.id for m in expired] == [short_id]
@@ -300,24 +308,24 @@ async def test_sweep_removes_expired_everywhere(store: Store) -> None:
     long_c = await put(store, c, NOW + 71, ttl=1000.0)
     short_c = await put(store, c, NOW + 72, ttl=5.0)
 
-    assert await store.sweep_expired(NOW + 50) == []
+    assert await store.queues.sweep_expired(NOW + 50) == []
     # c's short message sits behind two others: the sweep takes it out of the middle
-    swept = await store.sweep_expired(NOW + 115)
+    swept = await store.queues.sweep_expired(NOW + 115)
     assert sorted(m.id for m in swept) == sorted([a_old, b_old, short_c])
     assert {m.peer for m in swept} == {a, b, c}
-    assert set(await store.peers_with_mail()) == {a, c}
-    assert [m.id for m in await store.messages(c)] == [c_new, long_c]
+    assert set(await store.queues.peers_with_mail()) == {a, c}
+    assert [m.id for m in await store.queues.messages(c)] == [c_new, long_c]
     await assert_consistent(store)
 
-    swept = await store.sweep_expired(NOW + 171)
+    swept = await store.queues.sweep_expired(NOW + 171)
     assert sorted(m.id for m in swept) == sorted([a_new, c_new])
-    assert [m.id for m in await store.messages(c)] == [long_c]
-    assert await store.peers_with_mail() == [c]
+    assert [m.id for m in await store.queues.messages(c)] == [long_c]
+    assert await store.queues.peers_with_mail() == [c]
     await assert_consistent(store)
-    swept = await store.sweep_expired(NOW + 2000)
+    swept = await store.queues.sweep_expired(NOW + 2000)
     assert [m.id for m in swept] == [long_c]
-    assert await store.peers_with_mail() == []
-    assert await store.stats() == Stats(0, 0, 0, None)
+    assert await store.queues.peers_with_mail() == []
+    assert await store.queues.stats() == Stats(0, 0, 0, None)
     await assert_consistent(store)
 
 
@@ -327,10 +335,10 @@ async def test_sweep_notices_keys_redis_dropped(store: Store, redis_client: aior
         await put(store, peer, NOW + i)
     await put(store, other, NOW)
     # what Redis does to keys whose TTL ran out (or an operator's DEL)
-    await redis_client.delete(store.queue_key(peer), store.dedup_key(peer))
-    assert await store.sweep_expired(NOW + 100) != []
-    assert await store.peers_with_mail() == []
-    assert (await store.counters())["expired"] == 3
+    await redis_client.delete(store.keys.queue_key(peer), store.keys.dedup_key(peer))
+    assert await store.queues.sweep_expired(NOW + 100) != []
+    assert await store.queues.peers_with_mail() == []
+    assert (await store.events.counters())["expired"] == 3
     await assert_consistent(store)
 
 
@@ -339,12 +347,12 @@ async def test_per_peer_message_cap_evicts_oldest(redis_client: aioredis.Redis) 
     peer, other = pubkey(), pubkey()
     ids = [await put(store, peer, NOW + i) for i in range(3)]
     await put(store, other, NOW)
-    result = await store.put(peer, pubkey(), pubkey(), onion(), NOW + 3)
+    result = await put_one(store, peer, pubkey(), pubkey(), onion(), NOW + 3)
     assert result.status is PutStatus.STORED
     assert result.evicted == (ids[0],)
     assert [m.id for m in result.evicted_messages] == [ids[0]]
-    assert [m.id for m in await store.messages(peer)] == [*ids[1:], result.message_id]
-    assert len(await store.messages(other)) == 1
+    assert [m.id for m in await store.queues.messages(peer)] == [*ids[1:], result.message_id]
+    assert len(await store.queues.messages(other)) == 1
     await assert_consistent(store)
 
 
@@ -352,13 +360,13 @@ async def test_per_peer_byte_cap_evicts_as_many_as_needed(redis_client: aioredis
     store = Store(redis_client, NODE, Limits(max_bytes_per_peer=4 * 1399))
     peer = pubkey()
     ids = [await put(store, peer, NOW + i) for i in range(4)]
-    big = await store.put(peer, pubkey(), pubkey(), onion(2 * 1366 + 33), NOW + 10)
+    big = await put_one(store, peer, pubkey(), pubkey(), onion(2 * 1366 + 33), NOW + 10)
     assert big.status is PutStatus.STORED
     assert big.evicted == tuple(ids[:2])
-    assert (await store.stats()).bytes == 2 * 1399 + big.size
-    too_big = await store.put(peer, pubkey(), pubkey(), onion(4 * 1399), NOW + 11)
+    assert (await store.queues.stats()).bytes == 2 * 1399 + big.size
+    too_big = await put_one(store, peer, pubkey(), pubkey(), onion(4 * 1399), NOW + 11)
     assert too_big.status is PutStatus.REJECTED_FULL
-    assert len(await store.messages(peer)) == 3
+    assert len(await store.queues.messages(peer)) == 3
     await assert_consistent(store)
 
 
@@ -367,16 +375,16 @@ async def test_total_cap_rejects_new_message(redis_client: aioredis.Redis) -> No
     peers = [pubkey() for _ in range(4)]
     for p in peers[:3]:
         await put(store, p)
-    before = await store.stats()
-    result = await store.put(peers[3], pubkey(), pubkey(), onion(), NOW)
+    before = await store.queues.stats()
+    result = await put_one(store, peers[3], pubkey(), pubkey(), onion(), NOW)
     assert result.status is PutStatus.REJECTED_FULL
     assert result.evicted == ()
-    assert await store.stats() == before
-    assert await store.messages(peers[3]) == []
+    assert await store.queues.stats() == before
+    assert await store.queues.messages(peers[3]) == []
     # room comes back once something is delivered
     head, _ = await peek1(store, peers[0], NOW)
     assert head is not None
-    assert await store.remove(head)
+    assert await store.queues.remove(head)
     await put(store, peers[3])
     await assert_consistent(store)
 
@@ -386,7 +394,7 @@ async def test_total_cap_counts_what_the_peer_cap_frees(redis_client: aioredis.R
     peer = pubkey()
     await put(store, peer)
     await put(store, peer)
-    result = await store.put(peer, pubkey(), pubkey(), onion(), NOW + 1)
+    result = await put_one(store, peer, pubkey(), pubkey(), onion(), NOW + 1)
     assert result.status is PutStatus.STORED
     assert len(result.evicted) == 1
 
@@ -394,37 +402,39 @@ async def test_total_cap_counts_what_the_peer_cap_frees(redis_client: aioredis.R
 async def test_duplicates_stored_once(store: Store) -> None:
     peer, other = pubkey(), pubkey()
     path_key, packet = pubkey(), onion()
-    first = await store.put(peer, pubkey(), path_key, packet, NOW)
-    again = await store.put(peer, pubkey(), path_key, packet, NOW + 1)
+    first = await put_one(store, peer, pubkey(), path_key, packet, NOW)
+    again = await put_one(store, peer, pubkey(), path_key, packet, NOW + 1)
     assert again.status is PutStatus.DUPLICATE
     assert again.message_id == first.message_id
-    assert len(await store.messages(peer)) == 1
+    assert len(await store.queues.messages(peer)) == 1
     # the same bytes for another peer are another message
-    assert (await store.put(other, pubkey(), path_key, packet, NOW)).status is PutStatus.STORED
+    assert (await put_one(store, other, pubkey(), path_key, packet, NOW)).status is PutStatus.STORED
     # same onion, other path key: another message
-    assert (await store.put(peer, pubkey(), pubkey(), packet, NOW)).status is PutStatus.STORED
+    assert (await put_one(store, peer, pubkey(), pubkey(), packet, NOW)).status is PutStatus.STORED
     # once delivered, the dedup entry goes with it
     assert first.message is not None
-    assert await store.remove(first.message)
-    assert (await store.put(peer, pubkey(), path_key, packet, NOW + 2)).status is PutStatus.STORED
+    assert await store.queues.remove(first.message)
+    assert (
+        await put_one(store, peer, pubkey(), path_key, packet, NOW + 2)
+    ).status is PutStatus.STORED
     await assert_consistent(store)
 
 
 async def test_remove_by_id_when_head_changed(store: Store) -> None:
     peer = pubkey()
     ids = [await put(store, peer, NOW + i) for i in range(5)]
-    msgs = await store.messages(peer)
-    assert await store.remove(msgs[2])
-    assert [m.id for m in await store.messages(peer)] == [ids[0], ids[1], ids[3], ids[4]]
-    assert await store.purge(peer, ids[0]) == 1
+    msgs = await store.queues.messages(peer)
+    assert await store.queues.remove(msgs[2])
+    assert [m.id for m in await store.queues.messages(peer)] == [ids[0], ids[1], ids[3], ids[4]]
+    assert await store.queues.purge(peer, ids[0]) == 1
     head, _ = await peek1(store, peer, NOW)
     assert head is not None
     assert head.id == ids[1]
-    assert not await store.remove(msgs[0]), "purged meanwhile"
-    assert await store.purge(peer, ids[0]) == 0
+    assert not await store.queues.remove(msgs[0]), "purged meanwhile"
+    assert await store.queues.purge(peer, ids[0]) == 0
     await assert_consistent(store)
-    assert await store.purge(peer) == 3
-    assert await store.peers_with_mail() == []
+    assert await store.queues.purge(peer) == 3
+    assert await store.queues.peers_with_mail() == []
     await assert_consistent(store)
 
 
@@ -432,14 +442,14 @@ async def test_record_attempt(store: Store) -> None:
     peer = pubkey()
     await put(store, peer)
     second = await put(store, peer, NOW + 1)
-    msgs = await store.messages(peer)
-    assert await store.record_attempt(msgs[1]) == 1
-    assert await store.record_attempt(msgs[1]) == 2
-    after = await store.messages(peer)
+    msgs = await store.queues.messages(peer)
+    assert await store.queues.record_attempt(msgs[1]) == 1
+    assert await store.queues.record_attempt(msgs[1]) == 2
+    after = await store.queues.messages(peer)
     assert [m.attempts for m in after] == [0, 2]
     assert after[1].id == second
-    assert await store.remove(msgs[1]), "the stale copy still removes by id"
-    assert await store.record_attempt(msgs[1]) == -1
+    assert await store.queues.remove(msgs[1]), "the stale copy still removes by id"
+    assert await store.queues.record_attempt(msgs[1]) == -1
     await assert_consistent(store)
 
 
@@ -449,13 +459,13 @@ async def test_concurrent_puts_and_removes(store: Store) -> None:
 
     async def producer(peer: bytes, n: int) -> None:
         for i in range(n):
-            await store2.put(peer, pubkey(), pubkey(), onion(200 + i), NOW + i / 100)
+            await put_one(store2, peer, pubkey(), pubkey(), onion(200 + i), NOW + i / 100)
 
     async def consumer(peer: bytes, n: int) -> int:
         removed = 0
         for _ in range(n):
             head, _ = await peek1(store2, peer, NOW)
-            if head is not None and await store2.remove(head):
+            if head is not None and await store2.queues.remove(head):
                 removed += 1
             await asyncio.sleep(0)
         return removed
@@ -463,10 +473,10 @@ async def test_concurrent_puts_and_removes(store: Store) -> None:
     results = await asyncio.gather(
         *(producer(p, 40) for p in peers),
         *(consumer(p, 30) for p in peers),
-        store2.sweep_expired(NOW),
+        store2.queues.sweep_expired(NOW),
     )
-    assert await store.audit() == []
-    stats = await store.stats()
+    assert await audit(store) == []
+    stats = await store.queues.stats()
     removed = sum(r for r in results if isinstance(r, int))
     assert stats.messages <= 3 * 20
     assert stats.messages + removed <= 120
@@ -477,22 +487,22 @@ async def test_failed_script_leaves_nothing_half_written(
 ) -> None:
     peer, other = pubkey(), pubkey()
     await put(store, other)
-    before = (await store.stats(), await redis_client.hgetall(store.usage_key))
+    before = (await store.queues.stats(), await redis_client.hgetall(store.keys.usage_key))
     # a foreign value under the peer's queue key makes the script fail on its first read;
     # every script validates before its first write, so nothing else changes
-    await redis_client.set(store.queue_key(peer), b"not a list")
-    with pytest.raises(StoreError, match="wrong type"):
-        await store.put(peer, pubkey(), pubkey(), onion(), NOW)
+    await redis_client.set(store.keys.queue_key(peer), b"not a list")
+    damaged = await put_one(store, peer, pubkey(), pubkey(), onion(), NOW)
+    assert damaged.status is PutStatus.REJECTED_DAMAGED
     # in a batch, the damaged peer's message alone is refused
     fine = pubkey()
-    results = await store.put_many(
+    results = await store.queues.put_many(
         [NewMessage(p, pubkey(), pubkey(), onion(), NOW) for p in (peer, fine)]
     )
     assert [r.status for r in results] == [PutStatus.REJECTED_DAMAGED, PutStatus.STORED]
-    assert await store.purge(fine) == 1
-    assert (await store.stats(), await redis_client.hgetall(store.usage_key)) == before
-    assert not await redis_client.exists(store.dedup_key(peer))
-    assert peer not in await store.peers_with_mail()
+    assert await store.queues.purge(fine) == 1
+    assert (await store.queues.stats(), await redis_client.hgetall(store.keys.usage_key)) == before
+    assert not await redis_client.exists(store.keys.dedup_key(peer))
+    assert peer not in await store.queues.peers_with_mail()
 
 
 def test_record_round_trip() -> None:
@@ -530,9 +540,9 @@ async def test_unreadable_record_is_a_store_error(
 ) -> None:
     peer = pubkey()
     await put(store, peer)
-    await redis_client.lset(store.queue_key(peer), 0, "\x09" + "x" * 200)
+    await redis_client.lset(store.keys.queue_key(peer), 0, "\x09" + "x" * 200)
     with pytest.raises(StoreError, match="version 9"):
-        await store.messages(peer)
+        await store.queues.messages(peer)
 
 
 async def test_hand_removed_element_is_reconciled_when_the_queue_empties(
@@ -543,12 +553,12 @@ async def test_hand_removed_element_is_reconciled_when_the_queue_empties(
     await put(store, peer, NOW + 1)
     await put(store, other)
     # an operator's LREM behind the store's back
-    await redis_client.lpop(store.queue_key(peer))
-    assert await store.audit() != []
-    ready, _ = await store.peek(peer, NOW, limit=10)
-    assert await store.remove(ready[0])
+    await redis_client.lpop(store.keys.queue_key(peer))
+    assert await audit(store) != []
+    ready, _ = await store.queues.peek(peer, NOW, limit=10)
+    assert await store.queues.remove(ready[0])
     await assert_consistent(store)
-    assert (await store.stats()).messages == 1
+    assert (await store.queues.stats()).messages == 1
 
 
 async def test_delivery_and_eviction_race_for_the_same_message(
@@ -562,15 +572,15 @@ async def test_delivery_and_eviction_race_for_the_same_message(
         await put(store, peer)
         head, _ = await peek1(store, peer, NOW)
         assert head is not None
-        remove = store.remove(head)
-        newer = store.put(peer, pubkey(), pubkey(), onion(), NOW + 1)
+        remove = store.queues.remove(head)
+        newer = put_one(store, peer, pubkey(), pubkey(), onion(), NOW + 1)
         if i % 2:
             result, removed = await asyncio.gather(newer, remove)
         else:
             removed, result = await asyncio.gather(remove, newer)
         assert result.status is PutStatus.STORED
         assert removed != (result.evicted == (head.id,))
-        assert len(await store.messages(peer)) == 1
+        assert len(await store.queues.messages(peer)) == 1
         outcomes.add(removed)
     assert outcomes == {True, False}, "both orders happened"
     await assert_consistent(store)
@@ -581,12 +591,24 @@ async def test_out_of_memory_refuses_the_whole_put(
 ) -> None:
     peer = pubkey()
     await put(store, peer)
-    before = (await store.stats(), await store.messages(peer))
+    before = (await store.queues.stats(), await store.queues.messages(peer))
     await redis_client.config_set("maxmemory", 1)
     try:
         with pytest.raises(StoreError, match="maxmemory"):
-            await store.put(peer, pubkey(), pubkey(), onion(), NOW + 1)
+            await put_one(store, peer, pubkey(), pubkey(), onion(), NOW + 1)
     finally:
         await redis_client.config_set("maxmemory", 0)
-    assert (await store.stats(), await store.messages(peer)) == before
+    assert (await store.queues.stats(), await store.queues.messages(peer)) == before
     await assert_consistent(store)
+
+
+def test_every_lua_file_is_run_and_redis_gets_no_header_comment() -> None:
+    folder = resources.files(lua.__package__).joinpath("lua")
+    assert {p.name for p in folder.iterdir()} == {
+        f"{name}.lua" for name in (*lua.SCRIPTS, *lua.HELPERS)
+    }
+    for name in lua.SCRIPTS:
+        text = lua.program(name)
+        assert text.startswith("#!lua flags="), name
+        assert "\n-- KEYS" not in text, name
+        assert "\n-- ARGV" not in text, name

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lndmailbox.errors import OnionError
-from lndmailbox.wire import (
+from lndmailbox.onion.wire import (
     ONION_MESSAGE_TYPE,
     BigSizeError,
     BlindedHop,

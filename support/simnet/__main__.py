@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from lndmailbox.errors import OnionError
-from lndmailbox.sphinx import Receive, message_via
-from lndmailbox.wire import format_scid, scid
+from lndmailbox.onion import Receive, message_via
+from lndmailbox.onion.wire import format_scid, scid
 from simnet.node import (
     OnionRateLimits,
     Personality,

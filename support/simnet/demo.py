@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lndmailbox.config import Settings
-from lndmailbox.daemon import redis_url_for, run
+from lndmailbox.daemon import run
 from lndmailbox.logs import configure_logging
-from lndmailbox.sphinx import BlindedHopSpec, Receive, message_via
-from lndmailbox.store import Store
-from lndmailbox.wire import scid
+from lndmailbox.onion import BlindedHopSpec, Receive, message_via
+from lndmailbox.onion.wire import scid
+from lndmailbox.store import Store, redis_url_for
 from simnet import Personality, SimNode
 
 PAYLOAD_TYPE = 65
@@ -98,10 +98,10 @@ async def _tell(node: SimNode, alice: object, bob: object, store: Store) -> None
     await alice.send_onion_message(message)
 
     async def stored() -> bool:
-        return bool(await store.messages(bob.pubkey))
+        return bool(await store.queues.messages(bob.pubkey))
 
     await _until("the message to be stored", stored)
-    queued = await store.messages(bob.pubkey)
+    queued = await store.queues.messages(bob.pubkey)
     say(
         f"stored in Redis for bob: {len(queued)} message, id {queued[0].id}, "
         f"expires in {queued[0].expires_at - time.time():.0f}s"
@@ -115,17 +115,17 @@ async def _tell(node: SimNode, alice: object, bob: object, store: Store) -> None
     say(f"bob peels it with his own key and reads: {result.payload[PAYLOAD_TYPE].decode()!r}")
 
     async def emptied() -> bool:
-        return not await store.messages(bob.pubkey)
+        return not await store.queues.messages(bob.pubkey)
 
     await _until("the mailbox to empty", emptied)
     await _until("the counters", _counted(store))
-    counters = await store.counters()
+    counters = await store.events.counters()
     say("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
 
 
 def _counted(store: Store) -> object:
     async def check() -> bool:
-        return (await store.counters()).get("delivered", 0) >= 1
+        return (await store.events.counters()).get("delivered", 0) >= 1
 
     return check
 

@@ -62,10 +62,10 @@ import grpc.aio
 
 from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
-from lndmailbox.lnrpc import lightning_pb2 as ln
-from lndmailbox.lnrpc import signer_pb2 as signrpc
-from lndmailbox.sphinx import Forward, LocalNodeKey, Receive, peel
-from lndmailbox.wire import ONION_MESSAGE_TYPE, OnionMessage
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnd.lnrpc import signer_pb2 as signrpc
+from lndmailbox.onion import Forward, LocalNodeKey, Receive, peel
+from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from simnet.macaroons import MacaroonError, MacaroonService, Op
 from simnet.tls import TlsPair, generate_tls_pair
 

@@ -1,0 +1,168 @@
+"""``lndmailbox``: the daemon's entry point.
+
+It reads the settings, connects to lnd and Redis (starting the embedded server when no
+``--redis-url`` is given, after locking the data directory so only one daemon owns that
+server), takes the node's lock so only one daemon serves a node, and runs
+:class:`~lndmailbox.daemon.mailbox.Mailbox` until SIGTERM or SIGINT.
+
+Exit codes: 0 after a clean stop, 1 on an error that stops the daemon (its message is
+logged), 2 on bad settings, 3 when the embedded Redis server did not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from lndmailbox import __version__
+from lndmailbox.config import Settings, add_arguments, settings_from_args
+from lndmailbox.daemon.datadir_lock import hold_datadir
+from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions
+from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.node_lock import NodeLock
+from lndmailbox.daemon.supervisor import background
+from lndmailbox.daemon.webhook import Notifier
+from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
+from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
+from lndmailbox.logs import configure_logging
+from lndmailbox.retry import Retry
+from lndmailbox.store import Store, embedded_redis, limits_for, redis_url_for
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 0
+EXIT_ERROR = 1
+EXIT_BAD_SETTINGS = 2
+EXIT_SERVER_START = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lndmailbox",
+        description="Keeps onion messages for offline peers of an lnd node in Redis and "
+        "delivers them when the peers come back.",
+    )
+    parser.add_argument("--version", action="version", version=f"lndmailbox {__version__}")
+    add_arguments(parser, daemon=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        configure_logging(settings.log_level, settings.log_format)
+    except ConfigError as e:
+        print(f"lndmailbox: {e}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    try:
+        asyncio.run(run(settings))
+    except ConfigError as e:
+        log.error("%s", e)
+        return EXIT_BAD_SETTINGS
+    except ServerStartError as e:
+        log.error("the embedded Redis server did not start: %s", e)
+        return EXIT_SERVER_START
+    except MailboxError as e:
+        log.error("stopped: %s", e)
+        return EXIT_ERROR
+    return EXIT_STOPPED
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Runs the daemon until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
+    stop = stop or _stop_on_signals()
+    log.info("lndmailbox %s starting: %s", __version__, settings.redacted())
+    endpoint = endpoint_for(settings)
+    metrics = Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.redis_url is None:
+            if not await hold_datadir(settings.datadir, stack, stop):
+                return
+            await _start_embedded_redis(settings, stack)
+        if settings.metrics_host_port is not None:
+            metrics.start_http_server(*settings.metrics_host_port)
+            stack.callback(metrics.stop)
+        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc)
+        stack.push_async_callback(lnd.close)
+        info = await _wait_for_lnd(lnd, stop)
+        if info is None:
+            return
+        store = Store.from_url(redis_url_for(settings), info.pubkey, limits_for(settings))
+        stack.push_async_callback(store.aclose)
+        notifier = _start_notifier(settings, metrics, stack, stop)
+        async with NodeLock(store.control).held(stop):
+            if stop.is_set():
+                return
+            mailbox = Mailbox(
+                lnd=lnd,
+                store=store,
+                metrics=metrics,
+                notifier=notifier,
+                options=MailboxOptions(
+                    transport=settings.transport,
+                    allow_channel_peers=settings.allow_channel_peers,
+                    race_window=settings.race_window,
+                    sweep_interval=settings.sweep_interval,
+                    buffer_messages=settings.buffer_messages,
+                ),
+            )
+            await mailbox.run(stop)
+
+
+async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
+    """Starts the server in the data directory (raises ServerStartError); stopped with
+    the stack."""
+    server = embedded_redis(settings)
+    await asyncio.to_thread(server.start)
+    stack.callback(server.stop)
+    log.info("embedded Redis at %s (data in %s)", server.url, server.data_dir)
+
+
+async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> NodeInfo | None:
+    """What lnd says about its node, once it answers; None if stopped first. Retryable
+    errors are waited out (the outage logged once)."""
+    retry = Retry(
+        "waiting for lnd", log, retry_on=lambda e: isinstance(e, LndError) and e.retryable
+    )
+    try:
+        return await retry.call(lnd.get_info, stop=stop)
+    except LndError:
+        if stop.is_set():
+            return None
+        raise
+
+
+def _start_notifier(
+    settings: Settings, metrics: Metrics, stack: contextlib.AsyncExitStack, stop: asyncio.Event
+) -> Notifier | None:
+    """The webhook's notifier, running until the stack unwinds (None without --notify-url)."""
+    if not settings.notify_url:
+        return None
+    assert settings.notify_secret is not None
+    notifier = Notifier(
+        settings.notify_url,
+        settings.notify_secret.encode(),
+        timeout=settings.notify_timeout,
+        give_up_after=settings.notify_give_up,
+        on_failure=lambda reason: metrics.notify_failed.inc(),
+    )
+    stack.enter_context(background(notifier.run(), stop))
+    # Unwound first: what is queued gets a moment to go out before the worker stops.
+    stack.push_async_callback(functools.partial(notifier.aclose, drain=2.0))
+    return notifier
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

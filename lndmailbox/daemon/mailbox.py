@@ -1,0 +1,291 @@
+"""The composition root: builds every part of the daemon once and runs its tasks.
+
+Nothing here decides anything about a message; each rule lives in the task that keeps
+it, named below with its module:
+
+- the peer follower (``peer_follower``): lnd's peer events and ListPeers -> who is online;
+- the message reader (``message_reader``): lnd's onion stream -> journal -> decision queue;
+- the decider (``decider``): peels and decides, ``workers`` messages at a time;
+- the store writer (``store_writer``): writes kept messages to Redis, buffering outages;
+- the deliverer (``deliverer``): drains a peer's mail through lnd when it is online;
+- the sweeper (``sweeper``): expiry, gauges, and a drain of every online peer;
+- the request server (``request_server``): serves ``mailboxctl deliver``;
+- the journal writer (``journal_writer``) and the reporter (``outcomes``): batched
+  writes of the journal and of counters and events.
+
+Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
+stops the daemon now, not every message later); the journal a previous daemon left is
+read before this one journals anything; the peer follower subscribes before it lists
+peers; the reader waits for that list and says ready once it is on lnd's stream.
+
+Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading
+lnd, finish deciding the messages already read, write what the store writer holds, let
+deliveries finish the message in hand, flush the journal, counters and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from lndmailbox.clock import Clock, SystemClock
+from lndmailbox.daemon.decider import Decider
+from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
+from lndmailbox.daemon.deliverer import Deliverer
+from lndmailbox.daemon.gauges import QueueGauges
+from lndmailbox.daemon.journal_writer import JournalWriter
+from lndmailbox.daemon.message_reader import MessageReader
+from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.outcomes import Reporter
+from lndmailbox.daemon.outgoing import LndSender
+from lndmailbox.daemon.peer_follower import PeerFollower
+from lndmailbox.daemon.peers import ChannelMap, PeerTracker
+from lndmailbox.daemon.policy import Policy
+from lndmailbox.daemon.race_guard import RaceGuard
+from lndmailbox.daemon.request_server import RequestServer
+from lndmailbox.daemon.store_writer import StoreWriter
+from lndmailbox.daemon.supervisor import Stoppable, cancel, finish, spawn, until_stop_or_failure
+from lndmailbox.daemon.sweeper import Sweeper
+from lndmailbox.daemon.webhook import Notifier
+from lndmailbox.lnd import LndClient, Transport, transport_for_version
+from lndmailbox.onion import CachedNodeKey
+from lndmailbox.store import Store
+
+log = logging.getLogger(__name__)
+
+# secp256k1's generator point, compressed: any valid point would do for the signer check.
+_GENERATOR = bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+
+
+@dataclass(frozen=True)
+class MailboxOptions:
+    transport: str = "auto"
+    allow_channel_peers: bool = False
+    race_window: float = 5.0
+    sweep_interval: float = 60.0
+    buffer_messages: int = 10_000
+    workers: int = 64
+    drain_timeout: float = 20.0
+    """The whole shutdown's budget (compose gives the container 60 s)."""
+
+
+def choose_transport(flag: str, version: str) -> Transport:
+    """``--transport``; with ``auto``, the transport lnd's ``version`` supports (the one
+    place the version is mapped, so a version the mapping does not know is a problem only
+    when the flag leaves the choice to it)."""
+    if flag == "auto":
+        return transport_for_version(version)
+    return Transport(flag)
+
+
+@dataclass
+class _Pipeline:
+    """The parts a message passes through, built once."""
+
+    peers: PeerTracker
+    race: RaceGuard
+    reporter: Reporter
+    journal: JournalWriter
+    left_over: list[Arrival]
+    deliverer: Deliverer
+    writer: StoreWriter
+    queue: DecisionQueue
+    decider: Decider
+
+
+@dataclass
+class _Running:
+    """The pipeline's tasks, and the events that stop each stage in turn."""
+
+    services: list[asyncio.Task[None]]
+    """They take lnd's streams, sweep, serve requests, watch deliveries: stopped first."""
+    decider: asyncio.Task[None]
+    writer: asyncio.Task[None]
+    reporter: asyncio.Task[None]
+    journal: asyncio.Task[None]
+    deciding_stop: asyncio.Event
+    writing_stop: asyncio.Event
+    flushing_stop: asyncio.Event
+
+    @property
+    def all(self) -> list[asyncio.Task[None]]:
+        return [*self.services, self.decider, self.writer, self.reporter, self.journal]
+
+
+class Mailbox:
+    def __init__(
+        self,
+        *,
+        lnd: LndClient,
+        store: Store,
+        metrics: Metrics,
+        options: MailboxOptions,
+        notifier: Notifier | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._lnd = lnd
+        self._store = store
+        self._metrics = metrics
+        self._options = options
+        self._notifier = notifier
+        self._clock = clock or SystemClock()
+        self.ready = asyncio.Event()
+        """Set once the daemon knows who is online and follows both of lnd's streams."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serves lnd until ``stop`` is set or a task fails (its error goes up)."""
+        info = await self._lnd.get_info()
+        transport = choose_transport(self._options.transport, info.version)
+        log.info(
+            "serving lnd %s (%s, version %s) with the %s transport",
+            info.alias,
+            info.pubkey.hex(),
+            info.version,
+            transport.value,
+        )
+        # Every peel needs the signer: a macaroon without signer:generate should stop the
+        # daemon now, with lnd's answer, not drop every message later.
+        await self._lnd.node_key().ecdh(_GENERATOR)
+        pipeline = await self._build(info.pubkey, transport)
+        running = self._start(pipeline, self._services(pipeline, transport), stop)
+        try:
+            await until_stop_or_failure(stop, running.all)
+        finally:
+            await self._shut_down(pipeline, running)
+
+    async def _build(self, node: bytes, transport: Transport) -> _Pipeline:
+        """The message's way through the daemon, each part handed what it works with."""
+        store, clock, metrics, options = self._store, self._clock, self._metrics, self._options
+        peers = PeerTracker(clock)
+        channels = ChannelMap(self._lnd, clock)
+        sender = LndSender(self._lnd, transport)
+        reporter = Reporter(
+            node=node, metrics=metrics, events=store.events, notifier=self._notifier
+        )
+        journal = JournalWriter(store.journal, clock)
+        # Read before this daemon journals anything of its own.
+        left_over = await journal.left_over(ttl=store.limits.ttl)
+        deliverer = Deliverer(
+            queues=store.queues, sender=sender, peers=peers, reporter=reporter, clock=clock
+        )
+        writer = StoreWriter(
+            queues=store.queues,
+            ttl=store.limits.ttl,
+            reporter=reporter,
+            metrics=metrics,
+            clock=clock,
+            buffer_limit=options.buffer_messages,
+            delivery=deliverer,
+            journal=journal,
+        )
+        policy = Policy(
+            allowlist=store.allowlist,
+            channels=channels,
+            clock=clock,
+            allow_channel_peers=options.allow_channel_peers,
+        )
+        await policy.say_who()
+        race = RaceGuard(clock, options.race_window)
+        queue = DecisionQueue(maxsize=options.workers * 4)
+        decider = Decider(
+            node_id=node,
+            node_key=CachedNodeKey(self._lnd.node_key()),
+            transport=transport,
+            peers=peers,
+            channels=channels,
+            policy=policy,
+            sender=sender,
+            keeper=writer,
+            journal=journal,
+            race=race,
+            reporter=reporter,
+            metrics=metrics,
+            clock=clock,
+            queue=queue,
+            workers=options.workers,
+        )
+        return _Pipeline(
+            peers, race, reporter, journal, left_over, deliverer, writer, queue, decider
+        )
+
+    def _services(self, pipeline: _Pipeline, transport: Transport) -> dict[str, Stoppable]:
+        """The tasks that run until the daemon stops, by task name."""
+        store, p = self._store, pipeline
+        gauges = QueueGauges(store.queues, self._metrics)
+        peers_known = asyncio.Event()
+        return {
+            "peer-follower": PeerFollower(
+                lnd=self._lnd,
+                transport=transport,
+                peers=p.peers,
+                decider=p.decider,
+                delivery=p.deliverer,
+                queues=store.queues,
+                gauges=gauges,
+                metrics=self._metrics,
+                known=peers_known,
+            ),
+            "message-reader": MessageReader(
+                lnd=self._lnd,
+                transport=transport,
+                journal=p.journal,
+                queue=p.queue,
+                reporter=p.reporter,
+                clock=self._clock,
+                left_over=p.left_over,
+                peers_known=peers_known,
+                ready=self.ready,
+            ),
+            "sweeper": Sweeper(
+                queues=store.queues,
+                race=p.race,
+                reporter=p.reporter,
+                gauges=gauges,
+                peers=p.peers,
+                delivery=p.deliverer,
+                clock=self._clock,
+                interval=self._options.sweep_interval,
+            ),
+            "request-server": RequestServer(store.control, p.deliverer),
+            "deliverer": p.deliverer,
+        }
+
+    def _start(
+        self, pipeline: _Pipeline, services: dict[str, Stoppable], stop: asyncio.Event
+    ) -> _Running:
+        """Starts every task: the services run until ``stop``; the stages behind them until
+        their own stop event, which the shutdown sets in order."""
+        deciding_stop = asyncio.Event()
+        writing_stop = asyncio.Event()
+        flushing_stop = asyncio.Event()
+        return _Running(
+            services=[spawn(task.run(stop), name) for name, task in services.items()],
+            decider=spawn(pipeline.decider.run(deciding_stop), "decider"),
+            writer=spawn(pipeline.writer.run(writing_stop), "store-writer"),
+            reporter=spawn(pipeline.reporter.run(flushing_stop), "reporter"),
+            journal=spawn(pipeline.journal.run(flushing_stop), "journal-writer"),
+            deciding_stop=deciding_stop,
+            writing_stop=writing_stop,
+            flushing_stop=flushing_stop,
+        )
+
+    async def _shut_down(self, pipeline: _Pipeline, running: _Running) -> None:
+        """Stops stage after stage, in one budget for the whole shutdown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.drain_timeout
+
+        def left() -> float:
+            return max(deadline - loop.time(), 0.1)
+
+        log.info("stopping: finishing %d received messages", pipeline.queue.qsize())
+        await cancel(running.services)  # lnd's streams first: nothing new comes in
+        running.deciding_stop.set()
+        await finish(running.decider, left())
+        running.writing_stop.set()
+        await finish(running.writer, left())
+        await pipeline.deliverer.close(left())
+        running.flushing_stop.set()
+        await finish(running.reporter, left())
+        await finish(running.journal, left())
+        log.info("stopped")

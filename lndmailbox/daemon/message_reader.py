@@ -1,0 +1,82 @@
+"""The message reader: lnd's onion message stream -> the journal -> the decision queue.
+
+Rules that hold:
+
+- Nothing is read before the daemon knows who is online (the peer follower's first
+  ListPeers): every decision needs it.
+- lnd keeps nothing for a subscriber that is not there yet, so the reader is on the
+  stream before it says the daemon is ready, and ready is said once.
+- What a previous daemon left undecided in the journal is queued first, ahead of
+  anything read now.
+- Every message read is journaled before it is queued (while Redis takes the journal),
+  so a daemon that dies before deciding it leaves it to the next one.
+- A message lnd hands over malformed is counted as dropped, with lnd's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from lndmailbox.clock import Clock
+from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
+from lndmailbox.daemon.journal_writer import JournalWriter
+from lndmailbox.daemon.outcomes import Reporter
+from lndmailbox.daemon.supervisor import run_until_stopped
+from lndmailbox.lnd import IncomingOnionMessage, LndClient, Resubscribed, Transport
+
+log = logging.getLogger(__name__)
+
+
+class MessageReader:
+    def __init__(
+        self,
+        *,
+        lnd: LndClient,
+        transport: Transport,
+        journal: JournalWriter,
+        queue: DecisionQueue,
+        reporter: Reporter,
+        clock: Clock,
+        left_over: list[Arrival],
+        peers_known: asyncio.Event,
+        ready: asyncio.Event,
+    ) -> None:
+        self._lnd = lnd
+        self._transport = transport
+        self._journal = journal
+        self._queue = queue
+        self._reporter = reporter
+        self._clock = clock
+        self._left_over = left_over
+        self._peers_known = peers_known
+        self._ready = ready
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reads lnd's stream until ``stop`` is set."""
+        await run_until_stopped(stop, self._read())
+
+    async def _read(self) -> None:
+        await self._peers_known.wait()
+        messages = self._lnd.onion_messages(self._transport)
+        await messages.wait_subscribed()
+        await self._queue_left_over()
+        self._ready.set()
+        log.info("ready: following lnd's peer events and onion messages")
+        async for item in messages:
+            if isinstance(item, Resubscribed):
+                log.info("onion message stream resubscribed")
+                continue
+            if isinstance(item, IncomingOnionMessage):
+                now = self._clock.now()
+                entry = self._journal.add(item, now)
+                await self._queue.put(Arrival(item, entry, received_at=now))
+            else:
+                self._reporter.dropped(item.reason, sender=item.peer)
+
+    async def _queue_left_over(self) -> None:
+        left_over, self._left_over = self._left_over, []
+        if left_over:
+            log.warning("deciding %d messages a previous daemon left undecided", len(left_over))
+        for arrival in left_over:
+            await self._queue.put(arrival)

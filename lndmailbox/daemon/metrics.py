@@ -1,0 +1,249 @@
+"""Prometheus metrics of the mailbox, on a registry of their own, served over HTTP on demand.
+
+Every :class:`Metrics` owns a fresh ``CollectorRegistry``, so several instances (tests, two
+daemons in one process) never collide, and nothing lands in prometheus_client's global
+registry. The daemon updates the public attributes directly (``metrics.stored.inc()``,
+``metrics.dropped.labels(reason="not_allowed").inc()``, ``metrics.queued_bytes.set(n)``);
+docs/metrics.md lists every metric with its type, labels and meaning.
+
+The HTTP endpoint (``--metrics-addr``, off by default) is prometheus_client's WSGI app on the
+standard library's threading WSGI server in a daemon thread (as prometheus_client's own
+``start_http_server`` does, but polling for shutdown every 50 ms instead of 500 ms, so that
+:meth:`Metrics.stop` returns at once). :meth:`Metrics.start_http_server` returns the address it
+bound (port 0 picks a free port); :meth:`Metrics.stop` shuts it down and frees the port.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterable
+from socketserver import ThreadingMixIn
+from typing import Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    make_wsgi_app,
+)
+
+__all__ = [
+    "DELIVERY_DELAY_BUCKETS",
+    "FAST_BUCKETS",
+    "PREFIX",
+    "RPC_BUCKETS",
+    "Metrics",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "lndmailbox"
+
+#: Local work (peel, a Redis round trip): half a millisecond to a few seconds.
+FAST_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+#: lnd RPCs: a millisecond to the half minute a slow or stuck lnd may take.
+RPC_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Stored -> delivered: a wallet that was away for seconds up to the default TTL of a day.
+DELIVERY_DELAY_BUCKETS: Final = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    3 * 3600.0,
+    6 * 3600.0,
+    12 * 3600.0,
+    86400.0,
+)
+
+
+# How often the server thread checks whether stop() asked it to end.
+_POLL_INTERVAL: Final = 0.05
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr for every scrape."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _make_server(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """A WSGI server bound to host:port, IPv4 or IPv6 as the host requires."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(_ThreadingServer):
+        address_family = family
+
+    return make_server(
+        str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
+    )
+
+
+class Metrics:
+    """Every metric of the mailbox, all named ``lndmailbox_*``, on :attr:`registry`.
+
+    Counters (exposed with the ``_total`` suffix): ``received``, ``forwarded``, ``stored``,
+    ``delivered``, ``expired``, ``duplicate``, ``evicted``, ``lost``, ``dropped`` (label
+    ``reason``), ``notify_failed``. Gauges: ``queued_messages``, ``queued_bytes``,
+    ``peers_with_mail``, ``online_peers``. Histograms (seconds): ``peel_seconds``,
+    ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``).
+
+    ``drop_reasons`` are label values of ``dropped`` created up front, so they are exported as
+    0 before the first drop and ``rate()`` works from the start.
+    """
+
+    def __init__(self, *, drop_reasons: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        counter, gauge, histogram = self._counter, self._gauge, self._histogram
+        self.received = counter("received", "Onion messages received from peers through lnd.")
+        self.forwarded = counter(
+            "forwarded", "Onion messages passed on at once to an online next hop."
+        )
+        self.stored = counter("stored", "Onion messages stored for an offline peer.")
+        self.delivered = counter(
+            "delivered", "Stored onion messages that lnd accepted for their peer."
+        )
+        self.expired = counter("expired", "Stored onion messages removed at their expiry.")
+        self.duplicate = counter("duplicate", "Onion messages not stored again: already queued.")
+        self.evicted = counter(
+            "evicted", "Stored onion messages pushed out by newer ones when a cap was reached."
+        )
+        self.lost = counter(
+            "lost", "Stored onion messages that vanished before delivery (e.g. Redis lost them)."
+        )
+        self.dropped = counter(
+            "dropped", "Onion messages neither forwarded nor stored, by reason.", ("reason",)
+        )
+        self.notify_failed = counter(
+            "notify_failed", "Webhook notifications given up on or refused (queue full)."
+        )
+
+        self.queued_messages = gauge("queued_messages", "Onion messages stored right now.")
+        self.queued_bytes = gauge("queued_bytes", "Bytes of onion messages stored right now.")
+        self.peers_with_mail = gauge("peers_with_mail", "Peers with at least one stored message.")
+        self.online_peers = gauge("online_peers", "Peers connected to lnd right now.")
+
+        self.peel_seconds = histogram(
+            "peel_seconds", "Time to peel one onion layer (including lnd's ECDH).", FAST_BUCKETS
+        )
+        self.store_seconds = histogram(
+            "store_seconds",
+            "Time of one Redis write of messages (a batch under load).",
+            FAST_BUCKETS,
+        )
+        self.delivery_delay_seconds = histogram(
+            "delivery_delay_seconds",
+            "Time from storing a message to lnd accepting it for its peer.",
+            DELIVERY_DELAY_BUCKETS,
+        )
+        self.lnd_rpc_seconds = histogram(
+            "lnd_rpc_seconds", "Latency of unary lnd RPCs, by method.", RPC_BUCKETS, ("rpc",)
+        )
+
+        for reason in drop_reasons:
+            self.dropped.labels(reason=reason)
+
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, namespace=PREFIX, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, namespace=PREFIX, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+    ) -> Histogram:
+        return Histogram(
+            name, doc, labels, namespace=PREFIX, registry=self.registry, buckets=buckets
+        )
+
+    def observe_rpc(self, rpc: str, seconds: float) -> None:
+        """Record one lnd RPC's latency; fits ``LndClient(on_rpc=metrics.observe_rpc)``."""
+        self.lnd_rpc_seconds.labels(rpc=rpc).observe(seconds)
+
+    def drop(self, reason: str) -> None:
+        """Count one dropped message (``dropped_total{reason=...}``)."""
+        self.dropped.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        """The exposition text a scrape would return."""
+        return generate_latest(self.registry)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where the HTTP endpoint listens (host, port), or None when it is not running."""
+        server = self._server
+        if server is None:
+            return None
+        host, port = server.server_address[:2]
+        return str(host), int(port)
+
+    def start_http_server(self, host: str, port: int) -> tuple[str, int]:
+        """Serve ``/metrics`` (any path, in fact) on host:port in a daemon thread.
+
+        ``port`` 0 picks a free port; the bound address is returned. Raises OSError when the
+        address cannot be bound and RuntimeError when already serving.
+        """
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError(f"metrics already served on {self.address}")
+            server = _make_server(host, port, self.registry)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": _POLL_INTERVAL},
+                name=f"metrics-http-{server.server_address[1]}",
+                daemon=True,
+            )
+            thread.start()
+            self._server, self._thread = server, thread
+        address = self.address
+        assert address is not None
+        log.info("metrics on http://%s:%d/metrics", *address)
+        return address
+
+    def stop(self) -> None:
+        """Stop serving and free the port; a no-op when not serving. Blocks for at most ~50 ms."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()

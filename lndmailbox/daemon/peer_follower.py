@@ -1,0 +1,110 @@
+"""The peer follower: who is online, from lnd's peer events and ListPeers.
+
+Rules that hold:
+
+- Subscribe first, then read the current state (ListPeers): no change falls between.
+- lnd does not replay peer events missed while the stream was down, so after every
+  resubscription the online set is rebuilt from ListPeers, and every change found there
+  is acted on as if its event had come.
+- ``known`` is set once the first ListPeers is in: nothing is decided before the daemon
+  knows who is online.
+- A peer that comes online is drained; at start every online peer with mail is.
+- A peer that goes offline (native transport) gets what was left to lnd for it inside the
+  race window stored after all (:meth:`Decider.peer_went_offline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from lndmailbox.daemon.decider import Decider
+from lndmailbox.daemon.gauges import QueueGauges
+from lndmailbox.daemon.interfaces import DeliveryTrigger
+from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.peers import PeerTracker
+from lndmailbox.daemon.supervisor import run_until_stopped
+from lndmailbox.errors import LndError, StoreError
+from lndmailbox.lnd import LndClient, PeerEvent, Resubscribed, Transport
+from lndmailbox.retry import Retry
+from lndmailbox.store import Queues
+
+log = logging.getLogger(__name__)
+
+
+class PeerFollower:
+    def __init__(
+        self,
+        *,
+        lnd: LndClient,
+        transport: Transport,
+        peers: PeerTracker,
+        decider: Decider,
+        delivery: DeliveryTrigger,
+        queues: Queues,
+        gauges: QueueGauges,
+        metrics: Metrics,
+        known: asyncio.Event,
+    ) -> None:
+        self._lnd = lnd
+        self._transport = transport
+        self._peers = peers
+        self._decider = decider
+        self._delivery = delivery
+        self._queues = queues
+        self._gauges = gauges
+        self._metrics = metrics
+        self._known = known
+        self._list_peers = Retry(
+            "listing lnd's peers",
+            log,
+            retry_on=lambda e: isinstance(e, LndError) and e.retryable,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follows lnd's peer events until ``stop`` is set."""
+        await run_until_stopped(stop, self._follow(stop))
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        events = self._lnd.peer_events()
+        await events.wait_subscribed()
+        await self._resync(stop)
+        self._known.set()
+        await self._drain_peers_with_mail()
+        async for event in events:
+            if isinstance(event, Resubscribed):
+                log.info("peer events resubscribed; resynchronising online peers")
+                await self._resync(stop)
+                continue
+            await self._apply(event)
+
+    async def _resync(self, stop: asyncio.Event) -> None:
+        """Rebuilds the online set from ListPeers, retrying while lnd is not ready."""
+        online = await self._list_peers.call(self._lnd.list_peers, stop=stop)
+        came, went = self._peers.reset(online)
+        self._metrics.online_peers.set(len(self._peers.online))
+        for peer in went:
+            await self._decider.peer_went_offline(peer)
+        for peer in came:
+            self._delivery.kick(peer)
+
+    async def _apply(self, event: PeerEvent) -> None:
+        if not self._peers.mark(event.pubkey, event.online):
+            return
+        self._metrics.online_peers.set(len(self._peers.online))
+        if event.online:
+            self._delivery.kick(event.pubkey)
+        elif self._transport is Transport.NATIVE:
+            await self._decider.peer_went_offline(event.pubkey)
+
+    async def _drain_peers_with_mail(self) -> None:
+        try:
+            with_mail = await self._queues.peers_with_mail()
+        except StoreError as e:
+            log.warning("could not list peers with mail at start: %s", e)
+            return
+        online = self._peers.online
+        for peer in with_mail:
+            if peer in online:
+                self._delivery.kick(peer)
+        await self._gauges.update()

@@ -1,0 +1,104 @@
+"""How the daemon's long-running tasks are started, watched and stopped.
+
+Every task runs until it is stopped, so one that ends early is a failure even without an
+error: the daemon stops rather than run on with a part missing. Stopping is bounded: a
+task that does not end in time is named in the log, with where it hangs, and left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Coroutine, Iterator
+from typing import Any, Protocol
+
+from lndmailbox.errors import LndError, MailboxError, StoreError
+
+log = logging.getLogger(__name__)
+
+CANCEL_WITHIN = 5.0
+"""Seconds a cancelled task gets to end before it is reported as hanging."""
+
+
+class Stoppable(Protocol):
+    """A long-running task of the daemon: :meth:`run` returns once ``stop`` is set."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.create_task(coro, name=name)
+
+
+async def run_until_stopped(stop: asyncio.Event, coro: Coroutine[Any, Any, None]) -> None:
+    """Runs ``coro`` until it ends or ``stop`` is set (then cancels it)."""
+    task = asyncio.ensure_future(coro)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        task.result()
+
+
+async def until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Waits for ``stop``; a task that ends first takes the daemon down with it."""
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if stop.is_set():
+        return
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+        raise MailboxError(f"the {task.get_name()} task ended on its own")
+
+
+async def cancel(tasks: list[asyncio.Task[None]], within: float = CANCEL_WITHIN) -> None:
+    """Cancels ``tasks`` and waits up to ``within`` seconds for them to end."""
+    for task in tasks:
+        task.cancel()
+    done, hanging = await asyncio.wait(tasks, timeout=within)
+    for task in hanging:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        log.error(
+            "task %s did not stop within %.0fs: %s", task.get_name(), within, stack.getvalue()
+        )
+    for task in done:
+        if not task.cancelled() and isinstance(task.exception(), LndError | StoreError):
+            log.warning("%s", task.exception())
+
+
+async def finish(task: asyncio.Task[None], within: float) -> None:
+    """Waits up to ``within`` seconds for ``task`` to end by itself, then cancels it."""
+    await asyncio.wait([task], timeout=within)
+    await cancel([task])
+
+
+@contextlib.contextmanager
+def background(coro: Coroutine[Any, Any, None], stop: asyncio.Event) -> Iterator[None]:
+    """Runs ``coro`` as a task for the duration of the block; if it dies, the daemon stops."""
+    task = asyncio.ensure_future(coro)
+
+    def died(done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("a background task failed; stopping", exc_info=done.exception())
+            stop.set()
+
+    task.add_done_callback(died)
+    try:
+        yield
+    finally:
+        task.remove_done_callback(died)
+        task.cancel()

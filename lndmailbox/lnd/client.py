@@ -1,0 +1,361 @@
+"""The lnd client: typed async access to the RPCs the mailbox uses, over gRPC.
+
+Everything it hands the rest of the package is one of :mod:`lndmailbox.lnd.values`'
+frozen dataclasses, never a ``_pb2`` object, and every failed call is one
+:class:`~lndmailbox.errors.LndError` (:func:`~lndmailbox.lnd.errors.rpc_error`).
+
+Unary calls carry a deadline and are retried through :class:`~lndmailbox.retry.Retry`
+(exponential backoff with jitter) while the error is retryable, for at most
+``retry_for`` seconds; a send whose deadline passed is not retried (lnd was waiting for
+the peer: the caller keeps the message). Streams are subscribed again whenever they
+break (:mod:`lndmailbox.lnd.streams`). The calls and the streams of one client share
+one :class:`~lndmailbox.retry.Outage`: lnd failing is logged once, as a WARNING, when it
+starts, and once, as INFO, when lnd answers again; the attempts in between log at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Final, TypeVar
+
+import grpc
+import grpc.aio
+
+from lndmailbox.errors import LndError
+from lndmailbox.lnd.endpoint import LndEndpoint
+from lndmailbox.lnd.errors import rpc_error
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnd.lnrpc import lightning_pb2_grpc as ln_grpc
+from lndmailbox.lnd.lnrpc import signer_pb2 as sign
+from lndmailbox.lnd.lnrpc import signer_pb2_grpc as sign_grpc
+from lndmailbox.lnd.streams import (
+    Resubscriber,
+    Subscription,
+    custom_onion_messages,
+    native_onion_messages,
+    peer_events,
+)
+from lndmailbox.lnd.values import (
+    IncomingMalformed,
+    IncomingOnionMessage,
+    NodeInfo,
+    PeerEvent,
+    Transport,
+)
+from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage, PointError
+from lndmailbox.retry import Backoff, Retry
+
+__all__ = ["LndClient", "LndNodeKey"]
+
+log = logging.getLogger(__name__)
+
+# lncli's client allows responses this large (ListChannels on a big node).
+_MAX_RECEIVE_BYTES: Final = 200 * 1024 * 1024
+
+# lnd holds a send until the peer is active: one whose deadline passed is not tried again.
+_SENDS: Final = frozenset({"SendOnionMessage", "SendCustomMessage"})
+
+_Resp = TypeVar("_Resp")
+
+
+class LndClient:
+    """Typed async access to the lnd RPCs the mailbox uses.
+
+    ``timeout``: deadline of ordinary unary calls; ``send_timeout``: deadline of
+    SendCustomMessage / SendOnionMessage (lnd holds them until a connected peer is active);
+    ``retry_for``: how long a unary call keeps retrying retryable errors; ``backoff``
+    (a :class:`~lndmailbox.retry.Backoff`, its defaults when omitted): delays of those
+    retries, of stream resubscriptions and of gRPC reconnects;
+    ``settle``: how long a new subscription must go unrefused before it counts as
+    established (see :meth:`Subscription.wait_subscribed`);
+    ``on_rpc(rpc, seconds)``: called after each unary attempt (metrics). Use it as an async
+    context manager or call :meth:`close`. The gRPC channel is made on the first call, in
+    the running event loop.
+    """
+
+    def __init__(
+        self,
+        endpoint: LndEndpoint,
+        *,
+        on_rpc: Callable[[str, float], None] | None = None,
+        timeout: float = 30.0,
+        send_timeout: float = 10.0,
+        retry_for: float = 30.0,
+        backoff: Backoff | None = None,
+        settle: float = 0.5,
+    ) -> None:
+        self.endpoint = endpoint
+        self._on_rpc = on_rpc
+        self._timeout = timeout
+        self._send_timeout = send_timeout
+        self._retry_for = retry_for
+        self._backoff = backoff = backoff or Backoff()
+        self._metadata = (("macaroon", endpoint.macaroon.hex()),)
+        self._channel: grpc.aio.Channel | None = None
+        self._lightning: ln_grpc.LightningAsyncStub | None = None
+        self._signer: sign_grpc.SignerAsyncStub | None = None
+        self._closed = False
+        self._retry = Retry("lnd", log, retry_on=self._worth_retrying, backoff=backoff)
+        self._streams = Resubscriber(
+            backoff=backoff,
+            outage=self._retry.outage,
+            settle=settle,
+            closed=lambda: self._closed,
+            ready=self._ready,
+        )
+
+    async def __aenter__(self) -> LndClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; open subscriptions end (StopAsyncIteration)."""
+        self._closed = True
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close(grace=None)
+
+    # --- plumbing
+
+    def _connect(self) -> tuple[ln_grpc.LightningAsyncStub, sign_grpc.SignerAsyncStub]:
+        if self._closed:
+            raise LndError("the lnd client is closed", rpc="-", code="CLOSED", retryable=False)
+        if self._lightning is None or self._signer is None or self._channel is None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.endpoint.tls_cert)
+            initial_ms = max(100, int(self._backoff.initial * 1000))
+            options = [
+                ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
+                # Notice a dead connection under an idle stream; lnd accepts pings every 5s+.
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                # Reconnect to a restarted lnd about as fast as the calls retry.
+                ("grpc.initial_reconnect_backoff_ms", initial_ms),
+                ("grpc.min_reconnect_backoff_ms", initial_ms),
+                (
+                    "grpc.max_reconnect_backoff_ms",
+                    max(initial_ms, int(self._backoff.maximum * 1000)),
+                ),
+            ]
+            self._channel = grpc.aio.secure_channel(self.endpoint.target, credentials, options)
+            self._lightning = ln_grpc.LightningStub(self._channel)
+            self._signer = sign_grpc.SignerStub(self._channel)
+        return self._lightning, self._signer
+
+    async def _unary(
+        self,
+        rpc: str,
+        call: Callable[[float, tuple[tuple[str, str], ...]], Awaitable[_Resp]],
+        *,
+        deadline: float | None = None,
+    ) -> _Resp:
+        seconds = self._timeout if deadline is None else deadline
+
+        async def attempt() -> _Resp:
+            started = time.perf_counter()
+            try:
+                return await call(seconds, self._metadata)
+            except grpc.aio.AioRpcError as e:
+                raise rpc_error(rpc, e) from e
+            finally:
+                if self._on_rpc is not None:
+                    self._on_rpc(rpc, time.perf_counter() - started)
+
+        return await self._retry.call(attempt, give_up_after=self._retry_for)
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        if self._closed or not isinstance(error, LndError) or not error.retryable:
+            return False
+        return not (error.rpc in _SENDS and error.code == grpc.StatusCode.DEADLINE_EXCEEDED.name)
+
+    def _ready(self) -> bool:
+        channel = self._channel
+        return channel is not None and channel.get_state() is grpc.ChannelConnectivity.READY
+
+    # --- Lightning
+
+    async def get_info(self) -> NodeInfo:
+        """GetInfo (info:read).
+
+        Any version string is accepted: the caller maps it to a transport
+        (:func:`~lndmailbox.lnd.values.transport_for_version`) only when the settings
+        leave the transport to lnd's version, so ``--transport`` works for any lnd.
+        """
+        lightning, _ = self._connect()
+        r = await self._unary(
+            "GetInfo",
+            lambda t, md: lightning.GetInfo(ln.GetInfoRequest(), timeout=t, metadata=md),
+        )
+        return NodeInfo(
+            pubkey=bytes.fromhex(r.identity_pubkey),
+            alias=r.alias,
+            version=r.version,
+            features=frozenset(r.features.keys()),
+            network=r.chains[0].network if r.chains else "",
+            block_height=r.block_height,
+            synced_to_chain=r.synced_to_chain,
+        )
+
+    async def list_peers(self) -> frozenset[bytes]:
+        """The connected peers' 33-byte keys (ListPeers, peers:read)."""
+        lightning, _ = self._connect()
+        r = await self._unary(
+            "ListPeers",
+            lambda t, md: lightning.ListPeers(ln.ListPeersRequest(), timeout=t, metadata=md),
+        )
+        return frozenset(bytes.fromhex(p.pub_key) for p in r.peers)
+
+    def peer_events(self) -> Subscription[PeerEvent]:
+        """Peers going online and offline (SubscribePeerEvents, peers:read).
+
+        lnd does not replay the current state: ``await sub.wait_subscribed()``, then call
+        :meth:`list_peers`, and again after every :class:`Resubscribed`.
+        """
+        lightning, _ = self._connect()
+
+        raw = self._streams.items(
+            "SubscribePeerEvents",
+            lambda: lightning.SubscribePeerEvents(
+                ln.PeerEventSubscription(), metadata=self._metadata
+            ),
+        )
+        return Subscription(peer_events(raw))
+
+    async def channel_peers(self) -> dict[int, bytes]:
+        """Every short channel id of every channel -> the remote peer's 33-byte key.
+
+        Includes the confirmed SCID, the node's SCID aliases (ListChannels ``alias_scids``
+        and ListAliases) and the zero-conf confirmed SCID: any of them may name the next hop
+        in an onion message. (``peer_scid_alias``, the alias the *peer* chose, is left out:
+        it names the channel only in the peer's own routing.) offchain:read.
+        """
+        lightning, _ = self._connect()
+        channels = await self._unary(
+            "ListChannels",
+            lambda t, md: lightning.ListChannels(ln.ListChannelsRequest(), timeout=t, metadata=md),
+        )
+        aliases = await self._unary(
+            "ListAliases",
+            lambda t, md: lightning.ListAliases(ln.ListAliasesRequest(), timeout=t, metadata=md),
+        )
+        result: dict[int, bytes] = {}
+        for channel in channels.channels:
+            remote = bytes.fromhex(channel.remote_pubkey)
+            for scid in (channel.chan_id, channel.zero_conf_confirmed_scid, *channel.alias_scids):
+                if scid:
+                    result[scid] = remote
+        for alias_map in aliases.alias_maps:
+            scids = (alias_map.base_scid, *alias_map.aliases)
+            remote_or_none = next((result[s] for s in scids if s in result), None)
+            if remote_or_none is not None:
+                for scid in scids:
+                    if scid:
+                        result.setdefault(scid, remote_or_none)
+        return result
+
+    def onion_messages(
+        self, transport: Transport
+    ) -> Subscription[IncomingOnionMessage | IncomingMalformed]:
+        """Onion messages peers send to the node.
+
+        NATIVE: SubscribeOnionMessages. CUSTOM: SubscribeCustomMessages, keeping type 513;
+        a body that does not decode is yielded as :class:`IncomingMalformed` and the stream
+        goes on. offchain:read.
+        """
+        lightning, _ = self._connect()
+
+        if transport is Transport.NATIVE:
+            native = self._streams.items(
+                "SubscribeOnionMessages",
+                lambda: lightning.SubscribeOnionMessages(
+                    ln.SubscribeOnionMessagesRequest(), metadata=self._metadata
+                ),
+            )
+            return Subscription(native_onion_messages(native))
+        custom = self._streams.items(
+            "SubscribeCustomMessages",
+            lambda: lightning.SubscribeCustomMessages(
+                ln.SubscribeCustomMessagesRequest(), metadata=self._metadata
+            ),
+        )
+        return Subscription(custom_onion_messages(custom))
+
+    async def send_onion_message(
+        self, transport: Transport, peer: bytes, path_key: bytes, onion: bytes
+    ) -> None:
+        """Hand one onion_message to lnd for the connected ``peer`` (offchain:write).
+
+        Raises :class:`PeerOfflineError` when lnd says the peer is not connected. Carries
+        ``send_timeout``; a passed deadline is not retried here.
+        """
+        lightning, _ = self._connect()
+        if transport is Transport.NATIVE:
+            native_request = ln.SendOnionMessageRequest(peer=peer, path_key=path_key, onion=onion)
+            await self._unary(
+                "SendOnionMessage",
+                lambda t, md: lightning.SendOnionMessage(native_request, timeout=t, metadata=md),
+                deadline=self._send_timeout,
+            )
+            return
+        custom_request = ln.SendCustomMessageRequest(
+            peer=peer,
+            type=ONION_MESSAGE_TYPE,
+            data=OnionMessage(path_key=path_key, onion=onion).encode(),
+        )
+        await self._unary(
+            "SendCustomMessage",
+            lambda t, md: lightning.SendCustomMessage(custom_request, timeout=t, metadata=md),
+            deadline=self._send_timeout,
+        )
+
+    # --- Signer
+
+    async def derive_shared_key(self, point: bytes) -> bytes:
+        """SHA256 of the compressed ECDH point ``node identity key * point``.
+
+        Signer.DeriveSharedKey with no key named, so lnd uses its identity key
+        (signer:generate).
+        """
+        _, signer = self._connect()
+        request = sign.SharedKeyRequest(ephemeral_pubkey=point)
+        r = await self._unary(
+            "DeriveSharedKey",
+            lambda t, md: signer.DeriveSharedKey(request, timeout=t, metadata=md),
+        )
+        return r.shared_key
+
+    def node_key(self) -> LndNodeKey:
+        """The node's identity key as a :class:`lndmailbox.onion.NodeKey`."""
+        return LndNodeKey(self)
+
+
+class LndNodeKey:
+    """``lndmailbox.onion.NodeKey`` backed by lnd: ECDH through Signer.DeriveSharedKey.
+
+    The mailbox never holds the node's private key. A point that is not a valid compressed
+    public key raises :class:`~lndmailbox.onion.wire.PointError`, as ``LocalNodeKey`` does (it came
+    from a peer: the message is malformed); lnd failing raises :class:`LndError`.
+    """
+
+    def __init__(self, client: LndClient) -> None:
+        self._client = client
+
+    async def ecdh(self, point: bytes) -> bytes:
+        if len(point) != 33 or point[0] not in (2, 3):
+            raise PointError("ecdh: not a 33-byte compressed point")
+        try:
+            return await self._client.derive_shared_key(point)
+        except LndError as e:
+            if e.code == grpc.StatusCode.UNKNOWN.name and "ephemeral pubkey" in str(e):
+                raise PointError("ecdh: not on the curve") from e
+            raise

@@ -1,0 +1,253 @@
+"""lnd's server streams, subscribed again whenever they break, as lndmailbox's own values.
+
+:meth:`LndClient.peer_events <lndmailbox.lnd.LndClient.peer_events>` and
+:meth:`LndClient.onion_messages <lndmailbox.lnd.LndClient.onion_messages>` return a
+:class:`Subscription`: it subscribes on first use, and when the stream breaks (lnd
+stopped, restarted, unreachable) :class:`Resubscriber` subscribes again, forever, with
+:class:`~lndmailbox.retry.Backoff`; the client's :class:`~lndmailbox.retry.Outage` says
+once that lnd is failing and once that it is back. The first item after every
+re-established subscription (not after the first one) is
+:class:`~lndmailbox.lnd.values.Resubscribed`, so the caller re-reads state it may have
+missed (ListPeers). Errors that retrying cannot fix (a macaroon without the permission, an
+lnd without the RPC) end the stream by raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from lndmailbox.errors import LndError, OnionError
+from lndmailbox.lnd.errors import rpc_error
+from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
+from lndmailbox.lnd.values import IncomingMalformed, IncomingOnionMessage, PeerEvent, Resubscribed
+from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
+from lndmailbox.retry import Backoff, Outage
+
+__all__ = [
+    "Opened",
+    "Resubscriber",
+    "Subscription",
+    "custom_onion_messages",
+    "native_onion_messages",
+    "peer_events",
+]
+
+_Resp = TypeVar("_Resp")
+_Item = TypeVar("_Item")
+
+
+@dataclass(frozen=True)
+class Opened:
+    """Marker inside the package: a stream subscription was (re)established."""
+
+
+async def _next_or_none(items: AsyncIterator[_Item]) -> _Item | None:
+    """The next item, or None at the end (a Task must not raise StopAsyncIteration)."""
+    return await anext(items, None)
+
+
+class Subscription(AsyncIterator[_Item | Resubscribed]):
+    """A stream from lnd that survives lnd restarts.
+
+    Iterating it yields the stream's items, and :class:`Resubscribed` first after every
+    re-established subscription. :meth:`wait_subscribed` opens the first subscription
+    without consuming an item: await it, then read the state the stream reports changes
+    of (ListPeers), and no change falls between the two. (lnd answers a subscription with
+    nothing until its first item, so "accepted" means: connected, and not refused within
+    the client's ``settle`` time.) :meth:`aclose` cancels the call.
+    """
+
+    def __init__(self, source: AsyncGenerator[_Item | Opened, None]) -> None:
+        self._source = source
+        self._opened = False
+
+    async def wait_subscribed(self) -> None:
+        """Return once lnd has accepted the first subscription (idempotent).
+
+        Raises like iterating would (a missing permission); keeps waiting, retrying with
+        backoff, while lnd is unreachable.
+        """
+        if self._opened:
+            return
+        item = await anext(self._source)
+        if not isinstance(item, Opened):  # pragma: no cover - the source always opens first
+            raise AssertionError("a subscription's first item must be Opened")
+        self._opened = True
+
+    def __aiter__(self) -> Subscription[_Item]:
+        return self
+
+    async def __anext__(self) -> _Item | Resubscribed:
+        while True:
+            item = await anext(self._source)
+            if isinstance(item, Opened):
+                if not self._opened:
+                    self._opened = True
+                    continue
+                return Resubscribed()
+            return item
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+class Resubscriber:
+    """Subscribes to a stream of lnd's, and again with backoff whenever it breaks.
+
+    ``closed()`` says the client was closed (the stream then ends quietly); ``ready()``
+    that the gRPC channel is connected; ``settle`` is how long a new subscription must go
+    unrefused before it counts as accepted.
+    """
+
+    def __init__(
+        self,
+        *,
+        backoff: Backoff,
+        outage: Outage,
+        settle: float,
+        closed: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        self._backoff = backoff
+        self._outage = outage
+        self._settle = settle
+        self._closed = closed
+        self._ready = ready
+
+    async def items(
+        self, rpc: str, open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, _Resp]]
+    ) -> AsyncGenerator[_Resp | Opened, None]:
+        """The raw items of a stream, subscribed again with backoff whenever it breaks.
+
+        Yields :class:`Opened` once per subscription that lnd accepted: when its first item
+        arrives, or once the connection is up and lnd has not refused the call within
+        ``settle`` seconds (lnd sends no response headers before the first item, so there
+        is nothing earlier to wait for; a refusal, such as a missing permission or "wallet
+        locked", comes back at once). The backoff restarts once a subscription delivered an
+        item or stayed up for ``backoff.maximum`` seconds.
+        """
+        failures = 0
+        while not self._closed():
+            call = open_call()
+            items = aiter(call)
+            pending: asyncio.Task[_Resp | None] | None = None
+            opened_at = time.monotonic()
+            announced = healthy = False
+            error = LndError(f"{rpc}: lnd ended the stream", rpc=rpc, code="OK", retryable=True)
+            try:
+                while True:
+                    pending = asyncio.create_task(_next_or_none(items))
+                    if not announced and await self._accepted(pending):
+                        announced = True
+                        self._outage.recovered()
+                        yield Opened()
+                    item = await pending
+                    pending = None
+                    if item is None:  # lnd ended the stream without an error
+                        break
+                    healthy = True
+                    yield item
+            except grpc.aio.AioRpcError as e:
+                if self._closed():
+                    return
+                error = rpc_error(rpc, e)
+                if not error.retryable:
+                    raise error from e
+            except asyncio.CancelledError:
+                # Closing the channel cancels the read inside grpc; a cancellation of the
+                # task iterating this stream goes on up.
+                task = asyncio.current_task()
+                if self._closed() and task is not None and task.cancelling() == 0:
+                    return
+                raise
+            finally:
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                call.cancel()
+            if self._closed():
+                return
+            if healthy or time.monotonic() - opened_at >= self._backoff.maximum:
+                failures = 0
+            failures += 1
+            self._outage.failed(error)
+            await asyncio.sleep(self._backoff.delay(failures))
+
+    async def _accepted(self, pending: asyncio.Task[Any]) -> bool:
+        """Whether lnd accepted the subscription whose first read is ``pending``.
+
+        Waits until the first item (or the end) arrives, or the channel is connected and
+        ``settle`` seconds passed without a refusal.
+        """
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=self._settle)
+            if done or self._ready():
+                break
+        return not pending.done() or pending.exception() is None
+
+
+# --- lnd's items as lndmailbox's values ----------------------------------------------------
+
+
+def peer_events(
+    raw: AsyncGenerator[ln.PeerEvent | Opened, None],
+) -> AsyncGenerator[PeerEvent | Opened, None]:
+    """SubscribePeerEvents' items as :class:`PeerEvent`."""
+    return _converted(raw, _peer_event)
+
+
+def native_onion_messages(
+    raw: AsyncGenerator[ln.OnionMessageUpdate | Opened, None],
+) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Opened, None]:
+    """SubscribeOnionMessages' items as :class:`IncomingOnionMessage`."""
+    return _converted(raw, _native_onion_message)
+
+
+def custom_onion_messages(
+    raw: AsyncGenerator[ln.CustomMessage | Opened, None],
+) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Opened, None]:
+    """SubscribeCustomMessages' type-513 items as :class:`IncomingOnionMessage`; a body
+    that does not decode as :class:`IncomingMalformed`; other types dropped."""
+    return _converted(raw, _custom_onion_message)
+
+
+async def _converted(
+    raw: AsyncGenerator[_Resp | Opened, None], convert: Callable[[_Resp], _Item | None]
+) -> AsyncGenerator[_Item | Opened, None]:
+    """``raw`` with each item converted (None: dropped), the :class:`Opened` markers kept."""
+    try:
+        async for item in raw:
+            if isinstance(item, Opened):
+                yield item
+            else:
+                value = convert(item)
+                if value is not None:
+                    yield value
+    finally:
+        await raw.aclose()
+
+
+def _peer_event(item: ln.PeerEvent) -> PeerEvent:
+    return PeerEvent(bytes.fromhex(item.pub_key), item.type == ln.PeerEvent.EventType.PEER_ONLINE)
+
+
+def _native_onion_message(item: ln.OnionMessageUpdate) -> IncomingOnionMessage:
+    return IncomingOnionMessage(item.peer, item.path_key, item.onion)
+
+
+def _custom_onion_message(
+    item: ln.CustomMessage,
+) -> IncomingOnionMessage | IncomingMalformed | None:
+    if item.type != ONION_MESSAGE_TYPE:
+        return None
+    try:
+        message = OnionMessage.decode(item.data)
+    except OnionError as e:
+        return IncomingMalformed(item.peer, item.data, e)
+    return IncomingOnionMessage(item.peer, message.path_key, message.onion)

@@ -1,0 +1,92 @@
+"""The mailbox's Redis store: the only package that names a Redis key or runs a command.
+
+What lives where (the full table, TTLs and redis-cli recipes are in docs/redis-schema.md):
+
+* one list per peer, ``lndmailbox:<node>:peer:{<peer>}:queue``, oldest message first, each
+  element a compact binary record (:func:`encode_record`: version byte, id, expiry,
+  attempts, sender, path_key, onion);
+* beside it ``...:{<peer>}:dedup``, a hash from a digest of (path_key, onion) to the id, so
+  the same message is queued once;
+* node-wide: ``lndmailbox:<node>:mail`` (a sorted set of the peers with mail, scored by the
+  earliest expiry, which the sweep walks), ``:usage`` (message and byte totals, per peer and
+  for the node, which the caps read), the allowlist, the counters, the event stream, the
+  daemon's lock and heartbeat, the journal and the delivery requests.
+
+Modules: ``records`` (value types and the record codec), ``keys`` (key names), ``lua``
+(the scripts in ``lua/*.lua``), ``client`` (connections, error mapping, replies), one
+module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
+``journal``, ``server``), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
+process of our own) and ``audit`` (the tests' invariant check).
+"""
+
+from __future__ import annotations
+
+from lndmailbox.store.allowlist import Allowlist
+from lndmailbox.store.control import Control
+from lndmailbox.store.embedded import (
+    RedisServer,
+    embedded_redis,
+    embedded_socket_path,
+    find_server_binary,
+    free_port,
+    limits_for,
+    redis_url_for,
+)
+from lndmailbox.store.events import Events, NewEvent
+from lndmailbox.store.handle import Store
+from lndmailbox.store.journal import Journal, NewEntry
+from lndmailbox.store.keys import Keys
+from lndmailbox.store.queues import Queues
+from lndmailbox.store.records import (
+    HEADER_SIZE,
+    RECORD_VERSION,
+    Event,
+    JournalEntry,
+    Limits,
+    NewMessage,
+    PeerSummary,
+    PutResult,
+    PutStatus,
+    ServerInfo,
+    Stats,
+    StoredMessage,
+    decode_record,
+    encode_record,
+    new_message_id,
+)
+from lndmailbox.store.server import Server
+
+__all__ = [
+    "HEADER_SIZE",
+    "RECORD_VERSION",
+    "Allowlist",
+    "Control",
+    "Event",
+    "Events",
+    "Journal",
+    "JournalEntry",
+    "Keys",
+    "Limits",
+    "NewEntry",
+    "NewEvent",
+    "NewMessage",
+    "PeerSummary",
+    "PutResult",
+    "PutStatus",
+    "Queues",
+    "RedisServer",
+    "Server",
+    "ServerInfo",
+    "Stats",
+    "Store",
+    "StoredMessage",
+    "decode_record",
+    "embedded_redis",
+    "embedded_socket_path",
+    "encode_record",
+    "find_server_binary",
+    "free_port",
+    "limits_for",
+    "new_message_id",
+    "redis_url_for",
+]

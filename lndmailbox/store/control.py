@@ -1,0 +1,118 @@
+"""How the daemon and mailboxctl coordinate through Redis: one daemon per node (a lock with
+a lease), its heartbeat, and the delivery requests ``mailboxctl deliver`` leaves for it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lndmailbox.errors import StoreError
+from lndmailbox.store import lua
+from lndmailbox.store.client import as_items, as_str, redis_errors, socket_timeout
+from lndmailbox.store.keys import Keys
+from lndmailbox.store.records import PUBKEY_SIZE, check_pubkey, ms
+
+log = logging.getLogger(__name__)
+
+_DELIVERY_REQUEST_TTL_MS = 3_600_000
+_MAX_REQUESTS_READ = 10_000
+
+
+class Control:
+    """The node's daemon lock, heartbeat and delivery requests."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._renew = redis.register_script(lua.program("renew_lock"))
+        self._release = redis.register_script(lua.program("release_lock"))
+
+    # ---- one daemon per node
+
+    @redis_errors
+    async def acquire_lock(self, owner: str, lease: float) -> bool:
+        """Takes the node's daemon lock for ``lease`` seconds if nobody holds it."""
+        lease_ms = max(ms(lease), 1)
+        return bool(await self.redis.set(self.keys.lock_key, owner, nx=True, px=lease_ms))
+
+    @redis_errors
+    async def renew_lock(self, owner: str, lease: float) -> bool:
+        """Extends the lease; False if ``owner`` no longer holds the lock."""
+        return bool(await self._renew(keys=[self.keys.lock_key], args=[owner, max(ms(lease), 1)]))
+
+    @redis_errors
+    async def release_lock(self, owner: str) -> bool:
+        """Frees the lock if ``owner`` still holds it (True), else leaves it alone."""
+        return bool(await self._release(keys=[self.keys.lock_key], args=[owner]))
+
+    @redis_errors
+    async def lock_owner(self) -> str | None:
+        owner = await self.redis.get(self.keys.lock_key)
+        return as_str(owner) if owner is not None else None
+
+    # ---- the daemon's heartbeat
+
+    @redis_errors
+    async def write_heartbeat(
+        self, info: Mapping[str, str | int | float], ttl: float = 30.0
+    ) -> None:
+        """Replaces the daemon's heartbeat (pid, host, started_at, version, node...); it
+        disappears ``ttl`` seconds after the last one."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.heartbeat_key)
+            if info:
+                mapping: dict[Any, Any] = dict(info)
+                pipe.hset(self.keys.heartbeat_key, mapping=mapping)
+                pipe.pexpire(self.keys.heartbeat_key, max(ms(ttl), 1))
+            await pipe.execute()
+
+    @redis_errors
+    async def read_heartbeat(self) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.heartbeat_key)
+        return {as_str(k): as_str(v) for k, v in raw.items()} if raw else None
+
+    # ---- delivery requests (mailboxctl deliver -> daemon)
+
+    @redis_errors
+    async def request_delivery(self, peer: bytes) -> None:
+        """Asks the running daemon to try delivering to ``peer`` now (kept for an hour)."""
+        check_pubkey("peer", peer)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.delivery_requests_key, peer.hex())
+            pipe.pexpire(self.keys.delivery_requests_key, _DELIVERY_REQUEST_TTL_MS)
+            await pipe.execute()
+
+    @redis_errors
+    async def wait_delivery_requests(self, timeout: float) -> list[bytes]:  # noqa: ASYNC109
+        # (a server-side BLPOP wait: cancelling it from the client would spoil the connection)
+        """Every pending request, oldest first, each peer once; waits up to ``timeout``
+        seconds for the first.
+
+        The wait is cut to stay under the client's socket timeout; an empty list means
+        nothing came, so call it in a loop.
+        """
+        limit = socket_timeout(self.redis)
+        if limit:
+            timeout = min(timeout, max(limit - 1.0, 0.1))
+        key = self.keys.delivery_requests_key
+        first = as_items(await self.redis.blpop([key], timeout=max(timeout, 0.01)))
+        if not first:
+            return []
+        rest = as_items(await self.redis.lpop(key, _MAX_REQUESTS_READ))
+        return _unique_peers([first[1], *rest])
+
+
+def _unique_peers(raw: Iterable[object]) -> list[bytes]:
+    """The peers requested, in order, each once; what is not a pubkey in hex is dropped."""
+    seen: dict[bytes, None] = {}
+    for item in raw:
+        try:
+            peer = bytes.fromhex(as_str(item))
+        except (ValueError, StoreError):
+            continue
+        if len(peer) == PUBKEY_SIZE:
+            seen[peer] = None
+    return list(seen)

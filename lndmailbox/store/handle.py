@@ -1,0 +1,123 @@
+"""The store: the mailbox's state in one Redis, namespaced by the lnd node it serves.
+
+:class:`Store` owns the client, the node's namespace (:class:`Keys`), the limits, and one
+part per job, reached as attributes:
+
+* ``queues``: the peers' messages (put, peek, deliver, sweep, purge, stats);
+* ``allowlist``: the peers mail is held for;
+* ``events``: the counters and the event stream;
+* ``control``: the daemon lock, heartbeat and delivery requests;
+* ``journal``: messages read from lnd and not yet decided;
+* ``server``: what the Redis server reports.
+
+Rules that hold across the parts:
+
+* Only this package names a Redis key or runs a Redis command.
+* The store never reads the wall clock for a decision: every call that needs the time takes
+  ``now`` (Unix seconds). Redis key TTLs are set relative to that ``now`` (the time left
+  plus a grace period), so they are right whatever clock the caller uses.
+* The store counts nothing on its own behalf except messages whose keys Redis expired
+  before any sweep saw them (added to the ``expired`` counter by the sweep that notices);
+  everything else is counted by the caller from the results.
+* The scripts touch one peer's keys and the node's keys together: that is atomic on one
+  Redis (standalone, or a primary with replicas/Sentinel), not on Redis Cluster (see
+  docs/redis-schema.md for the trade-off).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lndmailbox.store.allowlist import Allowlist
+from lndmailbox.store.client import as_str, check_binary, connect, redis_errors
+from lndmailbox.store.control import Control
+from lndmailbox.store.events import Events
+from lndmailbox.store.journal import Journal
+from lndmailbox.store.keys import ALL_MAILBOXES, Keys, node_of
+from lndmailbox.store.queues import Queues
+from lndmailbox.store.records import Limits, check_pubkey
+from lndmailbox.store.server import Server
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVENTS_MAXLEN = 10_000
+
+
+class Store:
+    """One node's mailbox in one Redis.
+
+    ``redis`` must return bytes (``decode_responses=False``, the default): records are binary.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        node: bytes,
+        limits: Limits | None = None,
+        *,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+    ) -> None:
+        check_pubkey("node", node)
+        check_binary(redis)
+        self.redis = redis
+        self.node = node
+        self.limits = limits or Limits()
+        self.events_maxlen = events_maxlen
+        self.keys = Keys(node)
+        self.prefix = self.keys.prefix
+        self._owns_client = False
+        self.queues = Queues(redis, self.keys, self.limits, events_maxlen=events_maxlen)
+        self.allowlist = Allowlist(redis, self.keys)
+        self.events = Events(redis, self.keys, events_maxlen=events_maxlen)
+        self.control = Control(redis, self.keys)
+        self.journal = Journal(redis, self.keys, self.limits)
+        self.server = Server(redis, self.keys)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        node: bytes,
+        limits: Limits | None = None,
+        *,
+        max_connections: int = 64,
+        **redis_kwargs: Any,
+    ) -> Store:
+        """A store on its own connection pool: ``redis://[[user]:password@]host:port/db``,
+        ``rediss://`` for TLS (``ssl_*`` keyword arguments, or ``?ssl_ca_certs=...`` in the
+        URL), ``unix://path?db=0``. At most ``max_connections`` are opened; more concurrent
+        calls wait for one (up to ``pool_timeout`` seconds, default 20) instead of failing.
+        :meth:`aclose` closes the pool."""
+        store = cls(connect(url, max_connections=max_connections, **redis_kwargs), node, limits)
+        store._owns_client = True
+        return store
+
+    @staticmethod
+    @redis_errors
+    async def nodes_at(url: str) -> list[bytes]:
+        """The lnd nodes with a mailbox in the Redis at ``url`` (those with counters or a
+        running daemon's heartbeat), sorted. One SCAN over the keyspace: for tools, not for
+        the daemon."""
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
+        nodes: set[bytes] = set()
+        try:
+            async for key in client.scan_iter(match=ALL_MAILBOXES, count=1000):
+                node = node_of(as_str(key))
+                if node is not None:
+                    nodes.add(node)
+        finally:
+            await client.aclose()
+        return sorted(nodes)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

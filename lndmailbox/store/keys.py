@@ -1,0 +1,105 @@
+"""The names of the store's Redis keys: the only place they are spelled.
+
+Every key of a node starts with ``lndmailbox:<node hex>:``; a peer's queue and dedup hash
+carry the peer in braces (``peer:{<peer hex>}:queue``), its hash tag. The table of keys,
+types and TTLs is docs/redis-schema.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+log = logging.getLogger(__name__)
+
+_NODE_KEY = re.compile(r"lndmailbox:((?:02|03)[0-9a-f]{64}):(?:counters|heartbeat)")
+"""Keys only a node with a mailbox has: how tools find the nodes a Redis serves."""
+
+ALL_MAILBOXES = "lndmailbox:*"
+"""SCAN pattern matching the keys of every node's mailbox."""
+
+
+def node_of(key: str) -> bytes | None:
+    """The node whose mailbox ``key`` shows exists (its counters or heartbeat), else None."""
+    match = _NODE_KEY.fullmatch(key)
+    return bytes.fromhex(match.group(1)) if match else None
+
+
+class Keys:
+    """The key names of one node's mailbox."""
+
+    def __init__(self, node: bytes) -> None:
+        self.prefix = f"lndmailbox:{node.hex()}:"
+
+    def _peer_prefix(self, peer: bytes) -> str:
+        return f"{self.prefix}peer:{{{peer.hex()}}}:"
+
+    def queue_key(self, peer: bytes) -> str:
+        return self._peer_prefix(peer) + "queue"
+
+    def dedup_key(self, peer: bytes) -> str:
+        return self._peer_prefix(peer) + "dedup"
+
+    @property
+    def queue_pattern(self) -> str:
+        """SCAN pattern matching every peer's queue of this node."""
+        return self.prefix + "peer:*:queue"
+
+    def peer_of_queue(self, key: str) -> bytes:
+        """The peer whose queue ``key`` (one :attr:`queue_pattern` matched) is."""
+        start, end = self.prefix + "peer:{", "}:queue"
+        return bytes.fromhex(key[len(start) : -len(end)])
+
+    @property
+    def mail_key(self) -> str:
+        return self.prefix + "mail"
+
+    @property
+    def usage_key(self) -> str:
+        return self.prefix + "usage"
+
+    @property
+    def allow_key(self) -> str:
+        return self.prefix + "allow"
+
+    @property
+    def counters_key(self) -> str:
+        return self.prefix + "counters"
+
+    @property
+    def events_key(self) -> str:
+        return self.prefix + "events"
+
+    @property
+    def lock_key(self) -> str:
+        return self.prefix + "lock"
+
+    @property
+    def heartbeat_key(self) -> str:
+        return self.prefix + "heartbeat"
+
+    @property
+    def delivery_requests_key(self) -> str:
+        return self.prefix + "delivery-requests"
+
+    @property
+    def journal_key(self) -> str:
+        """The journal of messages read from lnd and not yet decided (named ``inbox`` in
+        Redis, as docs/redis-schema.md lists it)."""
+        return self.prefix + "inbox"
+
+    @property
+    def key_pattern(self) -> str:
+        """SCAN pattern matching every key of this node (and nothing of another node)."""
+        return self.prefix + "*"
+
+    def peer_keys(self, peer: bytes) -> list[str]:
+        """KEYS of a per-peer script: queue, dedup, mail, usage, counters, events."""
+        return [
+            self.queue_key(peer),
+            self.dedup_key(peer),
+            self.mail_key,
+            self.usage_key,
+            self.counters_key,
+            self.events_key,
+        ]

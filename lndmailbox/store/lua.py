@@ -1,0 +1,62 @@
+"""The store's Lua scripts: ``lua/*.lua`` (package data), read once and composed here.
+
+Each file opens with a comment block for its reader (KEYS, ARGV, the reply); the program
+Redis runs starts at the first line that is not a ``--`` comment. The part that runs a
+script registers the composed text with ``redis.register_script`` (which runs it by SHA).
+
+Composition: every script but ``summaries`` (which has flags of its own) starts with the
+``no-cluster`` shebang; ``event.lua`` (one entry of the event stream) comes before every
+script that appends events, and ``peer.lua`` (a peer's keys, the record readers, repair
+and accounting) before every per-peer script.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib import resources
+from typing import Literal, get_args
+
+log = logging.getLogger(__name__)
+
+# The shebang makes Redis refuse a script before it starts when memory is over maxmemory
+# (rather than at its first write), and refuse it outright on Redis Cluster, where the
+# scripts' mix of one peer's keys and the node's keys would cross slots.
+SHEBANG = "#!lua flags=no-cluster\n"
+
+PeerScript = Literal["put", "peek", "remove", "remove_delivered", "attempt", "sweep", "purge"]
+"""The scripts that work on one peer's keys (KEYS = queue, dedup, mail, usage, counters,
+events; ARGV[1] = peer hex): they run after both shared helpers."""
+
+_OtherScript = Literal["summaries", "record", "renew_lock", "release_lock"]
+Script = PeerScript | _OtherScript
+"""Every script (a file in ``lua/`` that is not a helper)."""
+
+SCRIPTS: tuple[Script, ...] = (*get_args(PeerScript), *get_args(_OtherScript))
+HELPERS = ("event", "peer")
+
+_PEER_SCRIPTS = frozenset(get_args(PeerScript))
+
+
+@functools.cache
+def source(name: str) -> str:
+    """``lua/<name>.lua`` without its leading comment block."""
+    text = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    lines = text.splitlines(keepends=True)
+    start = 0
+    while start < len(lines) and lines[start].startswith("--"):
+        start += 1
+    return "".join(lines[start:])
+
+
+@functools.cache
+def program(name: Script) -> str:
+    """The text Redis runs for the script ``name``."""
+    body = source(name)
+    if name == "summaries":
+        return body
+    if name in _PEER_SCRIPTS:
+        return SHEBANG + source("event") + source("peer") + body
+    if name == "record":
+        return SHEBANG + source("event") + body
+    return SHEBANG + body

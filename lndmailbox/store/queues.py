@@ -1,0 +1,297 @@
+"""The peers' queues: storing, reading, delivering, expiring and purging messages.
+
+Every write that touches a message is one Lua script, so a message is stored with its
+dedup entry, byte totals, index entry and key TTLs, or not at all; it leaves the same way.
+A message is never returned for delivery once ``now >= expires_at``: expired messages are
+removed and handed back to the caller so that it can count and publish them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lndmailbox.errors import RecordError, StoreError
+from lndmailbox.store import lua
+from lndmailbox.store.client import as_bytes, as_items, as_str, redis_errors
+from lndmailbox.store.keys import Keys
+from lndmailbox.store.records import (
+    Limits,
+    NewMessage,
+    PeerSummary,
+    PutResult,
+    PutStatus,
+    Stats,
+    StoredMessage,
+    check_pubkey,
+    decode_record,
+    encode_record,
+    event_time,
+    message_id_bytes,
+    ms,
+    new_message_id,
+    record_id,
+    record_times,
+)
+
+log = logging.getLogger(__name__)
+
+
+def decode(peer: bytes, data: object) -> StoredMessage:
+    """The message in a record Redis returned for ``peer``."""
+    return decode_record(peer, as_bytes(data))
+
+
+class Queues:
+    """One FIFO queue per peer, with the node's index of peers with mail and byte totals."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, limits: Limits, *, events_maxlen: int
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limits = limits
+        self.events_maxlen = events_maxlen
+        self._put = redis.register_script(lua.program("put"))
+        self._peek = redis.register_script(lua.program("peek"))
+        self._remove = redis.register_script(lua.program("remove"))
+        self._remove_delivered = redis.register_script(lua.program("remove_delivered"))
+        self._attempt = redis.register_script(lua.program("attempt"))
+        self._sweep = redis.register_script(lua.program("sweep"))
+        self._purge = redis.register_script(lua.program("purge"))
+        self._summaries = redis.register_script(lua.program("summaries"))
+
+    # ---- in
+
+    @redis_errors
+    async def put_many(
+        self, messages: Sequence[NewMessage], *, ttl: float | None = None
+    ) -> list[PutResult]:
+        """Queues several messages (for any peers) in one round trip and one atomic step, in
+        order; one :class:`PutResult` per message. Each is stored with all its indexes, or
+        refused as a duplicate, over the node's cap, or for damaged keys (nothing changed).
+        ``ttl``: seconds to keep them (default: the limits' ``ttl``)."""
+        if not messages:
+            return []
+        for m in messages:
+            check_pubkey("peer", m.peer)
+        keep_for = ms(self.limits.ttl if ttl is None else ttl)
+        stored = [
+            StoredMessage(
+                id=m.id or new_message_id(m.now),
+                peer=m.peer,
+                sender=m.sender,
+                path_key=m.path_key,
+                onion=m.onion,
+                received_at=ms(m.now) / 1000,
+                expires_at=(ms(m.now) + keep_for) / 1000,
+                attempts=0,
+            )
+            for m in messages
+        ]
+        keys = self.keys.peer_keys(stored[0].peer)
+        args: list[str | int | bytes] = [
+            stored[0].peer.hex(),
+            self.limits.max_messages_per_peer,
+            self.limits.max_bytes_per_peer,
+            self.limits.max_bytes_total,
+            self.events_maxlen,
+            event_time(),
+        ]
+        key_ttl = max(keep_for + ms(self.limits.key_grace), 1)
+        for i, msg in enumerate(stored):
+            if i:
+                keys += (self.keys.queue_key(msg.peer), self.keys.dedup_key(msg.peer))
+            args += (msg.peer.hex(), encode_record(msg), key_ttl, msg.id)
+        replies = as_items(await self._put(keys=keys, args=args))
+        if len(replies) != len(stored):
+            raise StoreError(f"Redis answered {len(replies)} puts for {len(stored)}")
+        return [
+            _put_result(msg, as_items(reply)) for msg, reply in zip(stored, replies, strict=True)
+        ]
+
+    # ---- out
+
+    @redis_errors
+    async def peek(
+        self, peer: bytes, now: float, *, limit: int = 1, skip: Collection[str] = ()
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """The peer's ``limit`` oldest unexpired messages, oldest first (they stay queued until
+        :meth:`remove`), and the expired messages met before the last of them, which this
+        call removed (for the caller to count and publish). Messages whose ids are in
+        ``skip`` (in the caller's hands) are passed over and left as they are."""
+        reply = await self._peek(
+            keys=self.keys.peer_keys(peer),
+            args=[peer.hex(), ms(now), max(limit, 1), *(message_id_bytes(i) for i in skip)],
+        )
+        ready = int(reply[0])
+        records = reply[1:]
+        return (
+            [decode(peer, r) for r in records[:ready]],
+            [decode(peer, r) for r in records[ready:]],
+        )
+
+    @redis_errors
+    async def remove(self, msg: StoredMessage) -> bool:
+        """Removes a message by id (after lnd accepted it). False if it was no longer queued
+        (evicted, expired or purged meanwhile)."""
+        reply = await self._remove(
+            keys=self.keys.peer_keys(msg.peer), args=[msg.peer.hex(), message_id_bytes(msg.id)]
+        )
+        return bool(reply)
+
+    @redis_errors
+    async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
+        """Removes messages lnd accepted, counting and publishing each as ``delivered`` in the
+        same step (also one evicted, expired or purged meanwhile: the peer got it); one
+        round trip and one atomic step per peer. How many were still queued."""
+        by_peer: dict[bytes, list[bytes | int]] = {}
+        for msg in messages:
+            by_peer.setdefault(msg.peer, []).extend((message_id_bytes(msg.id), msg.size))
+        # Script calls one by one: a pipeline of scripts costs a SCRIPT EXISTS round trip.
+        removed = 0
+        at = event_time()
+        for peer, items in by_peer.items():
+            removed += int(
+                await self._remove_delivered(
+                    keys=self.keys.peer_keys(peer),
+                    args=[peer.hex(), self.events_maxlen, at, *items],
+                )
+            )
+        return removed
+
+    @redis_errors
+    async def record_attempt(self, msg: StoredMessage) -> int:
+        """Adds one to the message's delivery attempts; the new count, or -1 if it is gone."""
+        reply = await self._attempt(
+            keys=self.keys.peer_keys(msg.peer), args=[msg.peer.hex(), message_id_bytes(msg.id)]
+        )
+        return int(reply)
+
+    @redis_errors
+    async def sweep_expired(self, now: float) -> list[StoredMessage]:
+        """Removes every expired message of every peer whose earliest expiry has passed; each
+        peer is one atomic step. Returns the removed messages for the caller to count."""
+        peers = await self.redis.zrangebyscore(self.keys.mail_key, "-inf", ms(now))
+        out: list[StoredMessage] = []
+        for member in peers:
+            peer = _peer(member)
+            reply = await self._sweep(keys=self.keys.peer_keys(peer), args=[peer.hex(), ms(now)])
+            out.extend(decode(peer, r) for r in reply)
+        return out
+
+    @redis_errors
+    async def purge(self, peer: bytes, id: str | None = None) -> int:
+        """Deletes one message (by id) or all of a peer's messages; how many went."""
+        arg = message_id_bytes(id) if id else b""
+        return int(await self._purge(keys=self.keys.peer_keys(peer), args=[peer.hex(), arg]))
+
+    # ---- reading
+
+    @redis_errors
+    async def messages(self, peer: bytes) -> list[StoredMessage]:
+        """Everything queued for the peer, oldest first (expired ones included)."""
+        records = await self.redis.lrange(self.keys.queue_key(peer), 0, -1)
+        return [decode(peer, r) for r in records]
+
+    @redis_errors
+    async def peers_with_mail(self) -> list[bytes]:
+        """Peers with queued messages, earliest expiry first."""
+        return [_peer(m) for m in await self.redis.zrange(self.keys.mail_key, 0, -1)]
+
+    @redis_errors
+    async def peer_summaries(self) -> list[PeerSummary]:
+        """One summary per peer with mail, earliest expiry first (one round trip for all)."""
+        peers = [_peer(m) for m in await self.redis.zrange(self.keys.mail_key, 0, -1)]
+        if not peers:
+            return []
+        reply = as_items(
+            await self._summaries(
+                keys=[self.keys.usage_key, *(self.keys.queue_key(p) for p in peers)],
+                args=[p.hex() for p in peers],
+            )
+        )
+        out = []
+        for i, peer in enumerate(peers):
+            count, nbytes, head, tail = reply[4 * i : 4 * i + 4]
+            if not count:
+                continue
+            first_received, first_expires = record_times(as_bytes(head))
+            last_received, _ = record_times(as_bytes(tail))
+            out.append(
+                PeerSummary(
+                    peer=peer,
+                    messages=int(count),
+                    bytes=int(nbytes),
+                    oldest_received_at=first_received,
+                    newest_received_at=last_received,
+                    next_expiry=first_expires,
+                )
+            )
+        return out
+
+    @redis_errors
+    async def stats(self) -> Stats:
+        """Totals over every peer: peers with mail, messages, bytes, oldest message."""
+        messages, nbytes = await self.redis.hmget(self.keys.usage_key, ["messages", "bytes"])
+        summaries = await self.peer_summaries()
+        oldest = min(
+            (s.oldest_received_at for s in summaries if s.oldest_received_at is not None),
+            default=None,
+        )
+        return Stats(
+            peers_with_mail=len(summaries),
+            messages=int(messages or 0),
+            bytes=int(nbytes or 0),
+            oldest_received_at=oldest,
+        )
+
+    @redis_errors
+    async def totals(self) -> tuple[int, int, int]:
+        """(peers with mail, messages, bytes) from the node's counters: O(1), for gauges."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.mail_key)
+            pipe.hmget(self.keys.usage_key, ["messages", "bytes"])
+            peers, (messages, size) = await pipe.execute()
+        return int(peers), int(messages or 0), int(size or 0)
+
+
+def _peer(member: object) -> bytes:
+    """A peer as the mail index holds it (hex)."""
+    text = as_str(member)
+    try:
+        return bytes.fromhex(text)
+    except ValueError as e:
+        raise StoreError(f"the mail index holds {text!r}, not a peer") from e
+
+
+def _put_result(msg: StoredMessage, reply: list[Any]) -> PutResult:
+    code = int(reply[0])
+    if code == 1:
+        return PutResult(PutStatus.DUPLICATE, as_str(reply[1]), size=msg.size)
+    if code == 2:
+        return PutResult(PutStatus.REJECTED_FULL, msg.id, size=msg.size)
+    if code == 3:
+        return PutResult(PutStatus.REJECTED_DAMAGED, msg.id, size=msg.size)
+    # The write is done: a record that does not decode (another version, a hand-made
+    # value) must not make it look failed. Its id is in the same place in every version.
+    evicted_ids: list[str] = []
+    evicted: list[StoredMessage] = []
+    for raw in reply[2:]:
+        record = as_bytes(raw)
+        try:
+            evicted.append(decode_record(msg.peer, record))
+        except RecordError:
+            log.warning("evicted an unreadable record for %s", msg.peer.hex())
+        evicted_ids.append(record_id(record))
+    return PutResult(
+        PutStatus.STORED,
+        msg.id,
+        evicted=tuple(evicted_ids),
+        evicted_messages=tuple(evicted),
+        message=msg,
+        size=msg.size,
+    )

@@ -1,0 +1,37 @@
+"""What the Redis server itself reports: its version, memory, and this node's share."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from lndmailbox.store.client import redis_errors
+from lndmailbox.store.keys import Keys
+from lndmailbox.store.records import ServerInfo
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """The Redis server the store runs on, for ``mailboxctl status`` and metrics."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    @redis_errors
+    async def info(self) -> ServerInfo:
+        """The server's version (Valkey's or Redis's) and the memory it uses."""
+        info = await self.redis.info("server")
+        memory = await self.redis.info("memory")
+        version = str(info.get("valkey_version") or info.get("redis_version") or "?")
+        return ServerInfo(version=version, used_memory=int(memory.get("used_memory", 0)))
+
+    @redis_errors
+    async def memory_usage(self) -> int:
+        """Bytes Redis spends on this node's keys (MEMORY USAGE summed over a SCAN)."""
+        total = 0
+        async for key in self.redis.scan_iter(match=self.keys.key_pattern, count=500):
+            total += int(await self.redis.memory_usage(key, samples=0) or 0)
+        return total

@@ -1,0 +1,148 @@
+"""The decider's promises that the end-to-end tests cannot reach on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from lndmailbox.clock import SystemClock
+from lndmailbox.daemon.decider import Decider
+from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
+from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.outcomes import Reporter
+from lndmailbox.daemon.outgoing import OutgoingMessage
+from lndmailbox.daemon.peers import ChannelMap, PeerTracker
+from lndmailbox.daemon.policy import Policy
+from lndmailbox.daemon.race_guard import RaceGuard
+from lndmailbox.lnd import IncomingOnionMessage, Transport
+from lndmailbox.onion import BlindedHopSpec, LocalNodeKey, message_via
+from lndmailbox.store import Store
+
+
+class HangingSigner:
+    """A signer that never answers, like an lnd that stopped mid-call."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def ecdh(self, point: bytes) -> bytes:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class NoChannels:
+    async def channel_peers(self) -> dict[int, bytes]:
+        return {}
+
+
+class NothingSent:
+    async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
+        raise AssertionError("nothing is sent")
+
+
+class Kept:
+    """The store writer's part: what it was given to keep."""
+
+    def __init__(self) -> None:
+        self.messages: list[OutgoingMessage] = []
+
+    def keep(self, message: OutgoingMessage) -> None:
+        self.messages.append(message)
+
+
+class Decided:
+    """The journal's part: which entries were decided."""
+
+    def __init__(self) -> None:
+        self.entries: list[str | None] = []
+
+    def decided(self, entry: str | None) -> None:
+        self.entries.append(entry)
+
+
+async def test_a_message_cut_short_by_shutdown_stays_journaled(
+    redis_url: str, tmp_path: Path
+) -> None:
+    node = LocalNodeKey.generate()
+    bob = LocalNodeKey.generate()
+    clock = SystemClock()
+    metrics = Metrics()
+    decided, kept = Decided(), Kept()
+    async with Store.from_url(redis_url, node.pubkey) as store:
+        signer = HangingSigner()
+        channels = ChannelMap(NoChannels(), clock)
+        decider = Decider(
+            node_id=node.pubkey,
+            node_key=signer,
+            transport=Transport.CUSTOM,
+            peers=PeerTracker(clock),
+            channels=channels,
+            policy=Policy(
+                allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
+            ),
+            sender=NothingSent(),
+            keeper=kept,
+            journal=decided,
+            race=RaceGuard(clock, 0),
+            reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+            metrics=metrics,
+            clock=clock,
+            queue=DecisionQueue(),
+            workers=1,
+        )
+        _, message = message_via([BlindedHopSpec(node.pubkey), bob.pubkey], {65: b"x"})
+        incoming = IncomingOnionMessage(
+            peer=LocalNodeKey.generate().pubkey, path_key=message.path_key, onion=message.onion
+        )
+        task = asyncio.create_task(decider.decide(Arrival(incoming, "entry-1")))
+        await signer.called.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert decided.entries == []  # the next daemon decides it again
+    assert kept.messages == []
+
+
+async def test_run_decides_everything_queued_before_it_stops(redis_url: str) -> None:
+    node = LocalNodeKey.generate()
+    clock = SystemClock()
+    metrics = Metrics()
+    decided, kept = Decided(), Kept()
+    queue = DecisionQueue()
+    async with Store.from_url(redis_url, node.pubkey) as store:
+        channels = ChannelMap(NoChannels(), clock)
+        decider = Decider(
+            node_id=node.pubkey,
+            node_key=node,
+            transport=Transport.CUSTOM,
+            peers=PeerTracker(clock),
+            channels=channels,
+            policy=Policy(
+                allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
+            ),
+            sender=NothingSent(),
+            keeper=kept,
+            journal=decided,
+            race=RaceGuard(clock, 0),
+            reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+            metrics=metrics,
+            clock=clock,
+            queue=queue,
+            workers=2,
+        )
+        entries = [f"entry-{i}" for i in range(5)]
+        for entry in entries:
+            # Messages for the node itself: decided (dropped as final_hop) without lnd.
+            _, message = message_via([node.pubkey], {65: entry.encode()})
+            incoming = IncomingOnionMessage(
+                peer=LocalNodeKey.generate().pubkey, path_key=message.path_key, onion=message.onion
+            )
+            queue.put_nowait(Arrival(incoming, entry))
+        stop = asyncio.Event()
+        stop.set()
+        await asyncio.wait_for(decider.run(stop), 10)
+    assert sorted(e for e in decided.entries if e is not None) == entries
+    assert queue.empty()
+    assert kept.messages == []
+    dropped = metrics.registry.get_sample_value("lndmailbox_dropped_total", {"reason": "final_hop"})
+    assert dropped == 5
