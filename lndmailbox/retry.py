@@ -43,7 +43,9 @@ class Backoff:
     d = min(maximum, initial * 2**(n-1))."""
 
     initial: float = 0.5
-    maximum: float = 30.0
+    maximum: float = 10.0
+    """A dependency that comes back is noticed within this long: the old loops waited
+    5 s (Redis writes) to 30 s (lnd) at most; one cap for all had to suit the store."""
 
     def __post_init__(self) -> None:
         if not 0 < self.initial <= self.maximum:
