@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from lndmailbox.onion import Forward, LocalNodeKey, message_via, open_packet, peel
-from lndmailbox.onion.wire import ONIONMSG_KNOWN_EVEN, decode_tlv_stream
+from lndmailbox.onion.tlv import decode_tlv_stream
+from lndmailbox.onion.wire import ONIONMSG_KNOWN_EVEN
 
 ROUNDS = 5
 PEELS_PER_ROUND = 2000

@@ -57,7 +57,8 @@ from simnet import OnionRateLimits, Personality, SimNode
 from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
 from lndmailbox.onion import Receive, message_via
-from lndmailbox.onion.wire import OnionMessage, scid
+from lndmailbox.onion.tlv import scid
+from lndmailbox.onion.wire import OnionMessage
 
 PAYLOAD_TYPE = 65
 _REPO = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ from itest.rpc import Collector, collect
 from lndmailbox import onion
 from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnd.lnrpc import signer_pb2 as signer
-from lndmailbox.onion.wire import format_scid
+from lndmailbox.onion.tlv import format_scid
 
 pytestmark = pytest.mark.timeout(900)
 

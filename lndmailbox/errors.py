@@ -2,7 +2,7 @@
 
     MailboxError
     ├── OnionError            bytes from a peer that are not a valid onion message
-    │   └── ... (defined beside the code that detects them: onion/wire.py, onion/reader.py)
+    │   └── ... (defined beside the code that detects them: onion/tlv.py, onion/reader.py)
     ├── LndError              a failed lnd RPC: gRPC code, retryable or not
     │   ├── PeerOfflineError  lnd says NOT_FOUND "peer is not connected"
     │   └── LndPermissionError the macaroon lacks a permission (named in the message)

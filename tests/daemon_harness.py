@@ -17,7 +17,8 @@ from simnet import Personality, SimNode, SimPeer
 from lndmailbox.config import Settings
 from lndmailbox.daemon import run
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
-from lndmailbox.onion.wire import OnionMessage, scid
+from lndmailbox.onion.tlv import scid
+from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store, StoredMessage
 
 PAYLOAD_TYPE = 65

@@ -29,7 +29,7 @@ import pytest
 from simnet import Personality, SimNode
 
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
-from lndmailbox.onion.wire import scid
+from lndmailbox.onion.tlv import scid
 from lndmailbox.store import Store
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until

@@ -29,7 +29,8 @@ from lndmailbox.lnd import (
     transport_for_version,
 )
 from lndmailbox.onion import Forward, LocalNodeKey, Receive, message_via, peel, random_secret
-from lndmailbox.onion.wire import OnionMessage, PointError, scid
+from lndmailbox.onion.tlv import PointError, scid
+from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.retry import Backoff
 
 TEXT = 65537

@@ -9,7 +9,7 @@ import pytest
 from simnet import Personality
 
 from lndmailbox.onion import BlindedHopSpec, message_via
-from lndmailbox.onion.wire import scid
+from lndmailbox.onion.tlv import scid
 from tests.daemon_harness import PAYLOAD_TYPE, counted, stored_count, wait_until, world
 
 GENERATIONS = pytest.mark.parametrize(

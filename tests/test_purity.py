@@ -84,7 +84,7 @@ def _violations(source: str, module: str) -> set[str]:
 
 def test_the_package_has_the_modules_it_documents() -> None:
     modules = _modules()
-    for expected in ("wire", "primitives", "reader", "build"):
+    for expected in ("tlv", "wire", "primitives", "reader", "build"):
         assert f"lndmailbox.onion.{expected}" in modules, modules
 
 

@@ -49,7 +49,8 @@ from lndmailbox.onion import (
     peel,
     random_secret,
 )
-from lndmailbox.onion.wire import OnionMessage, scid
+from lndmailbox.onion.tlv import scid
+from lndmailbox.onion.wire import OnionMessage
 
 TEXT = 65537
 SCID_ALICE = scid(700_000, 1, 0)

@@ -32,7 +32,8 @@ from lndmailbox.onion import (
     message_via,
     peel,
 )
-from lndmailbox.onion.wire import BlindedPath, EncryptedData, encode_bigsize, encode_tlv_stream
+from lndmailbox.onion.tlv import encode_bigsize, encode_tlv_stream
+from lndmailbox.onion.wire import BlindedPath, EncryptedData
 
 SEED = 20240513
 TOTAL = 100_000

@@ -24,7 +24,8 @@ from lndmailbox.onion import (
     message_via,
     peel,
 )
-from lndmailbox.onion.wire import OnionMessage, encode_tlv_stream, scid
+from lndmailbox.onion.tlv import encode_tlv_stream, scid
+from lndmailbox.onion.wire import OnionMessage
 
 CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 POOL = [LocalNodeKey(bytes([i + 1]) * 32) for i in range(12)]

@@ -37,17 +37,19 @@ from lndmailbox.onion import (
     message_via,
     peel,
 )
-from lndmailbox.onion.wire import (
-    BlindedHop,
-    BlindedPath,
-    EncryptedData,
+from lndmailbox.onion.tlv import (
     LengthError,
-    PaymentConstraints,
-    PaymentRelay,
     PointError,
     TlvError,
     encode_bigsize,
     encode_tlv_stream,
+)
+from lndmailbox.onion.wire import (
+    BlindedHop,
+    BlindedPath,
+    EncryptedData,
+    PaymentConstraints,
+    PaymentRelay,
 )
 
 NODE = LocalNodeKey(bytes([0x41]) * 32)

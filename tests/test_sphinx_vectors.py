@@ -26,6 +26,7 @@ from lndmailbox.onion import (
     open_packet,
     peel,
     primitives,
+    tlv,
     wire,
 )
 from lndmailbox.onion.wire import BlindedPath, EncryptedData, OnionMessage
@@ -166,7 +167,7 @@ async def test_onion_message_is_peeled_hop_by_hop() -> None:
             assert result.payload[4] == h(tlvs["encrypted_recipient_data"])
             assert result.path_id == h(generate[i]["tlvs"]["path_id"])
             assert result.reply_path is None
-            assert wire.encode_tlv_stream(result.encrypted_data) == h(
+            assert tlv.encode_tlv_stream(result.encrypted_data) == h(
                 generate[i]["encrypted_data_tlv"]
             )
 
@@ -220,7 +221,7 @@ def test_route_blinding_encrypted_data_encodes_exactly() -> None:
         data = EncryptedData(
             padding=h(tlvs["padding"]) if "padding" in tlvs else None,
             short_channel_id=(
-                wire.parse_scid(tlvs["short_channel_id"]) if "short_channel_id" in tlvs else None
+                tlv.parse_scid(tlvs["short_channel_id"]) if "short_channel_id" in tlvs else None
             ),
             next_node_id=h(tlvs["next_node_id"]) if "next_node_id" in tlvs else None,
             path_id=h(tlvs["path_id"]) if "path_id" in tlvs else None,
@@ -322,7 +323,7 @@ def test_payment_onion_key_schedule_and_hmacs() -> None:
     hops = []
     for hop in generate["hops"]:
         framed = h(hop["payload"])
-        length, start = wire.decode_bigsize(framed)
+        length, start = tlv.decode_bigsize(framed)
         assert start + length == len(framed)
         hops.append((h(hop["pubkey"]), framed[start:]))
     packet = build_packet(hops, h(generate["session_key"]), associated_data=assoc)

@@ -1,4 +1,4 @@
-"""wire.py: BigSize, TLV streams and the onion-message records, against BOLT 1's vectors."""
+"""tlv.py, wire.py: BigSize, TLV streams and the onion-message records, against BOLT 1's vectors."""
 
 from __future__ import annotations
 
@@ -10,17 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lndmailbox.errors import OnionError
-from lndmailbox.onion.wire import (
-    ONION_MESSAGE_TYPE,
+from lndmailbox.onion.tlv import (
     BigSizeError,
-    BlindedHop,
-    BlindedPath,
-    EncryptedData,
     LengthError,
-    OnionMessage,
-    OnionMessagePayload,
-    PaymentConstraints,
-    PaymentRelay,
     PointError,
     TlvError,
     WireError,
@@ -31,6 +23,16 @@ from lndmailbox.onion.wire import (
     format_scid,
     parse_scid,
     scid,
+)
+from lndmailbox.onion.wire import (
+    ONION_MESSAGE_TYPE,
+    BlindedHop,
+    BlindedPath,
+    EncryptedData,
+    OnionMessage,
+    OnionMessagePayload,
+    PaymentConstraints,
+    PaymentRelay,
 )
 
 POINT_A = bytes.fromhex("0324653eac434488002cc06bbfb7f10fe18991e35f9fe4302dbea6d2353dc0ab1c")

@@ -17,7 +17,7 @@ from lndmailbox import __version__
 from lndmailbox.cli.errors import UsageError
 from lndmailbox.cli.output import PROG
 from lndmailbox.config import add_arguments
-from lndmailbox.onion.wire import POINT_LEN
+from lndmailbox.onion.tlv import POINT_LEN
 
 __all__ = [
     "build_parser",

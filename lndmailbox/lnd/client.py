@@ -45,7 +45,8 @@ from lndmailbox.lnd.values import (
     PeerEvent,
     Transport,
 )
-from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage, PointError
+from lndmailbox.onion.tlv import PointError
+from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.retry import Backoff, Retry
 
 __all__ = ["LndClient", "LndNodeKey"]
@@ -343,7 +344,7 @@ class LndNodeKey:
     """``lndmailbox.onion.NodeKey`` backed by lnd: ECDH through Signer.DeriveSharedKey.
 
     The mailbox never holds the node's private key. A point that is not a valid compressed
-    public key raises :class:`~lndmailbox.onion.wire.PointError`, as ``LocalNodeKey`` does (it came
+    public key raises :class:`~lndmailbox.onion.tlv.PointError`, as ``LocalNodeKey`` does (it came
     from a peer: the message is malformed); lnd failing raises :class:`LndError`.
     """
 

@@ -3,8 +3,10 @@
 ============================  ==========================================================
 module                        holds
 ============================  ==========================================================
-:mod:`~.wire`                 BigSize, TLV streams, ``onion_message``, encrypted data,
-                              payloads, blinded paths: bytes <-> frozen dataclasses
+:mod:`~.tlv`                  BOLT 1: BigSize, TLV streams, truncated integers,
+                              short_channel_id, point shape, the :class:`WireError` family
+:mod:`~.wire`                 BOLT 4: ``onion_message``, encrypted data, payloads,
+                              blinded paths: bytes <-> frozen dataclasses
 :mod:`~.primitives`           HMAC-SHA256, the ChaCha20 stream, point checks and tweaks,
                               the keys derived from a shared secret
 :mod:`~.reader`               what the daemon runs: :func:`peel` (one layer, every
@@ -51,18 +53,14 @@ from lndmailbox.onion.reader import (
     open_packet,
     peel,
 )
+from lndmailbox.onion.tlv import BigSizeError, LengthError, PointError, TlvError, WireError
 from lndmailbox.onion.wire import (
     ONION_MESSAGE_TYPE,
-    BigSizeError,
     BlindedHop,
     BlindedPath,
     EncryptedData,
-    LengthError,
     OnionMessage,
     OnionMessagePayload,
-    PointError,
-    TlvError,
-    WireError,
 )
 
 __all__ = [

@@ -39,20 +39,17 @@ from lndmailbox.onion.primitives import (
     rho,
     sha256,
 )
+from lndmailbox.onion.tlv import POINT_LEN, PointError, encode_bigsize, encode_tlv_stream
 from lndmailbox.onion.wire import (
     HMAC_LEN,
     MAX_ONION_PACKET_LEN,
     MIN_ONION_PACKET_LEN,
-    POINT_LEN,
     TLV_ENCRYPTED_RECIPIENT_DATA,
     TLV_REPLY_PATH,
     BlindedHop,
     BlindedPath,
     EncryptedData,
     OnionMessage,
-    PointError,
-    encode_bigsize,
-    encode_tlv_stream,
 )
 
 __all__ = [

@@ -13,14 +13,8 @@ from typing import Any
 
 from lndmailbox.errors import OnionError
 from lndmailbox.onion.primitives import point
-from lndmailbox.onion.wire import (
-    HMAC_LEN,
-    MIN_ONION_PACKET_LEN,
-    ONION_MESSAGE_TYPE,
-    POINT_LEN,
-    OnionMessage,
-    PointError,
-)
+from lndmailbox.onion.tlv import POINT_LEN, PointError
+from lndmailbox.onion.wire import HMAC_LEN, MIN_ONION_PACKET_LEN, ONION_MESSAGE_TYPE, OnionMessage
 
 __all__ = ["Decoded", "packet_fields", "parse_onion_message"]
 

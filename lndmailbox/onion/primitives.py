@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from lndmailbox.onion.wire import HMAC_LEN, POINT_LEN, PointError
+from lndmailbox.onion.tlv import POINT_LEN, PointError
+from lndmailbox.onion.wire import HMAC_LEN
 
 __all__ = [
     "CURVE_ORDER",
@@ -92,7 +93,7 @@ def next_key_tweak(key: bytes, shared_secret: bytes) -> bytes:
 
 
 def point(data: bytes, what: str) -> PublicKey:
-    """``data`` as a curve point; :class:`~lndmailbox.onion.wire.PointError` if it is not."""
+    """``data`` as a curve point; :class:`~lndmailbox.onion.tlv.PointError` if it is not."""
     if len(data) != POINT_LEN or data[0] not in (2, 3):
         raise PointError(f"{what}: not a 33-byte compressed point")
     try:

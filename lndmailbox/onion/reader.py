@@ -16,15 +16,15 @@ from ``node.ecdh`` itself, such as an lnd RPC failure, pass through unchanged). 
 ============================  ======================  =================================
 class                         reason                  when
 ============================  ======================  =================================
-``wire.LengthError``          ``bad_length``          packet shorter than 67 or longer
+``tlv.LengthError``           ``bad_length``          packet shorter than 67 or longer
                                                       than 65535 bytes
 ``VersionError``              ``bad_version``         version byte is not 0
-``wire.PointError``           ``bad_point``           path key, onion key, next_node_id
+``tlv.PointError``            ``bad_point``           path key, onion key, next_node_id
                                                       or override not a valid point
 ``HmacError``                 ``bad_hmac``            packet HMAC does not match
 ``PayloadLengthError``        ``bad_payload_length``  hop payload length malformed or
                                                       past the end of the packet
-``wire.TlvError``             ``bad_tlv``             ``onionmsg_tlv`` breaks TLV rules
+``tlv.TlvError``              ``bad_tlv``             ``onionmsg_tlv`` breaks TLV rules
                                                       or has an unknown even type
 ``EncryptedDataError``        ``bad_encrypted_data``  missing, undecryptable or invalid
                                                       ``encrypted_recipient_data``
@@ -73,6 +73,13 @@ from lndmailbox.onion.primitives import (
     rho,
     tweak,
 )
+from lndmailbox.onion.tlv import (
+    BigSizeError,
+    LengthError,
+    WireError,
+    decode_bigsize,
+    decode_tlv_stream,
+)
 from lndmailbox.onion.wire import (
     ENCRYPTED_DATA_KNOWN_EVEN,
     HMAC_LEN,
@@ -82,14 +89,9 @@ from lndmailbox.onion.wire import (
     ONIONMSG_PAYLOAD_MIN_TYPE,
     TLV_ENCRYPTED_RECIPIENT_DATA,
     TLV_REPLY_PATH,
-    BigSizeError,
     BlindedPath,
     EncryptedData,
-    LengthError,
     OnionMessage,
-    WireError,
-    decode_bigsize,
-    decode_tlv_stream,
 )
 
 __all__ = [

@@ -1,14 +1,11 @@
-"""Byte formats of onion messages: BigSize, TLV streams and the records BOLT 1 and 4 define.
+"""BOLT 4 records of onion messages: ``onion_message``, encrypted data, payloads, paths.
 
 Pure code: bytes in, frozen dataclasses out; nothing here touches the network or the node
-key, and the only import from the package is :mod:`lndmailbox.errors`.
+key, and the only import from the package is :mod:`lndmailbox.onion.tlv`, the BOLT 1
+encodings (BigSize, TLV streams, truncated integers) these records are made of.
 
-What lives here (facts from BOLT 1 "Type-Length-Value Format" and BOLT 4 "Onion Messages",
-"Route Blinding"):
+What lives here (facts from BOLT 4 "Onion Messages", "Route Blinding"):
 
-* BigSize integers, minimally encoded (a reader rejects any other encoding).
-* TLV streams: strictly increasing types, minimal type and length, an unknown even type
-  fails the stream, unknown odd types are kept.
 * ``onion_message`` (type 513): ``path_key`` (33-byte point), u16 ``len``, the
   ``onion_message_packet``, then an optional extension TLV stream.
 * ``encrypted_data_tlv`` (:class:`EncryptedData`): what a blinded hop reads after decrypting
@@ -16,19 +13,29 @@ What lives here (facts from BOLT 1 "Type-Length-Value Format" and BOLT 4 "Onion 
 * ``onionmsg_tlv`` (:class:`OnionMessagePayload`): one hop's onion payload.
 * ``blinded_path`` (:class:`BlindedPath`), the value of ``reply_path``.
 
-Every decoding failure is a :class:`WireError` (an :class:`~lndmailbox.errors.OnionError`)
-whose ``reason`` says which rule broke. Points are checked for shape only here (33 bytes,
-prefix 2 or 3); :mod:`lndmailbox.onion.reader` checks that they are on the curve.
+Every decoding failure is a :class:`~lndmailbox.onion.tlv.WireError` (an
+:class:`~lndmailbox.errors.OnionError`) whose ``reason`` says which rule broke. Points are
+checked for shape only here (33 bytes, prefix 2 or 3); :mod:`lndmailbox.onion.reader`
+checks that they are on the curve.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from lndmailbox.errors import OnionError
+from lndmailbox.onion.tlv import (
+    POINT_LEN,
+    LengthError,
+    TlvError,
+    check_point,
+    decode_tlv_stream,
+    decode_tu,
+    encode_tlv_stream,
+    encode_tu,
+)
 
 __all__ = [
     "ENCRYPTED_DATA_KNOWN_EVEN",
@@ -38,32 +45,18 @@ __all__ = [
     "ONIONMSG_KNOWN_EVEN",
     "ONIONMSG_PAYLOAD_MIN_TYPE",
     "ONION_MESSAGE_TYPE",
-    "POINT_LEN",
-    "BigSizeError",
     "BlindedHop",
     "BlindedPath",
     "EncryptedData",
-    "LengthError",
     "OnionMessage",
     "OnionMessagePayload",
     "PaymentConstraints",
     "PaymentRelay",
-    "PointError",
-    "TlvError",
-    "WireError",
-    "decode_bigsize",
-    "decode_tlv_stream",
-    "encode_bigsize",
-    "encode_tlv_stream",
-    "format_scid",
-    "parse_scid",
-    "scid",
 ]
 
 ONION_MESSAGE_TYPE: Final = 513
 """Lightning message type of ``onion_message``."""
 
-POINT_LEN: Final = 33
 HMAC_LEN: Final = 32
 MIN_ONION_PACKET_LEN: Final = 1 + POINT_LEN + 1 + HMAC_LEN
 """Shortest ``onion_message_packet`` with room for the version, the key, the HMAC and at
@@ -92,181 +85,6 @@ ONIONMSG_PAYLOAD_MIN_TYPE: Final = 64
 ONIONMSG_KNOWN_EVEN: Final = frozenset({2, 4, 64, 66, 68})
 
 
-class WireError(OnionError):
-    """Bytes that do not follow the wire format."""
-
-    reason = "bad_encoding"
-
-
-class BigSizeError(WireError):
-    """A BigSize that is truncated or not minimally encoded."""
-
-    reason = "bad_bigsize"
-
-
-class TlvError(WireError):
-    """A TLV stream that breaks BOLT 1's rules, or a known record with a malformed value."""
-
-    reason = "bad_tlv"
-
-
-class LengthError(WireError):
-    """A message or packet whose length the format does not allow."""
-
-    reason = "bad_length"
-
-
-class PointError(WireError):
-    """A 33-byte point field that is not a valid compressed secp256k1 point."""
-
-    reason = "bad_point"
-
-
-# --- BigSize -----------------------------------------------------------------------------
-
-_U64_MAX: Final = (1 << 64) - 1
-
-
-def encode_bigsize(n: int) -> bytes:
-    """The minimal BigSize encoding of ``n`` (0 <= n < 2**64)."""
-    if n < 0xFD:
-        if n < 0:
-            raise ValueError(f"BigSize cannot hold a negative number: {n}")
-        return bytes((n,))
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "big")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "big")
-    if n <= _U64_MAX:
-        return b"\xff" + n.to_bytes(8, "big")
-    raise ValueError(f"BigSize cannot hold {n}: more than 64 bits")
-
-
-def decode_bigsize(data: bytes, offset: int = 0) -> tuple[int, int]:
-    """Read one BigSize at ``offset``; return ``(value, offset just past it)``.
-
-    Raises :class:`BigSizeError` when the data ends early or the encoding is not minimal.
-    """
-    if offset < 0 or offset >= len(data):
-        raise BigSizeError("BigSize: no byte to read")
-    first = data[offset]
-    if first < 0xFD:
-        return first, offset + 1
-    if first == 0xFD:
-        end, minimum = offset + 3, 0xFD
-    elif first == 0xFE:
-        end, minimum = offset + 5, 0x10000
-    else:
-        end, minimum = offset + 9, 0x100000000
-    if end > len(data):
-        raise BigSizeError("BigSize: truncated")
-    value = int.from_bytes(data[offset + 1 : end], "big")
-    if value < minimum:
-        raise BigSizeError("BigSize: not minimally encoded")
-    return value, end
-
-
-# --- TLV streams -------------------------------------------------------------------------
-
-
-def encode_tlv_stream(records: Mapping[int, bytes]) -> bytes:
-    """Serialise ``records`` (type -> value) in increasing type order."""
-    parts: list[bytes] = []
-    for typ in sorted(records):
-        value = records[typ]
-        parts.append(encode_bigsize(typ))
-        parts.append(encode_bigsize(len(value)))
-        parts.append(value)
-    return b"".join(parts)
-
-
-def decode_tlv_stream(data: bytes, known_even: Container[int] = frozenset()) -> dict[int, bytes]:
-    """Parse a whole TLV stream into ``{type: value}`` (every record, known or odd).
-
-    BOLT 1's reader rules: types strictly increasing, type and length minimally encoded,
-    no length past the end, an even type not in ``known_even`` fails the stream.
-    Raises :class:`TlvError` (or its :class:`BigSizeError` for a broken BigSize).
-    """
-    records: dict[int, bytes] = {}
-    end = len(data)
-    pos = 0
-    last = -1
-    while pos < end:
-        # The common one-byte type and length are read inline: this runs on every peel.
-        typ = data[pos]
-        if typ < 0xFD:
-            pos += 1
-        else:
-            try:
-                typ, pos = decode_bigsize(data, pos)
-            except BigSizeError as e:
-                raise TlvError(f"TLV type: {e}") from e
-        if typ <= last:
-            raise TlvError(f"TLV type {typ} after {last}: types must strictly increase")
-        if pos >= end:
-            raise TlvError(f"TLV type {typ}: missing length")
-        length = data[pos]
-        if length < 0xFD:
-            pos += 1
-        else:
-            try:
-                length, pos = decode_bigsize(data, pos)
-            except BigSizeError as e:
-                raise TlvError(f"TLV type {typ} length: {e}") from e
-        if length > end - pos:
-            raise TlvError(f"TLV type {typ}: length {length} runs past the end")
-        if not typ & 1 and typ not in known_even:
-            raise TlvError(f"TLV type {typ}: unknown even type")
-        records[typ] = data[pos : pos + length]
-        pos += length
-        last = typ
-    return records
-
-
-# --- small field helpers -----------------------------------------------------------------
-
-
-def _check_point(value: bytes, what: str) -> bytes:
-    if len(value) != POINT_LEN or value[0] not in (2, 3):
-        raise PointError(f"{what}: not a 33-byte compressed point")
-    return value
-
-
-def _decode_tu(value: bytes, max_len: int, what: str) -> int:
-    """A truncated unsigned integer: at most ``max_len`` bytes, no leading zero."""
-    if len(value) > max_len:
-        raise TlvError(f"{what}: {len(value)} bytes, at most {max_len} allowed")
-    if value[:1] == b"\x00":
-        raise TlvError(f"{what}: truncated integer with a leading zero")
-    return int.from_bytes(value, "big")
-
-
-def _encode_tu(n: int, max_len: int) -> bytes:
-    if n < 0 or n >= 1 << (8 * max_len):
-        raise ValueError(f"{n} does not fit in {max_len} bytes")
-    return n.to_bytes((n.bit_length() + 7) // 8, "big")
-
-
-def scid(block: int, tx: int, output: int) -> int:
-    """A ``short_channel_id`` as an int from its block height, tx index and output index."""
-    if not (0 <= block < 1 << 24 and 0 <= tx < 1 << 24 and 0 <= output < 1 << 16):
-        raise ValueError(f"short_channel_id parts out of range: {block}x{tx}x{output}")
-    return block << 40 | tx << 16 | output
-
-
-def parse_scid(text: str) -> int:
-    """``"BLOCKxTXxOUT"`` (the form BOLT 7 and the vectors use) to an int."""
-    parts = text.split("x")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"not a short_channel_id of the form BLOCKxTXxOUT: {text!r}")
-    return scid(int(parts[0]), int(parts[1]), int(parts[2]))
-
-
-def format_scid(value: int) -> str:
-    """An int ``short_channel_id`` as ``"BLOCKxTXxOUT"``."""
-    return f"{value >> 40}x{(value >> 16) & 0xFFFFFF}x{value & 0xFFFF}"
-
-
 # --- encrypted_data_tlv ------------------------------------------------------------------
 
 
@@ -282,7 +100,7 @@ class PaymentRelay:
         return (
             self.cltv_expiry_delta.to_bytes(2, "big")
             + self.fee_proportional_millionths.to_bytes(4, "big")
-            + _encode_tu(self.fee_base_msat, 4)
+            + encode_tu(self.fee_base_msat, 4)
         )
 
     @classmethod
@@ -292,7 +110,7 @@ class PaymentRelay:
         return cls(
             int.from_bytes(value[0:2], "big"),
             int.from_bytes(value[2:6], "big"),
-            _decode_tu(value[6:], 4, "payment_relay.fee_base_msat"),
+            decode_tu(value[6:], 4, "payment_relay.fee_base_msat"),
         )
 
 
@@ -304,7 +122,7 @@ class PaymentConstraints:
     htlc_minimum_msat: int = 0
 
     def encode(self) -> bytes:
-        return self.max_cltv_expiry.to_bytes(4, "big") + _encode_tu(self.htlc_minimum_msat, 8)
+        return self.max_cltv_expiry.to_bytes(4, "big") + encode_tu(self.htlc_minimum_msat, 8)
 
     @classmethod
     def decode(cls, value: bytes) -> PaymentConstraints:
@@ -312,7 +130,7 @@ class PaymentConstraints:
             raise TlvError(f"payment_constraints: {len(value)} bytes")
         return cls(
             int.from_bytes(value[0:4], "big"),
-            _decode_tu(value[4:], 8, "payment_constraints.htlc_minimum_msat"),
+            decode_tu(value[4:], 8, "payment_constraints.htlc_minimum_msat"),
         )
 
 
@@ -380,10 +198,10 @@ class EncryptedData:
             scid_value = int.from_bytes(raw, "big")
         next_node_id = records.get(TLV_NEXT_NODE_ID)
         if next_node_id is not None:
-            _check_point(next_node_id, "next_node_id")
+            check_point(next_node_id, "next_node_id")
         override = records.get(TLV_NEXT_PATH_KEY_OVERRIDE)
         if override is not None:
-            _check_point(override, "next_path_key_override")
+            check_point(override, "next_path_key_override")
         raw = records.get(TLV_PAYMENT_RELAY)
         relay = None if raw is None else PaymentRelay.decode(raw)
         raw = records.get(TLV_PAYMENT_CONSTRAINTS)
@@ -459,9 +277,9 @@ class BlindedPath:
         if len(first_node_id) != id_len:
             raise TlvError("blinded_path: truncated first_node_id")
         if id_len == POINT_LEN:
-            _check_point(first_node_id, "blinded_path.first_node_id")
+            check_point(first_node_id, "blinded_path.first_node_id")
         pos = offset + id_len
-        first_path_key = _check_point(data[pos : pos + POINT_LEN], "blinded_path.first_path_key")
+        first_path_key = check_point(data[pos : pos + POINT_LEN], "blinded_path.first_path_key")
         pos += POINT_LEN
         if pos >= len(data):
             raise TlvError("blinded_path: missing num_hops")
@@ -469,7 +287,7 @@ class BlindedPath:
         pos += 1
         hops: list[BlindedHop] = []
         for _ in range(count):
-            node = _check_point(data[pos : pos + POINT_LEN], "blinded_path.blinded_node_id")
+            node = check_point(data[pos : pos + POINT_LEN], "blinded_path.blinded_node_id")
             pos += POINT_LEN
             if pos + 2 > len(data):
                 raise TlvError("blinded_path: truncated enclen")
@@ -551,7 +369,7 @@ class OnionMessage:
         """
         if len(data) < POINT_LEN + 2:
             raise LengthError(f"onion_message: {len(data)} bytes is too short")
-        path_key = _check_point(data[:POINT_LEN], "onion_message.path_key")
+        path_key = check_point(data[:POINT_LEN], "onion_message.path_key")
         length = int.from_bytes(data[POINT_LEN : POINT_LEN + 2], "big")
         end = POINT_LEN + 2 + length
         if end > len(data):

@@ -32,7 +32,7 @@ from typing import Any
 
 from lndmailbox.errors import OnionError
 from lndmailbox.onion import Receive, message_via
-from lndmailbox.onion.wire import format_scid, scid
+from lndmailbox.onion.tlv import format_scid, scid
 from simnet.node import (
     OnionRateLimits,
     Personality,

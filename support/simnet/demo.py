@@ -22,7 +22,7 @@ from lndmailbox.config import Settings
 from lndmailbox.daemon import run
 from lndmailbox.logs import configure_logging
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
-from lndmailbox.onion.wire import scid
+from lndmailbox.onion.tlv import scid
 from lndmailbox.store import Store, redis_url_for
 from simnet import Personality, SimNode
 
