@@ -43,9 +43,9 @@ class Backoff:
     d = min(maximum, initial * 2**(n-1))."""
 
     initial: float = 0.5
-    maximum: float = 10.0
-    """A dependency that comes back is noticed within this long: the old loops waited
-    5 s (Redis writes) to 30 s (lnd) at most; one cap for all had to suit the store."""
+    maximum: float = 5.0
+    """A dependency that comes back is noticed within this long. One cap for all must
+    suit the tightest loop: the store writer, whose buffer fills while it waits."""
 
     def __post_init__(self) -> None:
         if not 0 < self.initial <= self.maximum:
@@ -66,10 +66,6 @@ class Outage:
         self._since: float | None = None
         self.failures = 0
         """Failures in the current outage (0 while healthy)."""
-
-    @property
-    def ongoing(self) -> bool:
-        return self._since is not None
 
     def failed(self, error: BaseException) -> None:
         self.failures += 1
@@ -127,9 +123,6 @@ class Retry:
         self.outage = Outage(what, logger)
         self.backoff = backoff or Backoff()
         self._retry_on = retry_on
-
-    def worth_retrying(self, error: BaseException) -> bool:
-        return self._retry_on(error)
 
     async def call(
         self,

@@ -48,6 +48,7 @@ from lndmailbox.daemon.store_writer import StoreWriter
 from lndmailbox.daemon.supervisor import Stoppable, cancel, finish, spawn, until_stop_or_failure
 from lndmailbox.daemon.sweeper import Sweeper
 from lndmailbox.daemon.webhook import Notifier
+from lndmailbox.errors import MailboxError
 from lndmailbox.lnd import LndClient, Transport, transport_for_version
 from lndmailbox.onion import CachedNodeKey
 from lndmailbox.store import Store
@@ -152,7 +153,9 @@ class Mailbox:
         try:
             await until_stop_or_failure(stop, running.all)
         finally:
-            await self._shut_down(pipeline, running)
+            failures = await self._shut_down(pipeline, running)
+        if failures:
+            raise failures[0]
 
     async def _build(self, node: bytes, transport: Transport) -> _Pipeline:
         """The message's way through the daemon, each part handed what it works with."""
@@ -270,8 +273,9 @@ class Mailbox:
             flushing_stop=flushing_stop,
         )
 
-    async def _shut_down(self, pipeline: _Pipeline, running: _Running) -> None:
-        """Stops stage after stage, in one budget for the whole shutdown."""
+    async def _shut_down(self, pipeline: _Pipeline, running: _Running) -> list[MailboxError]:
+        """Stops stage after stage, in one budget for the whole shutdown; returns what the
+        stages failed with, so that a failure still ends the daemon non-zero."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.drain_timeout
 
@@ -279,13 +283,15 @@ class Mailbox:
             return max(deadline - loop.time(), 0.1)
 
         log.info("stopping: finishing %d received messages", pipeline.queue.qsize())
-        await cancel(running.services)  # lnd's streams first: nothing new comes in
+        # lnd's streams first: nothing new comes in.
+        failures = await cancel(running.services)
         running.deciding_stop.set()
-        await finish(running.decider, left())
+        failures += await finish(running.decider, left())
         running.writing_stop.set()
-        await finish(running.writer, left())
+        failures += await finish(running.writer, left())
         await pipeline.deliverer.close(left())
         running.flushing_stop.set()
-        await finish(running.reporter, left())
-        await finish(running.journal, left())
+        failures += await finish(running.reporter, left())
+        failures += await finish(running.journal, left())
         log.info("stopped")
+        return failures

@@ -64,8 +64,14 @@ async def until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task[No
         raise MailboxError(f"the {task.get_name()} task ended on its own")
 
 
-async def cancel(tasks: list[asyncio.Task[None]], within: float = CANCEL_WITHIN) -> None:
-    """Cancels ``tasks`` and waits up to ``within`` seconds for them to end."""
+async def cancel(
+    tasks: list[asyncio.Task[None]], within: float = CANCEL_WITHIN
+) -> list[MailboxError]:
+    """Cancels ``tasks`` and waits up to ``within`` seconds for them to end.
+
+    Returns what the tasks failed with, beyond lnd or Redis being away (which is logged
+    as a warning): a bug must not vanish in a shutdown, the daemon exits non-zero on it.
+    """
     for task in tasks:
         task.cancel()
     done, hanging = await asyncio.wait(tasks, timeout=within)
@@ -75,15 +81,26 @@ async def cancel(tasks: list[asyncio.Task[None]], within: float = CANCEL_WITHIN)
         log.error(
             "task %s did not stop within %.0fs: %s", task.get_name(), within, stack.getvalue()
         )
+    failures: list[MailboxError] = []
     for task in done:
-        if not task.cancelled() and isinstance(task.exception(), LndError | StoreError):
-            log.warning("%s", task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            continue
+        if isinstance(error, LndError | StoreError):
+            log.warning("%s", error)
+            continue
+        log.error("task %s failed while stopping", task.get_name(), exc_info=error)
+        failure = MailboxError(f"the {task.get_name()} task failed while stopping: {error!r}")
+        failure.__cause__ = error
+        failures.append(failure)
+    return failures
 
 
-async def finish(task: asyncio.Task[None], within: float) -> None:
-    """Waits up to ``within`` seconds for ``task`` to end by itself, then cancels it."""
+async def finish(task: asyncio.Task[None], within: float) -> list[MailboxError]:
+    """Waits up to ``within`` seconds for ``task`` to end by itself, then cancels it;
+    returns what it failed with (see :func:`cancel`)."""
     await asyncio.wait([task], timeout=within)
-    await cancel([task])
+    return await cancel([task])
 
 
 @contextlib.contextmanager

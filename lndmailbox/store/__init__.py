@@ -16,7 +16,8 @@ Modules: ``records`` (value types and the record codec), ``keys`` (key names), `
 (the scripts in ``lua/*.lua``), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
 ``journal``, ``server``), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
-process of our own) and ``audit`` (the tests' invariant check).
+process of our own), ``settings`` (which Redis and which limits the settings ask for)
+and ``audit`` (the tests' invariant check).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from lndmailbox.store.embedded import (
     embedded_socket_path,
     find_server_binary,
     free_port,
-    limits_for,
-    redis_url_for,
 )
 from lndmailbox.store.events import Events, NewEvent
 from lndmailbox.store.handle import Store
@@ -55,6 +54,7 @@ from lndmailbox.store.records import (
     new_message_id,
 )
 from lndmailbox.store.server import Server
+from lndmailbox.store.settings import limits_for, redis_url_for
 
 __all__ = [
     "HEADER_SIZE",

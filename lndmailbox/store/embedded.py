@@ -23,7 +23,6 @@ from types import TracebackType
 
 from lndmailbox.config import Settings
 from lndmailbox.errors import ServerStartError
-from lndmailbox.store.records import Limits
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +207,6 @@ class RedisServer:
         self.stop()
 
 
-# --------------------------------------------------------------------------- settings
-
-
 def embedded_socket_path(datadir: Path) -> Path:
     """The unix socket the embedded server of a daemon with this ``--datadir`` listens on."""
     return datadir / "redis" / "redis.sock"
@@ -222,21 +218,4 @@ def embedded_redis(settings: Settings) -> RedisServer:
         settings.datadir / "redis",
         persist=True,
         unix_socket=embedded_socket_path(settings.datadir),
-    )
-
-
-def redis_url_for(settings: Settings) -> str:
-    """The Redis the settings name: --redis-url, or the embedded server's socket."""
-    if settings.redis_url:
-        return settings.redis_url
-    return f"unix://{embedded_socket_path(settings.datadir)}?db=0"
-
-
-def limits_for(settings: Settings) -> Limits:
-    """The store's limits the settings ask for (--ttl and the caps)."""
-    return Limits(
-        ttl=settings.ttl,
-        max_messages_per_peer=settings.max_messages_per_peer,
-        max_bytes_per_peer=settings.max_bytes_per_peer,
-        max_bytes_total=settings.max_bytes_total,
     )
