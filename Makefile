@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOURCES := lndmailbox support/simnet tests bench itest scripts
 
-.PHONY: all venv test lint bench demo protos protos-check itest clean
+.PHONY: all venv test test-long lint bench demo protos protos-check itest clean
 
 all: test
 
@@ -22,6 +22,11 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The full forms of the heavy scenarios whose CI forms `make test` runs (long outages,
+# big floods): too slow for every CI run, for a release or after touching their code.
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -m long
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SOURCES)
