@@ -26,6 +26,8 @@ DEFAULT_DATADIR = Path("~/.lndmailbox")
 NETWORKS = ("mainnet", "testnet", "testnet4", "signet", "simnet", "regtest")
 TRANSPORTS = ("auto", "custom", "native")
 LOG_FORMATS = ("text", "json")
+MIN_IN_FLIGHT_BYTES = 64 * 1024
+"""lnd hands over messages of up to 65,535 bytes: the in-flight cap must hold one."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -197,6 +199,13 @@ OPTIONS: tuple[Option, ...] = (
         "messages held in memory while Redis is unreachable",
         daemon_only=True,
     ),
+    Option(
+        "max_in_flight_bytes",
+        parse_size,
+        "bytes of messages read from lnd and not yet decided (journaled in Redis, or "
+        "waiting for the decider) past which new ones are turned away",
+        daemon_only=True,
+    ),
     Option("metrics_addr", str, "serve Prometheus metrics on host:port", daemon_only=True),
     Option("notify_url", str, "POST stored/delivered notifications here", daemon_only=True),
     Option("notify_secret", str, "HMAC-SHA256 key that signs notifications", daemon_only=True),
@@ -237,6 +246,7 @@ class Settings:
     race_window: float = 5.0
     sweep_interval: float = 60.0
     buffer_messages: int = 10_000
+    max_in_flight_bytes: int = 16 * 1024**2
     metrics_addr: str | None = None
     notify_url: str | None = None
     notify_secret: str | None = None
@@ -257,6 +267,11 @@ class Settings:
                 problems.append(f"--{name.replace('_', '-')} must be positive")
         if self.buffer_messages < 1:
             problems.append("--buffer-messages must be at least 1")
+        if self.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES:
+            problems.append(
+                f"--max-in-flight-bytes must be at least {size_text(MIN_IN_FLIGHT_BYTES)}, "
+                "room for the largest onion message lnd can hand over"
+            )
         for name in ("sweep_interval", "notify_timeout", "notify_give_up"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive")

@@ -5,12 +5,15 @@
     │   └── ... (defined beside the code that detects them: onion/tlv.py, onion/reader.py)
     ├── LndError              a failed lnd RPC: gRPC code, retryable or not
     │   ├── PeerOfflineError  lnd says NOT_FOUND "peer is not connected"
-    │   └── LndPermissionError the macaroon lacks a permission (named in the message)
+    │   └── LndCredentialsError lnd refused the macaroon: expired, revoked, another node's
+    │       │                 (the message names the macaroon's file and what failed)
+    │       └── LndPermissionError the macaroon lacks a permission (named in the message)
     ├── StoreError            Redis failed or holds something unreadable
     │   ├── StoreUnavailableError  Redis cannot be reached right now
     │   ├── RecordError       a message the store cannot encode, or a record it cannot read
     │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
     ├── ConfigError           settings that cannot work (exit code 2)
+    ├── NodeLockLostError     another daemon took this node's lock: this one stops (exit 1)
     ├── CtlError              mailboxctl cannot do what it was asked (exit 1)
     │   └── NodeUnknownError  ... nor tell which node's mailbox to open
     └── UsageError            a mailboxctl argument found wrong after parsing (exit 2)
@@ -53,7 +56,13 @@ class PeerOfflineError(LndError):
     """lnd could not send because the peer is not connected: keep the message for later."""
 
 
-class LndPermissionError(LndError):
+class LndCredentialsError(LndError):
+    """lnd refused the macaroon itself (expired, revoked, not this node's, unreadable), or
+    (:class:`LndPermissionError`) what it allows. No retry mends it and it is no fault of
+    a message: the daemon stops with it, leaving undecided messages journaled."""
+
+
+class LndPermissionError(LndCredentialsError):
     """The macaroon does not allow an RPC; the message names the permission it needs."""
 
 
@@ -78,3 +87,12 @@ class ServerStartError(StoreError):
 
 class ConfigError(MailboxError):
     """Settings that cannot work (bad value, missing file, conflicting options)."""
+
+
+class NodeLockLostError(MailboxError):
+    """Another daemon holds this node's lock: two must never serve one node, so this one
+    stops, non-zero, so that a supervisor notices (``owner`` is the other one's token)."""
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__(f"lost the node lock to another daemon ({owner or 'owner unknown'})")
+        self.owner = owner

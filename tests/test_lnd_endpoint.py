@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from simnet.macaroons import MacaroonService
 from simnet.tls import generate_tls_pair
 
 from lndmailbox.config import Settings
@@ -23,7 +24,8 @@ from lndmailbox.lnd import (
 
 CERT = generate_tls_pair().cert_pem
 OTHER_CERT = generate_tls_pair().cert_pem
-MACAROON = bytes.fromhex("0201036c6e6402f801030a10") + b"\x00" * 20
+MACAROON = MacaroonService().bake_admin()
+OTHER_MACAROON = MacaroonService().bake(["info:read"])
 
 
 def _b64url(data: bytes) -> str:
@@ -82,14 +84,14 @@ def test_lnddir_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_explicit_paths_win_over_lnddir(tmp_path: Path) -> None:
     lnddir = _lnddir(tmp_path)
     (tmp_path / "other.cert").write_bytes(OTHER_CERT)
-    (tmp_path / "mailbox.macaroon").write_bytes(b"\x02other")
+    (tmp_path / "mailbox.macaroon").write_bytes(OTHER_MACAROON)
     endpoint = resolve_endpoint(
         rpcserver="lnd.internal:10010",
         lnddir=lnddir,
         tlscertpath=tmp_path / "other.cert",
         macaroonpath=tmp_path / "mailbox.macaroon",
     )
-    assert endpoint == LndEndpoint("lnd.internal:10010", OTHER_CERT, b"\x02other")
+    assert endpoint == LndEndpoint("lnd.internal:10010", OTHER_CERT, OTHER_MACAROON)
 
 
 def test_missing_files_name_the_path_and_the_flag(tmp_path: Path) -> None:

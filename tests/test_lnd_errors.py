@@ -25,7 +25,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from simnet.tls import TlsPair, generate_tls_pair
 
-from lndmailbox.errors import ConfigError, LndError, LndPermissionError, PeerOfflineError
+from lndmailbox.errors import (
+    ConfigError,
+    LndCredentialsError,
+    LndError,
+    LndPermissionError,
+    PeerOfflineError,
+)
 from lndmailbox.lnd import (
     IncomingMalformed,
     IncomingOnionMessage,
@@ -204,7 +210,6 @@ async def test_the_macaroon_travels_hex_encoded(scripted: Scripted) -> None:
     [
         (grpc.StatusCode.UNKNOWN, "permission denied"),
         (grpc.StatusCode.PERMISSION_DENIED, "no"),
-        (grpc.StatusCode.UNAUTHENTICATED, "who are you"),
     ],
 )
 async def test_a_missing_permission_is_named_and_not_retried(
@@ -222,16 +227,25 @@ async def test_a_missing_permission_is_named_and_not_retried(
     assert scripted.script.calls["SendOnionMessage"] == 1
 
 
-async def test_a_foreign_macaroon_is_called_so(scripted: Scripted) -> None:
-    scripted.script.steps["GetInfo"] = [
-        Abort(
+@pytest.mark.parametrize(
+    ("code", "message", "why"),
+    [
+        (
             grpc.StatusCode.UNKNOWN,
             "verification failed: signature mismatch after caveat verification",
-        )
-    ]
+            "its signature does not verify",
+        ),
+        (grpc.StatusCode.UNAUTHENTICATED, "who are you", "lnd refused it"),
+    ],
+)
+async def test_a_foreign_macaroon_is_called_so(
+    scripted: Scripted, code: grpc.StatusCode, message: str, why: str
+) -> None:
+    scripted.script.steps["GetInfo"] = [Abort(code, message)]
     async with _client(scripted.port) as lnd:
-        with pytest.raises(LndPermissionError, match=r"GetInfo needs info:read.*this lnd"):
+        with pytest.raises(LndCredentialsError, match=f"the macaroon on GetInfo: {why}") as raised:
             await lnd.get_info()
+    assert not isinstance(raised.value, LndPermissionError)
     assert scripted.script.calls["GetInfo"] == 1
 
 

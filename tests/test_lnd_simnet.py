@@ -16,7 +16,7 @@ from typing import TypeVar
 import pytest
 from simnet import Personality, SimNode
 
-from lndmailbox.errors import LndError, LndPermissionError, PeerOfflineError
+from lndmailbox.errors import LndCredentialsError, LndError, LndPermissionError, PeerOfflineError
 from lndmailbox.lnd import (
     PERMISSIONS,
     IncomingMalformed,
@@ -198,11 +198,11 @@ async def test_a_foreign_macaroon_is_a_clear_error_without_retries(node: SimNode
     stranger = SimNode(node.personality)
     async with client(node.endpoint_with(stranger.admin_macaroon), retry_for=10.0) as lnd:
         started = time.monotonic()
-        with pytest.raises(LndPermissionError, match="GetInfo needs info:read") as raised:
+        with pytest.raises(LndCredentialsError, match="on GetInfo: its signature") as raised:
             await lnd.get_info()
         assert time.monotonic() - started < 2.0
         assert "verification failed" in str(raised.value)
-        with pytest.raises(LndPermissionError, match="SubscribePeerEvents needs peers:read"):
+        with pytest.raises(LndCredentialsError, match="on SubscribePeerEvents: its signature"):
             async with asyncio.timeout(5):
                 await lnd.peer_events().wait_subscribed()
 

@@ -66,7 +66,7 @@ async def test_metrics_endpoint_counts_a_scenario(redis_url: str, tmp_path: Path
         assert samples["lndmailbox_received_total{}"] == 2
         assert samples["lndmailbox_stored_total{}"] == 1
         assert samples["lndmailbox_dropped_total{reason=not_allowed}"] == 1
-        assert samples["lndmailbox_lost_total{}"] == 0
+        assert samples["lndmailbox_lost_total{reason=buffer_full}"] == 0
         assert samples["lndmailbox_online_peers{}"] == 2  # alice and bob
         assert samples["lndmailbox_peel_seconds_count{}"] == 2
         assert samples["lndmailbox_store_seconds_count{}"] == 1
@@ -83,13 +83,20 @@ async def test_event_stream_tells_stored_delivered_and_dropped(
         await w.start_daemon()
         await store_deliver_and_refuse(w)
 
-        async def three_events() -> bool:
-            return len(await w.store.events.read()) >= 3
+        async def two_events() -> bool:
+            return len(await w.store.events.read()) >= 2
 
-        await wait_until(three_events, what="three events")
+        await wait_until(two_events, what="two events")
+        await w.stop_daemon()  # ends the summary interval: the drop is in its summary
         events = await w.store.events.read()
-        kinds = sorted((e.kind, e.reason) for e in events)
-        assert kinds == [("delivered", ""), ("dropped", "not_allowed"), ("stored", "")]
+        kinds = sorted((e.kind, e.of, e.reason, e.count) for e in events)
+        assert kinds == [
+            ("delivered", "", "", 0),
+            ("stored", "", "", 0),
+            ("summary", "dropped", "not_allowed", 1),
+        ]
+        (summary,) = [e for e in events if e.kind == "summary"]
+        assert summary.top == ((w.alice.pubkey, 1),), "the sender that caused it"
         stored = next(e for e in events if e.kind == "stored")
         delivered = next(e for e in events if e.kind == "delivered")
         assert stored.message_id == delivered.message_id

@@ -52,7 +52,7 @@ def test_scrape_reports_what_was_counted(metrics: Metrics) -> None:
     metrics.expired.inc()
     metrics.duplicate.inc()
     metrics.evicted.inc(2)
-    metrics.lost.inc()
+    metrics.lost.labels(reason="buffer_full").inc()
     metrics.drop("not_allowed")
     metrics.drop("not_allowed")
     metrics.drop("no_next_hop")
@@ -79,7 +79,6 @@ def test_scrape_reports_what_was_counted(metrics: Metrics) -> None:
         "expired": 1,
         "duplicate": 1,
         "evicted": 2,
-        "lost": 1,
         "notify_failed": 1,
     }
     for name, expected in counters.items():
@@ -91,6 +90,9 @@ def test_scrape_reports_what_was_counted(metrics: Metrics) -> None:
     assert value(dropped, "lndmailbox_dropped_total", reason="no_next_hop") == 1
     # Declared up front, so exported before the first drop of that kind.
     assert value(dropped, "lndmailbox_dropped_total", reason="bad_hmac") == 0
+    lost = families["lndmailbox_lost"]
+    assert value(lost, "lndmailbox_lost_total", reason="buffer_full") == 1
+    assert value(lost, "lndmailbox_lost_total", reason="shutdown") == 0
 
     assert value(families["lndmailbox_queued_messages"], "lndmailbox_queued_messages") == 5
     assert value(families["lndmailbox_queued_bytes"], "lndmailbox_queued_bytes") == 5 * 1432

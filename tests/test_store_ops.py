@@ -21,7 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lndmailbox.errors import RecordError, StoreError, StoreUnavailableError
-from lndmailbox.store import HEADER_SIZE, Limits, PutStatus, RedisServer, Store, free_port
+from lndmailbox.store import (
+    HEADER_SIZE,
+    Limits,
+    LockRenewal,
+    PutStatus,
+    RedisServer,
+    Store,
+    free_port,
+)
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import wait_until
 from tests.store_helpers import put_one
@@ -146,16 +154,40 @@ async def test_lock_is_owned(store: Store, redis_client: aioredis.Redis) -> None
     assert await store.control.acquire_lock("one", lease=10)
     assert not await store.control.acquire_lock("two", lease=10)
     assert await store.control.lock_owner() == "one"
-    assert not await store.control.renew_lock("two", lease=10)
+    assert await store.control.renew_lock("two", lease=10) is LockRenewal.TAKEN
     assert not await store.control.release_lock("two")
-    assert await store.control.renew_lock("one", lease=20)
+    assert await store.control.renew_lock("one", lease=20) is LockRenewal.RENEWED
     assert 10_000 < await redis_client.pttl(store.keys.lock_key) <= 20_000
     assert await store.control.release_lock("one")
     assert await store.control.lock_owner() is None
     assert await store.control.acquire_lock("two", lease=0.05)
     await asyncio.sleep(0.1)
     assert await store.control.acquire_lock("three", lease=10), "an expired lease is free"
-    assert not await store.control.renew_lock("two", lease=10)
+    assert await store.control.renew_lock("two", lease=10) is LockRenewal.TAKEN
+    assert await store.control.lock_owner() == "three"
+
+
+async def test_a_lock_whose_lease_ran_out_is_taken_again_even_out_of_memory(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    """A Redis outage longer than the lease lets the key expire: with nobody else holding
+    it, the owner takes it again, also while Redis refuses writes for memory."""
+    assert await store.control.acquire_lock("one", lease=0.05)
+    await asyncio.sleep(0.1)
+    assert await store.control.lock_owner() is None
+    assert await store.control.renew_lock("one", lease=10) is LockRenewal.RETAKEN
+    assert await store.control.lock_owner() == "one"
+    assert 9_000 < await redis_client.pttl(store.keys.lock_key) <= 10_000
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await store.control.write_heartbeat({"pid": 1})  # an ordinary write is refused
+        assert await store.control.renew_lock("one", lease=20) is LockRenewal.RENEWED
+        await redis_client.delete(store.keys.lock_key)
+        assert await store.control.renew_lock("one", lease=20) is LockRenewal.RETAKEN
+        assert await store.control.release_lock("one")
+    finally:
+        await redis_client.config_set("maxmemory", 0)
 
 
 async def test_heartbeat(store: Store, redis_client: aioredis.Redis) -> None:

@@ -24,10 +24,11 @@ FOLLOW_BLOCK_MS = 5_000
 """How long one XREAD of ``events --follow`` waits before asking again."""
 
 _FOLLOW_BATCH = 100
+SUMMARY = "summary"
 
 
 def event_json(e: Event) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "stream_id": e.stream_id,
         "at": json_time(e.at),
         "kind": e.kind,
@@ -36,12 +37,30 @@ def event_json(e: Event) -> dict[str, Any]:
         "size": e.size,
         "reason": e.reason or None,
     }
+    if e.kind == SUMMARY:
+        doc.update(
+            of=e.of,
+            count=e.count,
+            peers=e.peers,
+            top=[{"peer": who.hex(), "count": n} for who, n in e.top],
+            since=json_time(e.since) if e.since is not None else None,
+        )
+    return doc
 
 
 def event_line(e: Event, as_json: bool) -> str:
-    """One event as one line: JSON, or ``time  kind  peer  id=...  size=...  reason=...``."""
+    """One event as one line: JSON, or ``time  kind  peer  id=...  size=...  reason=...``
+    (a summary: ``time  summary  of=...  reason=...  count=...  peers=...  top=hex:n,...``)."""
     if as_json:
         return json.dumps(event_json(e))
+    if e.kind == SUMMARY:
+        parts = [format_time(e.at), f"{e.kind:<9}", f"of={e.of}"]
+        if e.reason:
+            parts.append(f"reason={e.reason}")
+        parts += [f"count={e.count}", f"peers={e.peers}"]
+        if e.top:
+            parts.append("top=" + ",".join(f"{who.hex()}:{n}" for who, n in e.top))
+        return "  ".join(parts)
     parts = [format_time(e.at), f"{e.kind:<9}", e.peer.hex() if e.peer else "-"]
     if e.message_id:
         parts.append(f"id={e.message_id}")

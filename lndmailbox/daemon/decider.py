@@ -17,6 +17,16 @@ The rules, in order, for a message that arrived from ``sender``:
 Every message is decided exactly once: its journal entry is forgotten when it is decided,
 or by the store writer once it is stored; a message cut short by shutdown stays journaled
 and the next daemon decides it.
+
+lnd failing us is never the message's fault, so it never drops one:
+
+- lnd refusing the macaroon (:class:`~lndmailbox.errors.LndCredentialsError`: expired,
+  revoked, a permission missing), from the signer or any other call, leaves the message
+  undecided (journaled) and stops the decider with that error, which stops the daemon
+  non-zero; the next daemon, given a macaroon lnd accepts, decides what is journaled.
+- the signer away (UNAVAILABLE, lnd restarting) is waited out with
+  :class:`~lndmailbox.retry.Retry` until lnd answers or the daemon stops; a message the
+  stop cuts short stays journaled.
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any
 
 from lndmailbox.clock import Clock
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
@@ -35,11 +47,37 @@ from lndmailbox.daemon.outgoing import OutgoingMessage
 from lndmailbox.daemon.peers import ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
-from lndmailbox.errors import LndError, OnionError, PeerOfflineError
+from lndmailbox.errors import LndCredentialsError, LndError, OnionError, PeerOfflineError
 from lndmailbox.lnd import IncomingOnionMessage, Transport
-from lndmailbox.onion import Forward, NodeKey, peel
+from lndmailbox.onion import Forward, NodeKey, Receive, peel
+from lndmailbox.retry import Retry
 
 log = logging.getLogger(__name__)
+
+
+SET_ASIDE_QUIET = 0.5
+"""Seconds without a new message after which a decider refused by lnd stops."""
+SET_ASIDE_FOR = 2.0
+"""Seconds a decider refused by lnd goes on journaling lnd's stream at most."""
+
+
+class _Undecided(Exception):
+    """Internal: lnd's signer stayed away until the daemon stopped; the message stays
+    journaled for the next daemon."""
+
+
+def _passing(error: BaseException) -> bool:
+    return isinstance(error, LndError) and error.retryable
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Returns once one of ``waits`` is done; cancels the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class Decider:
@@ -80,34 +118,73 @@ class Decider:
         self._clock = clock
         self._queue = queue
         self._workers = workers
+        self._signer = Retry("peeling through lnd's signer", log, retry_on=_passing)
+        self._stop: asyncio.Event | None = None
+        self._failure: LndCredentialsError | None = None
+        self._failed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Decides until ``stop`` is set and every message queued by then is decided."""
+        """Decides until ``stop`` is set and every message queued by then is decided.
+
+        Raises :class:`LndCredentialsError` as soon as lnd refuses the macaroon: what is
+        queued or in hand then stays journaled, undecided.
+        """
+        self._stop = stop
         async with asyncio.TaskGroup() as group:
             workers = [group.create_task(self._work()) for _ in range(self._workers)]
-            await stop.wait()
-            await self._queue.join()
+            await _first(stop.wait(), self._failed.wait())
+            if self._failure is None:
+                await _first(self._queue.join(), self._failed.wait())
             for worker in workers:
                 worker.cancel()
+        if self._failure is not None:
+            log.warning("lnd refused the macaroon; stopping once lnd's stream is quiet")
+            await self._set_aside()
+            raise self._failure
+
+    async def _set_aside(self) -> None:
+        """After lnd refused the macaroon: takes, undecided, what lnd's stream still brings
+        (the reader journaled it), until the queue has been quiet for
+        :data:`SET_ASIDE_QUIET` seconds, :data:`SET_ASIDE_FOR` at most, or the daemon
+        stops. Messages often come together, and the stop that follows cuts lnd's stream
+        (which has no acknowledgement): what lnd had sent by then is journaled, not lost.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + SET_ASIDE_FOR
+        while (left := end - loop.time()) > 0 and not (self._stop and self._stop.is_set()):
+            try:
+                async with asyncio.timeout(min(left, SET_ASIDE_QUIET)):
+                    await self._queue.get()
+            except TimeoutError:
+                return
+            self._queue.task_done()
 
     async def _work(self) -> None:
-        while True:
+        while self._failure is None:
             arrival = await self._queue.get()
             try:
                 await self.decide(arrival)
+            except LndCredentialsError as e:
+                if self._failure is None:
+                    self._failure = e
+                    self._failed.set()
             finally:
                 self._queue.task_done()
 
     async def decide(self, arrival: Arrival) -> None:
         """Decides one incoming message. Never raises for anything a peer can send.
 
-        A message cut short (cancelled) stays journaled: the next daemon decides it.
+        A message cut short (cancelled, or lnd's signer away until the stop) stays
+        journaled: the next daemon decides it. lnd refusing the macaroon raises
+        :class:`LndCredentialsError` and leaves the message journaled too.
         """
         kept = False
         try:
             kept = await self._decide(arrival)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LndCredentialsError):
             raise  # undecided: it stays journaled and the next daemon decides it
+        except _Undecided:
+            return
         except Exception:
             log.exception("unexpected error while deciding a message; it was dropped")
             self._reporter.dropped("internal_error", sender=arrival.message.peer)
@@ -141,12 +218,16 @@ class Decider:
         self._reporter.received(sender, len(message.path_key) + len(message.onion))
         started = time.perf_counter()
         try:
-            result = await peel(message.path_key, message.onion, self._node_key)
+            result = await self._signer.call(lambda: self._peel_once(message), stop=self._stop)
         except OnionError as e:
             self._reporter.dropped(e.reason, sender=sender)
             return None
+        except LndCredentialsError:
+            raise
         except LndError as e:
-            # Our signer failed us, not the peer: the message is lost to us, say so loudly.
+            if e.retryable:  # lnd was still away when the daemon stopped
+                raise _Undecided from e
+            # An answer of lnd's signer that no retry mends, and no macaroon trouble.
             log.error("ECDH through lnd failed (%s); message from %s dropped", e, sender.hex())
             self._reporter.dropped("signer_unavailable", sender=sender)
             return None
@@ -157,12 +238,17 @@ class Decider:
             return None
         return result
 
+    async def _peel_once(self, message: IncomingOnionMessage) -> Forward | Receive:
+        return await peel(message.path_key, message.onion, self._node_key)
+
     async def _next_hop(self, forward: Forward, sender: bytes) -> bytes | None:
         peer = forward.next_node_id
         if peer is None:
             assert forward.short_channel_id is not None
             try:
                 peer = await self._channels.peer_for(forward.short_channel_id)
+            except LndCredentialsError:
+                raise
             except LndError as e:
                 log.warning("could not list lnd's channels: %s", e)
                 peer = None
@@ -187,6 +273,8 @@ class Decider:
         except PeerOfflineError:
             # lnd's PEER_OFFLINE will tell the tracker; here the message is only kept.
             return await self._keep_if_allowed(message)
+        except LndCredentialsError:
+            raise
         except LndError as e:
             log.warning("forward to %s failed: %s", message.peer.hex(), e)
             return await self._keep_if_allowed(message)

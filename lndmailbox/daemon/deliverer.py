@@ -32,8 +32,8 @@ from lndmailbox.daemon.interfaces import Sender
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.errors import (
+    LndCredentialsError,
     LndError,
-    LndPermissionError,
     PeerOfflineError,
     StoreError,
     StoreUnavailableError,
@@ -189,7 +189,7 @@ class Deliverer:
                     await self._drain(peer)
                     if peer not in self._again or self._stopping.is_set():
                         return
-        except LndPermissionError as e:
+        except LndCredentialsError as e:
             if not self.fatal.done():
                 self.fatal.set_exception(e)
         except Exception:
@@ -304,7 +304,7 @@ class Deliverer:
         except PeerOfflineError:
             # Gone again: lnd's PEER_OFFLINE tells the tracker, the rest waits for PEER_ONLINE.
             return "peer offline"
-        except LndPermissionError:
+        except LndCredentialsError:
             raise
         except LndError as e:
             self._lnd_outage.failed(_PeerError(f"to {peer.hex()}: {e}"))

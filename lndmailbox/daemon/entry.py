@@ -5,8 +5,11 @@ It reads the settings, connects to lnd and Redis (starting the embedded server w
 server), takes the node's lock so only one daemon serves a node, and runs
 :class:`~lndmailbox.daemon.mailbox.Mailbox` until SIGTERM or SIGINT.
 
-Exit codes: 0 after a clean stop, 1 on an error that stops the daemon (its message is
-logged), 2 on bad settings, 3 when the embedded Redis server did not start.
+Exit codes: 0 after a clean stop (SIGTERM or SIGINT, and nothing failed while stopping),
+1 on a fault that stops the daemon (its reason is logged once: a task that died, the node
+lock found held by another daemon, a background task that failed), 2 on bad settings, 3
+when the embedded Redis server did not start. Only a signal ends the daemon with 0, so a
+supervisor's ``Restart=on-failure`` restarts it after every fault.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
 from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
 from lndmailbox.logs import configure_logging
-from lndmailbox.retry import Retry
 from lndmailbox.store import Store, embedded_redis, limits_for, redis_url_for
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MailboxError as e:
         log.error("stopped: %s", e)
         return EXIT_ERROR
+    except Exception:
+        log.exception("stopped by an unexpected error")
+        return EXIT_ERROR
     return EXIT_STOPPED
 
 
@@ -90,7 +95,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if settings.metrics_host_port is not None:
             metrics.start_http_server(*settings.metrics_host_port)
             stack.callback(metrics.stop)
-        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc)
+        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc, stop=stop)
         stack.push_async_callback(lnd.close)
         info = await _wait_for_lnd(lnd, stop)
         if info is None:
@@ -112,6 +117,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                     race_window=settings.race_window,
                     sweep_interval=settings.sweep_interval,
                     buffer_messages=settings.buffer_messages,
+                    max_in_flight_bytes=settings.max_in_flight_bytes,
                 ),
             )
             await mailbox.run(stop)
@@ -128,12 +134,10 @@ async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitS
 
 async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> NodeInfo | None:
     """What lnd says about its node, once it answers; None if stopped first. Retryable
-    errors are waited out (the outage logged once)."""
-    retry = Retry(
-        "waiting for lnd", log, retry_on=lambda e: isinstance(e, LndError) and e.retryable
-    )
+    errors are waited out by the client's own retry (one outage, logged once), which
+    watches ``stop`` (the client's) and abandons a call lnd never answers."""
     try:
-        return await retry.call(lnd.get_info, stop=stop)
+        return await lnd.get_info(wait=True)
     except LndError:
         if stop.is_set():
             return None

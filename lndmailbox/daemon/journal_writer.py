@@ -14,7 +14,14 @@ it again gives at worst a duplicate (the store keeps one copy of a queued messag
 
 While Redis is unreachable the journal is skipped: after a failure no journaling is tried
 for a while (the :class:`~lndmailbox.retry.Backoff` of the outage, which is logged once),
-and the decider runs on the store writer's memory buffer.
+and the decider runs on the store writer's memory buffer. A batch that failed stays to
+be written with the next one: its messages are not journaled until Redis takes it.
+
+:attr:`JournalWriter.bytes` counts the messages journaled (or to be) and not yet
+decided, which is what the journal holds in Redis: the message reader turns messages
+away rather than let it pass ``--max-in-flight-bytes``. A daemon stopping while Redis is
+away cannot journal what is still to be written: those messages are counted as lost
+(``shutdown``), with one line that says how many.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 
 from lndmailbox.clock import Clock, wait_either
 from lndmailbox.daemon.decision_queue import Arrival
+from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
@@ -32,14 +40,37 @@ from lndmailbox.store import Journal
 
 log = logging.getLogger(__name__)
 
+_Fields = tuple[bytes, bytes, bytes, float]
+"""A message to journal: sender, path_key, onion, received_at."""
+
 _WRITE_INTERVAL = 0.002
+_WRITE_BYTES = 1024 * 1024
+"""Message bytes journaled in one round trip, at most (one message more when it is larger)."""
+
+
+def _batch_end(to_write: list[tuple[str, _Fields]], start: int) -> int:
+    """Where the write starting at ``start`` ends: ``_WRITE_BYTES`` of messages, at least one."""
+    end, size = start, 0
+    while end < len(to_write):
+        _, path_key, onion, _ = to_write[end][1]
+        size += len(path_key) + len(onion)
+        if size > _WRITE_BYTES and end > start:
+            break
+        end += 1
+    return end
 
 
 class JournalWriter:
-    def __init__(self, journal: Journal, clock: Clock) -> None:
+    def __init__(self, journal: Journal, clock: Clock, reporter: Reporter) -> None:
         self._journal = journal
         self._clock = clock
-        self._to_write: dict[str, tuple[bytes, bytes, bytes, float]] = {}
+        self._reporter = reporter
+        self._to_write: dict[str, _Fields] = {}
+        self._sizes: dict[str, int] = {}
+        self.bytes = 0
+        """Bytes of the messages journaled here (or to be) and not decided yet."""
+        self.peak_bytes = 0
+        """The most :attr:`bytes` has been."""
         self._decided: list[str] = []
         self._paused_until = 0.0
         self._outage = Outage("journaling messages in Redis", log)
@@ -52,12 +83,17 @@ class JournalWriter:
             return None
         entry = os.urandom(8).hex()
         self._to_write[entry] = (message.peer, message.path_key, message.onion, now)
+        size = len(message.path_key) + len(message.onion)
+        self._sizes[entry] = size
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
         self._wakeup.set()
         return entry
 
     def decided(self, entry: str | None) -> None:
         if entry is None:
             return
+        self.bytes -= self._sizes.pop(entry, 0)
         if self._to_write.pop(entry, None) is None:
             self._decided.append(entry)
             self._wakeup.set()
@@ -84,17 +120,35 @@ class JournalWriter:
         return arrivals
 
     async def flush(self) -> None:
-        written, self._to_write = self._to_write, {}
+        """Journals what was read and forgets what was decided, in one round trip per
+        ``_WRITE_BYTES`` of messages (the first also forgets): neither Redis nor the
+        daemon holds more than that of one write beside the journal itself."""
+        to_write = list(self._to_write.items())
+        self._to_write = {}
         decided, self._decided = self._decided, []
+        start = 0
         try:
-            await self._journal.write(
-                [(entry, *fields) for entry, fields in written.items()], decided
-            )
+            while True:
+                end = _batch_end(to_write, start)
+                await self._journal.write(
+                    [(entry, *fields) for entry, fields in to_write[start:end]], decided
+                )
+                decided, start = [], end
+                if start >= len(to_write):
+                    break
         except StoreError as e:
             self._decided[:0] = decided
+            # Not journaled: written with the next batch (the ones decided meanwhile are
+            # gone from _sizes and need no writing).
+            self._to_write = {
+                entry: fields
+                for entry, fields in (*to_write[start:], *self._to_write.items())
+                if entry in self._sizes
+            }
+            self._wakeup.set()
             self._outage.failed(e)
             if isinstance(e, StoreUnavailableError):
-                # The batch is not journaled: its messages go on, held in memory only.
+                # Its messages go on, held in memory only until a later batch goes through.
                 pause = self._backoff.delay(self._outage.failures)
                 self._paused_until = self._clock.monotonic() + pause
             raise
@@ -114,3 +168,19 @@ class JournalWriter:
             await self.flush()
         except StoreError:
             log.warning("could not clear the journal at shutdown; it is decided again at start")
+            self._lose_unwritten()
+
+    def _lose_unwritten(self) -> None:
+        """At shutdown with Redis away: what was still to be journaled dies with us."""
+        if not self._to_write:
+            return
+        log.error(
+            "stopping with Redis away: %d messages read from lnd and not decided were never "
+            "journaled; they are lost",
+            len(self._to_write),
+        )
+        for entry in self._to_write:
+            size = self._sizes.pop(entry, 0)
+            self.bytes -= size
+            self._reporter.lost(b"", size, "shutdown")
+        self._to_write = {}

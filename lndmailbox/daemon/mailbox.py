@@ -21,6 +21,17 @@ peers; the reader waits for that list and says ready once it is on lnd's stream.
 Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading
 lnd, finish deciding the messages already read, write what the store writer holds, let
 deliveries finish the message in hand, flush the journal, counters and events.
+
+The budget is what keeps SIGTERM's promise (the daemon exits within 5 s, whatever is
+away): each stage gets what is left of it, the decider at most half (an lnd that stopped
+answering must not starve the writer), the writer and the deliveries all but
+``_FLUSH_RESERVE`` (the last flushes of the journal, counters and events). A stage still
+running when its time is up is cancelled, which loses nothing that reached Redis: a
+message the decider did not get to stays journaled for the next daemon, a delivery cut
+short is sent again (a duplicate, never a loss). What cannot reach Redis because Redis is
+away is counted as lost (``shutdown``), with one line saying how many: the store writer's
+buffer (``StoreWriter``), what was never journaled (``JournalWriter``), and messages read
+while Redis was away that the decider did not get to (here).
 """
 
 from __future__ import annotations
@@ -45,10 +56,10 @@ from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.daemon.request_server import RequestServer
 from lndmailbox.daemon.store_writer import StoreWriter
-from lndmailbox.daemon.supervisor import Stoppable, cancel, finish, spawn, until_stop_or_failure
+from lndmailbox.daemon.supervisor import Stoppable, cancel, spawn, until_stop_or_failure
 from lndmailbox.daemon.sweeper import Sweeper
 from lndmailbox.daemon.webhook import Notifier
-from lndmailbox.errors import MailboxError
+from lndmailbox.errors import LndError, MailboxError
 from lndmailbox.lnd import LndClient, Transport, transport_for_version
 from lndmailbox.onion import CachedNodeKey
 from lndmailbox.store import Store
@@ -67,8 +78,12 @@ class MailboxOptions:
     sweep_interval: float = 60.0
     buffer_messages: int = 10_000
     workers: int = 64
-    drain_timeout: float = 20.0
-    """The whole shutdown's budget (compose gives the container 60 s)."""
+    max_in_flight_bytes: int = 16 * 1024**2
+    drain_timeout: float = 2.0
+    """The whole shutdown's budget. With what follows it (the node lock's release, closing
+    connections, up to 2 s for queued webhook notifications) a stop takes under 5 s; a
+    healthy shutdown needs a fraction of it (see the module docstring for what a stage
+    cut short leaves behind)."""
 
 
 def choose_transport(flag: str, version: str) -> Transport:
@@ -136,7 +151,15 @@ class Mailbox:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serves lnd until ``stop`` is set or a task fails (its error goes up)."""
-        info = await self._lnd.get_info()
+        try:
+            info = await self._lnd.get_info(wait=True)
+            # Every peel needs the signer: a macaroon without signer:generate should stop
+            # the daemon now, with lnd's answer, not drop every message later.
+            await self._lnd.node_key().ecdh(_GENERATOR)
+        except LndError:
+            if stop.is_set():  # lnd went away while we started, and we were told to stop
+                return
+            raise
         transport = choose_transport(self._options.transport, info.version)
         log.info(
             "serving lnd %s (%s, version %s) with the %s transport",
@@ -145,9 +168,6 @@ class Mailbox:
             info.version,
             transport.value,
         )
-        # Every peel needs the signer: a macaroon without signer:generate should stop the
-        # daemon now, with lnd's answer, not drop every message later.
-        await self._lnd.node_key().ecdh(_GENERATOR)
         pipeline = await self._build(info.pubkey, transport)
         running = self._start(pipeline, self._services(pipeline, transport), stop)
         try:
@@ -166,7 +186,7 @@ class Mailbox:
         reporter = Reporter(
             node=node, metrics=metrics, events=store.events, notifier=self._notifier
         )
-        journal = JournalWriter(store.journal, clock)
+        journal = JournalWriter(store.journal, clock, reporter)
         # Read before this daemon journals anything of its own.
         left_over = await journal.left_over(ttl=store.limits.ttl)
         deliverer = Deliverer(
@@ -239,6 +259,7 @@ class Mailbox:
                 left_over=p.left_over,
                 peers_known=peers_known,
                 ready=self.ready,
+                max_in_flight_bytes=self._options.max_in_flight_bytes,
             ),
             "sweeper": Sweeper(
                 queues=store.queues,
@@ -279,19 +300,77 @@ class Mailbox:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.drain_timeout
 
-        def left() -> float:
-            return max(deadline - loop.time(), 0.1)
+        def left(share: float = 1.0, keep: float = 0.0) -> float:
+            return max((deadline - loop.time() - keep) * share, _LEAST)
 
         log.info("stopping: finishing %d received messages", pipeline.queue.qsize())
+        lost_before = self._lost_at_shutdown()
         # lnd's streams first: nothing new comes in.
-        failures = await cancel(running.services)
+        failures = await cancel(running.services, within=left())
         running.deciding_stop.set()
-        failures += await finish(running.decider, left())
+        failures += await _finish(running.decider, left(share=0.5))
+        self._account_for_undecided(pipeline)
         running.writing_stop.set()
-        failures += await finish(running.writer, left())
-        await pipeline.deliverer.close(left())
+        failures += await _finish(running.writer, left(keep=_FLUSH_RESERVE))
+        await pipeline.deliverer.close(left(keep=_FLUSH_RESERVE))
         running.flushing_stop.set()
-        failures += await finish(running.reporter, left())
-        failures += await finish(running.journal, left())
-        log.info("stopped")
+        failures += await _finish(running.journal, left())
+        failures += await _finish(running.reporter, left())
+        took = self._options.drain_timeout - (deadline - loop.time())
+        log.info(
+            "in flight at most since start: %d bytes journaled, %d bytes in the decision "
+            "queue (--max-in-flight-bytes %d)",
+            pipeline.journal.peak_bytes,
+            pipeline.queue.peak_bytes,
+            self._options.max_in_flight_bytes,
+        )
+        lost = self._lost_at_shutdown() - lost_before
+        if lost:
+            log.error(
+                "stopped in %.1fs; %d messages held in memory could not reach Redis and are "
+                "lost (counted as lost, reason shutdown)",
+                took,
+                lost,
+            )
+        else:
+            log.info("stopped in %.1fs; every message read is stored, decided or journaled", took)
         return failures
+
+    def _lost_at_shutdown(self) -> int:
+        value = self._metrics.registry.get_sample_value(
+            "lndmailbox_lost_total", {"reason": "shutdown"}
+        )
+        return int(value or 0)
+
+    @staticmethod
+    def _account_for_undecided(pipeline: _Pipeline) -> None:
+        """What the decider left when it stopped: journaled, the next daemon decides it;
+        read while Redis was away (not journaled), it is lost, and counted."""
+        undecided = pipeline.queue.undecided()
+        if not undecided:
+            return
+        lost = [arrival for arrival in undecided if arrival.entry is None]
+        log.warning(
+            "stopping with %d messages read from lnd and not decided: %d stay journaled for "
+            "the next daemon, %d were never journaled (Redis was away) and are lost",
+            len(undecided),
+            len(undecided) - len(lost),
+            len(lost),
+        )
+        for arrival in lost:
+            pipeline.reporter.lost(b"", arrival.size, "shutdown")
+
+
+_LEAST = 0.1
+"""Seconds a stage gets even when the budget is spent: one more try at Redis."""
+_FLUSH_RESERVE = 0.3
+"""Seconds of the budget kept for the last flushes of the journal, counters and events."""
+_UNWIND = 0.5
+"""Seconds a cancelled stage gets to unwind before it is reported as hanging."""
+
+
+async def _finish(task: asyncio.Task[None], within: float) -> list[MailboxError]:
+    """Waits up to ``within`` seconds for ``task`` to end by itself, then cancels it;
+    returns what it failed with (see :func:`cancel`)."""
+    await asyncio.wait([task], timeout=within)
+    return await cancel([task], within=_UNWIND)

@@ -11,6 +11,14 @@ Rules that hold:
 - Every message read is journaled before it is queued (while Redis takes the journal),
   so a daemon that dies before deciding it leaves it to the next one.
 - A message lnd hands over malformed is counted as dropped, with lnd's reason.
+- In-flight bytes are capped (``max_in_flight_bytes``, ``--max-in-flight-bytes``): a
+  message that would take the journal's bytes (Redis's inbox) or the decision queue's
+  (waiting, or in a decider's hands) past the cap is turned away before it is journaled,
+  counted as dropped (``in_flight_full``), with one WARNING when the cap starts turning
+  messages away and one, with the count, once half of it is free again. The count bound
+  of the decision queue still holds reading up, as before: the byte cap binds when
+  messages are large (a 65 KB garbage flood), not for standard 1.4 KB ones in normal
+  running.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class MessageReader:
         left_over: list[Arrival],
         peers_known: asyncio.Event,
         ready: asyncio.Event,
+        max_in_flight_bytes: int,
     ) -> None:
         self._lnd = lnd
         self._transport = transport
@@ -51,6 +60,9 @@ class MessageReader:
         self._left_over = left_over
         self._peers_known = peers_known
         self._ready = ready
+        self._cap = max_in_flight_bytes
+        self._turned_away = 0
+        """Messages turned away since the cap was reached (0 while messages fit)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reads lnd's stream until ``stop`` is set."""
@@ -67,12 +79,37 @@ class MessageReader:
             if isinstance(item, Resubscribed):
                 log.info("onion message stream resubscribed")
                 continue
-            if isinstance(item, IncomingOnionMessage):
+            if not isinstance(item, IncomingOnionMessage):
+                self._reporter.dropped(item.reason, sender=item.peer)
+            elif self._fits(item):
                 now = self._clock.now()
                 entry = self._journal.add(item, now)
                 await self._queue.put(Arrival(item, entry, received_at=now))
-            else:
-                self._reporter.dropped(item.reason, sender=item.peer)
+
+    def _fits(self, item: IncomingOnionMessage) -> bool:
+        """Whether ``item`` stays within the in-flight cap; else it is turned away."""
+        size = len(item.path_key) + len(item.onion)
+        held = max(self._journal.bytes, self._queue.bytes)
+        if held + size <= self._cap:
+            # The episode ends once half the cap is free, not at the first message that
+            # fits: a steady flood at the cap gives two lines, not two per decision.
+            if self._turned_away and held + size <= self._cap // 2:
+                log.warning(
+                    "in-flight messages fit under the cap again; %d were turned away",
+                    self._turned_away,
+                )
+                self._turned_away = 0
+            return True
+        if not self._turned_away:
+            log.warning(
+                "in-flight messages at the cap (%d of %d bytes, --max-in-flight-bytes): "
+                "messages from lnd are turned away until the decider catches up",
+                held,
+                self._cap,
+            )
+        self._turned_away += 1
+        self._reporter.dropped("in_flight_full", sender=item.peer, size=size)
+        return False
 
     async def _queue_left_over(self) -> None:
         left_over, self._left_over = self._left_over, []

@@ -111,12 +111,17 @@ def _make_server(host: str, port: int, registry: CollectorRegistry) -> WSGIServe
     )
 
 
+LOST_REASONS = ("buffer_full", "store_error", "shutdown")
+"""Why a message meant to be kept was lost: the store writer's buffer was full while Redis
+was away, Redis refused the write, or the daemon stopped before Redis took it."""
+
+
 class Metrics:
     """Every metric of the mailbox, all named ``lndmailbox_*``, on :attr:`registry`.
 
     Counters (exposed with the ``_total`` suffix): ``received``, ``forwarded``, ``stored``,
-    ``delivered``, ``expired``, ``duplicate``, ``evicted``, ``lost``, ``dropped`` (label
-    ``reason``), ``notify_failed``. Gauges: ``queued_messages``, ``queued_bytes``,
+    ``delivered``, ``expired``, ``duplicate``, ``evicted``, ``lost`` and ``dropped`` (label
+    ``reason`` each; every reason of ``lost`` is exported from the start), ``notify_failed``. Gauges: ``queued_messages``, ``queued_bytes``,
     ``peers_with_mail``, ``online_peers``. Histograms (seconds): ``peel_seconds``,
     ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``).
 
@@ -141,7 +146,9 @@ class Metrics:
             "evicted", "Stored onion messages pushed out by newer ones when a cap was reached."
         )
         self.lost = counter(
-            "lost", "Stored onion messages that vanished before delivery (e.g. Redis lost them)."
+            "lost",
+            "Onion messages the mailbox meant to keep and could not, by reason.",
+            ("reason",),
         )
         self.dropped = counter(
             "dropped", "Onion messages neither forwarded nor stored, by reason.", ("reason",)
@@ -174,6 +181,8 @@ class Metrics:
 
         for reason in drop_reasons:
             self.dropped.labels(reason=reason)
+        for reason in LOST_REASONS:
+            self.lost.labels(reason=reason)
 
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -1,13 +1,21 @@
 """Where every outcome of every message is told: metrics, the log, Redis and the webhook.
 
 The daemon calls one :class:`Reporter` method per outcome. Each call updates the
-Prometheus metrics and writes one decision line at once. The Redis side (the counters
-``mailboxctl status`` shows and the event stream integrators read) of an outcome that
-changes the mailbox (stored, duplicate, evicted, delivered) is written by the store in the
-same atomic step as the change, so a crash can lose neither; the other outcomes are queued
-here and written by :meth:`Reporter.run` in batches, so that a slow or unreachable Redis
-never holds up deciding or delivery. Notifications (stored, delivered) go to the webhook,
-which never blocks either.
+Prometheus metrics at once. The Redis side (the counters ``mailboxctl status`` shows and
+the event stream integrators read) of an outcome that changes the mailbox (stored,
+duplicate, evicted, delivered) is written by the store in the same atomic step as the
+change, so a crash can lose neither; the other outcomes are queued here and written by
+:meth:`Reporter.run` in batches, so that a slow or unreachable Redis never holds up deciding
+or delivery. Notifications go to the webhook, which never blocks either.
+
+Sized for floods (docs/notifications.md): what a peer's traffic alone can cause is counted
+exactly but not told one by one. In the event stream, drops of messages never stored,
+duplicates, losses and a flooded peer's stores and evictions are summed per interval
+(``summary_interval``) into one ``summary`` entry per kind and reason, with the peers or
+senders that caused the most. In the log, the first of each kind and reason in an interval
+gets its own line and, when more followed, one ``event=summary`` line at the interval's end
+gives their count: at most two lines per reason per interval. A stored message gets its
+INFO line and its webhook call unless its peer is flooded.
 
 While Redis is unreachable the pending events wait (up to ``_PENDING_EVENTS_LIMIT``, then
 the newest are counted as not published) and the writes back off; the outage is logged
@@ -17,6 +25,7 @@ once when it starts and once when it ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import Counter, deque
@@ -29,6 +38,7 @@ from lndmailbox.errors import StoreError
 from lndmailbox.logs import decision
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
 from lndmailbox.store import Events
+from lndmailbox.store.events import DEFAULT_SUMMARY_INTERVAL, SummaryAddition
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +47,11 @@ _PENDING_EVENTS_LIMIT = 100_000
 MAILBOX_DROPS = frozenset(
     {"not_allowed", "mailbox_full", "rejected_by_lnd", "internal_error", "signer_unavailable"}
 )
-"""Drops about the mailbox's own keeping, published as events; others are only counted."""
+"""Drops about the mailbox's own keeping: their first line in an interval is at INFO (the
+others, what a peer sent wrong, at DEBUG); every drop is summarized."""
 _FLUSH_INTERVAL = 0.05
 _EVENTS_PER_FLUSH = 1000
+_LOG_TOP = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,41 @@ class _Event:
     reason: str
 
 
+class _LogDigest:
+    """The log's side of the summaries: per (kind, reason), the first line of an interval
+    is written, the rest only counted (by peer or sender) until :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], Counter[bytes]] = {}
+
+    def first(self, kind: str, reason: str, who: bytes | None) -> bool:
+        """Counts one; True if it is the first of its kind and reason this interval."""
+        key = (kind, reason)
+        new = key not in self._counts
+        self._counts.setdefault(key, Counter())[who or b""] += 1
+        return new
+
+    def close(self) -> None:
+        """One line per kind and reason that had more than its first line."""
+        counts, self._counts = self._counts, {}
+        for (kind, reason), by in sorted(counts.items()):
+            total = sum(by.values())
+            if total < 2:
+                continue
+            top = ",".join(f"{w.hex()}:{n}" for w, n in by.most_common(_LOG_TOP) if w)
+            level = logging.ERROR if kind == "lost" else logging.INFO
+            decision(
+                log,
+                "summary",
+                of=kind,
+                reason=reason or None,
+                count=total,
+                peers=len(by.keys() - {b""}) or None,
+                top=top or None,
+                level=level,
+            )
+
+
 class Reporter:
     def __init__(
         self,
@@ -59,14 +106,19 @@ class Reporter:
         metrics: Metrics,
         events: Events,
         notifier: Notifier | None = None,
+        summary_interval: float = DEFAULT_SUMMARY_INTERVAL,
     ) -> None:
         self._node = node
         self._metrics = metrics
         self._events = events
         self._notifier = notifier
+        self._summary_interval = summary_interval
         self._counters: Counter[str] = Counter()
+        self._summary: Counter[tuple[str, str, bytes | None]] = Counter()
         self._pending_events: deque[_Event] = deque()
         self._events_lost = 0
+        self._close_due = False
+        self._digest = _LogDigest()
         self._wakeup = asyncio.Event()
         self._outage = Outage("writing counters and events to Redis", log)
         self._backoff = Backoff()
@@ -89,9 +141,23 @@ class Reporter:
         decision(log, "left_to_lnd", peer=peer, sender=sender, size=size, level=logging.DEBUG)
 
     def stored(
-        self, peer: bytes, message_id: str, size: int, sender: bytes, expires_at: float, at: float
+        self,
+        peer: bytes,
+        message_id: str,
+        size: int,
+        sender: bytes,
+        expires_at: float,
+        at: float,
+        *,
+        flooded: bool = False,
     ) -> None:
-        self._metrics.stored.inc()  # counted and published by the store's put
+        """Counted and published (or, ``flooded``, summarized) by the store's put. A flooded
+        peer's stores are neither logged one by one nor sent to the webhook: the peer was
+        told of mail already, and a flood must not fill the disk or the webhook's queue."""
+        self._metrics.stored.inc()
+        if flooded:
+            self._summarized_line("stored", "flooded", peer, logging.INFO, id=message_id)
+            return
         decision(log, "stored", peer=peer, sender=sender, id=message_id, size=size)
         self._notify(
             stored_event(
@@ -110,12 +176,12 @@ class Reporter:
         decision(log, "rescued", peer=peer, size=size)
 
     def duplicate(self, peer: bytes, message_id: str, size: int) -> None:
-        self._metrics.duplicate.inc()  # counted and published by the store's put
-        decision(log, "duplicate", peer=peer, id=message_id, size=size)
+        self._metrics.duplicate.inc()  # counted and summarized by the store's put
+        self._summarized_line("duplicate", "", peer, logging.INFO, id=message_id, size=size)
 
     def evicted(self, peer: bytes, message_id: str) -> None:
-        self._metrics.evicted.inc()  # counted and published by the store's put
-        decision(log, "evicted", peer=peer, id=message_id, reason="peer_cap")
+        self._metrics.evicted.inc()  # counted and published (or summarized) by the put
+        self._summarized_line("evicted", "peer_cap", peer, logging.INFO, id=message_id)
 
     def delivered(self, peer: bytes, message_id: str, size: int, delay: float, at: float) -> None:
         self._metrics.delivered.inc()
@@ -136,9 +202,10 @@ class Reporter:
         )
 
     def expired(self, peer: bytes, message_id: str, size: int) -> None:
+        """Published one by one (each expired message was stored and told), logged in sum."""
         self._metrics.expired.inc()
         self._queue_event("expired", peer, message_id, size, "ttl")
-        decision(log, "expired", peer=peer, id=message_id, size=size)
+        self._summarized_line("expired", "ttl", peer, logging.INFO, id=message_id, size=size)
 
     def dropped(
         self,
@@ -149,30 +216,45 @@ class Reporter:
         size: int = 0,
         message_id: str = "",
     ) -> None:
+        """A message neither forwarded nor stored. One that was stored (it has an id: lnd
+        refused its delivery for good) ends like its ``stored`` entry began, one by one;
+        one never stored is summarized, by sender."""
         self._metrics.dropped.labels(reason=reason).inc()
-        if reason in MAILBOX_DROPS:
+        if message_id:
             self._queue_event("dropped", peer or b"", message_id, size, reason)
-            level = logging.INFO
         else:
-            # What a peer sent wrong: counted, but neither a log line at INFO nor an event
-            # each, or one misbehaving peer could fill the disk and push real events out.
-            self._count(f"dropped:{reason}")
-            level = logging.DEBUG
-        decision(
-            log,
-            "dropped",
-            peer=peer,
-            sender=sender,
-            id=message_id or None,
-            reason=reason,
-            level=level,
+            self._summarize("dropped", reason, sender, counter=f"dropped:{reason}")
+        # What a peer sent wrong: DEBUG even for the first, or a misbehaving peer's traffic
+        # would be at INFO.
+        level = logging.INFO if reason in MAILBOX_DROPS else logging.DEBUG
+        self._summarized_line(
+            "dropped", reason, sender, level, peer=peer, sender=sender, id=message_id or None
         )
 
     def lost(self, peer: bytes, size: int, reason: str) -> None:
-        """A message we meant to keep and could not: the one outcome that must stay at zero."""
-        self._metrics.lost.inc()
-        self._queue_event("lost", peer, "", size, reason)
-        decision(log, "lost", peer=peer, size=size, reason=reason, level=logging.ERROR)
+        """A message we meant to keep and could not: the one outcome that must stay at zero.
+        Summarized by peer (a Redis outage under load loses many)."""
+        self._metrics.lost.labels(reason=reason).inc()
+        self._summarize("lost", reason, peer, counter="lost")
+        self._summarized_line("lost", reason, peer, logging.ERROR, peer=peer, size=size)
+
+    # The log and the summaries.
+
+    def _summarized_line(
+        self, kind: str, reason: str, who: bytes | None, level: int, **fields: object
+    ) -> None:
+        """The decision line of the first of its kind and reason this interval; the rest at
+        DEBUG, summed in the interval's summary line."""
+        if not self._digest.first(kind, reason, who):
+            level = logging.DEBUG
+        if "peer" not in fields:
+            fields["peer"] = who
+        decision(log, kind, reason=reason or None, level=level, **fields)
+
+    def _summarize(self, kind: str, reason: str, who: bytes | None, *, counter: str) -> None:
+        self._counters[counter] += 1
+        self._summary[(kind, reason, who)] += 1
+        self._wakeup.set()
 
     # The Redis side, written in batches.
 
@@ -199,18 +281,33 @@ class Reporter:
         if self._notifier is not None:
             self._notifier.submit(event)
 
+    def close_interval(self) -> None:
+        """Ends the summary interval: the log's summary lines now, the stream's summary
+        entries with the next flush that reaches Redis."""
+        self._digest.close()
+        self._close_due = True
+        self._wakeup.set()
+
     async def flush(self) -> None:
         """Writes what is queued to Redis; keeps it queued when Redis is unreachable."""
         counters, self._counters = self._counters, Counter()
+        summary, self._summary = self._summary, Counter()
         events = list(itertools.islice(self._pending_events, _EVENTS_PER_FLUSH))
+        close = self._close_due and len(events) == len(self._pending_events)
+        additions: list[SummaryAddition] = [(k, r, w, n) for (k, r, w), n in summary.items()]
         try:
             await self._events.record(
                 counters=dict(counters),
                 events=[(e.kind, e.peer, e.message_id, e.size, e.reason) for e in events],
+                summary=additions,
+                close=close,
             )
         except StoreError:
             self._counters.update(counters)
+            self._summary.update(summary)
             raise
+        if close:
+            self._close_due = False
         for _ in events:
             self._pending_events.popleft()
         if self._pending_events:
@@ -221,10 +318,18 @@ class Reporter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flushes until ``stop`` is set, then once more: a batch at most every
-        ``_FLUSH_INTERVAL`` seconds, and with backoff while Redis fails."""
+        ``_FLUSH_INTERVAL`` seconds, and with backoff while Redis fails; ends a summary
+        interval every ``summary_interval`` seconds, and the last one at the stop."""
+        loop = asyncio.get_running_loop()
+        next_close = loop.time() + self._summary_interval
         while not stop.is_set():
-            await wait_either(self._wakeup, stop)
+            with contextlib.suppress(TimeoutError):
+                left = max(next_close - loop.time(), 0.001)
+                await asyncio.wait_for(wait_either(self._wakeup, stop), left)
             self._wakeup.clear()
+            if loop.time() >= next_close:
+                self.close_interval()
+                next_close = loop.time() + self._summary_interval
             pause = _FLUSH_INTERVAL
             try:
                 await self.flush()
@@ -232,10 +337,12 @@ class Reporter:
             except StoreError as e:
                 self._outage.failed(e)
                 pause = self._backoff.delay(self._outage.failures)
+                self._wakeup.set()  # what failed is still queued: try again after the pause
             await wait_or_stop(stop, pause)
+        self.close_interval()
         try:
             await self.flush()
-            while self._pending_events:
+            while self._pending_events or self._close_due:
                 await self.flush()
         except StoreError:
             log.warning("could not write the last counters and events to Redis at shutdown")

@@ -24,9 +24,8 @@ from lndmailbox.daemon.interfaces import DeliveryTrigger
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.supervisor import run_until_stopped
-from lndmailbox.errors import LndError, StoreError
+from lndmailbox.errors import StoreError
 from lndmailbox.lnd import LndClient, PeerEvent, Resubscribed, Transport
-from lndmailbox.retry import Retry
 from lndmailbox.store import Queues
 
 log = logging.getLogger(__name__)
@@ -55,32 +54,28 @@ class PeerFollower:
         self._gauges = gauges
         self._metrics = metrics
         self._known = known
-        self._list_peers = Retry(
-            "listing lnd's peers",
-            log,
-            retry_on=lambda e: isinstance(e, LndError) and e.retryable,
-        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follows lnd's peer events until ``stop`` is set."""
-        await run_until_stopped(stop, self._follow(stop))
+        await run_until_stopped(stop, self._follow())
 
-    async def _follow(self, stop: asyncio.Event) -> None:
+    async def _follow(self) -> None:
         events = self._lnd.peer_events()
         await events.wait_subscribed()
-        await self._resync(stop)
+        await self._resync()
         self._known.set()
         await self._drain_peers_with_mail()
         async for event in events:
             if isinstance(event, Resubscribed):
                 log.info("peer events resubscribed; resynchronising online peers")
-                await self._resync(stop)
+                await self._resync()
                 continue
             await self._apply(event)
 
-    async def _resync(self, stop: asyncio.Event) -> None:
-        """Rebuilds the online set from ListPeers, retrying while lnd is not ready."""
-        online = await self._list_peers.call(self._lnd.list_peers, stop=stop)
+    async def _resync(self) -> None:
+        """Rebuilds the online set from ListPeers, waiting while lnd is not ready (the
+        client's one retry, which watches the daemon's stop)."""
+        online = await self._lnd.list_peers(wait=True)
         came, went = self._peers.reset(online)
         self._metrics.online_peers.set(len(self._peers.online))
         for peer in went:

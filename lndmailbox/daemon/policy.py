@@ -13,7 +13,7 @@ import logging
 
 from lndmailbox.clock import Clock
 from lndmailbox.daemon.peers import ChannelMap
-from lndmailbox.errors import LndError, StoreError
+from lndmailbox.errors import LndCredentialsError, LndError, StoreError
 from lndmailbox.store import Allowlist
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class Policy:
             return False
         try:
             return await self._channels.has_channel(peer)
+        except LndCredentialsError:
+            raise  # the macaroon's fault, not the peer's: the daemon stops, the mail stays
         except LndError as e:
             log.warning("could not list lnd's channels to check a peer: %s", e)
             return False

@@ -4,12 +4,15 @@ The decider hands it an :class:`~lndmailbox.daemon.outgoing.OutgoingMessage` and
 the writer stores it with its expiry counted from when it arrived. What arrived while one
 write was on its way goes in the next, up to ``_WRITE_BATCH`` messages in one round trip:
 under load the store costs one round trip per batch, not per message. While Redis cannot
-be reached, messages wait in a bounded in-memory buffer and the write is retried with
-backoff (the outage logged once); a message that does not fit is counted and logged as
-lost. At shutdown the buffer is written out if Redis allows.
+be reached (down, or refusing writes for memory), messages wait in a bounded in-memory
+buffer (``buffer_limit``, ``--buffer-messages``) and the write is retried with backoff
+(the outage logged once); a message that does not fit is counted as lost
+(``buffer_full``), with one line when the buffer fills and one when it has room again.
+At shutdown the buffer is written out if Redis allows.
 
 A message's journal entry is forgotten once it is written (or refused for good), never
-before: a message the writer could not write is decided again by the next daemon.
+before: a message the writer could not write is decided again by the next daemon. One
+lost to a full buffer is forgotten too: it is counted as lost, so it must not come back.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class StoreWriter:
         # finds its own copy and reports it stored, not duplicate.
         self._pending: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
+        self._overflow = 0
+        """Messages lost since the buffer filled (0 while it has room)."""
         self._retry = Retry(
             f"writing messages to Redis (holding up to {buffer_limit} in memory)",
             log,
@@ -71,11 +76,29 @@ class StoreWriter:
     def keep(self, message: OutgoingMessage) -> None:
         """Queues ``message`` for the store; never blocks."""
         if len(self._pending) >= self._buffer_limit:
-            # Still journaled (when Redis took the journal entry): the next daemon retries.
-            self._reporter.lost(message.peer, message.size, "buffer_full")
+            self._lose_to_full_buffer(message)
             return
         self._pending.append((message, new_message_id(message.received_at)))
         self._wakeup.set()
+
+    def _lose_to_full_buffer(self, message: OutgoingMessage) -> None:
+        if not self._overflow:
+            log.error(
+                "the store writer's buffer is full (%d messages, --buffer-messages): messages "
+                "to keep are lost until Redis takes the ones buffered",
+                self._buffer_limit,
+            )
+        self._overflow += 1
+        self._journal.decided(message.entry)
+        self._reporter.lost(message.peer, message.size, "buffer_full")
+
+    def _has_room_again(self) -> None:
+        if self._overflow and len(self._pending) < self._buffer_limit:
+            log.warning(
+                "the store writer's buffer has room again; %d messages were lost while it was full",
+                self._overflow,
+            )
+            self._overflow = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Writes until ``stop`` is set and the buffer is empty (or Redis is gone)."""
@@ -112,6 +135,7 @@ class StoreWriter:
                 for message, _ in batch:
                     self._pending.popleft()
                     self._reporter.lost(message.peer, message.size, "store_error")
+                self._has_room_again()
                 continue
             self._written(batch, results)
 
@@ -132,6 +156,7 @@ class StoreWriter:
             self._report(message, result)
             if result.status is not PutStatus.REJECTED_DAMAGED:
                 self._journal.decided(message.entry)  # else left journaled, as if refused
+        self._has_room_again()
 
     def _report(self, message: OutgoingMessage, result: PutResult) -> None:
         for evicted_id in result.evicted:
@@ -144,6 +169,7 @@ class StoreWriter:
                 message.sender,
                 message.received_at + self._ttl,
                 self._clock.now(),
+                flooded=result.flooded,
             )
             self._delivery.kick(message.peer)
         elif result.status is PutStatus.DUPLICATE:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, Protocol
 
-from lndmailbox.errors import LndError, MailboxError, StoreError
+from lndmailbox.errors import LndCredentialsError, LndError, MailboxError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +32,46 @@ def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     return asyncio.create_task(coro, name=name)
 
 
+RECANCEL_EVERY = 0.1
+"""Seconds between the cancellations of a task that goes on after one (see
+:func:`cancel_for_good`)."""
+
+
 async def run_until_stopped(stop: asyncio.Event, coro: Coroutine[Any, Any, None]) -> None:
-    """Runs ``coro`` until it ends or ``stop`` is set (then cancels it)."""
+    """Runs ``coro`` until it ends or ``stop`` is set (then cancels it for good)."""
     task = asyncio.ensure_future(coro)
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if not task.cancelled():
+        await cancel_for_good(task)
+    if task.done() and not task.cancelled():
         task.result()
+
+
+async def cancel_for_good(task: asyncio.Task[None], within: float = CANCEL_WITHIN) -> None:
+    """Cancels ``task``, again every :data:`RECANCEL_EVERY` seconds, until it ends or
+    ``within`` seconds have passed (then it is left behind, as :func:`cancel` does).
+
+    One cancellation is not always enough: Python 3.11's ``asyncio.wait_for`` (redis-py
+    waits on its socket writes with it) loses a cancellation that arrives just as the call
+    it waits for completes, and the task then runs on (seen as a peer follower stuck on
+    lnd's stream after a failed start). For the loops of the services only, whose
+    cancellation has nothing to finish. Being cancelled meanwhile is passed on once the
+    task has ended.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    cancelled = False
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        try:
+            await asyncio.wait([task], timeout=RECANCEL_EVERY)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -71,6 +97,8 @@ async def cancel(
 
     Returns what the tasks failed with, beyond lnd or Redis being away (which is logged
     as a warning): a bug must not vanish in a shutdown, the daemon exits non-zero on it.
+    lnd refusing the macaroon is returned as it is, unlogged: it is the reason the daemon
+    stops, and the caller says it once.
     """
     for task in tasks:
         task.cancel()
@@ -85,6 +113,9 @@ async def cancel(
     for task in done:
         error = None if task.cancelled() else task.exception()
         if error is None:
+            continue
+        if isinstance(error, LndCredentialsError):
+            failures.append(error)
             continue
         if isinstance(error, LndError | StoreError):
             log.warning("%s", error)
@@ -105,7 +136,8 @@ async def finish(task: asyncio.Task[None], within: float) -> list[MailboxError]:
 
 @contextlib.contextmanager
 def background(coro: Coroutine[Any, Any, None], stop: asyncio.Event) -> Iterator[None]:
-    """Runs ``coro`` as a task for the duration of the block; if it dies, the daemon stops."""
+    """Runs ``coro`` as a task for the duration of the block; if it dies, the daemon stops,
+    and the block's end raises what it died of (a stop caused by a fault exits non-zero)."""
     task = asyncio.ensure_future(coro)
 
     def died(done: asyncio.Future[None]) -> None:
@@ -119,3 +151,6 @@ def background(coro: Coroutine[Any, Any, None], stop: asyncio.Event) -> Iterator
     finally:
         task.remove_done_callback(died)
         task.cancel()
+    error = task.exception() if task.done() and not task.cancelled() else None
+    if error is not None:
+        raise MailboxError(f"a background task failed: {error!r}") from error

@@ -11,10 +11,18 @@ the peer: the caller keeps the message). Streams are subscribed again whenever t
 break (:mod:`lndmailbox.lnd.streams`). The calls and the streams of one client share
 one :class:`~lndmailbox.retry.Outage`: lnd failing is logged once, as a WARNING, when it
 starts, and once, as INFO, when lnd answers again; the attempts in between log at DEBUG.
+
+The client's retrying is the only retrying of lnd calls: a caller that must wait for lnd
+however long it is away (the daemon's start) asks for that (``get_info(wait=True)``,
+``list_peers(wait=True)``) rather than wrapping a retrying call in a retry of its own,
+which would log one outage twice. Every wait watches the daemon's ``stop`` event: once it
+is set no backoff is sat out (the last error goes up) and no stream is subscribed again;
+a ``wait=True`` call also abandons the attempt in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +64,9 @@ log = logging.getLogger(__name__)
 # lncli's client allows responses this large (ListChannels on a big node).
 _MAX_RECEIVE_BYTES: Final = 200 * 1024 * 1024
 
+# What gRPC reads ahead of the daemon on each stream (and response) before lnd must wait.
+_READ_AHEAD_BYTES: Final = 1024 * 1024
+
 # lnd holds a send until the peer is active: one whose deadline passed is not tried again.
 _SENDS: Final = frozenset({"SendOnionMessage", "SendCustomMessage"})
 
@@ -72,7 +83,8 @@ class LndClient:
     retries, of stream resubscriptions and of gRPC reconnects;
     ``settle``: how long a new subscription must go unrefused before it counts as
     established (see :meth:`Subscription.wait_subscribed`);
-    ``on_rpc(rpc, seconds)``: called after each unary attempt (metrics). Use it as an async
+    ``on_rpc(rpc, seconds)``: called after each unary attempt (metrics); ``stop``: the
+    daemon's stop event, which every wait of the client watches. Use it as an async
     context manager or call :meth:`close`. The gRPC channel is made on the first call, in
     the running event loop.
     """
@@ -87,8 +99,10 @@ class LndClient:
         retry_for: float = 30.0,
         backoff: Backoff | None = None,
         settle: float = 0.5,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._stop = stop
         self._on_rpc = on_rpc
         self._timeout = timeout
         self._send_timeout = send_timeout
@@ -106,6 +120,8 @@ class LndClient:
             settle=settle,
             closed=lambda: self._closed,
             ready=self._ready,
+            stop=stop,
+            macaroon=endpoint.macaroon_source,
         )
 
     async def __aenter__(self) -> LndClient:
@@ -140,6 +156,11 @@ class LndClient:
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.max_pings_without_data", 0),
+                # Bound what gRPC reads ahead of the daemon on each stream: left to grow
+                # (BDP probing) it buffered tens of MB of a burst of 65 KB messages that
+                # lnd would otherwise hold (measured: docs/redis-schema.md, Memory).
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", _READ_AHEAD_BYTES),
                 # Reconnect to a restarted lnd about as fast as the calls retry.
                 ("grpc.initial_reconnect_backoff_ms", initial_ms),
                 ("grpc.min_reconnect_backoff_ms", initial_ms),
@@ -159,20 +180,28 @@ class LndClient:
         call: Callable[[float, tuple[tuple[str, str], ...]], Awaitable[_Resp]],
         *,
         deadline: float | None = None,
+        wait: bool = False,
     ) -> _Resp:
+        """One RPC, retried for ``retry_for`` seconds (``wait``: until lnd answers, or the
+        stop, which then also abandons the attempt in flight)."""
         seconds = self._timeout if deadline is None else deadline
+        stop = self._stop if wait else None
 
         async def attempt() -> _Resp:
             started = time.perf_counter()
             try:
+                if stop is not None:
+                    return await _unless_stopped(rpc, call(seconds, self._metadata), stop)
                 return await call(seconds, self._metadata)
             except grpc.aio.AioRpcError as e:
-                raise rpc_error(rpc, e) from e
+                raise rpc_error(rpc, e, macaroon=self.endpoint.macaroon_source) from e
             finally:
                 if self._on_rpc is not None:
                     self._on_rpc(rpc, time.perf_counter() - started)
 
-        return await self._retry.call(attempt, give_up_after=self._retry_for)
+        return await self._retry.call(
+            attempt, stop=self._stop, give_up_after=None if wait else self._retry_for
+        )
 
     def _worth_retrying(self, error: BaseException) -> bool:
         if self._closed or not isinstance(error, LndError) or not error.retryable:
@@ -185,8 +214,8 @@ class LndClient:
 
     # --- Lightning
 
-    async def get_info(self) -> NodeInfo:
-        """GetInfo (info:read).
+    async def get_info(self, *, wait: bool = False) -> NodeInfo:
+        """GetInfo (info:read); with ``wait``, retried until lnd answers (see the module).
 
         Any version string is accepted: the caller maps it to a transport
         (:func:`~lndmailbox.lnd.values.transport_for_version`) only when the settings
@@ -196,6 +225,7 @@ class LndClient:
         r = await self._unary(
             "GetInfo",
             lambda t, md: lightning.GetInfo(ln.GetInfoRequest(), timeout=t, metadata=md),
+            wait=wait,
         )
         return NodeInfo(
             pubkey=bytes.fromhex(r.identity_pubkey),
@@ -207,12 +237,14 @@ class LndClient:
             synced_to_chain=r.synced_to_chain,
         )
 
-    async def list_peers(self) -> frozenset[bytes]:
-        """The connected peers' 33-byte keys (ListPeers, peers:read)."""
+    async def list_peers(self, *, wait: bool = False) -> frozenset[bytes]:
+        """The connected peers' 33-byte keys (ListPeers, peers:read); with ``wait``,
+        retried until lnd answers."""
         lightning, _ = self._connect()
         r = await self._unary(
             "ListPeers",
             lambda t, md: lightning.ListPeers(ln.ListPeersRequest(), timeout=t, metadata=md),
+            wait=wait,
         )
         return frozenset(bytes.fromhex(p.pub_key) for p in r.peers)
 
@@ -338,6 +370,25 @@ class LndClient:
     def node_key(self) -> LndNodeKey:
         """The node's identity key as a :class:`lndmailbox.onion.NodeKey`."""
         return LndNodeKey(self)
+
+
+async def _unless_stopped(rpc: str, call: Awaitable[_Resp], stop: asyncio.Event) -> _Resp:
+    """``await call``, abandoned (cancelled) when ``stop`` is set first: an lnd that takes
+    connections and never answers must not hold a stopping daemon for a whole deadline."""
+    task = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        await asyncio.gather(task, return_exceptions=True)  # the cancelled call's end
+        raise LndError(
+            f"{rpc}: abandoned, the daemon is stopping", rpc=rpc, code="CANCELLED", retryable=True
+        )
+    return task.result()
 
 
 class LndNodeKey:

@@ -52,6 +52,8 @@ class LndEndpoint:
     """lnd's TLS certificate, PEM: the only certificate the connection trusts."""
     macaroon: bytes = field(repr=False)
     """The macaroon, raw bytes (sent hex encoded)."""
+    macaroon_source: str = field(default="the macaroon", compare=False)
+    """Where the macaroon came from (``the macaroon /path/file``), for error messages."""
 
 
 def _split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -179,12 +181,15 @@ def resolve_endpoint(
 
     if cert is None:
         cert = _certificate(tlscert, tlscertpath or lnddir / "tls.cert")
+    source = "the macaroon in the lndconnect URI"
     if mac is None:
         default = lnddir / "data" / "chain" / "bitcoin" / network / "admin.macaroon"
-        mac = _macaroon(macaroon, macaroonpath or default)
+        path = macaroonpath or default
+        source = "the macaroon given with --macaroon" if macaroon else f"the macaroon {path}"
+        mac = _macaroon(macaroon, path)
     if not mac:
         raise ConfigError("the macaroon is empty")
-    return LndEndpoint(target=target, tls_cert=cert, macaroon=mac)
+    return LndEndpoint(target=target, tls_cert=cert, macaroon=mac, macaroon_source=source)
 
 
 def _certificate(inline: str | None, path: Path) -> bytes:
@@ -204,7 +209,47 @@ def _macaroon(inline: str | None, path: Path) -> bytes:
             return bytes.fromhex(inline.strip())
         except ValueError as e:
             raise ConfigError("--macaroon: not hex") from e
-    return _read(path, "macaroon", "--macaroonpath")
+    data = _read(path, "macaroon", "--macaroonpath")
+    problem = macaroon_problem(data)
+    if problem is not None:
+        raise ConfigError(
+            f"{path} is not a macaroon ({problem}); --macaroonpath wants the binary file lnd "
+            "writes, such as <lnddir>/data/chain/bitcoin/<network>/admin.macaroon or the "
+            "file of `lncli bakemacaroon --save_to` (see docs/lnd.md)"
+        )
+    return data
+
+
+def macaroon_problem(data: bytes) -> str | None:
+    """Why ``data`` cannot be a macaroon as lnd writes it, or None when it can.
+
+    A light look at the V2 binary format of go-macaroon (what every lnd writes): version
+    byte 2, a header section (optional location, identifier), caveat sections, an empty
+    section, and a 32-byte signature. Each packet is ``field | uvarint length | data`` and
+    a section ends with a zero byte. Caveats and the identifier's contents are lnd's to
+    judge: this only tells a macaroon from some other file.
+    """
+    if not data:
+        return "the file is empty"
+    if data[0] != _MACAROON_V2:
+        if _looks_hex(data):
+            return (
+                "it holds hex text: lnd's macaroon files are binary; decode it with "
+                "`xxd -r -p`, or pass the text with --macaroon"
+            )
+        return f"it starts with byte 0x{data[0]:02x}, not 0x02, the V2 binary format's"
+    try:
+        offset = _section(data, 1, header=True)
+        while data[offset] != _EOS:
+            offset = _section(data, offset, header=False)
+        field, signature, _ = _packet(data, offset + 1)
+    except IndexError:
+        return "it ends in the middle of a section"
+    except ValueError as e:
+        return str(e)
+    if field != _FIELD_SIGNATURE or len(signature) != 32:
+        return "no 32-byte signature after the caveats"
+    return None
 
 
 def endpoint_for(settings: Settings) -> LndEndpoint:
@@ -219,3 +264,49 @@ def endpoint_for(settings: Settings) -> LndEndpoint:
         macaroon=settings.macaroon,
         lndconnect=settings.lndconnect,
     )
+
+
+_MACAROON_V2: Final = 2
+_EOS: Final = 0
+_FIELD_IDENTIFIER: Final = 2
+_FIELD_SIGNATURE: Final = 6
+
+
+def _looks_hex(data: bytes) -> bool:
+    text = data.strip()
+    return len(text) >= 2 and all(c in b"0123456789abcdefABCDEF" for c in text)
+
+
+def _uvarint(data: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[offset]  # IndexError: cut short
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+        if shift > 63:
+            raise ValueError("a length that does not fit 64 bits")
+
+
+def _packet(data: bytes, offset: int) -> tuple[int, bytes, int]:
+    """(field, data, offset after it)."""
+    field, offset = _uvarint(data, offset)
+    length, offset = _uvarint(data, offset)
+    if offset + length > len(data):
+        raise ValueError(f"field {field} says {length} bytes, past the end of the file")
+    return field, data[offset : offset + length], offset + length
+
+
+def _section(data: bytes, offset: int, *, header: bool) -> int:
+    """The offset after the section at ``offset``, which must name an identifier."""
+    fields: list[int] = []
+    while data[offset] != _EOS:
+        field, _, offset = _packet(data, offset)
+        if fields and field <= fields[-1]:
+            raise ValueError("fields out of order")
+        fields.append(field)
+    if _FIELD_IDENTIFIER not in fields:
+        raise ValueError("a caveat without an identifier" if not header else "no identifier")
+    return offset + 1

@@ -9,7 +9,8 @@ once that lnd is failing and once that it is back. The first item after every
 re-established subscription (not after the first one) is
 :class:`~lndmailbox.lnd.values.Resubscribed`, so the caller re-reads state it may have
 missed (ListPeers). Errors that retrying cannot fix (a macaroon without the permission, an
-lnd without the RPC) end the stream by raising.
+lnd without the RPC) end the stream by raising, and so does a break once the daemon's stop
+is set (no backoff is sat out then).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lndmailbox.lnd.errors import rpc_error
 from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnd.values import IncomingMalformed, IncomingOnionMessage, PeerEvent, Resubscribed
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
-from lndmailbox.retry import Backoff, Outage
+from lndmailbox.retry import Backoff, Outage, wait_or_stop
 
 __all__ = [
     "Opened",
@@ -103,7 +104,9 @@ class Resubscriber:
 
     ``closed()`` says the client was closed (the stream then ends quietly); ``ready()``
     that the gRPC channel is connected; ``settle`` is how long a new subscription must go
-    unrefused before it counts as accepted.
+    unrefused before it counts as accepted; ``macaroon`` names the macaroon in errors;
+    ``stop`` (the daemon's) ends the backoff between subscriptions at once: the stream then
+    raises its last error instead of subscribing again.
     """
 
     def __init__(
@@ -114,7 +117,11 @@ class Resubscriber:
         settle: float,
         closed: Callable[[], bool],
         ready: Callable[[], bool],
+        macaroon: str = "the macaroon",
+        stop: asyncio.Event | None = None,
     ) -> None:
+        self._stop = stop
+        self._macaroon = macaroon
         self._backoff = backoff
         self._outage = outage
         self._settle = settle
@@ -157,7 +164,7 @@ class Resubscriber:
             except grpc.aio.AioRpcError as e:
                 if self._closed():
                     return
-                error = rpc_error(rpc, e)
+                error = rpc_error(rpc, e, macaroon=self._macaroon)
                 if not error.retryable:
                     raise error from e
             except asyncio.CancelledError:
@@ -177,7 +184,8 @@ class Resubscriber:
                 failures = 0
             failures += 1
             self._outage.failed(error)
-            await asyncio.sleep(self._backoff.delay(failures))
+            if await wait_or_stop(self._stop, self._backoff.delay(failures)):
+                raise error
 
     async def _accepted(self, pending: asyncio.Task[Any]) -> bool:
         """Whether lnd accepted the subscription whose first read is ``pending``.

@@ -23,7 +23,7 @@ and ``audit`` (the tests' invariant check).
 from __future__ import annotations
 
 from lndmailbox.store.allowlist import Allowlist
-from lndmailbox.store.control import Control
+from lndmailbox.store.control import Control, LockRenewal
 from lndmailbox.store.embedded import (
     RedisServer,
     embedded_redis,
@@ -67,6 +67,7 @@ __all__ = [
     "JournalEntry",
     "Keys",
     "Limits",
+    "LockRenewal",
     "NewEntry",
     "NewEvent",
     "NewMessage",

@@ -3,6 +3,7 @@ a lease), its heartbeat, and the delivery requests ``mailboxctl deliver`` leaves
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +20,17 @@ log = logging.getLogger(__name__)
 
 _DELIVERY_REQUEST_TTL_MS = 3_600_000
 _MAX_REQUESTS_READ = 10_000
+
+
+class LockRenewal(enum.Enum):
+    """What renewing the node's lock found."""
+
+    RENEWED = 1
+    """The owner still held it: its lease is extended."""
+    RETAKEN = 2
+    """Nobody held it (the lease ran out, say while Redis was away): the owner has it again."""
+    TAKEN = 0
+    """Another owner holds it."""
 
 
 class Control:
@@ -39,9 +51,11 @@ class Control:
         return bool(await self.redis.set(self.keys.lock_key, owner, nx=True, px=lease_ms))
 
     @redis_errors
-    async def renew_lock(self, owner: str, lease: float) -> bool:
-        """Extends the lease; False if ``owner`` no longer holds the lock."""
-        return bool(await self._renew(keys=[self.keys.lock_key], args=[owner, max(ms(lease), 1)]))
+    async def renew_lock(self, owner: str, lease: float) -> LockRenewal:
+        """Extends the lease, or takes the lock again when nobody holds it; works while
+        Redis is over maxmemory."""
+        reply = await self._renew(keys=[self.keys.lock_key], args=[owner, max(ms(lease), 1)])
+        return LockRenewal(int(reply))
 
     @redis_errors
     async def release_lock(self, owner: str) -> bool:

@@ -2,11 +2,19 @@
 
 The queue scripts count and publish their own outcomes in the same step as the change;
 :meth:`Events.record` is for everything else the daemon counts (drops, failures...).
+
+What a peer's traffic alone can cause (drops, duplicates, a flooded peer's stores and
+evictions) is not appended one entry per message: it is added to the interval's summary
+(a hash), which :meth:`Events.record` with ``close=True`` turns into one ``summary`` entry
+per kind and reason. The stream keeps ``keep`` seconds of entries (the message TTL) and
+never much more than ``maxlen`` (:func:`stream_bound`, derived from the caps), so that the
+entries about real mail stay for a TTL whatever peers send (docs/notifications.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,21 +24,57 @@ from lndmailbox.errors import RecordError
 from lndmailbox.store import lua
 from lndmailbox.store.client import as_items, as_str, redis_errors
 from lndmailbox.store.keys import Keys
-from lndmailbox.store.records import Event, event_time
+from lndmailbox.store.records import Event, Limits, event_time
 
 log = logging.getLogger(__name__)
 
 NewEvent = tuple[str, bytes | None, str, int, str]
 """An event to append: (kind, peer, message id, size, reason)."""
 
+SummaryAddition = tuple[str, str, bytes | None, int]
+"""An addition to the interval's summary: (kind, reason, peer or sender, count)."""
+
+STANDARD_MESSAGE_SIZE = 1399
+"""path_key + a standard 1366-byte onion packet: what the stream's bound is counted in."""
+SUMMARY_REASONS = 64
+"""Summary entries one interval can append at most: one per kind and reason (32 today: the
+drop reasons, duplicate, a flooded peer's stored and evicted, the lost reasons)."""
+DEFAULT_SUMMARY_INTERVAL = 60.0
+
+
+def stream_bound(limits: Limits, summary_interval: float = DEFAULT_SUMMARY_INTERVAL) -> int:
+    """The most entries one TTL of traffic can append, deliveries aside (docs/notifications.md):
+    with N standard messages fitting under ``max_bytes_total``, at most 2N are stored and told
+    one by one in a TTL, each with one removal entry, plus one removal for each of the N
+    queued when the TTL began (5N), and one summary entry per reason per interval."""
+    n = limits.max_bytes_total // STANDARD_MESSAGE_SIZE
+    intervals = math.ceil(limits.ttl / summary_interval)
+    return 5 * n + SUMMARY_REASONS * intervals
+
+
+def trim_argument(maxlen: int, keep: float) -> str:
+    """The ``trim`` the scripts append with: entries older than ``keep`` seconds go, and
+    the stream is held near ``maxlen`` entries whatever their age."""
+    return f"{maxlen} {max(int(keep * 1000), 1)}"
+
 
 class Events:
-    """Counters (a hash of name to count) and the event stream, capped near ``events_maxlen``."""
+    """Counters (a hash of name to count), the interval's summary and the event stream, which
+    keeps ``events_keep`` seconds of entries and at most about ``events_maxlen``."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, events_maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        events_maxlen: int,
+        events_keep: float = Limits.ttl,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.events_maxlen = events_maxlen
+        self.events_keep = events_keep
+        self.trim = trim_argument(events_maxlen, events_keep)
         self._record = redis.register_script(lua.program("record"))
 
     @redis_errors
@@ -39,20 +83,29 @@ class Events:
         counters: Mapping[str, int] | None = None,
         events: Sequence[NewEvent] = (),
         *,
+        summary: Sequence[SummaryAddition] = (),
+        close: bool = False,
         at: float | None = None,
-    ) -> None:
-        """Adds to several counters and appends several events (kind, peer, message id, size,
-        reason) in one script, so a batch lands whole or not at all (a connection lost after
-        the script went out leaves it unknown: a retry may then count twice)."""
+    ) -> int:
+        """Adds to several counters and to the interval's summary, and appends several events
+        (kind, peer, message id, size, reason), in one script, so a batch lands whole or not
+        at all (a connection lost after the script went out leaves it unknown: a retry may
+        then count twice). ``close``: then ends the interval, appending its summary entries
+        (how many is returned)."""
         counted = [(name, by) for name, by in (counters or {}).items() if by]
-        if not counted and not events:
-            return
-        args: list[str | int] = [self.events_maxlen, event_time(at), len(counted)]
+        added = [s for s in summary if s[3]]
+        if not counted and not events and not added and not close:
+            return 0
+        args: list[str | int] = [self.trim, event_time(at), int(close), len(counted)]
         for name, by in counted:
             args += (name, by)
+        args.append(len(added))
+        for kind, reason, who, by in added:
+            args += (kind, reason, who.hex() if who else "", by)
         for kind, peer, message_id, size, reason in events:
             args += (kind, peer.hex() if peer else "", message_id, size, reason)
-        await self._record(keys=[self.keys.counters_key, self.keys.events_key], args=args)
+        keys = [self.keys.counters_key, self.keys.events_key, self.keys.summary_key]
+        return int(await self._record(keys=keys, args=args))
 
     @redis_errors
     async def counters(self) -> dict[str, int]:
@@ -96,6 +149,20 @@ def _event(stream_id: object, raw: object) -> Event:
             size=int(f.get("size") or 0),
             reason=f.get("reason", ""),
             at=at,
+            of=f.get("of", ""),
+            count=int(f.get("count") or 0),
+            top=_top(f.get("top", "")),
+            peers=int(f.get("peers") or 0),
+            since=float(f["since"]) if f.get("since") else None,
         )
     except ValueError as e:
         raise RecordError(f"unreadable event {sid}: {e}") from e
+
+
+def _top(text: str) -> tuple[tuple[bytes, int], ...]:
+    """A summary's ``top`` field: ``hex:count`` pairs, comma-separated, largest first."""
+    out = []
+    for part in filter(None, text.split(",")):
+        who, _, count = part.partition(":")
+        out.append((bytes.fromhex(who), int(count)))
+    return tuple(out)

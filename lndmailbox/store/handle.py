@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from lndmailbox.store.allowlist import Allowlist
 from lndmailbox.store.client import as_str, check_binary, connect, redis_errors
 from lndmailbox.store.control import Control
-from lndmailbox.store.events import Events
+from lndmailbox.store.events import Events, stream_bound
 from lndmailbox.store.journal import Journal
 from lndmailbox.store.keys import ALL_MAILBOXES, Keys, node_of
 from lndmailbox.store.queues import Queues
@@ -43,7 +43,8 @@ from lndmailbox.store.server import Server
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVENTS_MAXLEN = 10_000
+_NEVER = 10**15
+"""An event stream bound (entries, seconds) no traffic reaches: no trimming."""
 
 
 class Store:
@@ -58,20 +59,27 @@ class Store:
         node: bytes,
         limits: Limits | None = None,
         *,
-        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        events_maxlen: int | None = None,
     ) -> None:
         check_pubkey("node", node)
         check_binary(redis)
         self.redis = redis
         self.node = node
         self.limits = limits or Limits()
+        # Without the daemon's limits (mailboxctl) a write must not trim by other caps or
+        # another TTL than the daemon's: it leaves the trimming to the daemon.
+        keep = self.limits.ttl if limits is not None else _NEVER
+        if events_maxlen is None:
+            events_maxlen = stream_bound(self.limits) if limits is not None else _NEVER
         self.events_maxlen = events_maxlen
         self.keys = Keys(node)
         self.prefix = self.keys.prefix
         self._owns_client = False
-        self.queues = Queues(redis, self.keys, self.limits, events_maxlen=events_maxlen)
+        self.queues = Queues(
+            redis, self.keys, self.limits, events_maxlen=events_maxlen, events_keep=keep
+        )
         self.allowlist = Allowlist(redis, self.keys)
-        self.events = Events(redis, self.keys, events_maxlen=events_maxlen)
+        self.events = Events(redis, self.keys, events_maxlen=events_maxlen, events_keep=keep)
         self.control = Control(redis, self.keys)
         self.journal = Journal(redis, self.keys, self.limits)
         self.server = Server(redis, self.keys)

@@ -71,6 +71,11 @@ class Keys:
         return self.prefix + "events"
 
     @property
+    def summary_key(self) -> str:
+        """The current interval's summary of what peers' traffic caused (store/events.py)."""
+        return self.prefix + "summary"
+
+    @property
     def lock_key(self) -> str:
         return self.prefix + "lock"
 

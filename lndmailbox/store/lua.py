@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # (rather than at its first write), and refuse it outright on Redis Cluster, where the
 # scripts' mix of one peer's keys and the node's keys would cross slots.
 SHEBANG = "#!lua flags=no-cluster\n"
+# The node lock's scripts touch one small key and must keep working while Redis refuses
+# writes for memory: a daemon that cannot renew its lease would lose the node.
+SHEBANG_ALLOW_OOM = "#!lua flags=no-cluster,allow-oom\n"
+_LOCK_SCRIPTS = frozenset({"renew_lock", "release_lock"})
 
 PeerScript = Literal["put", "peek", "remove", "remove_delivered", "attempt", "sweep", "purge"]
 """The scripts that work on one peer's keys (KEYS = queue, dedup, mail, usage, counters,
@@ -59,4 +63,6 @@ def program(name: Script) -> str:
         return SHEBANG + source("event") + source("peer") + body
     if name == "record":
         return SHEBANG + source("event") + body
+    if name in _LOCK_SCRIPTS:
+        return SHEBANG_ALLOW_OOM + body
     return SHEBANG + body

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from lndmailbox.errors import RecordError, StoreError
 from lndmailbox.store import lua
 from lndmailbox.store.client import as_bytes, as_items, as_str, redis_errors
+from lndmailbox.store.events import trim_argument
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import (
     Limits,
@@ -49,12 +50,20 @@ class Queues:
     """One FIFO queue per peer, with the node's index of peers with mail and byte totals."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, limits: Limits, *, events_maxlen: int
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        limits: Limits,
+        *,
+        events_maxlen: int,
+        events_keep: float | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits
         self.events_maxlen = events_maxlen
+        keep = limits.ttl if events_keep is None else events_keep
+        self.events_trim = trim_argument(events_maxlen, keep)
         self._put = redis.register_script(lua.program("put"))
         self._peek = redis.register_script(lua.program("peek"))
         self._remove = redis.register_script(lua.program("remove"))
@@ -98,9 +107,10 @@ class Queues:
             self.limits.max_messages_per_peer,
             self.limits.max_bytes_per_peer,
             self.limits.max_bytes_total,
-            self.events_maxlen,
+            self.events_trim,
             event_time(),
         ]
+        keys.append(self.keys.summary_key)
         key_ttl = max(keep_for + ms(self.limits.key_grace), 1)
         for i, msg in enumerate(stored):
             if i:
@@ -158,7 +168,7 @@ class Queues:
             removed += int(
                 await self._remove_delivered(
                     keys=self.keys.peer_keys(peer),
-                    args=[peer.hex(), self.events_maxlen, at, *items],
+                    args=[peer.hex(), self.events_trim, at, *items],
                 )
             )
         return removed
@@ -269,7 +279,7 @@ def _peer(member: object) -> bytes:
 
 
 def _put_result(msg: StoredMessage, reply: list[Any]) -> PutResult:
-    code = int(reply[0])
+    code = int(reply[0])  # 0 stored, 4 stored for a flooded peer (summarized)
     if code == 1:
         return PutResult(PutStatus.DUPLICATE, as_str(reply[1]), size=msg.size)
     if code == 2:
@@ -294,4 +304,5 @@ def _put_result(msg: StoredMessage, reply: list[Any]) -> PutResult:
         evicted_messages=tuple(evicted),
         message=msg,
         size=msg.size,
+        flooded=code == 4,
     )

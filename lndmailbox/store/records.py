@@ -166,7 +166,8 @@ class PutResult:
     (``evicted_messages`` the messages themselves, for events). DUPLICATE: the same
     (path_key, onion) is already queued; ``message_id`` is that one's. REJECTED_FULL: the
     node's byte cap would be passed. REJECTED_DAMAGED: the peer's keys hold the wrong types
-    of value. Nothing changed for the last three."""
+    of value. Nothing changed for the last three. ``flooded``: STORED for a peer flooded past
+    its cap, so summarized rather than published one by one (put.lua)."""
 
     status: PutStatus
     message_id: str
@@ -174,6 +175,7 @@ class PutResult:
     evicted_messages: tuple[StoredMessage, ...] = ()
     message: StoredMessage | None = None
     size: int = 0
+    flooded: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,10 @@ class PeerSummary:
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of the node's event stream."""
+    """One entry of the node's event stream. A ``summary`` entry (what peers' traffic
+    caused in one interval) also has ``of`` (the kind it counts), ``count``, ``top`` (the
+    peers or senders with the most, largest first), ``peers`` (how many there were) and
+    ``since`` (when the interval began)."""
 
     stream_id: str
     kind: str
@@ -210,6 +215,11 @@ class Event:
     size: int
     reason: str
     at: float
+    of: str = ""
+    count: int = 0
+    top: tuple[tuple[bytes, int], ...] = ()
+    peers: int = 0
+    since: float | None = None
 
 
 @dataclass(frozen=True)

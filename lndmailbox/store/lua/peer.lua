@@ -7,6 +7,8 @@ local HEADER = 52
 local Q, D, M, U, C, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PEER = ARGV[1]
 local F_MSGS, F_BYTES = 'messages:' .. PEER, 'bytes:' .. PEER
+-- The peer's flood mark (see put.lua): present while it is flooded past its cap.
+local F_FLOOD = 'flood:' .. PEER
 
 local function u48(s, i)
   local a, b, c, d, e, f = string.byte(s, i, i + 5)
@@ -24,9 +26,9 @@ local function hex(s) return (string.gsub(s, '.', function(c) return string.form
 
 -- Count an outcome and append its event, in the same step as the change it describes: a
 -- crash can then lose neither (the `stored` event is what wakes a phone).
-local function tell(kind, id, size, reason, maxlen, at)
+local function tell(kind, id, size, reason, trim, at)
   redis.call('HINCRBY', C, kind, 1)
-  append_event(E, maxlen, kind, PEER, id, size, reason, at)
+  append_event(E, trim, kind, PEER, id, size, reason, at)
 end
 
 -- The node-wide keys hold what the mailbox writes there (or nothing yet). Scripts that
@@ -47,6 +49,7 @@ local function repair()
   if redis.call('EXISTS', Q) == 1 then return end
   local pn = tonumber(redis.call('HGET', U, F_MSGS) or '0')
   local pb = tonumber(redis.call('HGET', U, F_BYTES) or '0')
+  redis.call('HDEL', U, F_FLOOD)
   if pn ~= 0 or pb ~= 0 then
     redis.call('HDEL', U, F_MSGS, F_BYTES)
     local tn = redis.call('HINCRBY', U, 'messages', -pn)
@@ -75,7 +78,7 @@ local function account(dn, db)
       redis.call('HINCRBY', U, 'messages', -pn)
       redis.call('HINCRBY', U, 'bytes', -pb)
     end
-    redis.call('HDEL', U, F_MSGS, F_BYTES)
+    redis.call('HDEL', U, F_MSGS, F_BYTES, F_FLOOD)
     redis.call('ZREM', M, PEER)
     redis.call('DEL', D)
   end
@@ -100,7 +103,10 @@ local function find(id)
 end
 
 -- Take one record out of the queue (at position pos) with its dedup entry.
+-- A flooded peer's first `flood:<peer>` messages are the ones told one by one (put.lua).
 local function take(pos, r)
   if pos == 0 then redis.call('LPOP', Q) else redis.call('LREM', Q, 1, r) end
   redis.call('HDEL', D, rec_digest(r))
+  local told = tonumber(redis.call('HGET', U, F_FLOOD) or '')
+  if told and pos < told then redis.call('HSET', U, F_FLOOD, told - 1) end
 end

@@ -1,15 +1,38 @@
 -- Several messages, possibly for several peers, in one atomic step.
--- KEYS: the first message's six keys, then queue and dedup of each further message.
--- ARGV: first peer, max messages, max bytes per peer, max bytes total, events maxlen, at
+-- KEYS: the first message's six keys, the summary, then queue and dedup of each further
+-- message.
+-- ARGV: first peer, max messages, max bytes per peer, max bytes total, events trim, at
 -- (seconds), then for each message: peer, record, key ttl ms, id hex.
--- Counts and publishes stored, duplicate and evicted with the change.
--- Returns one reply per message: {0, id, evicted records...} | {1, existing id} | {2} (full)
--- | {3} (the peer's keys hold the wrong types). Types are checked before anything is written,
--- so that a damaged key costs its own message and never leaves a batch half done.
+-- Counts stored, duplicate and evicted with the change, and publishes them with it, or
+-- summarizes them where a peer's traffic alone causes them:
+-- * a duplicate is always summarized;
+-- * a put that has to evict marks its peer as flooded (usage field `flood:<peer>`) until
+--   the peer's queue is empty again (delivered, expired or purged). A flooded peer's puts
+--   are summarized (reply code 4 instead of 0), and so are the evictions of what they
+--   stored. The mark holds how many of the messages queued when the flood began are still
+--   to be evicted: those were told one by one, and so is their eviction (the queue is FIFO,
+--   so they are the next to go).
+-- Returns one reply per message: {0 | 4, id, evicted records...} | {1, existing id} | {2}
+-- (full) | {3} (the peer's keys hold the wrong types). Types are checked before anything
+-- is written, so that a damaged key costs its own message and never leaves a batch half
+-- done.
 
 local maxn, maxb, maxt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local maxlen, at = ARGV[5], ARGV[6]
-if not node_keys_ok() then return redis.error_reply(NODE_KEYS_DAMAGED) end
+local trim, at = ARGV[5], ARGV[6]
+local S = KEYS[7]
+if not (node_keys_ok() and holds(S, 'hash')) then return redis.error_reply(NODE_KEYS_DAMAGED) end
+
+-- Publish an outcome of a message for PEER, or add it to the interval's summary (a
+-- flooded peer's stores under the reason `flooded`).
+local function outcome(told, kind, id, size, reason)
+  if told then
+    tell(kind, id, size, reason, trim, at)
+  else
+    redis.call('HINCRBY', C, kind, 1)
+    if kind == 'stored' then reason = 'flooded' end
+    summarize(S, kind, reason, PEER, 1, at)
+  end
+end
 
 local function put(rec, ttl, id)
   if not (holds(Q, 'list') and holds(D, 'hash')) then return {3} end
@@ -18,7 +41,7 @@ local function put(rec, ttl, id)
   local existing = redis.call('HGET', D, digest)
   if existing == id then return {0, id} end -- this very write, run again: told already
   if existing then
-    tell('duplicate', existing, rec_size(rec), '', maxlen, at)
+    outcome(false, 'duplicate', existing, rec_size(rec), '')
     return {1, existing}
   end
   local size = rec_size(rec)
@@ -33,11 +56,15 @@ local function put(rec, ttl, id)
     evb = evb + rec_size(old)
   end
   if total - evb + size > maxt then return {2} end
+  -- how many of the queued messages were told one by one; nil: the peer is not flooded
+  local told_left = tonumber(redis.call('HGET', U, F_FLOOD) or '')
+  if #evicted > 0 and told_left == nil then told_left = n end
   if #evicted > 0 then
     redis.call('LTRIM', Q, #evicted, -1)
     for _, old in ipairs(evicted) do
       redis.call('HDEL', D, rec_digest(old))
-      tell('evicted', hex(rec_id(old)), rec_size(old), 'peer_cap', maxlen, at)
+      outcome(told_left > 0, 'evicted', hex(rec_id(old)), rec_size(old), 'peer_cap')
+      if told_left > 0 then told_left = told_left - 1 end
     end
   end
   redis.call('RPUSH', Q, rec)
@@ -45,8 +72,9 @@ local function put(rec, ttl, id)
   account(1 - #evicted, size - evb)
   redis.call('ZADD', M, 'LT', rec_expires(rec), PEER)
   for _, key in ipairs({Q, D, M, U}) do extend(key, ttl) end
-  tell('stored', id, size, '', maxlen, at)
-  local out = {0, id}
+  if told_left ~= nil then redis.call('HSET', U, F_FLOOD, told_left) end
+  outcome(told_left == nil, 'stored', id, size, '')
+  local out = {told_left == nil and 0 or 4, id}
   for _, old in ipairs(evicted) do out[#out + 1] = old end
   return out
 end
@@ -56,9 +84,9 @@ local k = 0
 for i = 7, #ARGV, 4 do
   if k > 0 then
     -- the prelude's functions work on these: point them at this message's peer
-    Q, D = KEYS[5 + 2 * k], KEYS[6 + 2 * k]
+    Q, D = KEYS[6 + 2 * k], KEYS[7 + 2 * k]
     PEER = ARGV[i]
-    F_MSGS, F_BYTES = 'messages:' .. PEER, 'bytes:' .. PEER
+    F_MSGS, F_BYTES, F_FLOOD = 'messages:' .. PEER, 'bytes:' .. PEER, 'flood:' .. PEER
   end
   replies[#replies + 1] = put(ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
   k = k + 1

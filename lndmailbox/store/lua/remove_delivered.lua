@@ -1,4 +1,4 @@
--- ARGV: peer, events maxlen, at (seconds), then (binary id, size) of each message lnd
+-- ARGV: peer, events trim, at (seconds), then (binary id, size) of each message lnd
 -- accepted. Counts and publishes each as delivered, also one evicted, expired or purged
 -- while it was on its way (the peer got it all the same), and removes those still queued.
 -- Returns how many were still queued.
