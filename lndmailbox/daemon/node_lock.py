@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 LOCK_LEASE = 15.0
 HEARTBEAT_INTERVAL = 5.0
+RELEASE_WITHIN = 0.5
+"""Seconds the lock's release may take at the stop before it is left to its lease."""
 _POLL = 2.0
 """Seconds between looks at a lock another daemon holds."""
 
@@ -77,10 +79,18 @@ class NodeLock:
                 yield
             finally:
                 if self._lost is None:
-                    with contextlib.suppress(MailboxError):
-                        await self._control.release_lock(self.owner)
+                    await self._release()
         if self._lost is not None:
             raise self._lost
+
+    async def _release(self) -> None:
+        """Gives the lock back, within :data:`RELEASE_WITHIN`: a Redis that hangs must not
+        hold up the stop (the lease then runs out by itself)."""
+        try:
+            async with asyncio.timeout(RELEASE_WITHIN):
+                await self._control.release_lock(self.owner)
+        except (MailboxError, TimeoutError) as e:
+            log.warning("could not release the node lock (%s); its lease will run out", e)
 
     async def _acquire(self, stop: asyncio.Event) -> bool:
         """Waits for the lock; False if stopped first."""

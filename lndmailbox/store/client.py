@@ -57,9 +57,15 @@ def connect(url: str, *, max_connections: int, **redis_kwargs: Any) -> aioredis.
     redis_kwargs.setdefault("socket_connect_timeout", 5.0)
     redis_kwargs.setdefault("socket_timeout", 30.0)
     # After a Redis restart every pooled connection is stale: a command that meets one
-    # reconnects and is sent again, rather than failing once per pooled connection.
+    # reconnects and is sent again, rather than failing once per pooled connection. A
+    # timeout is not retried here: a hung Redis would cost four socket timeouts a call.
     redis_kwargs.setdefault(
-        "retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+        "retry",
+        Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+            retries=3,
+            supported_errors=(rexc.ConnectionError,),
+        ),
     )
     redis_kwargs.setdefault("retry_on_error", [rexc.ConnectionError])
     pool_timeout = redis_kwargs.pop("pool_timeout", 20.0)

@@ -191,6 +191,11 @@ class RedisServer:
             process.wait()
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id, while this object runs one."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._adopted or (self._process is not None and self._process.poll() is None)
 
