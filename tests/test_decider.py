@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from lndmailbox.clock import SystemClock
 from lndmailbox.daemon.decider import Decider
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
@@ -14,6 +16,7 @@ from lndmailbox.daemon.outgoing import OutgoingMessage
 from lndmailbox.daemon.peers import ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
+from lndmailbox.errors import LndCredentialsError
 from lndmailbox.lnd import IncomingOnionMessage, Transport
 from lndmailbox.onion import BlindedHopSpec, LocalNodeKey, message_via
 from lndmailbox.store import Store
@@ -146,3 +149,57 @@ async def test_run_decides_everything_queued_before_it_stops(redis_url: str) -> 
     assert kept.messages == []
     dropped = metrics.registry.get_sample_value("lndmailbox_dropped_total", {"reason": "final_hop"})
     assert dropped == 5
+
+
+class RefusedSigner:
+    """lnd refusing the macaroon on every peel."""
+
+    async def ecdh(self, point: bytes) -> bytes:
+        raise LndCredentialsError(
+            "macaroon has expired", rpc="DeriveSharedKey", code="UNAUTHENTICATED", retryable=False
+        )
+
+
+async def test_what_a_credential_stop_leaves_is_left_for_the_shutdown(redis_url: str) -> None:
+    """The one in hand and those set aside after lnd refused the macaroon are left for the
+    shutdown to account for: journaled, for the next daemon; not (Redis was away), lost."""
+    node = LocalNodeKey.generate()
+    clock = SystemClock()
+    metrics = Metrics()
+    decided, kept = Decided(), Kept()
+    queue = DecisionQueue()
+    async with Store.from_url(redis_url, node.pubkey) as store:
+        channels = ChannelMap(NoChannels(), clock)
+        decider = Decider(
+            node_id=node.pubkey,
+            node_key=RefusedSigner(),
+            transport=Transport.CUSTOM,
+            peers=PeerTracker(clock),
+            channels=channels,
+            policy=Policy(
+                allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
+            ),
+            sender=NothingSent(),
+            keeper=kept,
+            journal=decided,
+            race=RaceGuard(clock, 0),
+            reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+            metrics=metrics,
+            clock=clock,
+            queue=queue,
+            workers=1,
+        )
+        arrivals = []
+        for i in range(4):
+            _, message = message_via([node.pubkey], {65: b"%d" % i})
+            incoming = IncomingOnionMessage(
+                peer=LocalNodeKey.generate().pubkey, path_key=message.path_key, onion=message.onion
+            )
+            arrivals.append(Arrival(incoming, None if i % 2 else f"entry-{i}"))
+        for arrival in arrivals:
+            queue.put_nowait(arrival)
+        with pytest.raises(LndCredentialsError):
+            await asyncio.wait_for(decider.run(asyncio.Event()), 10)
+    assert decided.entries == []
+    assert kept.messages == []
+    assert sorted(queue.undecided(), key=arrivals.index) == arrivals

@@ -8,9 +8,10 @@ and a decision, in its memory and in Redis's journal, stays under it.
   summary lines; the code's own accounting never passed the cap, and neither did the
   journal's hash in Redis (``MEMORY USAGE``, sampled through the burst).
 - The journal writer: a batch Redis did not take is written with the next one; one it
-  never could (Redis away at shutdown) is counted as lost; and no write sends Redis more
-  than ``_WRITE_BYTES`` of messages (Redis's own record of its largest client input
-  buffer).
+  never could (Redis away at shutdown, or hung and the last write cancelled) is counted
+  as lost; an entry whose write Redis applied but whose reply was lost is deleted once
+  decided; and no write sends Redis more than ``_WRITE_BYTES`` of messages (Redis's own
+  record of its largest client input buffer).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import coincurve
@@ -40,7 +42,7 @@ from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.onion import BlindedHopSpec, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
-from lndmailbox.store import RedisServer, Store, free_port
+from lndmailbox.store import Journal, NewEntry, RedisServer, Store, free_port
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 
 CAP = 256 * 1024
@@ -257,3 +259,58 @@ async def test_what_was_never_journaled_at_shutdown_is_counted_lost(tmp_path: Pa
     lost = metrics.registry.get_sample_value("lndmailbox_lost_total", {"reason": "shutdown"})
     assert lost == 2
     assert writer.bytes == 0
+
+
+async def test_a_last_write_cut_short_by_the_shutdown_is_counted_lost(tmp_path: Path) -> None:
+    """Redis hangs (SIGSTOP): the shutdown cancels the journal's last write; what it held
+    is counted lost, not dropped uncounted."""
+    metrics = Metrics()
+    async with journal_on_own_redis(tmp_path, metrics) as (redis, _, writer):
+        pid = redis.pid
+        assert pid is not None
+        for n in range(3):
+            writer.add(incoming(n), time.time())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stop = asyncio.Event()
+            stop.set()
+            task = asyncio.create_task(writer.run(stop))  # its last flush, Redis hung
+            await asyncio.sleep(0.3)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    lost = metrics.registry.get_sample_value("lndmailbox_lost_total", {"reason": "shutdown"})
+    assert lost == 3
+    assert writer.bytes == 0
+
+
+class ReplyLost(Journal):
+    """Redis applies the write, and its reply is lost (a timeout): ``lose`` times."""
+
+    def __init__(self, journal: Journal, lose: int) -> None:
+        super().__init__(journal.redis, journal.keys, journal.limits)
+        self.lose = lose
+
+    async def write(self, added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> None:
+        await super().write(added, decided)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailableError("Timeout reading from socket")
+
+
+async def test_an_entry_whose_write_lost_its_reply_is_deleted_once_decided(
+    tmp_path: Path,
+) -> None:
+    async with journal_on_own_redis(tmp_path, Metrics()) as (_, store, _writer):
+        reporter = Reporter(node=point(), metrics=Metrics(), events=store.events)
+        writer = JournalWriter(ReplyLost(store.journal, lose=1), SystemClock(), reporter)
+        entry = writer.add(incoming(0), time.time())
+        with pytest.raises(StoreUnavailableError):
+            await writer.flush()  # applied, though it looks failed
+        writer.decided(entry)  # before the next write
+        await writer.flush()
+        assert await store.journal.pending() == [], "a decided message stays journaled"
+        assert writer.bytes == 0

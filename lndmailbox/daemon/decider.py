@@ -24,6 +24,9 @@ lnd failing us is never the message's fault, so it never drops one:
   revoked, a permission missing), from the signer or any other call, leaves the message
   undecided (journaled) and stops the decider with that error, which stops the daemon
   non-zero; the next daemon, given a macaroon lnd accepts, decides what is journaled.
+  That message and those taken afterwards go to the shutdown with the rest left
+  undecided (:meth:`DecisionQueue.undecided`): one never journaled (Redis was away) is
+  counted lost there.
 - the signer away (UNAVAILABLE, lnd restarting) is waited out with
   :class:`~lndmailbox.retry.Retry` until lnd answers or the daemon stops; a message the
   stop cuts short stays journaled.
@@ -154,9 +157,10 @@ class Decider:
         while (left := end - loop.time()) > 0 and not (self._stop and self._stop.is_set()):
             try:
                 async with asyncio.timeout(min(left, SET_ASIDE_QUIET)):
-                    await self._queue.get()
+                    arrival = await self._queue.get()
             except TimeoutError:
                 return
+            self._queue.leave_undecided(arrival)  # journaled, or lost at shutdown if not
             self._queue.task_done()
 
     async def _work(self) -> None:
@@ -165,6 +169,7 @@ class Decider:
             try:
                 await self.decide(arrival)
             except LndCredentialsError as e:
+                self._queue.leave_undecided(arrival)
                 if self._failure is None:
                     self._failure = e
                     self._failed.set()

@@ -75,9 +75,14 @@ class DecisionQueue(asyncio.Queue[Arrival]):
                 self._cut_short.append(item)  # its worker was stopped before it decided
         super().task_done()
 
+    def leave_undecided(self, item: Arrival) -> None:
+        """``item``, taken, is left undecided (lnd refused the macaroon): the shutdown
+        accounts for it with the rest (:meth:`undecided`)."""
+        self._cut_short.append(item)
+
     def undecided(self) -> list[Arrival]:
-        """Takes every message never taken, and every one whose worker was cancelled
-        before deciding it: what the decider left when it stopped."""
+        """Takes every message never taken, every one whose worker was cancelled before
+        deciding it, and every one left undecided: what the decider left when it stopped."""
         left = self._cut_short
         self._cut_short = []
         while not self.empty():

@@ -15,13 +15,16 @@ it again gives at worst a duplicate (the store keeps one copy of a queued messag
 While Redis is unreachable the journal is skipped: after a failure no journaling is tried
 for a while (the :class:`~lndmailbox.retry.Backoff` of the outage, which is logged once),
 and the decider runs on the store writer's memory buffer. A batch that failed stays to
-be written with the next one: its messages are not journaled until Redis takes it.
+be written with the next one: its messages are not journaled until Redis takes it. A
+failed write may still have been applied (a reply lost to a timeout), so each of its
+entries is deleted once decided, even when that is before it was written again.
 
 :attr:`JournalWriter.bytes` counts the messages journaled (or to be) and not yet
 decided, which is what the journal holds in Redis: the message reader turns messages
 away rather than let it pass ``--max-in-flight-bytes``. A daemon stopping while Redis is
-away cannot journal what is still to be written: those messages are counted as lost
-(``shutdown``), with one line that says how many.
+away (or hung, its last write cancelled by the shutdown's budget) cannot journal what is
+still to be written: those messages are counted as lost (``shutdown``), with one line
+that says how many.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class JournalWriter:
         self.peak_bytes = 0
         """The most :attr:`bytes` has been."""
         self._decided: list[str] = []
+        self._maybe_written: set[str] = set()
+        """Entries of writes that failed: Redis may have applied them (a reply lost to a
+        timeout), so once decided each is deleted, whether or not it is written again."""
         self._paused_until = 0.0
         self._outage = Outage("journaling messages in Redis", log)
         self._backoff = Backoff()
@@ -94,7 +100,9 @@ class JournalWriter:
         if entry is None:
             return
         self.bytes -= self._sizes.pop(entry, 0)
-        if self._to_write.pop(entry, None) is None:
+        unwritten = self._to_write.pop(entry, None) is not None
+        if not unwritten or entry in self._maybe_written:
+            self._maybe_written.discard(entry)
             self._decided.append(entry)
             self._wakeup.set()
 
@@ -133,29 +141,46 @@ class JournalWriter:
                 await self._journal.write(
                     [(entry, *fields) for entry, fields in to_write[start:end]], decided
                 )
+                self._maybe_written.difference_update(entry for entry, _ in to_write[start:end])
                 decided, start = [], end
                 if start >= len(to_write):
                     break
-        except StoreError as e:
+        except BaseException as e:
+            # Whatever ended it (a Redis error, or the shutdown cancelling a write Redis
+            # does not answer), what was not written is put back: written with the next
+            # batch, or counted lost at shutdown. The batch on its way may have been
+            # applied: its entries are deleted once decided.
             self._decided[:0] = decided
-            # Not journaled: written with the next batch (the ones decided meanwhile are
-            # gone from _sizes and need no writing).
+            self._maybe_written.update(
+                entry for entry, _ in to_write[start : _batch_end(to_write, start)]
+            )
+            # The ones decided meanwhile are gone from _sizes and need no writing.
             self._to_write = {
                 entry: fields
                 for entry, fields in (*to_write[start:], *self._to_write.items())
                 if entry in self._sizes
             }
             self._wakeup.set()
-            self._outage.failed(e)
-            if isinstance(e, StoreUnavailableError):
-                # Its messages go on, held in memory only until a later batch goes through.
-                pause = self._backoff.delay(self._outage.failures)
-                self._paused_until = self._clock.monotonic() + pause
+            if isinstance(e, StoreError):
+                self._outage.failed(e)
+                if isinstance(e, StoreUnavailableError):
+                    # Its messages go on, held in memory only until a later batch goes
+                    # through.
+                    pause = self._backoff.delay(self._outage.failures)
+                    self._paused_until = self._clock.monotonic() + pause
             raise
         self._outage.recovered()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Writes batches until ``stop`` is set, then once more."""
+        """Writes batches until ``stop`` is set, then once more. Cancelled (the shutdown's
+        budget ran out, Redis hung), what was still to be journaled is counted lost."""
+        try:
+            await self._run(stop)
+        except asyncio.CancelledError:
+            self._lose_unwritten()
+            raise
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await wait_either(self._wakeup, stop)
             self._wakeup.clear()

@@ -10,9 +10,12 @@ buffer (``buffer_limit``, ``--buffer-messages``) and the write is retried with b
 (``buffer_full``), with one line when the buffer fills and one when it has room again.
 At shutdown the buffer is written out if Redis allows.
 
-A message's journal entry is forgotten once it is written (or refused for good), never
-before: a message the writer could not write is decided again by the next daemon. One
-lost to a full buffer is forgotten too: it is counted as lost, so it must not come back.
+A message's journal entry is forgotten once it is written, never before: a message the
+writer could not write for Redis being away is decided again by the next daemon. One
+counted as lost (a full buffer, the store refusing it, a peer's keys damaged) is
+forgotten too: it is counted as lost, so it must not come back. Such losses are logged
+once per episode, with one line when it starts and one with the count when it ends (or
+at shutdown): a flood towards a damaged peer gives two lines, not one per message.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ class StoreWriter:
         self._wakeup = asyncio.Event()
         self._overflow = 0
         """Messages lost since the buffer filled (0 while it has room)."""
+        self._refused = 0
+        """Messages lost since the store started refusing writes (0 while it takes them)."""
+        self._damaged: dict[bytes, int] = {}
+        """Per peer whose keys hold the wrong type, messages lost since it was found so."""
         self._retry = Retry(
             f"writing messages to Redis (holding up to {buffer_limit} in memory)",
             log,
@@ -108,6 +115,8 @@ class StoreWriter:
             if self._pending:
                 self._give_up_at_shutdown(StoreUnavailableError("no answer before shutdown"))
             raise
+        finally:
+            self._end_losses("at shutdown")
 
     async def _run(self, stop: asyncio.Event) -> None:
         while True:
@@ -129,14 +138,22 @@ class StoreWriter:
                     return
                 continue
             except StoreError as e:
-                # The script checks before it writes, so nothing was stored: they stay
-                # journaled, and a later daemon tries again.
-                log.error("store refused %d messages: %s", len(batch), e)
+                # The script checks before it writes, so nothing was stored: lost, and
+                # counted, so forgotten (a later daemon must not deliver them).
+                if not self._refused:
+                    log.error(
+                        "the store refused a write (%s): messages to keep are lost until it "
+                        "takes writes again",
+                        e,
+                    )
                 for message, _ in batch:
                     self._pending.popleft()
+                    self._refused += 1
+                    self._journal.decided(message.entry)
                     self._reporter.lost(message.peer, message.size, "store_error")
                 self._has_room_again()
                 continue
+            self._end_losses("")
             self._written(batch, results)
 
     async def _write(self, batch: list[_Pending]) -> list[PutResult]:
@@ -154,13 +171,41 @@ class StoreWriter:
         for (message, _), result in zip(batch, results, strict=True):
             self._pending.popleft()
             self._report(message, result)
-            if result.status is not PutStatus.REJECTED_DAMAGED:
-                self._journal.decided(message.entry)  # else left journaled, as if refused
+            self._journal.decided(message.entry)
         self._has_room_again()
+
+    def _end_losses(self, when: str) -> None:
+        """Closes the episodes of refused writes (and, ``when`` given, of damaged peers)
+        with the count each lost."""
+        if self._refused:
+            log.warning(
+                "%s; %d messages were lost while it refused them",
+                f"the store still refuses writes {when}"
+                if when
+                else "the store takes writes again",
+                self._refused,
+            )
+            self._refused = 0
+        if when:
+            for peer, count in self._damaged.items():
+                self._log_damaged_end(peer, count, when)
+            self._damaged.clear()
+
+    @staticmethod
+    def _log_damaged_end(peer: bytes, count: int, when: str) -> None:
+        log.warning(
+            "%d messages for peer %s were lost to its damaged Redis keys (%s)",
+            count,
+            peer.hex(),
+            when,
+        )
 
     def _report(self, message: OutgoingMessage, result: PutResult) -> None:
         for evicted_id in result.evicted:
             self._reporter.evicted(message.peer, evicted_id)
+        if result.status is not PutStatus.REJECTED_DAMAGED and message.peer in self._damaged:
+            count = self._damaged.pop(message.peer)
+            self._log_damaged_end(message.peer, count, "its keys take writes again")
         if result.status is PutStatus.STORED:
             self._reporter.stored(
                 message.peer,
@@ -175,11 +220,13 @@ class StoreWriter:
         elif result.status is PutStatus.DUPLICATE:
             self._reporter.duplicate(message.peer, result.message_id, message.size)
         elif result.status is PutStatus.REJECTED_DAMAGED:
-            log.error(
-                "Redis keys of peer %s hold values of the wrong type (not written by the "
-                "mailbox?); a message for it is lost",
-                message.peer.hex(),
-            )
+            if message.peer not in self._damaged:
+                log.error(
+                    "Redis keys of peer %s hold values of the wrong type (not written by the "
+                    "mailbox?); messages for it are lost until they are mended",
+                    message.peer.hex(),
+                )
+            self._damaged[message.peer] = self._damaged.get(message.peer, 0) + 1
             self._reporter.lost(message.peer, message.size, "store_error")
         else:
             self._reporter.dropped(
