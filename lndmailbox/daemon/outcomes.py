@@ -15,7 +15,8 @@ duplicates, losses and a flooded peer's stores and evictions are summed per inte
 senders that caused the most. In the log, the first of each kind and reason in an interval
 gets its own line and, when more followed, one ``event=summary`` line at the interval's end
 gives their count: at most two lines per reason per interval. A stored message gets its
-INFO line and its webhook call unless its peer is flooded.
+INFO line and its webhook call unless the store summarized it (a flooded peer's stores but
+its first each interval, which still wakes the peer: store/lua/put.lua).
 
 While Redis is unreachable the pending events wait (up to ``_PENDING_EVENTS_LIMIT``, then
 the newest are counted as not published) and the writes back off; the outage is logged
@@ -152,8 +153,9 @@ class Reporter:
         flooded: bool = False,
     ) -> None:
         """Counted and published (or, ``flooded``, summarized) by the store's put. A flooded
-        peer's stores are neither logged one by one nor sent to the webhook: the peer was
-        told of mail already, and a flood must not fill the disk or the webhook's queue."""
+        peer's summarized stores are neither logged one by one nor sent to the webhook: a
+        flood must not fill the disk or the webhook's queue. Its first store each interval is
+        not summarized (``flooded`` is False): logged and sent, so the peer is still woken."""
         self._metrics.stored.inc()
         if flooded:
             self._summarized_line("stored", "flooded", peer, logging.INFO, id=message_id)

@@ -40,16 +40,30 @@ SUMMARY_REASONS = 64
 """Summary entries one interval can append at most: one per kind and reason (32 today: the
 drop reasons, duplicate, a flooded peer's stored and evicted, the lost reasons)."""
 DEFAULT_SUMMARY_INTERVAL = 60.0
+WAKE_UPS_PER_INTERVAL = 64
+"""Stores of flooded peers one interval may still tell one by one (``stored`` entry and
+webhook), over all peers: each flooded peer's first in the interval (store/lua/put.lua)."""
+
+
+def wake_argument(
+    interval: float = DEFAULT_SUMMARY_INTERVAL, most: int = WAKE_UPS_PER_INTERVAL
+) -> str:
+    """The put script's wake-ups: a flooded peer's first store in each ``interval`` seconds
+    of Redis's clock is told, at most ``most`` of them per interval over all peers."""
+    return f"{max(int(interval), 1)} {most}"
 
 
 def stream_bound(limits: Limits, summary_interval: float = DEFAULT_SUMMARY_INTERVAL) -> int:
     """The most entries one TTL of traffic can append, deliveries aside (docs/notifications.md):
     with N standard messages fitting under ``max_bytes_total``, at most 2N are stored and told
     one by one in a TTL, each with one removal entry, plus one removal for each of the N
-    queued when the TTL began (5N), and one summary entry per reason per interval."""
+    queued when the TTL began (5N); flooded peers' wake-ups, at most W per interval of
+    Redis's clock (a TTL touches I + 1 of them), each with one removal entry; and one summary
+    entry per reason per interval: ``5N + 2W(I + 1) + 64 I``."""
     n = limits.max_bytes_total // STANDARD_MESSAGE_SIZE
     intervals = math.ceil(limits.ttl / summary_interval)
-    return 5 * n + SUMMARY_REASONS * intervals
+    wake_ups = 2 * WAKE_UPS_PER_INTERVAL * (intervals + 1)
+    return 5 * n + wake_ups + SUMMARY_REASONS * intervals
 
 
 def trim_argument(maxlen: int, keep: float) -> str:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from lndmailbox.errors import RecordError, StoreError
 from lndmailbox.store import lua
 from lndmailbox.store.client import as_bytes, as_items, as_str, redis_errors
-from lndmailbox.store.events import trim_argument
+from lndmailbox.store.events import trim_argument, wake_argument
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import (
     Limits,
@@ -64,6 +64,7 @@ class Queues:
         self.events_maxlen = events_maxlen
         keep = limits.ttl if events_keep is None else events_keep
         self.events_trim = trim_argument(events_maxlen, keep)
+        self.wake_ups = wake_argument()
         self._put = redis.register_script(lua.program("put"))
         self._peek = redis.register_script(lua.program("peek"))
         self._remove = redis.register_script(lua.program("remove"))
@@ -109,6 +110,7 @@ class Queues:
             self.limits.max_bytes_total,
             self.events_trim,
             event_time(),
+            self.wake_ups,
         ]
         keys.append(self.keys.summary_key)
         key_ttl = max(keep_for + ms(self.limits.key_grace), 1)
@@ -279,7 +281,7 @@ def _peer(member: object) -> bytes:
 
 
 def _put_result(msg: StoredMessage, reply: list[Any]) -> PutResult:
-    code = int(reply[0])  # 0 stored, 4 stored for a flooded peer (summarized)
+    code = int(reply[0])  # 0 stored and told, 4 stored for a flooded peer (summarized)
     if code == 1:
         return PutResult(PutStatus.DUPLICATE, as_str(reply[1]), size=msg.size)
     if code == 2:

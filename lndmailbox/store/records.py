@@ -167,7 +167,8 @@ class PutResult:
     (path_key, onion) is already queued; ``message_id`` is that one's. REJECTED_FULL: the
     node's byte cap would be passed. REJECTED_DAMAGED: the peer's keys hold the wrong types
     of value. Nothing changed for the last three. ``flooded``: STORED for a peer flooded past
-    its cap, so summarized rather than published one by one (put.lua)."""
+    its cap, so summarized rather than published one by one (put.lua; a flooded peer's first
+    store each interval is published, and is not ``flooded``)."""
 
     status: PutStatus
     message_id: str

@@ -7,16 +7,17 @@ repair()
 local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local skip = {}
 for i = 4, #ARGV do skip[ARGV[i]] = true end
-local ready, expired = {}, {}
+local ready, expired, at = {}, {}, {}
 local pos, db = 0, 0
 while #ready < limit do
   local chunk = redis.call('LRANGE', Q, pos, pos + limit + 15)
   if #chunk == 0 then break end
-  for _, r in ipairs(chunk) do
+  for j, r in ipairs(chunk) do
     if skip[rec_id(r)] then
       -- in hand
     elseif rec_expires(r) <= now then
       expired[#expired + 1] = r
+      at[#at + 1] = pos + j - 1
       db = db - rec_size(r)
     else
       ready[#ready + 1] = r
@@ -25,7 +26,12 @@ while #ready < limit do
   end
   pos = pos + #chunk
 end
-for _, r in ipairs(expired) do take(1, r) end
+-- where each sat before any went, for the flood mark (peer.lua, untell)
+untell(at)
+for _, r in ipairs(expired) do
+  redis.call('LREM', Q, 1, r)
+  redis.call('HDEL', D, rec_digest(r))
+end
 if #expired > 0 then account(-#expired, db) end
 local out = {#ready}
 for _, r in ipairs(ready) do out[#out + 1] = r end

@@ -9,6 +9,9 @@ local PEER = ARGV[1]
 local F_MSGS, F_BYTES = 'messages:' .. PEER, 'bytes:' .. PEER
 -- The peer's flood mark (see put.lua): present while it is flooded past its cap.
 local F_FLOOD = 'flood:' .. PEER
+-- The summary interval (Redis's clock) in which a flooded peer's store was last told one by
+-- one (put.lua): present only while it is flooded.
+local F_WOKE = 'woke:' .. PEER
 
 local function u48(s, i)
   local a, b, c, d, e, f = string.byte(s, i, i + 5)
@@ -49,7 +52,7 @@ local function repair()
   if redis.call('EXISTS', Q) == 1 then return end
   local pn = tonumber(redis.call('HGET', U, F_MSGS) or '0')
   local pb = tonumber(redis.call('HGET', U, F_BYTES) or '0')
-  redis.call('HDEL', U, F_FLOOD)
+  redis.call('HDEL', U, F_FLOOD, F_WOKE)
   if pn ~= 0 or pb ~= 0 then
     redis.call('HDEL', U, F_MSGS, F_BYTES)
     local tn = redis.call('HINCRBY', U, 'messages', -pn)
@@ -78,7 +81,7 @@ local function account(dn, db)
       redis.call('HINCRBY', U, 'messages', -pn)
       redis.call('HINCRBY', U, 'bytes', -pb)
     end
-    redis.call('HDEL', U, F_MSGS, F_BYTES, F_FLOOD)
+    redis.call('HDEL', U, F_MSGS, F_BYTES, F_FLOOD, F_WOKE)
     redis.call('ZREM', M, PEER)
     redis.call('DEL', D)
   end
@@ -102,11 +105,22 @@ local function find(id)
   return nil
 end
 
--- Take one record out of the queue (at position pos) with its dedup entry.
 -- A flooded peer's first `flood:<peer>` messages are the ones told one by one (put.lua).
+-- Records removed from anywhere in the queue: `positions` are where they sat (0-based, all
+-- taken before any was removed); those inside the told prefix shorten it.
+local function untell(positions)
+  local told = tonumber(redis.call('HGET', U, F_FLOOD) or '')
+  if not told then return end
+  local k = 0
+  for _, pos in ipairs(positions) do
+    if pos < told then k = k + 1 end
+  end
+  if k > 0 then redis.call('HSET', U, F_FLOOD, math.max(told - k, 0)) end
+end
+
+-- Take one record out of the queue (at position pos) with its dedup entry.
 local function take(pos, r)
   if pos == 0 then redis.call('LPOP', Q) else redis.call('LREM', Q, 1, r) end
   redis.call('HDEL', D, rec_digest(r))
-  local told = tonumber(redis.call('HGET', U, F_FLOOD) or '')
-  if told and pos < told then redis.call('HSET', U, F_FLOOD, told - 1) end
+  untell({pos})
 end

@@ -7,10 +7,12 @@ local all = redis.call('LRANGE', Q, 0, -1)
 local out = {}
 local earliest = nil
 local db = 0
+local at = {}
 for i, r in ipairs(all) do
   local e = rec_expires(r)
   if e <= now then
     out[#out + 1] = r
+    at[#at + 1] = i - 1
     db = db - rec_size(r)
   elseif earliest == nil or e < earliest then
     earliest = e
@@ -28,6 +30,7 @@ elseif #out > 0 then
   end
 end
 for _, r in ipairs(out) do redis.call('HDEL', D, rec_digest(r)) end
+untell(at) -- the flood mark (peer.lua); an emptied queue clears it in account()
 account(-#out, db)
 if earliest then redis.call('ZADD', M, earliest, PEER) end
 return out
