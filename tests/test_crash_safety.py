@@ -81,7 +81,9 @@ def daemon_command(node: SimNode, cert: Path, macaroon: Path, redis_url: str) ->
 async def test_sigkill_loses_nothing_stored(
     personality: Personality, redis_url: str, tmp_path: Path
 ) -> None:
-    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    seed = int(os.environ.get("CRASH_SEED") or int.from_bytes(os.urandom(4), "big"))
+    print(f"crash test seed {seed} (replay with CRASH_SEED={seed})")
+    rng = random.Random(seed)
     node = SimNode(personality, onion_rate_limits=None)
     await node.start()
     alice = node.add_peer("alice")
