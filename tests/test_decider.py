@@ -18,7 +18,7 @@ from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.errors import LndCredentialsError
 from lndmailbox.lnd import IncomingOnionMessage, Transport
-from lndmailbox.onion import BlindedHopSpec, LocalNodeKey, message_via
+from lndmailbox.onion import BlindedHopSpec, LocalNodeKey, NodeKey, message_via
 from lndmailbox.store import Store
 
 
@@ -64,33 +64,57 @@ class Decided:
         self.entries.append(entry)
 
 
+def _decider(
+    store: Store,
+    node: LocalNodeKey,
+    node_key: NodeKey,
+    *,
+    kept: Kept,
+    decided: Decided,
+    metrics: Metrics,
+    queue: DecisionQueue,
+    workers: int,
+) -> Decider:
+    """A decider on the custom transport that keeps mail for any channel peer (none here)."""
+    clock = SystemClock()
+    channels = ChannelMap(NoChannels(), clock)
+    return Decider(
+        node_id=node.pubkey,
+        node_key=node_key,
+        transport=Transport.CUSTOM,
+        peers=PeerTracker(clock),
+        channels=channels,
+        policy=Policy(
+            allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
+        ),
+        sender=NothingSent(),
+        keeper=kept,
+        journal=decided,
+        race=RaceGuard(clock, 0),
+        reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+        metrics=metrics,
+        clock=clock,
+        queue=queue,
+        workers=workers,
+    )
+
+
 async def test_a_message_cut_short_by_shutdown_stays_journaled(
     redis_url: str, tmp_path: Path
 ) -> None:
     node = LocalNodeKey.generate()
     bob = LocalNodeKey.generate()
-    clock = SystemClock()
     metrics = Metrics()
     decided, kept = Decided(), Kept()
     async with Store.from_url(redis_url, node.pubkey) as store:
         signer = HangingSigner()
-        channels = ChannelMap(NoChannels(), clock)
-        decider = Decider(
-            node_id=node.pubkey,
-            node_key=signer,
-            transport=Transport.CUSTOM,
-            peers=PeerTracker(clock),
-            channels=channels,
-            policy=Policy(
-                allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
-            ),
-            sender=NothingSent(),
-            keeper=kept,
-            journal=decided,
-            race=RaceGuard(clock, 0),
-            reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+        decider = _decider(
+            store,
+            node,
+            signer,
+            kept=kept,
+            decided=decided,
             metrics=metrics,
-            clock=clock,
             queue=DecisionQueue(),
             workers=1,
         )
@@ -108,28 +132,17 @@ async def test_a_message_cut_short_by_shutdown_stays_journaled(
 
 async def test_run_decides_everything_queued_before_it_stops(redis_url: str) -> None:
     node = LocalNodeKey.generate()
-    clock = SystemClock()
     metrics = Metrics()
     decided, kept = Decided(), Kept()
     queue = DecisionQueue()
     async with Store.from_url(redis_url, node.pubkey) as store:
-        channels = ChannelMap(NoChannels(), clock)
-        decider = Decider(
-            node_id=node.pubkey,
-            node_key=node,
-            transport=Transport.CUSTOM,
-            peers=PeerTracker(clock),
-            channels=channels,
-            policy=Policy(
-                allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
-            ),
-            sender=NothingSent(),
-            keeper=kept,
-            journal=decided,
-            race=RaceGuard(clock, 0),
-            reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+        decider = _decider(
+            store,
+            node,
+            node,
+            kept=kept,
+            decided=decided,
             metrics=metrics,
-            clock=clock,
             queue=queue,
             workers=2,
         )
@@ -164,28 +177,17 @@ async def test_what_a_credential_stop_leaves_is_left_for_the_shutdown(redis_url:
     """The one in hand and those set aside after lnd refused the macaroon are left for the
     shutdown to account for: journaled, for the next daemon; not (Redis was away), lost."""
     node = LocalNodeKey.generate()
-    clock = SystemClock()
     metrics = Metrics()
     decided, kept = Decided(), Kept()
     queue = DecisionQueue()
     async with Store.from_url(redis_url, node.pubkey) as store:
-        channels = ChannelMap(NoChannels(), clock)
-        decider = Decider(
-            node_id=node.pubkey,
-            node_key=RefusedSigner(),
-            transport=Transport.CUSTOM,
-            peers=PeerTracker(clock),
-            channels=channels,
-            policy=Policy(
-                allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
-            ),
-            sender=NothingSent(),
-            keeper=kept,
-            journal=decided,
-            race=RaceGuard(clock, 0),
-            reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
+        decider = _decider(
+            store,
+            node,
+            RefusedSigner(),
+            kept=kept,
+            decided=decided,
             metrics=metrics,
-            clock=clock,
             queue=queue,
             workers=1,
         )
