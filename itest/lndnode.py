@@ -122,6 +122,9 @@ class LndNode:
             # Negotiated by both ends, it gives every private channel an SCID alias, as LSPs'
             # users' channels have: a phone wallet names the channel by it in its paths.
             "--protocol.option-scid-alias",
+            # Lets the LSP open channels to phones that they can use before any confirmation,
+            # as LSPs do; an lnd that accepts one still needs a ChannelAcceptor to agree.
+            "--protocol.zero-conf",
         ]
         if self.listen:
             argv.append(f"--listen={self.p2p_address}")
