@@ -1,15 +1,21 @@
-"""Builds the itest's real binaries (btcd, btcctl, lnd, lncli) once, into a cache outside the repo.
+"""Builds the itest's real binaries (btcd, lnd, their CLIs, the LDK wallet) once, into a cache.
 
     python -m itest.build            # build what is missing, print where everything is
     python -m itest.build --json     # the same, as JSON
 
-Every binary comes from its Go module at a pinned version, built with the local Go toolchain:
+Every Go binary comes from its Go module at a pinned version, built with the local Go toolchain:
 lnd's go.mod carries ``replace`` directives, so ``go install module@version`` refuses it;
 instead the module is downloaded (``go mod download -json``) and built inside its own
 directory in the module cache (read-only, which ``go build`` does not mind: it writes only
 to the build cache and to ``-o``). Each version lands in ``<cache>/<name>-<version>/`` with a
 ``build.json`` written last, so a directory with that file is complete and a second run
 does nothing but check it. A file lock keeps two concurrent runs from building twice.
+
+The LDK wallet program (``itest/ldk/``, Rust, crates pinned by its ``Cargo.lock``) is built
+with ``cargo build --locked`` into a target directory under the cache (``<cache>/ldk-target``,
+so rebuilds are incremental) and its binary copied, with a ``build.json``, to
+``<cache>/ldk-<digest>/``, where the digest covers ``Cargo.toml``, ``Cargo.lock`` and
+``src/``: any change to the program gives it a new directory.
 
 The cache is ``$LNDMAILBOX_ITEST_CACHE``, else ``$XDG_CACHE_HOME/lndmailbox-itest``, else
 ``~/.cache/lndmailbox-itest``.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import enum
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +63,10 @@ LND_VERSIONS: Mapping[Generation, str] = {
 # The build tags the mailbox needs: Signer.DeriveSharedKey (signrpc) and the peers service.
 LND_TAGS = "signrpc peersrpc"
 
+# The rust-lightning program that plays one LDK wallet per process (see itest/ldknode.py).
+LDK_CRATE = Path(__file__).resolve().parent / "ldk"
+LDK_BINARY = "lndmailbox-ldk"
+
 
 def cache_root() -> Path:
     explicit = os.environ.get("LNDMAILBOX_ITEST_CACHE")
@@ -84,10 +95,12 @@ class LndBinaries:
 class Binaries:
     btcd: BtcdBinaries
     lnd: Mapping[Generation, LndBinaries]
+    ldk: Path
+    """The ``lndmailbox-ldk`` binary."""
 
 
 class BuildError(Exception):
-    """The Go toolchain could not produce a binary; the message carries its output."""
+    """The Go or Rust toolchain could not produce a binary; the message carries its output."""
 
 
 def _log(message: str) -> None:
@@ -103,9 +116,15 @@ def _go() -> str:
     return found
 
 
-def _run(argv: Sequence[str], cwd: Path | None = None) -> str:
+def _run(argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None) -> str:
     result = subprocess.run(
-        list(argv), cwd=cwd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+        list(argv),
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         raise BuildError(
@@ -202,6 +221,67 @@ def ensure_lnd(root: Path, version: str) -> LndBinaries:
     return LndBinaries(version, target / "lnd", target / "lncli")
 
 
+def _cargo() -> str:
+    found = shutil.which("cargo")
+    if found is None:
+        raise BuildError(
+            "the Rust toolchain (`cargo`) is not on PATH; install Rust >= 1.85 to build itest/ldk"
+        )
+    return found
+
+
+def ldk_digest(crate: Path = LDK_CRATE) -> str:
+    """A digest of what the LDK program is built from: Cargo.toml, Cargo.lock and src/."""
+    files = [crate / "Cargo.toml", crate / "Cargo.lock", *sorted((crate / "src").rglob("*.rs"))]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(crate).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def ensure_ldk(root: Path, crate: Path = LDK_CRATE) -> Path:
+    """The ``lndmailbox-ldk`` binary of ``crate``'s current sources, built if missing."""
+    target = root / f"ldk-{ldk_digest(crate)}"
+    binary = target / LDK_BINARY
+    if _complete(target, [LDK_BINARY]):
+        return binary
+    cargo = _cargo()
+    cargo_target = root / "ldk-target"
+    cold = not (cargo_target / "debug").exists()
+    _log(
+        f"building {crate} into {target} "
+        f"({'cold: about a minute on 2 cores' if cold else 'incremental'})"
+    )
+    started = time.monotonic()
+    env = {**os.environ, "CARGO_TARGET_DIR": str(cargo_target)}
+    # Debug: a release build takes much longer, and the itest needs no speed from LDK.
+    _run([cargo, "build", "--locked", "--manifest-path", str(crate / "Cargo.toml")], env=env)
+    seconds = round(time.monotonic() - started, 1)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        shutil.copy2(cargo_target / "debug" / LDK_BINARY, staging / LDK_BINARY)
+        record = {
+            "crate": str(crate),
+            "digest": target.name.removeprefix("ldk-"),
+            "profile": "debug",
+            "cargo": _run([cargo, "--version"]).strip(),
+            "cold": cold,
+            "seconds": seconds,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.chmod(0o755)
+        staging.rename(target)
+        _log(f"built {LDK_BINARY} in {seconds}s ({'cold' if cold else 'incremental'})")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return binary
+
+
 def ensure_all(root: Path | None = None) -> Binaries:
     """Every binary the itest needs, built on first use; seconds when all are cached."""
     root = root or cache_root()
@@ -210,7 +290,8 @@ def ensure_all(root: Path | None = None) -> Binaries:
         lnd = {
             generation: ensure_lnd(root, version) for generation, version in LND_VERSIONS.items()
         }
-    return Binaries(btcd, lnd)
+        ldk = ensure_ldk(root)
+    return Binaries(btcd, lnd, ldk)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,12 +313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lnd": {
                 g.value: {k: str(v) for k, v in asdict(b).items()} for g, b in binaries.lnd.items()
             },
+            "ldk": str(binaries.ldk),
         }
         print(json.dumps(data, indent=2))
     else:
         print(f"btcd {binaries.btcd.version}: {binaries.btcd.btcd.parent}")
         for generation, b in binaries.lnd.items():
             print(f"lnd {b.version} ({generation.name.lower()}): {b.lnd.parent}")
+        print(f"ldk: {binaries.ldk}")
         print(f"ready in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -1,0 +1,302 @@
+"""One real LDK wallet (rust-lightning), played by ``lndmailbox-ldk`` (itest/ldk/) in its own process.
+
+The program speaks JSON lines: commands ``{"id": N, "cmd": NAME, ...}`` on its stdin, each
+answered ``{"id": N, "ok": true, ...}`` or ``{"id": N, "ok": false, "error": ...}`` on its
+stdout, where events ``{"event": KIND, ...}`` arrive too, as they happen. A reader thread
+sorts the lines into answers and events; LDK's log (stderr) goes to ``ldk-NAME.log`` and
+every line both ways to ``ldk-NAME.stdio.log`` in the log directory.
+
+The node keeps everything in memory: a stopped node is gone, channels and all.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from itest.lndnode import LndNode
+
+_RUNNING: set[LdkNode] = set()
+
+EventPredicate = Callable[[dict[str, Any]], bool]
+
+
+class LdkError(Exception):
+    """The LDK program answered a command with an error, did not answer, or exited."""
+
+
+class LdkNode:
+    """``lndmailbox-ldk --name NAME``: started with :meth:`start`, stopped with :meth:`stop`."""
+
+    def __init__(
+        self,
+        name: str,
+        binary: Path,
+        workdir: Path,
+        log_dir: Path,
+        *,
+        seed: bytes | None = None,
+        log_level: str = "debug",
+    ) -> None:
+        self.name = name
+        self.binary = binary
+        self.workdir = workdir
+        self.log_path = log_dir / f"ldk-{name}.log"
+        self.stdio_log_path = log_dir / f"ldk-{name}.stdio.log"
+        self.seed = seed
+        self.log_level = log_level
+        self.node_id = ""
+        self._popen: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._stdio_log: IO[str] | None = None
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._events: list[dict[str, Any]] = []
+        self._closed = False
+
+    @property
+    def pubkey(self) -> bytes:
+        return bytes.fromhex(self.node_id)
+
+    def log_files(self) -> list[Path]:
+        return [self.log_path, self.stdio_log_path]
+
+    # Life cycle ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def start(self, best_block: str, timeout: float = 30.0) -> None:
+        """Starts the node at ``best_block`` (``HASH:HEIGHT``) and waits for its ``ready``."""
+        if self.running:
+            raise LdkError(f"LDK node {self.name} is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(self.binary),
+            "--name",
+            self.name,
+            "--best-block",
+            best_block,
+            "--log-level",
+            self.log_level,
+        ]
+        if self.seed is not None:
+            argv += ["--seed", self.seed.hex()]
+        with self._cond:
+            self._answers.clear()
+            self._events.clear()
+            self._closed = False
+        self._stdio_log = self.stdio_log_path.open("a", buffering=1)
+        self._stdio_log.write(f"==== {time.strftime('%H:%M:%S')} start: {' '.join(argv)}\n")
+        with self.log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=self.workdir,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+        _RUNNING.add(self)
+        self._reader = threading.Thread(
+            target=self._read, args=(self._popen.stdout,), name=f"ldk-{self.name}", daemon=True
+        )
+        self._reader.start()
+        ready = self.wait_event("ready", timeout=timeout)
+        self.node_id = str(ready["node_id"])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Asks the node to stop, SIGKILLs it after ``timeout``; returns its exit code."""
+        popen = self._popen
+        if popen is None:
+            return None
+        if popen.poll() is None:
+            with contextlib.suppress(LdkError, OSError):
+                self.request("stop", timeout=timeout)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._finish()
+        return popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL to the node's process group: a crash, nothing said to its peers."""
+        popen = self._popen
+        if popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        self._finish()
+
+    def _finish(self) -> None:
+        popen = self._popen
+        if popen is None:
+            return
+        if popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                popen.stdin.close()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if popen.stdout is not None:
+            popen.stdout.close()
+        if self._stdio_log is not None:
+            self._stdio_log.write(f"==== {time.strftime('%H:%M:%S')} exit {popen.returncode}\n")
+            self._stdio_log.close()
+            self._stdio_log = None
+        _RUNNING.discard(self)
+
+    def _read(self, stdout: IO[str] | None) -> None:
+        assert stdout is not None
+        for line in stdout:
+            self._log_line("<", line)
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # stdout is JSON only; anything else is logged above and ignored
+            if not isinstance(message, dict):
+                continue
+            with self._cond:
+                if "event" in message:
+                    self._events.append(message)
+                elif isinstance(message.get("id"), int):
+                    self._answers[message["id"]] = message
+                self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _log_line(self, direction: str, line: str) -> None:
+        log = self._stdio_log
+        if log is not None:
+            with contextlib.suppress(ValueError):  # closed by stop() meanwhile
+                log.write(f"{time.strftime('%H:%M:%S')} {direction} {line.rstrip()}\n")
+
+    def _gone(self) -> LdkError:
+        code = self._popen.poll() if self._popen is not None else None
+        return LdkError(
+            f"LDK node {self.name} exited (code {code}); log {self.log_path}:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # Commands and events ---------------------------------------------------------------------
+
+    def request(self, cmd: str, *, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
+        """Sends one command and returns its answer; raises :class:`LdkError` on an error answer."""
+        popen = self._popen
+        if popen is None or popen.stdin is None or not self.running:
+            raise LdkError(f"LDK node {self.name} is not running")
+        request_id = next(self._ids)
+        line = json.dumps({"id": request_id, "cmd": cmd, **params})
+        self._log_line(">", line)
+        try:
+            popen.stdin.write(line + "\n")
+            popen.stdin.flush()
+        except OSError as e:
+            raise self._gone() from e
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while request_id not in self._answers:
+                if self._closed:
+                    raise self._gone()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LdkError(f"LDK node {self.name}: no answer to {cmd} after {timeout}s")
+                self._cond.wait(left)
+            answer = self._answers.pop(request_id)
+        if not answer.get("ok"):
+            raise LdkError(f"LDK node {self.name}: {cmd} failed: {answer.get('error')}")
+        return answer
+
+    def mark(self) -> int:
+        """The number of events so far: pass it as ``since`` to wait only for later ones."""
+        with self._cond:
+            return len(self._events)
+
+    def events(self, kind: str | None = None, *, since: int = 0) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e for e in self._events[since:] if kind is None or e["event"] == kind]
+
+    def wait_event(
+        self,
+        kind: str,
+        predicate: EventPredicate | None = None,
+        *,
+        timeout: float = 30.0,
+        since: int = 0,
+    ) -> dict[str, Any]:
+        """The first event of ``kind`` (from event number ``since`` on) that ``predicate`` accepts."""
+        deadline = time.monotonic() + timeout
+        seen = since
+        with self._cond:
+            while True:
+                for event in self._events[seen:]:
+                    if event["event"] == kind and (predicate is None or predicate(event)):
+                        return event
+                seen = max(seen, len(self._events))
+                if self._closed:
+                    raise self._gone()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LdkError(f"LDK node {self.name}: no {kind} event after {timeout}s")
+                self._cond.wait(left)
+
+    # The protocol's commands -----------------------------------------------------------------
+
+    def connect(self, lnd: LndNode) -> None:
+        """Dials ``lnd`` over BOLT 8; returns once both sides exchanged init."""
+        self.request("connect", node_id=lnd.pubkey_hex, addr=lnd.p2p_address)
+
+    def disconnect(self, lnd: LndNode) -> None:
+        self.request("disconnect", node_id=lnd.pubkey_hex)
+
+    def peers(self) -> list[str]:
+        return [str(p) for p in self.request("peers")["peers"]]
+
+    def channels(self) -> list[dict[str, Any]]:
+        channels: list[dict[str, Any]] = self.request("channels")["channels"]
+        return channels
+
+    def held_htlc_paths(
+        self, expiry_secs: int, *, by_node_id: bool = False
+    ) -> list[dict[str, Any]]:
+        """Blinded paths for ``held_htlc_available``, built as LDK builds a static invoice's.
+
+        ``by_node_id=True`` is a debug comparison, not what LDK does: the LSP's hop then names
+        the next hop by node id instead of by the channel's SCID alias.
+        """
+        answer = self.request("held_htlc_paths", expiry_secs=expiry_secs, by_node_id=by_node_id)
+        paths: list[dict[str, Any]] = answer["paths"]
+        return paths
+
+    def send_held_htlc_available(self, path_hex: str) -> str:
+        """Sends ``held_htlc_available`` over a path, with a reply path; returns the payment id."""
+        return str(self.request("send_held_htlc_available", path=path_hex)["payment_id"])
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for node in list(_RUNNING):
+        node.kill()
