@@ -55,10 +55,18 @@ async def peel_with(node: LndNode, message: OnionMessage) -> onion.Forward | oni
         return await onion.peel(message.path_key, message.onion, client.node_key())
 
 
-async def write_letter(network: Network, *, scid: int | None = None, label: str = "") -> Letter:
+async def write_letter(
+    network: Network,
+    *,
+    scid: int | None = None,
+    label: str = "",
+    recipient: LndNode | None = None,
+) -> Letter:
     """A message LSP -> recipient naming the recipient by node id, or by ``scid``, one of the
-    short channel ids of its channel."""
-    lsp, recipient = network.lsp, network.recipient
+    short channel ids of its channel. The recipient is ``network.recipient`` unless another
+    node (a peer of the LSP) is given."""
+    lsp = network.lsp
+    recipient = recipient or network.recipient
     if scid is not None:
         first = onion.BlindedHopSpec(lsp.pubkey, short_channel_id=scid)
     else:
@@ -120,14 +128,18 @@ def is_letter(network: Network, letter: Letter) -> Any:
     return native
 
 
-async def check_received(network: Network, letter: Letter, item: Any) -> None:
-    """The recipient got ``letter`` from the LSP, and the payload inside is the sender's.
+async def check_received(
+    network: Network, letter: Letter, item: Any, recipient: LndNode | None = None
+) -> None:
+    """The recipient (``network.recipient`` unless given) got ``letter`` from the LSP, and the
+    payload inside is the sender's.
 
     custom: the bytes are exactly the LSP hop's output; peeling them with the recipient's
     key (inside its lnd) yields a Receive with the payload. native: the recipient's lnd
     peeled it itself and shows the payload among the custom records.
     """
-    lsp, recipient = network.lsp, network.recipient
+    lsp = network.lsp
+    recipient = recipient or network.recipient
     assert item.peer == lsp.pubkey
     if network.generation is Generation.CUSTOM:
         assert item.type == ONION_MESSAGE_TYPE
