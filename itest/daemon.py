@@ -31,15 +31,19 @@ MAILBOX_PERMISSIONS = (
 READY = re.compile(r"serving lnd .* transport")
 
 
-def entry_point() -> list[str]:
-    """The ``lndmailbox`` console script of this environment (``python -m lndmailbox`` if absent)."""
-    script = Path(sys.executable).parent / "lndmailbox"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("lndmailbox")
+def entry_point(script: str = "lndmailbox", module: str = "lndmailbox") -> list[str]:
+    """A console script of this environment (``python -m MODULE`` if absent)."""
+    beside = Path(sys.executable).parent / script
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which(script)
     if found:
         return [found]
-    return [sys.executable, "-m", "lndmailbox"]
+    return [sys.executable, "-m", module]
+
+
+def mailboxctl_entry_point() -> list[str]:
+    return entry_point("mailboxctl", "lndmailbox.cli")
 
 
 class MailboxDaemon:
