@@ -138,8 +138,8 @@ class Network:
             alive=[self.lsp.process, peer.process],
         )
         (channel,) = funded_by(self.lsp, peer)
-        # lncli 0.21 prints the 32-byte channel id as "chan_id" and the SCID as "scid";
-        # lncli 0.20 prints the SCID as "chan_id".
+        # lncli (0.20.2 and 0.21.3) prints the 32-byte channel id as "chan_id" and the SCID
+        # as "scid"; older lncli printed the SCID as "chan_id".
         scid = channel.get("scid", channel["chan_id"])
         listed = channel.get("alias_scids") or []
         assert isinstance(listed, list)

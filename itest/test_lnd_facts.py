@@ -224,10 +224,12 @@ async def test_native_drops_an_unknown_short_channel_id(network: Network) -> Non
 
 
 async def test_native_drops_a_next_hop_named_by_an_scid_alias(network: Network) -> None:
-    """native (0.21.3): lnd looks a next hop's SCID up only in its channel graph, so a message
-    naming the recipient by the alias the LSP gave their channel (what a wallet behind an LSP
-    puts in its blinded paths) fails inside lnd and is never published: the mailbox cannot
-    keep it. The custom transport resolves aliases in the mailbox (test_scenarios)."""
+    """native (0.21.3): lnd looks a next hop's SCID up only in its channel graph, which holds
+    a channel that confirmed before use under its real SCID, so a message naming the
+    recipient by the alias the LSP gave that channel fails inside lnd and is never
+    published: the mailbox cannot keep it. (A zero-conf channel's alias does work:
+    test_alias_facts.py has every kind; the custom transport resolves aliases in the
+    mailbox, test_scenarios.)"""
     if network.generation is Generation.CUSTOM:
         return  # lnd 0.20 does not read onion messages at all
     channel = network.recipient_channel
