@@ -36,7 +36,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         session.config.stash[_BINARIES] = ensure_all()
     except BuildError as e:
         # Say why in one message instead of an internal error's traceback.
-        pytest.exit(f"cannot build the itest's lnd/btcd binaries: {e}", returncode=3)
+        pytest.exit(
+            f"cannot build the itest's binaries (btcd, lnd, the LDK program): {e}", returncode=3
+        )
     took = time.monotonic() - started
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

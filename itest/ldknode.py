@@ -11,7 +11,6 @@ The node keeps everything in memory: a stopped node is gone, channels and all.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import json
@@ -21,14 +20,31 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from itest.lndnode import LndNode
-
-_RUNNING: set[LdkNode] = set()
+from itest.process import log_tail, register, unregister
 
 EventPredicate = Callable[[dict[str, Any]], bool]
+
+# The program's connect waits up to 10 s for TCP (lightning-net-tokio) and then up to 20 s
+# for init (commands.rs PEER_TIMEOUT), disconnect up to 20 s: the driver waits clearly
+# longer, so the program's own error answer arrives first.
+PEER_REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class HeldHtlcSent:
+    """The answer to ``send_held_htlc_available``."""
+
+    payment_id: str
+    reply_paths: list[dict[str, Any]]
+    """The payer's reply paths, described like :meth:`LdkNode.held_htlc_paths`' paths."""
+    sent: list[str]
+    """One outcome per message (one per path and reply path pair): "buffered" when the first
+    hop is a connected peer, "buffered_awaiting_connection NODE" when it is not."""
 
 
 class LdkError(Exception):
@@ -112,7 +128,7 @@ class LdkNode:
                 bufsize=1,
                 start_new_session=True,
             )
-        _RUNNING.add(self)
+        register(self._popen.pid, self)
         self._reader = threading.Thread(
             target=self._read, args=(self._popen.stdout,), name=f"ldk-{self.name}", daemon=True
         )
@@ -160,7 +176,7 @@ class LdkNode:
             self._stdio_log.write(f"==== {time.strftime('%H:%M:%S')} exit {popen.returncode}\n")
             self._stdio_log.close()
             self._stdio_log = None
-        _RUNNING.discard(self)
+        unregister(popen.pid)
 
     def _read(self, stdout: IO[str] | None) -> None:
         assert stdout is not None
@@ -191,15 +207,8 @@ class LdkNode:
     def _gone(self) -> LdkError:
         code = self._popen.poll() if self._popen is not None else None
         return LdkError(
-            f"LDK node {self.name} exited (code {code}); log {self.log_path}:\n{self._log_tail()}"
+            f"LDK node {self.name} exited (code {code}); log {self.log_path}:\n{log_tail(self.log_path, 30)}"
         )
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     # Commands and events ---------------------------------------------------------------------
 
@@ -267,10 +276,16 @@ class LdkNode:
 
     def connect(self, lnd: LndNode) -> None:
         """Dials ``lnd`` over BOLT 8; returns once both sides exchanged init."""
-        self.request("connect", node_id=lnd.pubkey_hex, addr=lnd.p2p_address)
+        self.request(
+            "connect",
+            node_id=lnd.pubkey_hex,
+            addr=lnd.p2p_address,
+            timeout=PEER_REQUEST_TIMEOUT,
+        )
 
     def disconnect(self, lnd: LndNode) -> None:
-        self.request("disconnect", node_id=lnd.pubkey_hex)
+        """Drops the connection to ``lnd``; returns once LDK has no such peer any more."""
+        self.request("disconnect", node_id=lnd.pubkey_hex, timeout=PEER_REQUEST_TIMEOUT)
 
     def peers(self) -> list[str]:
         return [str(p) for p in self.request("peers")["peers"]]
@@ -291,12 +306,12 @@ class LdkNode:
         paths: list[dict[str, Any]] = answer["paths"]
         return paths
 
-    def send_held_htlc_available(self, path_hex: str) -> str:
-        """Sends ``held_htlc_available`` over a path, with a reply path; returns the payment id."""
-        return str(self.request("send_held_htlc_available", path=path_hex)["payment_id"])
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for node in list(_RUNNING):
-        node.kill()
+    def send_held_htlc_available(self, path_hex: str) -> HeldHtlcSent:
+        """Sends ``held_htlc_available`` over a path as a payer's ChannelManager does: with
+        compact reply paths to us (context OutboundPayment, a fresh payment id)."""
+        answer = self.request("send_held_htlc_available", path=path_hex)
+        return HeldHtlcSent(
+            payment_id=str(answer["payment_id"]),
+            reply_paths=list(answer["reply_paths"]),
+            sent=[str(s) for s in answer["sent"]],
+        )

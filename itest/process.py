@@ -1,8 +1,9 @@
 """Child processes of the itest: each in its own process group, its output in a log file.
 
-Every started :class:`Process` is registered until it is stopped, and an ``atexit`` hook
+Every started :class:`Process` (and every other child that calls :func:`register`, such as
+itest/ldknode.py's LDK wallets) is registered until it is stopped, and an ``atexit`` hook
 kills whatever a crashed fixture left behind, so a failing or interrupted run never leaves
-lnd, btcd or the mailbox daemon running.
+lnd, btcd, an LDK wallet or the mailbox daemon running.
 """
 
 from __future__ import annotations
@@ -15,8 +16,34 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
-_RUNNING: dict[int, Process] = {}
+
+class Child(Protocol):
+    """Anything running a child process that :meth:`kill` ends at once."""
+
+    def kill(self) -> None: ...
+
+
+_RUNNING: dict[int, Child] = {}
+
+
+def register(pid: int, child: Child) -> None:
+    """Kill ``child`` at exit unless :func:`unregister` was called for ``pid`` first."""
+    _RUNNING[pid] = child
+
+
+def unregister(pid: int) -> None:
+    _RUNNING.pop(pid, None)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of the log at ``path`` ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class ProcessError(Exception):
@@ -58,7 +85,7 @@ class Process:
                 cwd=self.cwd,
                 start_new_session=True,
             )
-        _RUNNING[self._popen.pid] = self
+        register(self._popen.pid, self)
 
     @property
     def pid(self) -> int | None:
@@ -73,11 +100,7 @@ class Process:
         return self._popen.returncode if self._popen is not None else None
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def check_alive(self) -> None:
         """Raises with the log's tail when the process has exited."""
@@ -109,7 +132,7 @@ class Process:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(popen.pid, signal.SIGKILL)
         finally:
-            _RUNNING.pop(popen.pid, None)
+            unregister(popen.pid)
         with self.log_path.open("ab") as log:
             log.write(f"==== {time.strftime('%H:%M:%S')} exit code {popen.returncode}\n".encode())
         return popen.returncode
@@ -119,7 +142,7 @@ class Process:
         if self._popen is not None:
             self.signal(signal.SIGKILL)
             self._popen.wait()
-            _RUNNING.pop(self._popen.pid, None)
+            unregister(self._popen.pid)
 
 
 def wait_for(
@@ -154,5 +177,5 @@ def wait_for(
 
 @atexit.register
 def _kill_leftovers() -> None:
-    for process in list(_RUNNING.values()):
-        process.kill()
+    for child in list(_RUNNING.values()):
+        child.kill()

@@ -10,6 +10,12 @@ message type 72) over it with LDK's own API and a reply path to itself. The mail
 the message; the phone wakes up, its OnionMessenger peels the message with the phone's own
 key and hands it to LDK's async-payments handler, which answers ``release_held_htlc``
 (type 74) over the payer's reply path, through the LSP while both are online.
+
+Both blinded paths are LDK's compact ones: the phone's path has the LSP name the phone by
+the alias of the phone's channel, the payer's reply path has it name the payer by the alias
+of the payer's channel. lnd 0.21 resolves a zero-conf channel's alias (its graph holds the
+channel under it, see itest/test_alias_facts.py), so release_held_htlc gets back to the
+payer on both generations.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +35,16 @@ from itest.channels import ChannelKind, LspView, open_private_channel, wait_in_g
 from itest.daemon import MailboxDaemon, mailboxctl_entry_point
 from itest.ldknode import LdkNode
 from itest.network import Network
+from itest.onion import inbox_stream, peel_with
 from itest.process import wait_for
+from itest.rpc import Collector, collect
+from lndmailbox import onion
+from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.store import RedisServer, Store, StoredMessage
 
 pytestmark = pytest.mark.timeout(900)
 
-StartMailbox = Any  # conftest's mailbox(*flags) -> MailboxDaemon
+StartMailbox = Callable[..., MailboxDaemon]  # conftest's mailbox(*flags)
 PATH_EXPIRY_SECS = 3600
 # How long a wallet that should not hear anything is listened to.
 SILENCE_SECS = 5.0
@@ -46,6 +56,8 @@ class Wallets:
     payer: LdkNode
     phone_channel: LspView
     """The LSP's view of its channel to the phone."""
+    payer_channel: LspView
+    """The LSP's view of its channel to the payer."""
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +75,9 @@ def wallets(
             wallet.start(tip)
             wallet.connect(network.lsp)
             txid = open_private_channel(network, wallet, ChannelKind.ZERO_CONF)
-            wait_for(
-                f"the {wallet.name}'s channel to be usable on its side",
-                lambda w=wallet: any(c["is_usable"] for c in w.channels()),  # type: ignore[misc]
-                timeout=30,
-            )
+            wait_usable(network, wallet)
             views[wallet.name] = wait_in_graph(network, wallet, txid)
-        yield Wallets(phone, payer, views["phone"])
+        yield Wallets(phone, payer, views["phone"], views["payer"])
     finally:
         for wallet in (phone, payer):
             wallet.stop()
@@ -108,6 +116,20 @@ def wait_lsp_sees(network: Network, wallet: LdkNode, *, online: bool) -> None:
     )
 
 
+def wait_usable(network: Network, wallet: LdkNode) -> None:
+    """LDK has a usable channel with the LSP. After a reconnect that takes channel_reestablish;
+    until then LDK's peers for blinded paths carry no SCID and a path names the wallet by
+    node id."""
+
+    def usable() -> bool:
+        return any(
+            c["is_usable"] and c["counterparty"] == network.lsp.pubkey_hex
+            for c in wallet.channels()
+        )
+
+    wait_for(f"the {wallet.name}'s channel to be usable on its side", usable, timeout=30)
+
+
 def go_to_sleep(network: Network, wallet: LdkNode) -> None:
     wallet.disconnect(network.lsp)
     wait_lsp_sees(network, wallet, online=False)
@@ -116,11 +138,14 @@ def go_to_sleep(network: Network, wallet: LdkNode) -> None:
 def wake_up(network: Network, wallet: LdkNode) -> None:
     wallet.connect(network.lsp)
     wait_lsp_sees(network, wallet, online=True)
+    wait_usable(network, wallet)
 
 
 def ensure_online(network: Network, wallet: LdkNode) -> None:
     if network.lsp.pubkey_hex not in wallet.peers():
         wake_up(network, wallet)
+    else:
+        wait_usable(network, wallet)
 
 
 def phone_path(network: Network, wallets: Wallets) -> dict[str, Any]:
@@ -132,6 +157,48 @@ def phone_path(network: Network, wallets: Wallets) -> dict[str, Any]:
     assert path["lsp_next_hop"] == {"scid": wallets.phone_channel.scid}
     assert wallets.phone_channel.scid in wallets.phone_channel.alias_scids
     return path
+
+
+def payer_sends(wallets: Wallets, path: dict[str, Any]) -> str:
+    """The payer sends held_htlc_available over the phone's ``path`` as LDK's ChannelManager
+    does, to its connected LSP, with one compact reply path that has the LSP name the payer
+    by the alias of the payer's channel; returns the payment id."""
+    sent = wallets.payer.send_held_htlc_available(path["hex"])
+    assert sent.sent == ["buffered"], sent
+    (reply_path,) = sent.reply_paths
+    assert reply_path["lsp_next_hop"] == {"scid": wallets.payer_channel.scid}, sent
+    assert wallets.payer_channel.scid in wallets.payer_channel.alias_scids
+    return sent.payment_id
+
+
+def from_wallet(network: Network, wallet: LdkNode) -> Callable[[Any], bool]:
+    """A predicate over the LSP's stream items: an onion message from ``wallet``."""
+
+    def match(item: Any) -> bool:
+        if network.generation is Generation.CUSTOM and item.type != ONION_MESSAGE_TYPE:
+            return False
+        return bool(item.peer == wallet.pubkey)
+
+    return match
+
+
+async def lsp_forwards(
+    network: Network, at_lsp: Collector[Any], sender: LdkNode, next_hop: LspView
+) -> None:
+    """The LSP received an onion message from ``sender`` (seen on the LSP's own stream), and
+    peeled with the LSP's key its hop names the next hop by ``next_hop``'s alias: what LDK's
+    compact blinded path put there, observed rather than inferred."""
+    item = await at_lsp.wait_for(
+        f"an onion message from the {sender.name} at the LSP", from_wallet(network, sender)
+    )
+    if network.generation is Generation.CUSTOM:
+        message = OnionMessage.decode(item.data)
+    else:
+        message = OnionMessage(path_key=item.path_key, onion=item.onion)
+    forward = await peel_with(network.lsp, message)
+    assert isinstance(forward, onion.Forward), forward
+    assert forward.next_node_id is None, forward
+    assert forward.short_channel_id == next_hop.scid, forward
 
 
 async def stored_for(store: Store, wallet: LdkNode, daemon: MailboxDaemon) -> StoredMessage:
@@ -161,6 +228,8 @@ async def queue_empties(store: Store, wallet: LdkNode, daemon: MailboxDaemon) ->
 def released(wallets: Wallets, payment_id: str, *, since: int, timeout: float = 30) -> None:
     """The phone got held_htlc_available through LDK's handler, which answered, and the
     payer's handler got release_held_htlc for its payment."""
+    # The phone's event is only "one since ``since``"; what ties it to this message is the
+    # payer's filter below: release_held_htlc for exactly this payment id.
     held = wallets.phone.wait_event("held_htlc_available", since=since, timeout=timeout)
     assert held["context"]["kind"] == "inbound_payment", held
     assert held["has_reply_path"], held
@@ -185,20 +254,28 @@ async def test_held_htlc_available_waits_in_the_mailbox_for_a_sleeping_ldk_phone
     daemon: MailboxDaemon = await asyncio.to_thread(mailbox)
     store = Store.from_url(redis_server.url, network.lsp.pubkey)
     try:
-        payment_id = await asyncio.to_thread(wallets.payer.send_held_htlc_available, path["hex"])
-        stored = await stored_for(store, wallets.phone, daemon)
-        assert stored.sender == wallets.payer.pubkey
+        async with (
+            network.lsp.rpc() as lsp_rpc,
+            collect(inbox_stream(network, lsp_rpc)) as at_lsp,
+        ):
+            payment_id = await asyncio.to_thread(payer_sends, wallets, path)
+            await lsp_forwards(network, at_lsp, wallets.payer, wallets.phone_channel)
+            stored = await stored_for(store, wallets.phone, daemon)
+            assert stored.sender == wallets.payer.pubkey
 
-        shown = await asyncio.to_thread(mailboxctl, daemon, "show", wallets.phone.node_id)
-        assert [(m["id"], m["sender"]) for m in shown["messages"]] == [
-            (stored.id, wallets.payer.node_id)
-        ]
+            shown = await asyncio.to_thread(mailboxctl, daemon, "show", wallets.phone.node_id)
+            assert [(m["id"], m["sender"]) for m in shown["messages"]] == [
+                (stored.id, wallets.payer.node_id)
+            ]
 
-        since = wallets.phone.mark()
-        await asyncio.to_thread(wake_up, network, wallets.phone)
-        await asyncio.to_thread(released, wallets, payment_id, since=since)
-        await queue_empties(store, wallets.phone, daemon)
-        assert (await store.events.counters()).get("delivered", 0) >= 1
+            since = wallets.phone.mark()
+            await asyncio.to_thread(wake_up, network, wallets.phone)
+            await asyncio.to_thread(released, wallets, payment_id, since=since)
+            # The phone answered over the payer's reply path: the LSP named the payer by
+            # the alias of the payer's channel.
+            await lsp_forwards(network, at_lsp, wallets.phone, wallets.payer_channel)
+            await queue_empties(store, wallets.phone, daemon)
+            assert (await store.events.counters()).get("delivered", 0) >= 1
     finally:
         await store.aclose()
 
@@ -211,8 +288,13 @@ async def test_without_the_mailbox_a_sleeping_ldk_phone_never_hears(
     path = await asyncio.to_thread(phone_path, network, wallets)
     await asyncio.to_thread(ensure_online, network, wallets.payer)
     await asyncio.to_thread(go_to_sleep, network, wallets.phone)
-    await asyncio.to_thread(wallets.payer.send_held_htlc_available, path["hex"])
-    await asyncio.sleep(1.0)  # the message is at the LSP, which has nowhere to put it
+    async with (
+        network.lsp.rpc() as lsp_rpc,
+        collect(inbox_stream(network, lsp_rpc)) as at_lsp,
+    ):
+        await asyncio.to_thread(payer_sends, wallets, path)
+        # The message reached the LSP, which has nowhere to put it.
+        await lsp_forwards(network, at_lsp, wallets.payer, wallets.phone_channel)
     since = wallets.phone.mark()
     await asyncio.to_thread(wake_up, network, wallets.phone)
     await asyncio.sleep(SILENCE_SECS)
@@ -241,6 +323,6 @@ async def test_a_phone_that_reconnects_at_once_still_gets_its_message(
     await asyncio.to_thread(go_to_sleep, network, wallets.phone)
     await asyncio.to_thread(mailbox)
     since = wallets.phone.mark()
-    payment_id = await asyncio.to_thread(wallets.payer.send_held_htlc_available, path["hex"])
+    payment_id = await asyncio.to_thread(payer_sends, wallets, path)
     await asyncio.to_thread(wake_up, network, wallets.phone)
     await asyncio.to_thread(released, wallets, payment_id, since=since)

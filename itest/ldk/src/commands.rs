@@ -15,7 +15,6 @@ use lightning::blinded_path::message::{
     AsyncPaymentsContext, BlindedMessagePath, MessageContext, MessageForwardNode,
 };
 use lightning::blinded_path::{Direction, IntroductionNode};
-use lightning::ln::channel_state::ChannelDetails;
 use lightning::ln::channelmanager::PaymentId;
 use lightning::onion_message::async_payments::{AsyncPaymentsMessage, HeldHtlcAvailable};
 use lightning::onion_message::messenger::{
@@ -23,11 +22,11 @@ use lightning::onion_message::messenger::{
     SendSuccess,
 };
 use lightning::sign::{EntropySource, NodeSigner, ReceiveAuthKey};
-use lightning::types::features::ChannelTypeFeatures;
 use lightning::util::ser::{Readable, Writeable};
 use serde_json::{json, Map, Value};
 
 use crate::node::Node;
+use crate::out::channel_json;
 
 /// How long `connect` and `disconnect` wait for the peer to come or go.
 const PEER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -143,37 +142,6 @@ fn peers(node: &Node) -> Map<String, Value> {
     object(json!({"peers": ids}))
 }
 
-/// A compact name for a channel type: its features joined by "+", by their BOLT names.
-pub fn channel_type_name(features: &ChannelTypeFeatures) -> String {
-    let named = [
-        (features.supports_static_remote_key(), "static_remotekey"),
-        (features.supports_anchors_zero_fee_htlc_tx(), "anchors_zero_fee_htlc_tx"),
-        (features.supports_anchor_zero_fee_commitments(), "anchor_zero_fee_commitments"),
-        (features.supports_scid_privacy(), "scid_alias"),
-        (features.supports_zero_conf(), "zeroconf"),
-    ];
-    let names: Vec<&str> = named.iter().filter(|(has, _)| *has).map(|(_, name)| *name).collect();
-    if names.is_empty() {
-        "legacy".into()
-    } else {
-        names.join("+")
-    }
-}
-
-pub fn channel_json(channel: &ChannelDetails) -> Value {
-    json!({
-        "channel_id": channel.channel_id.0.to_lower_hex_string(),
-        "counterparty": channel.counterparty.node_id.to_string(),
-        "is_usable": channel.is_usable,
-        "is_channel_ready": channel.is_channel_ready,
-        "short_channel_id": channel.short_channel_id,
-        "inbound_scid_alias": channel.inbound_scid_alias,
-        "outbound_scid_alias": channel.outbound_scid_alias,
-        "inbound_payment_scid": channel.get_inbound_payment_scid(),
-        "channel_type": channel.channel_type.as_ref().map(channel_type_name),
-    })
-}
-
 fn channels(node: &Node) -> Map<String, Value> {
     let channels: Vec<Value> =
         node.channel_manager.list_channels().iter().map(channel_json).collect();
@@ -204,6 +172,78 @@ impl MessageRouter for PeerCapture {
     }
 }
 
+/// `ChannelManager::get_peers_for_blinded_path()`: connected peers that support onion
+/// messages, each with the inbound SCID (alias) of its oldest usable channel, if any.
+fn peers_for_blinded_path(node: &Node) -> Result<Vec<MessageForwardNode>, String> {
+    let capture = PeerCapture::default();
+    // The offer itself fails (the capture builds no path); only the peers matter.
+    let _ = node.channel_manager.create_offer_builder_using_router(&capture);
+    let peers = capture
+        .0
+        .lock()
+        .map_err(|_| "peer capture poisoned".to_string())?
+        .take()
+        .ok_or("LDK did not ask for blinded paths")?;
+    Ok(peers)
+}
+
+/// Blinded paths to us over `peers` through the node's DefaultMessageRouter, as the flow's
+/// `create_blinded_paths` builds them (compact: an LSP hop names us by SCID when it has one).
+fn blinded_paths_to_us(
+    node: &Node, context: MessageContext, peers: &[MessageForwardNode],
+) -> Result<Vec<BlindedMessagePath>, String> {
+    node.message_router
+        .create_blinded_paths(
+            node.node_id,
+            node.keys.get_receive_auth_key(),
+            context,
+            peers.to_vec(),
+            &Secp256k1::new(),
+        )
+        .ok()
+        .filter(|paths| !paths.is_empty())
+        .ok_or_else(|| no_path(peers))
+}
+
+fn no_path(peers: &[MessageForwardNode]) -> String {
+    format!(
+        "no blinded path: {} peers for blinded paths (connected, with onion messages)",
+        peers.len()
+    )
+}
+
+/// A blinded path to us, for the answers: its introduction node, its length and what the
+/// introduction node's (the LSP's) encrypted TLV names as the next hop: the SCID the router
+/// was handed for that peer when `compact`, else our node id.
+fn describe_path(
+    node: &Node, path: &BlindedMessagePath, peers: &[MessageForwardNode], compact: bool,
+) -> Map<String, Value> {
+    let introduction_node = match path.introduction_node() {
+        IntroductionNode::NodeId(id) => json!({"node_id": id.to_string()}),
+        IntroductionNode::DirectedShortChannelId(direction, scid) => json!({
+            "scid": scid,
+            "direction": match direction { Direction::NodeOne => 0, Direction::NodeTwo => 1 },
+        }),
+    };
+    let lsp = match path.introduction_node() {
+        IntroductionNode::NodeId(id) => peers.iter().find(|p| p.node_id == *id),
+        IntroductionNode::DirectedShortChannelId(..) => None,
+    };
+    let lsp_next_hop = match lsp {
+        Some(MessageForwardNode { short_channel_id: Some(scid), .. }) if compact => {
+            json!({"scid": scid})
+        },
+        Some(_) => json!({"node_id": node.node_id.to_string()}),
+        None => Value::Null,
+    };
+    object(json!({
+        "hex": path.encode().to_lower_hex_string(),
+        "introduction_node": introduction_node,
+        "hops": path.blinded_hops().len(),
+        "lsp_next_hop": lsp_next_hop,
+    }))
+}
+
 /// The held_htlc_available paths of a static invoice, as LDK's flow builds them: the
 /// InboundPayment context over the ChannelManager's peers for blinded paths, through the
 /// node's DefaultMessageRouter (compact: an LSP hop names the next hop by SCID).
@@ -220,77 +260,29 @@ fn held_htlc_paths(
         .and_then(Value::as_u64)
         .ok_or("missing integer \"expiry_secs\"")?;
     let by_node_id = request.get("by_node_id").and_then(Value::as_bool).unwrap_or(false);
-
-    let capture = PeerCapture::default();
-    // The offer itself fails (the capture builds no path); only the peers matter.
-    let _ = node.channel_manager.create_offer_builder_using_router(&capture);
-    let peers = capture
-        .0
-        .lock()
-        .map_err(|_| "peer capture poisoned".to_string())?
-        .take()
-        .ok_or("LDK did not ask for blinded paths")?;
+    let peers = peers_for_blinded_path(node)?;
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let context = MessageContext::AsyncPayments(AsyncPaymentsContext::InboundPayment {
         path_absolute_expiry: now + Duration::from_secs(expiry_secs),
     });
-    let secp_ctx = Secp256k1::new();
-    let receive_key = node.keys.get_receive_auth_key();
-    let built = if by_node_id {
-        NodeIdMessageRouter::new(node.graph.clone(), node.keys.clone()).create_blinded_paths(
-            node.node_id,
-            receive_key,
-            context,
-            peers.clone(),
-            &secp_ctx,
-        )
+    let paths = if by_node_id {
+        NodeIdMessageRouter::new(node.graph.clone(), node.keys.clone())
+            .create_blinded_paths(
+                node.node_id,
+                node.keys.get_receive_auth_key(),
+                context,
+                peers.clone(),
+                &Secp256k1::new(),
+            )
+            .map_err(|()| no_path(&peers))?
     } else {
-        node.message_router.create_blinded_paths(
-            node.node_id,
-            receive_key,
-            context,
-            peers.clone(),
-            &secp_ctx,
-        )
+        blinded_paths_to_us(node, context, &peers)?
     };
-    let paths = built.map_err(|()| {
-        format!(
-            "no blinded path: {} peers for blinded paths (connected, with onion messages)",
-            peers.len()
-        )
-    })?;
 
     let described: Vec<Value> = paths
         .iter()
-        .map(|path| {
-            let introduction_node = match path.introduction_node() {
-                IntroductionNode::NodeId(id) => json!({"node_id": id.to_string()}),
-                IntroductionNode::DirectedShortChannelId(direction, scid) => json!({
-                    "scid": scid,
-                    "direction": match direction { Direction::NodeOne => 0, Direction::NodeTwo => 1 },
-                }),
-            };
-            // What the introduction node's (the LSP's) encrypted TLV names as the next hop:
-            // the SCID the router was handed for that peer, else our node id.
-            let lsp = match path.introduction_node() {
-                IntroductionNode::NodeId(id) => peers.iter().find(|p| p.node_id == *id),
-                IntroductionNode::DirectedShortChannelId(..) => None,
-            };
-            let lsp_next_hop = match lsp {
-                Some(MessageForwardNode { short_channel_id: Some(scid), .. }) if !by_node_id => {
-                    json!({"scid": scid})
-                },
-                Some(_) => json!({"node_id": node.node_id.to_string()}),
-                None => Value::Null,
-            };
-            json!({
-                "hex": path.encode().to_lower_hex_string(),
-                "introduction_node": introduction_node,
-                "hops": path.blinded_hops().len(),
-                "lsp_next_hop": lsp_next_hop,
-            })
-        })
+        .map(|path| Value::Object(describe_path(node, path, &peers, !by_node_id)))
         .collect();
     let peers_json: Vec<Value> = peers
         .iter()
@@ -299,8 +291,18 @@ fn held_htlc_paths(
     Ok(object(json!({"paths": described, "peers": peers_json, "by_node_id": by_node_id})))
 }
 
-/// Sends held_htlc_available over a blinded path with a reply path to us, the way a payer's
-/// ChannelManager does for a static invoice (context OutboundPayment with a fresh payment id).
+/// How many messages the flow sends for one request, over its (path, reply path) pairs
+/// (`offers/flow.rs` `OFFERS_MESSAGE_REQUEST_LIMIT`).
+const MESSAGE_REQUEST_LIMIT: usize = 10;
+
+/// Sends held_htlc_available over a blinded path the way a payer's ChannelManager does for a
+/// static invoice when it cannot hold the HTLC at its LSP (`ChannelManager` ->
+/// `OffersMessageFlow::enqueue_held_htlc_available` with `HeldHtlcReplyPath::ToUs`): reply
+/// paths built by the flow's `create_blinded_paths` with context OutboundPayment (a fresh
+/// payment id) over `get_peers_for_blinded_path()`, so they are compact and the LSP names
+/// us by our channel's SCID alias; then one message per (path, reply path) pair with
+/// `WithSpecifiedReplyPath` (`enqueue_onion_message_with_reply_paths`). The answer lists the
+/// reply paths (described like `held_htlc_paths`' paths) and how each message went.
 fn send_held_htlc_available(
     node: &Node, request: &Map<String, Value>,
 ) -> Result<Map<String, Value>, String> {
@@ -309,22 +311,41 @@ fn send_held_htlc_available(
     let path = BlindedMessagePath::read(&mut &bytes[..])
         .map_err(|e| format!("path is not a BlindedMessagePath: {e:?}"))?;
     let payment_id = PaymentId(node.keys.get_secure_random_bytes());
-    let sent = node.messenger.send_onion_message(
-        AsyncPaymentsMessage::HeldHtlcAvailable(HeldHtlcAvailable {}),
-        MessageSendInstructions::WithReplyPath {
-            destination: Destination::BlindedPath(path),
-            context: MessageContext::AsyncPayments(AsyncPaymentsContext::OutboundPayment {
-                payment_id,
-            }),
-        },
-    );
-    let sent = sent.map_err(|e| format!("send_onion_message: {e:?}"))?;
+    let peers = peers_for_blinded_path(node)?;
+    let context =
+        MessageContext::AsyncPayments(AsyncPaymentsContext::OutboundPayment { payment_id });
+    let reply_paths = blinded_paths_to_us(node, context, &peers)?;
+
+    let message_paths = [path];
+    let mut sent = Vec::new();
+    let pairs = reply_paths
+        .iter()
+        .flat_map(|reply_path| message_paths.iter().map(move |path| (path, reply_path)))
+        .take(MESSAGE_REQUEST_LIMIT);
+    for (path, reply_path) in pairs {
+        let how = node
+            .messenger
+            .send_onion_message(
+                AsyncPaymentsMessage::HeldHtlcAvailable(HeldHtlcAvailable {}),
+                MessageSendInstructions::WithSpecifiedReplyPath {
+                    destination: Destination::BlindedPath(path.clone()),
+                    reply_path: reply_path.clone(),
+                },
+            )
+            .map_err(|e| format!("send_onion_message: {e:?}"))?;
+        sent.push(match how {
+            SendSuccess::Buffered => json!("buffered"),
+            SendSuccess::BufferedAwaitingConnection(peer) => {
+                json!(format!("buffered_awaiting_connection {peer}"))
+            },
+        });
+    }
     node.peers.process_events();
-    let how = match sent {
-        SendSuccess::Buffered => json!("buffered"),
-        SendSuccess::BufferedAwaitingConnection(peer) => {
-            json!(format!("buffered_awaiting_connection {peer}"))
-        },
-    };
-    Ok(object(json!({"payment_id": payment_id.0.to_lower_hex_string(), "send": how})))
+    let described: Vec<Value> =
+        reply_paths.iter().map(|p| Value::Object(describe_path(node, p, &peers, true))).collect();
+    Ok(object(json!({
+        "payment_id": payment_id.0.to_lower_hex_string(),
+        "reply_paths": described,
+        "sent": sent,
+    })))
 }

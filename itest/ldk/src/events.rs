@@ -6,9 +6,8 @@ use lightning::events::{Event, ReplayEvent};
 use lightning::sign::EntropySource;
 use serde_json::json;
 
-use crate::commands::{channel_json, channel_type_name};
 use crate::node::Node;
-use crate::out::emit;
+use crate::out::{channel_json, channel_type_name, emit};
 
 pub fn handle(node: &Node, event: Event) -> Result<(), ReplayEvent> {
     match event {

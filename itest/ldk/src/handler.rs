@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use lightning::bitcoin::hex::DisplayHex;
 use lightning::blinded_path::message::AsyncPaymentsContext;
 use lightning::onion_message::async_payments::{
     AsyncPaymentsMessage, AsyncPaymentsMessageHandler, HeldHtlcAvailable, OfferPaths,
@@ -16,10 +15,10 @@ use lightning::onion_message::async_payments::{
 use lightning::onion_message::messenger::{
     MessageSendInstructions, Responder, ResponseInstruction,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::node::ChanMan;
-use crate::out::emit;
+use crate::out::{context_json, emit};
 
 pub struct ReportingAsyncPayments {
     channel_manager: Arc<ChanMan>,
@@ -28,25 +27,6 @@ pub struct ReportingAsyncPayments {
 impl ReportingAsyncPayments {
     pub fn new(channel_manager: Arc<ChanMan>) -> Self {
         ReportingAsyncPayments { channel_manager }
-    }
-}
-
-/// The context a message arrived with, as the protocol's `context` object.
-pub fn context_json(context: &AsyncPaymentsContext) -> Value {
-    match context {
-        AsyncPaymentsContext::InboundPayment { path_absolute_expiry } => {
-            json!({"kind": "inbound_payment", "path_absolute_expiry": path_absolute_expiry.as_secs()})
-        },
-        AsyncPaymentsContext::OutboundPayment { payment_id } => {
-            json!({"kind": "outbound_payment", "payment_id": payment_id.0.to_lower_hex_string()})
-        },
-        AsyncPaymentsContext::OfferPathsRequest { .. } => json!({"kind": "offer_paths_request"}),
-        AsyncPaymentsContext::OfferPaths { .. } => json!({"kind": "offer_paths"}),
-        AsyncPaymentsContext::ServeStaticInvoice { .. } => json!({"kind": "serve_static_invoice"}),
-        AsyncPaymentsContext::StaticInvoicePersisted { .. } => {
-            json!({"kind": "static_invoice_persisted"})
-        },
-        AsyncPaymentsContext::ReleaseHeldHtlc { .. } => json!({"kind": "release_held_htlc"}),
     }
 }
 

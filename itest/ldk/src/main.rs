@@ -2,9 +2,46 @@
 //!
 //!     lndmailbox-ldk --name NAME --best-block HASH:HEIGHT [--seed HEX] [--log-level LEVEL]
 //!
-//! Commands arrive as JSON lines on stdin, events and answers leave as JSON lines on stdout
-//! (see commands.rs and events.rs), LDK's log goes to stderr. End of stdin means the driver
-//! is gone: the node exits.
+//! Commands arrive as JSON lines on stdin, events and answers leave as JSON lines on stdout,
+//! LDK's log goes to stderr. End of stdin means the driver is gone: the node exits. A panic
+//! aborts the process (Cargo.toml), so the driver sees it die.
+//!
+//! Events, `{"event": KIND, ...}`, pushed as they happen (events.rs, handler.rs, `background`):
+//!
+//! - `ready {node_id}`: once, first.
+//! - `peer_connected {node_id}`, `peer_disconnected {node_id}`.
+//! - `open_channel_request {counterparty, channel_type, accepted, error?}`: every inbound
+//!   channel is accepted as zero-conf from a trusted peer.
+//! - `channel_ready {channel_id, counterparty, short_channel_id, inbound_scid_alias,
+//!   outbound_scid_alias}` (integers or null).
+//! - `channel_closed {channel_id, counterparty, reason}`: `counterparty` is null when LDK does
+//!   not know it; `reason` is LDK's `ClosureReason` as text.
+//! - `held_htlc_available {context, has_reply_path, answered}` and `release_held_htlc
+//!   {context}`: an async-payments message reached LDK's handler. `context` is
+//!   `{"kind": "inbound_payment", "path_absolute_expiry": SECS}`, `{"kind":
+//!   "outbound_payment", "payment_id": HEX}` or `{"kind": OTHER}`.
+//!
+//! Commands, `{"id": N, "cmd": NAME, ...params}`, each answered `{"id": N, "ok": true,
+//! ...result}` or `{"id": N, "ok": false, "error": STR}` (commands.rs):
+//!
+//! - `connect {node_id, addr}`: dials over BOLT 8, answers once init is done (up to 10 s for
+//!   TCP, then 20 s for init).
+//! - `disconnect {node_id}`: answers once the peer is gone (up to 20 s).
+//! - `peers {}` -> `{peers: [HEX]}`; `channels {}` -> `{channels: [{channel_id, counterparty,
+//!   is_usable, is_channel_ready, short_channel_id, inbound_scid_alias, outbound_scid_alias,
+//!   inbound_payment_scid, channel_type}]}`.
+//! - `held_htlc_paths {expiry_secs, by_node_id?}` -> `{paths: [PATH], peers: [{node_id,
+//!   short_channel_id}], by_node_id}`: a static invoice's held_htlc_available paths, built as
+//!   LDK's flow builds them.
+//! - `send_held_htlc_available {path: HEX}` -> `{payment_id, reply_paths: [PATH], sent:
+//!   ["buffered" | "buffered_awaiting_connection NODE"]}`: as a payer's ChannelManager sends
+//!   it, one message per (path, reply path) pair.
+//! - `stop {}`: answers, then exits 0.
+//!
+//! A PATH is `{hex, introduction_node: {node_id} | {scid, direction}, hops, lsp_next_hop:
+//! {scid} | {node_id} | null}`: `hex` is the BlindedMessagePath as LDK writes it, and
+//! `lsp_next_hop` what the introduction node's (the LSP's) encrypted TLV names as the next
+//! hop.
 
 mod commands;
 mod events;
@@ -156,10 +193,10 @@ async fn background(node: Arc<Node>) {
         node.chain_monitor.process_pending_events(&handler);
         node.messenger.process_pending_events(&handler);
         node.peers.process_events();
-        if ticks.is_multiple_of(500) {
+        if ticks % 500 == 0 {
             node.peers.timer_tick_occurred(); // every 10 s
         }
-        if ticks.is_multiple_of(3000) {
+        if ticks % 3000 == 0 {
             node.channel_manager.timer_tick_occurred(); // every minute
         }
 
