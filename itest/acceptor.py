@@ -7,9 +7,13 @@ RPC is a bidirectional stream in which lnd sends the *requests* (``ChannelAccept
 the client the *responses* (``ChannelAcceptResponse``).
 
 The product's trimmed stubs (``lndmailbox/lnd/lnrpc``) leave this RPC out, and the itest must
-not add it there. The two messages are small, so they are encoded here by hand (protobuf wire
-format: varints and length-delimited fields) from their definitions in lnd's
-``lnrpc/lightning.proto`` (v0.21.3-beta), and the stream is called by its method path.
+not add it there. So the two messages are real protobuf messages built at import time from a
+descriptor of their own: a ``FileDescriptorProto`` in a private ``DescriptorPool`` (package
+``lndmailbox_itest.acceptor``, which cannot clash with the product's ``lnrpc`` descriptors in
+the default pool), holding only the fields the itest reads or sets, under the field numbers and
+wire types of lnd's ``lnrpc/lightning.proto`` (v0.21.3-beta). Fields left out arrive as unknown
+fields and are ignored. The stream is called by its method path, which names lnd's service, not
+these messages. Two frozen dataclasses are the typed surface; the message classes stay inside.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from itest.lndnode import LndNode
 from itest.process import wait_for
@@ -27,51 +33,75 @@ from itest.rpc import _Macaroon
 
 METHOD = "/lnrpc.Lightning/ChannelAcceptor"
 
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+_PACKAGE = "lndmailbox_itest.acceptor"
+_Field = descriptor_pb2.FieldDescriptorProto
+
+# (name, number, type) as in lnd v0.21.3-beta's lnrpc/lightning.proto.
+_REQUEST_FIELDS = (
+    ("node_pubkey", 1, _Field.TYPE_BYTES),
+    ("pending_chan_id", 3, _Field.TYPE_BYTES),
+    ("funding_amt", 4, _Field.TYPE_UINT64),
+    ("channel_flags", 13, _Field.TYPE_UINT32),
+    # lnrpc.CommitmentType there; an enum is an int32 varint on the wire, so plain int32 here.
+    ("commitment_type", 14, _Field.TYPE_INT32),
+    ("wants_zero_conf", 15, _Field.TYPE_BOOL),
+    ("wants_scid_alias", 16, _Field.TYPE_BOOL),
+)
+_RESPONSE_FIELDS = (
+    ("accept", 1, _Field.TYPE_BOOL),
+    ("pending_chan_id", 2, _Field.TYPE_BYTES),
+    ("error", 3, _Field.TYPE_STRING),
+    ("min_accept_depth", 10, _Field.TYPE_UINT32),
+    ("zero_conf", 11, _Field.TYPE_BOOL),
+)
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return
+def _message_classes() -> tuple[type[Message], type[Message]]:
+    """(ChannelAcceptRequest, ChannelAcceptResponse), from a descriptor in a private pool."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="lndmailbox_itest/acceptor.proto", package=_PACKAGE, syntax="proto3"
+    )
+    for name, fields in (
+        ("ChannelAcceptRequest", _REQUEST_FIELDS),
+        ("ChannelAcceptResponse", _RESPONSE_FIELDS),
+    ):
+        message = file.message_type.add(name=name)
+        for field_name, number, kind in fields:
+            message.field.add(
+                name=field_name, number=number, type=kind, label=_Field.LABEL_OPTIONAL
+            )
+    descriptors = descriptor_pool.DescriptorPool().AddSerializedFile(file.SerializeToString())
+    request, response = (
+        message_factory.GetMessageClass(descriptors.message_types_by_name[name])
+        for name in ("ChannelAcceptRequest", "ChannelAcceptResponse")
+    )
+    return request, response
 
 
-def _get_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, at
-        shift += 7
+_RequestMessage, _ResponseMessage = _message_classes()
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of every field: an int for varints and fixed, bytes for LEN."""
-    at = 0
-    while at < len(data):
-        key, at = _get_varint(data, at)
-        number, wire_type = key >> 3, key & 7
-        value: int | bytes
-        if wire_type == _VARINT:
-            value, at = _get_varint(data, at)
-        elif wire_type == _LEN:
-            length, at = _get_varint(data, at)
-            value, at = data[at : at + length], at + length
-        elif wire_type in (_FIXED64, _FIXED32):
-            size = 8 if wire_type == _FIXED64 else 4
-            value, at = int.from_bytes(data[at : at + size], "little"), at + size
-        else:
-            raise ValueError(f"unsupported wire type {wire_type} of field {number}")
-        yield number, value
+def _field(message: Message, name: str) -> object:
+    value: object = getattr(message, name)
+    return value
+
+
+def _bytes(message: Message, name: str) -> bytes:
+    value = _field(message, name)
+    assert isinstance(value, bytes), (name, value)
+    return value
+
+
+def _int(message: Message, name: str) -> int:
+    value = _field(message, name)
+    assert isinstance(value, int), (name, value)
+    return value
+
+
+def _bool(message: Message, name: str) -> bool:
+    value = _field(message, name)
+    assert isinstance(value, bool), (name, value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -82,30 +112,22 @@ class ChannelAcceptRequest:
     pending_chan_id: bytes = b""  # 3
     funding_amt: int = 0  # 4
     channel_flags: int = 0  # 13
-    commitment_type: int = 0  # 14 (lnrpc.CommitmentType: 4 = ANCHORS)
+    commitment_type: int = 0  # 14 (lnrpc.CommitmentType: 3 = ANCHORS)
     wants_zero_conf: bool = False  # 15
     wants_scid_alias: bool = False  # 16
 
     @classmethod
     def decode(cls, data: bytes) -> ChannelAcceptRequest:
-        seen: dict[int, int | bytes] = dict(_fields(data))
-
-        def raw(number: int) -> bytes:
-            value = seen.get(number, b"")
-            return value if isinstance(value, bytes) else b""
-
-        def num(number: int) -> int:
-            value = seen.get(number, 0)
-            return value if isinstance(value, int) else 0
-
+        """Parses lnd's bytes; google.protobuf.message.DecodeError when they are malformed."""
+        message = _RequestMessage.FromString(data)
         return cls(
-            node_pubkey=raw(1),
-            pending_chan_id=raw(3),
-            funding_amt=num(4),
-            channel_flags=num(13),
-            commitment_type=num(14),
-            wants_zero_conf=bool(num(15)),
-            wants_scid_alias=bool(num(16)),
+            node_pubkey=_bytes(message, "node_pubkey"),
+            pending_chan_id=_bytes(message, "pending_chan_id"),
+            funding_amt=_int(message, "funding_amt"),
+            channel_flags=_int(message, "channel_flags"),
+            commitment_type=_int(message, "commitment_type"),
+            wants_zero_conf=_bool(message, "wants_zero_conf"),
+            wants_scid_alias=_bool(message, "wants_scid_alias"),
         )
 
 
@@ -120,25 +142,14 @@ class ChannelAcceptResponse:
     zero_conf: bool = False  # 11
 
     def encode(self) -> bytes:
-        out = bytearray()
-
-        def varint(number: int, value: int) -> None:
-            if value:
-                _put_varint(out, number << 3 | _VARINT)
-                _put_varint(out, value)
-
-        def blob(number: int, value: bytes) -> None:
-            if value:
-                _put_varint(out, number << 3 | _LEN)
-                _put_varint(out, len(value))
-                out.extend(value)
-
-        varint(1, int(self.accept))
-        blob(2, self.pending_chan_id)
-        blob(3, self.error.encode())
-        varint(10, self.min_accept_depth)
-        varint(11, int(self.zero_conf))
-        return bytes(out)
+        message = _ResponseMessage(
+            accept=self.accept,
+            pending_chan_id=self.pending_chan_id,
+            error=self.error,
+            min_accept_depth=self.min_accept_depth,
+            zero_conf=self.zero_conf,
+        )
+        return message.SerializeToString()
 
 
 def accept_everything(request: ChannelAcceptRequest) -> ChannelAcceptResponse:

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,6 +160,37 @@ def _complete(target: Path, names: Sequence[str]) -> bool:
     )
 
 
+def _install(
+    target: Path, names: Sequence[str], fill: Callable[[Path], Mapping[str, object]]
+) -> Mapping[str, object] | None:
+    """Makes ``target`` a complete directory of the executables ``names``, unless it is one.
+
+    ``fill(staging)`` writes the binaries into a fresh staging directory next to ``target`` and
+    returns the build record, which lands in ``build.json`` last; then the staging directory
+    is renamed into place, so a directory with ``build.json`` and executable ``names`` is
+    complete. The staging directory is removed if anything fails. Returns the record, or
+    None when ``target`` was already complete.
+    """
+    if _complete(target, names):
+        return None
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        record = fill(staging)
+        (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.chmod(0o755)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return record
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def _build(
     target: Path,
     module: str,
@@ -168,13 +199,11 @@ def _build(
     extra_args: Sequence[str] = (),
 ) -> None:
     """Builds ``packages`` (binary name -> package path inside the module) into ``target``."""
-    if _complete(target, list(packages)):
-        return
-    started = time.monotonic()
-    _log(f"building {module}@{version} into {target} (a cold build takes minutes)")
-    source = module_dir(module, version)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def fill(staging: Path) -> Mapping[str, object]:
+        started = time.monotonic()
+        _log(f"building {module}@{version} into {target} (a cold build takes minutes)")
+        source = module_dir(module, version)
         for name, package in packages.items():
             _log(f"  go build {name}")
             _run(
@@ -182,23 +211,17 @@ def _build(
                 cwd=source,
             )
         seconds = round(time.monotonic() - started, 1)
-        record = {
+        return {
             "module": module,
             "version": version,
             "go": _run([_go(), "version"]).strip(),
             "args": list(extra_args),
             "seconds": seconds,
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "built_at": _now(),
         }
-        (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)
-        staging.rename(target)
-        _log(f"built {module}@{version} in {seconds}s")
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    if (record := _install(target, list(packages), fill)) is not None:
+        _log(f"built {module}@{version} in {record['seconds']}s")
 
 
 def ensure_btcd(root: Path, version: str = BTCD_VERSION) -> BtcdBinaries:
@@ -225,7 +248,8 @@ def _cargo() -> str:
     found = shutil.which("cargo")
     if found is None:
         raise BuildError(
-            "the Rust toolchain (`cargo`) is not on PATH; install Rust >= 1.85 to build itest/ldk"
+            "the Rust toolchain (`cargo`) is not on PATH; install Rust >= 1.85 (itest/ldk's"
+            " rust-version) and a C compiler (`cc`, for secp256k1-sys) to build itest/ldk"
         )
     return found
 
@@ -243,43 +267,34 @@ def ldk_digest(crate: Path = LDK_CRATE) -> str:
 def ensure_ldk(root: Path, crate: Path = LDK_CRATE) -> Path:
     """The ``lndmailbox-ldk`` binary of ``crate``'s current sources, built if missing."""
     target = root / f"ldk-{ldk_digest(crate)}"
-    binary = target / LDK_BINARY
-    if _complete(target, [LDK_BINARY]):
-        return binary
-    cargo = _cargo()
     cargo_target = root / "ldk-target"
     cold = not (cargo_target / "debug").exists()
-    _log(
-        f"building {crate} into {target} "
-        f"({'cold: about a minute on 2 cores' if cold else 'incremental'})"
-    )
-    started = time.monotonic()
-    env = {**os.environ, "CARGO_TARGET_DIR": str(cargo_target)}
-    # Debug: a release build takes much longer, and the itest needs no speed from LDK.
-    _run([cargo, "build", "--locked", "--manifest-path", str(crate / "Cargo.toml")], env=env)
-    seconds = round(time.monotonic() - started, 1)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+
+    def fill(staging: Path) -> Mapping[str, object]:
+        cargo = _cargo()
+        _log(
+            f"building {crate} into {target} "
+            f"({'cold: about a minute on 2 cores' if cold else 'incremental'})"
+        )
+        started = time.monotonic()
+        env = {**os.environ, "CARGO_TARGET_DIR": str(cargo_target)}
+        # Debug: a release build takes much longer, and the itest needs no speed from LDK.
+        _run([cargo, "build", "--locked", "--manifest-path", str(crate / "Cargo.toml")], env=env)
+        seconds = round(time.monotonic() - started, 1)
         shutil.copy2(cargo_target / "debug" / LDK_BINARY, staging / LDK_BINARY)
-        record = {
+        return {
             "crate": str(crate),
             "digest": target.name.removeprefix("ldk-"),
             "profile": "debug",
             "cargo": _run([cargo, "--version"]).strip(),
             "cold": cold,
             "seconds": seconds,
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "built_at": _now(),
         }
-        (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)
-        staging.rename(target)
-        _log(f"built {LDK_BINARY} in {seconds}s ({'cold' if cold else 'incremental'})")
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return binary
+
+    if (record := _install(target, [LDK_BINARY], fill)) is not None:
+        _log(f"built {LDK_BINARY} in {record['seconds']}s ({'cold' if cold else 'incremental'})")
+    return target / LDK_BINARY
 
 
 def ensure_all(root: Path | None = None) -> Binaries:
