@@ -6,11 +6,20 @@ import logging
 from pathlib import Path
 
 import pytest
-from simnet import Personality
+from simnet import Personality, SimPeer
 
 from lndmailbox.onion import BlindedHopSpec, message_via
 from lndmailbox.onion.tlv import scid
-from tests.daemon_harness import PAYLOAD_TYPE, counted, stored_count, wait_until, world
+from lndmailbox.onion.wire import OnionMessage
+from tests.daemon_harness import (
+    BOB_ALIAS,
+    PAYLOAD_TYPE,
+    World,
+    counted,
+    stored_count,
+    wait_until,
+    world,
+)
 
 GENERATIONS = pytest.mark.parametrize(
     "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
@@ -122,19 +131,66 @@ async def test_message_for_the_node_itself_is_not_kept(redis_url: str, tmp_path:
         await counted(w, "dropped:final_hop", 1)
 
 
+def via_scid(w: World, hop_scid: int, to: SimPeer, text: bytes) -> OnionMessage:
+    """alice -> LSP -> ``to``, the LSP's next hop named by ``hop_scid``."""
+    _, message = message_via(
+        [BlindedHopSpec(w.node.pubkey, short_channel_id=hop_scid), to.pubkey],
+        {PAYLOAD_TYPE: text},
+    )
+    return message
+
+
 @GENERATIONS
-async def test_alias_scid_reaches_the_right_peer(
+async def test_a_phones_alias_reaches_it(
     personality: Personality, redis_url: str, tmp_path: Path
 ) -> None:
+    """A phone names the LSP's hop by the alias the LSP sent it in channel_ready. Through a
+    zero-conf scid-alias channel, as LSPs open to phones, that works on both generations:
+    lnd 0.21 resolves the channel's base alias itself, on 0.20 the mailbox does."""
     async with world(personality, redis_url, tmp_path) as w:
+        carol = w.node.add_peer("carol")
+        alias = scid(16_000_000, 0, 2)
+        w.node.open_channel(carol, alias, zero_conf=True, confirmed_scid=scid(800_000, 9, 0))
         await w.start_daemon()
-        alias = scid(16_000_000, 0, 1)
-        _, message = message_via(
-            [BlindedHopSpec(w.node.pubkey, short_channel_id=alias), w.bob.pubkey],
-            {PAYLOAD_TYPE: b"via alias"},
-        )
-        await w.alice.send_onion_message(message)
+        await w.alice.send_onion_message(via_scid(w, alias, carol, b"via alias"))
+        await wait_until(lambda: _has_mail(w, carol), what="carol's mail to be stored")
+        carol.connect()
+        await wait_until(lambda: len(carol.received) == 1, what="delivery")
+        assert await w.payloads_received(carol) == [b"via alias"]
+
+
+async def _has_mail(w: World, peer: SimPeer) -> bool:
+    return len(await w.stored_for(peer)) == 1
+
+
+async def test_the_custom_transport_resolves_every_scid_of_a_channel(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """lnd 0.20 hands the mailbox every message: it resolves a confirmed-first channel's
+    alias and a zero-conf channel's real SCID too, which lnd 0.21 does not."""
+    async with world(Personality.LND_0_20, redis_url, tmp_path) as w:
+        carol = w.node.add_peer("carol")
+        real = scid(800_000, 9, 0)
+        w.node.open_channel(carol, scid(16_000_000, 0, 2), zero_conf=True, confirmed_scid=real)
+        await w.start_daemon()
+        await w.alice.send_onion_message(via_scid(w, BOB_ALIAS, w.bob, b"by bob's alias"))
+        await w.alice.send_onion_message(via_scid(w, real, carol, b"by carol's real scid"))
         await stored_count(w, 1)
+        await wait_until(lambda: _has_mail(w, carol), what="carol's mail to be stored")
+
+
+async def test_lnd_0_21_drops_an_alias_it_does_not_resolve(redis_url: str, tmp_path: Path) -> None:
+    """bob's channel confirmed before use: lnd 0.21 knows it by its real SCID only, and
+    drops a message naming its alias before publishing it (itest/test_alias_facts.py)."""
+    async with world(Personality.LND_0_21, redis_url, tmp_path) as w:
+        await w.start_daemon()
+        await w.alice.send_onion_message(via_scid(w, BOB_ALIAS, w.bob, b"by alias"))
+        await w.alice.send_onion_message(w.message_for_bob(b"by scid", by_scid=True))
+        await stored_count(w, 1)
+        await counted(w, "received", 1)
+        by_alias, by_scid = w.node.ingested[-2:]
+        assert (by_alias.result.published, by_alias.result.drop_reason) == (False, "unknown_scid")
+        assert by_scid.result.published
         w.bob.connect()
         await wait_until(lambda: len(w.bob.received) == 1, what="delivery")
-        assert await w.payloads_received(w.bob) == [b"via alias"]
+        assert await w.payloads_received(w.bob) == [b"by scid"]

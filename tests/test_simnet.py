@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from simnet import (
     ADMIN_PERMISSIONS,
     PERMISSIONS,
+    IngestResult,
     OnionRateLimits,
     Personality,
     SimnetError,
@@ -610,19 +611,111 @@ async def test_0_21_publishes_the_hops_encrypted_recipient_data_when_forwarding(
     assert dict(update.custom_records) == {}
 
 
-async def test_0_21_resolves_short_channel_ids_and_aliases(node21: SimNode) -> None:
-    alice, bob = peers_with_channels(node21)
-    alice.connect()
-    bob.connect()
-    for hop_scid in (SCID_BOB, ALIAS_BOB):
-        route: list[bytes | BlindedHopSpec] = [
-            BlindedHopSpec(node21.pubkey, short_channel_id=hop_scid),
+async def send_by_scid(
+    node: SimNode, sender: SimPeer, hop_scid: int, to: SimPeer
+) -> tuple[IngestResult, Any]:
+    """sender -> node -> ``to``, the node's next hop named by ``hop_scid``; returns
+    (what the node did, what SubscribeOnionMessages carried next, or None)."""
+    route: list[bytes | BlindedHopSpec] = [
+        BlindedHopSpec(node.pubkey, short_channel_id=hop_scid),
+        to.pubkey,
+    ]
+    _, msg = message_via(route, {TEXT: b"by scid"})
+    _, marker = message_via([node.pubkey], {TEXT: b"marker"})
+    async with rpc(node) as c:
+        onion = await subscribe_onion(node, c)
+        result = await sender.send_onion_message(msg)
+        await sender.send_onion_message(marker)
+        first = await read(onion)
+        onion.cancel()
+    return result, None if first.onion == marker.onion else first
+
+
+# What lnd 0.21.3 does with a next hop named by each SCID of each kind of channel an LSP
+# opens to a phone (itest/test_alias_facts.py): only the SCID its graph holds the channel
+# under resolves; any other one is dropped inside lnd, never published.
+SCID_KINDS = [
+    # (kind, open_channel's arguments and keywords, the SCID named, forwarded?)
+    ("confirmed first, real scid", (SCID_BOB, [ALIAS_BOB]), {}, SCID_BOB, True),
+    ("confirmed first, alias", (SCID_BOB, [ALIAS_BOB]), {}, ALIAS_BOB, False),
+    ("zero-conf, alias", (ALIAS_BOB,), {"zero_conf": True}, ALIAS_BOB, True),
+    ("zero-conf confirmed, alias", (ALIAS_BOB,),
+     {"zero_conf": True, "confirmed_scid": SCID_BOB}, ALIAS_BOB, True),
+    ("zero-conf confirmed, real scid", (ALIAS_BOB,),
+     {"zero_conf": True, "confirmed_scid": SCID_BOB}, SCID_BOB, False),
+    # Read from lnd's source (not in the itest): a public zero-conf channel's edge moves
+    # to its real SCID at 6 confirmations.
+    ("public zero-conf confirmed, alias", (ALIAS_BOB,),
+     {"zero_conf": True, "confirmed_scid": SCID_BOB, "private": False}, ALIAS_BOB, False),
+    ("public zero-conf confirmed, real scid", (ALIAS_BOB,),
+     {"zero_conf": True, "confirmed_scid": SCID_BOB, "private": False}, SCID_BOB, True),
+    ("public zero-conf unconfirmed, alias", (ALIAS_BOB,),
+     {"zero_conf": True, "private": False}, ALIAS_BOB, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "hop_scid", "forwarded"),
+    [case[1:] for case in SCID_KINDS],
+    ids=[case[0] for case in SCID_KINDS],
+)
+async def test_0_21_resolves_a_next_hop_scid_only_by_the_graphs_scid(
+    node21: SimNode, args: tuple[Any, ...], kwargs: dict[str, Any], hop_scid: int, forwarded: bool
+) -> None:
+    alice = node21.add_peer("alice", connect=True)
+    bob = node21.add_peer("bob", connect=True)
+    node21.open_channel(alice, SCID_ALICE)
+    node21.open_channel(bob, *args, **kwargs)
+    result, published = await send_by_scid(node21, alice, hop_scid, bob)
+    if forwarded:
+        assert (result.published, result.forwarded_to, result.drop_reason) == (
+            True,
             bob.pubkey,
-        ]
-        _, msg = message_via(route, {TEXT: b"by scid"})
-        result = await alice.send_onion_message(msg)
-        assert result.forwarded_to == bob.pubkey
-    assert len(bob.received) == 2
+            None,
+        )
+        assert published is not None
+        assert len(bob.received) == 1
+        assert isinstance(await bob.peel(), Receive)
+    else:
+        # Dropped before the stream: the next thing on it is the marker sent after it.
+        assert (result.published, result.drop_reason) == (False, "unknown_scid")
+        assert published is None
+        assert bob.received == []
+
+
+async def test_zero_conf_channels_are_listed_as_lnd_lists_them(node: SimNode) -> None:
+    """A private zero-conf scid-alias channel in lnd 0.21.3 (itest/test_alias_facts.py):
+    chan_id is the base alias, which alias_scids repeats and ListAliases maps to itself; the
+    real SCID shows only as zero_conf_confirmed_scid, from 6 confirmations."""
+    alice = node.add_peer("alice")
+    bob = node.add_peer("bob")
+    node.open_channel(alice, ALIAS_BOB, zero_conf=True)
+    node.open_channel(bob, scid(16_000_000, 0, 8), zero_conf=True, confirmed_scid=SCID_BOB)
+    async with rpc(node) as c:
+        channels = (await c.ln.ListChannels(ln.ListChannelsRequest(), metadata=c.md)).channels
+        aliases = await c.ln.ListAliases(ln.ListAliasesRequest(), metadata=c.md)
+    listed = [
+        (ch.chan_id, ch.zero_conf, list(ch.alias_scids), ch.zero_conf_confirmed_scid)
+        for ch in channels
+    ]
+    assert listed == [
+        (ALIAS_BOB, True, [ALIAS_BOB], 0),
+        (scid(16_000_000, 0, 8), True, [scid(16_000_000, 0, 8)], SCID_BOB),
+    ]
+    assert [(m.base_scid, list(m.aliases)) for m in aliases.alias_maps] == [
+        (ALIAS_BOB, [ALIAS_BOB]),
+        (scid(16_000_000, 0, 8), [scid(16_000_000, 0, 8)]),
+    ]
+
+
+def test_only_a_zero_conf_channel_has_a_confirmed_scid(node21: SimNode) -> None:
+    bob = node21.add_peer("bob")
+    with pytest.raises(SimnetError, match="zero-conf"):
+        node21.open_channel(bob, SCID_BOB, confirmed_scid=scid(1, 1, 1))
+    node21.open_channel(bob, ALIAS_BOB, zero_conf=True, confirmed_scid=SCID_BOB)
+    carol = node21.add_peer("carol")
+    with pytest.raises(SimnetError, match="in use"):
+        node21.open_channel(carol, SCID_BOB)  # bob's channel's real SCID
 
 
 async def test_0_21_drops(node21: SimNode) -> None:

@@ -25,14 +25,26 @@ binaries by the itest):
   know: ``{name: "unknown", is_required: false, is_known: false}``.
 * Personality LND_0_21: onion messages go through lnd's own path: the channel-presence gate
   (unless ``onion_msg_relay_all``), per-peer and global token buckets (lnd's defaults), one
-  Sphinx layer peeled with the node key, the next hop resolved (node id, or a
-  short_channel_id through the node's channels and aliases; unresolvable: dropped), a
-  message whose next hop is its sender dropped, a forward attempted to the next hop when it
-  is online, and then the *incoming* message published to ``SubscribeOnionMessages``
-  whether the forward worked or not, with this hop's ``encrypted_recipient_data`` ciphertext
-  as received (for a forwarded message too, not only for one addressed to the node).
-  ``SubscribeCustomMessages`` never carries type 513. GetInfo lists feature bit 39 as
+  Sphinx layer peeled with the node key, the next hop resolved, a message whose next hop is
+  its sender dropped, a forward attempted to the next hop when it is online, and then the
+  *incoming* message published to ``SubscribeOnionMessages`` whether the forward worked or
+  not, with this hop's ``encrypted_recipient_data`` ciphertext as received (for a forwarded
+  message too, not only for one addressed to the node). ``SubscribeCustomMessages`` never
+  carries type 513. GetInfo lists feature bit 39 as
   ``{name: "onion-messages", is_required: false, is_known: true}``.
+* The next hop's short_channel_id, on LND_0_21, resolves only when it is the one SCID lnd's
+  channel graph holds the channel under (lnd's ``GraphNodeResolver.RemotePubFromSCID``: an
+  exact graph lookup, no alias manager; itest/test_alias_facts.py), see
+  :attr:`SimChannel.graph_scid`: a channel that confirmed before use by its real SCID, never
+  by its aliases; a private zero-conf channel by its base alias, never by its confirmed real
+  SCID; a public zero-conf channel by its alias until it has 6 confirmations, then by its
+  real SCID only (read from lnd's source, not in the itest). Any other SCID is dropped before publication (``unknown_scid``), as lnd
+  drops it ("Failed to fetch channel edges for SCID ...: edge not found"). The edge enters
+  the graph at once here (lnd adds it up to about a second after the channel turns active).
+* Channels (ListChannels, ListAliases) as lnd shows them: ``chan_id`` the real SCID, or
+  for a zero-conf channel its base alias, with ``zero_conf`` set, the alias in
+  ``alias_scids`` and the real SCID in ``zero_conf_confirmed_scid`` once confirmed
+  (6 confirmations); ListAliases maps ``chan_id`` to the channel's aliases.
 * ``Signer.DeriveSharedKey``: SHA256 of the compressed ECDH point with the node key.
 * Restart: :meth:`SimNode.stop` ends every stream the way a client sees lnd's shutdown end
   it (see :data:`SHUTDOWN_STATUS`): custom and onion messages with ``UNAVAILABLE``
@@ -176,12 +188,21 @@ class _TokenBucket:
 
 @dataclass(frozen=True)
 class SimChannel:
-    """A fully open channel between the node and one peer."""
+    """A fully open channel between the node and one peer.
+
+    ``scid``: ListChannels ``chan_id``, the real SCID, or for a ``zero_conf`` channel its
+    base alias (lnd's funding manager gives a zero-conf channel an alias as its SCID).
+    ``alias_scids``: the node's aliases of the channel (a zero-conf channel's base alias is
+    among them). ``confirmed_scid``: a zero-conf channel's real SCID once its funding has 6
+    confirmations (ListChannels ``zero_conf_confirmed_scid``), else 0.
+    """
 
     peer: bytes
     scid: int
     alias_scids: tuple[int, ...] = ()
     private: bool = True
+    zero_conf: bool = False
+    confirmed_scid: int = 0
 
     @property
     def channel_point(self) -> str:
@@ -189,8 +210,19 @@ class SimChannel:
         return f"{txid}:{self.scid & 0xFFFF}"
 
     @property
+    def graph_scid(self) -> int:
+        """The one SCID lnd's channel graph holds the channel under, the only one lnd 0.21
+        resolves a next hop by (funding/manager.go): ``scid``, except for a public zero-conf
+        channel with 6 confirmations, whose edge moved to its real SCID."""
+        if self.zero_conf and not self.private and self.confirmed_scid:
+            return self.confirmed_scid
+        return self.scid
+
+    @property
     def all_scids(self) -> tuple[int, ...]:
-        return (self.scid, *self.alias_scids)
+        """Every SCID that names the channel somewhere in lnd (its SCID map, its aliases)."""
+        scids = (self.scid, *self.alias_scids, self.confirmed_scid)
+        return tuple(dict.fromkeys(s for s in scids if s))
 
 
 @dataclass(frozen=True)
@@ -586,11 +618,25 @@ class SimNode:
         alias_scids: Iterable[int] = (),
         *,
         private: bool = True,
+        zero_conf: bool = False,
+        confirmed_scid: int = 0,
     ) -> SimChannel:
-        """A fully open channel with ``peer``, known by ``scid`` and its aliases."""
+        """A fully open channel with ``peer``, known by ``scid`` and its aliases.
+
+        A channel that confirmed before use: ``scid`` is its real SCID, ``alias_scids`` the
+        aliases lnd gave it (the one sent in channel_ready, with option_scid_alias). A
+        ``zero_conf`` (scid-alias) channel, as an LSP opens to a phone: ``scid`` is its base
+        alias (also listed in ``alias_scids``), ``confirmed_scid`` its real SCID once it has
+        6 confirmations (0: not yet).
+        """
         if peer.node is not self:
             raise SimnetError("the peer belongs to another node")
-        channel = SimChannel(peer.pubkey, scid, tuple(alias_scids), private)
+        aliases = tuple(alias_scids)
+        if zero_conf:
+            aliases = (scid, *(a for a in aliases if a != scid))
+        elif confirmed_scid:
+            raise SimnetError("only a zero-conf channel has a confirmed SCID of its own")
+        channel = SimChannel(peer.pubkey, scid, aliases, private, zero_conf, confirmed_scid)
         taken = {s for c in self.channels for s in c.all_scids}
         clash = taken.intersection(channel.all_scids)
         if clash:
@@ -602,9 +648,18 @@ class SimNode:
         self.channels = [c for c in self.channels if c.scid != scid]
 
     def channel_peer(self, scid: int) -> bytes | None:
-        """The remote node of the channel known by ``scid`` (base or alias)."""
+        """The remote node of the channel any of whose SCIDs is ``scid`` (see
+        :attr:`SimChannel.all_scids`), whether lnd resolves it or not."""
         for channel in self.channels:
             if scid in channel.all_scids:
+                return channel.peer
+        return None
+
+    def graph_peer(self, scid: int) -> bytes | None:
+        """The remote node of the channel lnd's graph holds under ``scid``
+        (:attr:`SimChannel.graph_scid`): what lnd 0.21 resolves a next hop's SCID to."""
+        for channel in self.channels:
+            if scid == channel.graph_scid:
                 return channel.peer
         return None
 
@@ -735,8 +790,11 @@ class SimNode:
                 next_node: bytes | None = action.next_node_id
             else:
                 assert action.short_channel_id is not None
-                next_node = self.channel_peer(action.short_channel_id)
+                # lnd looks the SCID up in its graph only: an alias of a channel the graph
+                # holds under another SCID is unknown to it.
+                next_node = self.graph_peer(action.short_channel_id)
             if next_node is None:
+                # lnd logs "Failed to fetch channel edges for SCID ...: edge not found".
                 return IngestResult(published=False, drop_reason="unknown_scid")
             if next_node == peer.pubkey:
                 return IngestResult(published=False, drop_reason="cycle")
@@ -986,6 +1044,8 @@ class SimNode:
                 chan_id=channel.scid,
                 private=channel.private,
                 alias_scids=list(channel.alias_scids),
+                zero_conf=channel.zero_conf,
+                zero_conf_confirmed_scid=channel.confirmed_scid,
                 peer_alias=peer.name if peer is not None and request.peer_alias_lookup else "",
             )
         return resp
