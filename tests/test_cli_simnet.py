@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from simnet import Personality, SimNode, SimPeer
 
+from lndmailbox.onion.tlv import scid
 from lndmailbox.store import Store
 from tests.test_cli import NODE, Run, put, run_main
 from tests.test_cli import _clean_environment as _clean_environment  # autouse fixture
@@ -166,3 +167,120 @@ async def test_a_macaroon_without_peers_read_leaves_online_unknown(
     assert r.code == 0
     assert r.err.startswith("mailboxctl: online status unknown: ListPeers needs peers:read")
     assert r.out.splitlines()[1].split()[:2] == [lnd.alice.pubkey.hex(), "?"]
+
+
+# --- SCID aliases lnd >= 0.21 cannot forward by ---------------------------------------------
+
+ONLY_0_21 = pytest.mark.parametrize("lnd", [Personality.LND_0_21], indirect=True, ids=["0.21"])
+BOB_REAL, BOB_ALIAS = scid(800_000, 1, 0), scid(16_000_000, 0, 1)
+ALICE_ALIAS = scid(16_000_000, 0, 2)
+
+
+def open_channels(lnd: Lnd) -> None:
+    """bob's channel confirmed before use (lnd 0.21 cannot forward by its alias); alice's
+    is zero-conf with scid-alias, as an LSP opens to a phone (lnd forwards by its alias)."""
+    lnd.node.open_channel(lnd.bob, BOB_REAL, [BOB_ALIAS])
+    lnd.node.open_channel(
+        lnd.alice, ALICE_ALIAS, zero_conf=True, confirmed_scid=scid(800_000, 2, 0)
+    )
+
+
+def alias_line(out: str) -> str | None:
+    lines = [line for line in out.splitlines() if line.startswith("scid aliases  ")]
+    assert len(lines) <= 1
+    return lines[0].removeprefix("scid aliases").strip() if lines else None
+
+
+@ONLY_0_21
+async def test_status_warns_of_aliases_lnd_cannot_resolve(ctl: Ctl, lnd: Lnd, store: Store) -> None:
+    open_channels(lnd)
+    carol = lnd.node.add_peer("carol")
+    lnd.node.open_channel(carol, scid(800_000, 3, 0), [scid(16_000_000, 0, 3)])
+
+    r = await ctl("status")
+
+    assert r.code == 0, r.err
+    assert alias_line(r.out) == (
+        f"warning: 2 channels (2 peers) with aliases lnd cannot resolve: "
+        f"{lnd.bob.pubkey.hex()} 16000000x0x1, {carol.pubkey.hex()} 16000000x0x3; LDK paths "
+        "naming these aliases are dropped by lnd: open phones zero-conf scid-alias channels"
+    )
+    doc = (await ctl("status", "--json")).json()
+    assert doc["unresolvable_aliases"] == {
+        "checked": True,
+        "channels": [
+            {
+                "peer": lnd.bob.pubkey.hex(),
+                "channel_point": lnd.node.channels[0].channel_point,
+                "chan_id": "800000x1x0",
+                "aliases": ["16000000x0x1"],
+            },
+            {
+                "peer": carol.pubkey.hex(),
+                "channel_point": lnd.node.channels[2].channel_point,
+                "chan_id": "800000x3x0",
+                "aliases": ["16000000x0x3"],
+            },
+        ],
+    }
+
+
+@ONLY_0_21
+async def test_status_names_a_few_channels_and_counts_the_rest(ctl: Ctl, lnd: Lnd) -> None:
+    for i in range(5):
+        phone = lnd.node.add_peer(f"phone{i}")
+        lnd.node.open_channel(phone, scid(800_000, 10 + i, 0), [scid(16_000_000, 1, i)])
+    line = alias_line((await ctl("status")).out)
+    assert line is not None
+    assert line.startswith("warning: 5 channels (5 peers) with aliases lnd cannot resolve: ")
+    assert "16000000x1x2 and 2 more channels; LDK paths" in line
+    assert "16000000x1x3" not in line
+
+
+@ONLY_0_21
+async def test_status_with_only_zero_conf_phones_is_ok(ctl: Ctl, lnd: Lnd) -> None:
+    lnd.node.open_channel(lnd.alice, ALICE_ALIAS, zero_conf=True)
+    lnd.node.open_channel(lnd.bob, BOB_REAL)  # no alias at all: nothing to resolve
+    assert alias_line((await ctl("status")).out) == (
+        "ok: lnd forwards by every alias of every channel"
+    )
+    doc = (await ctl("status", "--json")).json()
+    assert doc["unresolvable_aliases"] == {"checked": True, "channels": []}
+
+
+@ONLY_0_21
+async def test_a_macaroon_without_offchain_read_leaves_the_check_undone(
+    ctl: Ctl, lnd: Lnd, tmp_path: Path
+) -> None:
+    open_channels(lnd)
+    narrow = tmp_path / "info.macaroon"
+    narrow.write_bytes(lnd.node.bake_macaroon(["info:read", "peers:read"]))
+    ctl.flags[ctl.flags.index("--macaroonpath") + 1] = str(narrow)
+
+    r = await ctl("status")
+
+    assert r.code == 0, r.err
+    line = alias_line(r.out)
+    assert line is not None
+    assert line.startswith("not checked (ListChannels needs offchain:read")
+    doc = (await ctl("status", "--json")).json()
+    assert doc["unresolvable_aliases"]["checked"] is False
+    assert doc["unresolvable_aliases"]["error"].startswith("ListChannels needs offchain:read")
+
+
+async def test_the_custom_transport_has_no_alias_check(ctl: Ctl, lnd: Lnd) -> None:
+    """lnd 0.20 hands the mailbox every message and the mailbox resolves every alias: no
+    line, no JSON field. On 0.21 the same channels draw the warning."""
+    open_channels(lnd)
+    r = await ctl("status")
+    doc = (await ctl("status", "--json")).json()
+    if lnd.node.personality is Personality.LND_0_20:
+        assert alias_line(r.out) is None
+        assert "unresolvable_aliases" not in doc
+    else:
+        line = alias_line(r.out)
+        assert line is not None
+        assert line.startswith("warning: 1 channel (1 peer) with aliases lnd cannot resolve: ")
+        assert [c["peer"] for c in doc["unresolvable_aliases"]["channels"]] == [
+            lnd.bob.pubkey.hex()
+        ]

@@ -17,7 +17,7 @@ from lndmailbox.daemon.peers import ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.errors import LndCredentialsError
-from lndmailbox.lnd import IncomingOnionMessage, Transport
+from lndmailbox.lnd import ChannelIndex, IncomingOnionMessage, Transport
 from lndmailbox.onion import BlindedHopSpec, LocalNodeKey, NodeKey, message_via
 from lndmailbox.store import Store
 
@@ -35,8 +35,8 @@ class HangingSigner:
 
 
 class NoChannels:
-    async def channel_peers(self) -> dict[int, bytes]:
-        return {}
+    async def channel_index(self) -> ChannelIndex:
+        return ChannelIndex((), {})
 
 
 class NothingSent:

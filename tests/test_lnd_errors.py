@@ -560,7 +560,7 @@ async def test_closing_the_client_ends_its_streams(scripted: Scripted) -> None:
         await lnd.get_info()
 
 
-async def test_node_info_and_channel_peers(scripted: Scripted) -> None:
+async def test_node_info_and_channel_index(scripted: Scripted) -> None:
     other = PrivateKey(b"\x04" * 32).public_key.format()
     scripted.script.steps["GetInfo"] = [
         ln.GetInfoResponse(
@@ -599,17 +599,24 @@ async def test_node_info_and_channel_peers(scripted: Scripted) -> None:
     ]
     async with _client(scripted.port) as lnd:
         info = await lnd.get_info()
-        scids = await lnd.channel_peers()
+        index = await lnd.channel_index()
     assert info.pubkey == PEER
     assert info.alias == "lsp"
     assert transport_for_version(info.version) is Transport.NATIVE
     assert info.network == "regtest"
     assert info.advertises_onion_messages
     assert info.block_height == 101
-    assert scids == {
+    assert index.peers_by_scid == {
         100 << 40: PEER,
         17592186044417: PEER,
         17592186044500: other,
         101 << 40: other,
         17592186044501: other,
     }
+    assert [
+        (c.peer, c.chan_id, c.alias_scids, c.zero_conf, c.zero_conf_confirmed_scid)
+        for c in index.channels
+    ] == [
+        (PEER, 100 << 40, (17592186044417,), False, 0),
+        (other, 17592186044500, (), True, 101 << 40),
+    ]

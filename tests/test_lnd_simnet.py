@@ -19,6 +19,7 @@ from simnet import Personality, SimNode
 from lndmailbox.errors import LndCredentialsError, LndError, LndPermissionError, PeerOfflineError
 from lndmailbox.lnd import (
     PERMISSIONS,
+    Channel,
     IncomingMalformed,
     IncomingOnionMessage,
     LndClient,
@@ -75,16 +76,56 @@ async def test_get_info(node: SimNode, lnd: LndClient) -> None:
     assert info.block_height == node.block_height
 
 
-async def test_channel_peers_include_every_alias(node: SimNode, lnd: LndClient) -> None:
+async def test_the_channel_index_includes_every_alias(node: SimNode, lnd: LndClient) -> None:
+    """The custom transport's SCID map: every SCID of every channel, whichever lnd itself
+    resolves (lnd 0.21 resolves fewer: tests/test_simnet.py)."""
     alice = node.add_peer("alice")
     bob = node.add_peer("bob")
+    carol = node.add_peer("carol")
     node.open_channel(alice, SCID_ALICE)
     node.open_channel(bob, SCID_BOB, [ALIAS_BOB])
-    assert await lnd.channel_peers() == {
+    carol_alias, carol_real = scid(16_000_000, 0, 9), scid(700_002, 3, 0)
+    node.open_channel(carol, carol_alias, zero_conf=True, confirmed_scid=carol_real)
+    index = await lnd.channel_index()
+    assert index.peers_by_scid == {
         SCID_ALICE: alice.pubkey,
         SCID_BOB: bob.pubkey,
         ALIAS_BOB: bob.pubkey,
+        carol_alias: carol.pubkey,
+        carol_real: carol.pubkey,
     }
+    assert index.channels == await lnd.list_channels()
+
+
+async def test_list_channels_hands_out_typed_channels(node: SimNode, lnd: LndClient) -> None:
+    bob = node.add_peer("bob", connect=True)
+    carol = node.add_peer("carol")
+    node.open_channel(bob, SCID_BOB, [ALIAS_BOB])
+    zero_conf = node.open_channel(
+        carol, scid(16_000_000, 0, 9), zero_conf=True, confirmed_scid=SCID_ALICE, private=False
+    )
+    assert await lnd.list_channels() == (
+        Channel(
+            peer=bob.pubkey,
+            channel_point=node.channels[0].channel_point,
+            chan_id=SCID_BOB,
+            alias_scids=(ALIAS_BOB,),
+            private=True,
+            zero_conf=False,
+            zero_conf_confirmed_scid=0,
+            active=True,
+        ),
+        Channel(
+            peer=carol.pubkey,
+            channel_point=zero_conf.channel_point,
+            chan_id=scid(16_000_000, 0, 9),
+            alias_scids=(scid(16_000_000, 0, 9),),
+            private=False,
+            zero_conf=True,
+            zero_conf_confirmed_scid=SCID_ALICE,
+            active=False,
+        ),
+    )
 
 
 # --- peers -------------------------------------------------------------------------------
@@ -215,7 +256,7 @@ async def test_a_macaroon_lacking_one_permission_names_it(node21: SimNode, missi
     calls: dict[str, Callable[[LndClient], Awaitable[object]]] = {
         "GetInfo": lambda lnd: lnd.get_info(),
         "ListPeers": lambda lnd: lnd.list_peers(),
-        "ListChannels": lambda lnd: lnd.channel_peers(),
+        "ListChannels": lambda lnd: lnd.list_channels(),
         "SendOnionMessage": lambda lnd: lnd.send_onion_message(
             Transport.NATIVE, bob.pubkey, msg.path_key, msg.onion
         ),

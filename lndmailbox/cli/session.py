@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from lndmailbox.cli.errors import CtlError, NodeUnknownError
 from lndmailbox.config import Settings
 from lndmailbox.errors import ConfigError, LndError, MailboxError, StoreError, StoreUnavailableError
-from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
+from lndmailbox.lnd import Channel, LndClient, NodeInfo, endpoint_for
 from lndmailbox.store import Store, embedded_socket_path, redis_url_for
 
 __all__ = ["LND_TIMEOUT", "Handler", "NodeSource", "Session"]
@@ -89,6 +89,16 @@ class Session:
             return CtlError(f"lnd serves {info.pubkey.hex()}, not {node.hex()}")
         try:
             return await self.lnd().list_peers()
+        except LndError as e:
+            return e
+
+    async def lnd_channels(self) -> tuple[Channel, ...] | MailboxError:
+        """lnd's channels (ListChannels, offchain:read), or why they could not be read."""
+        info = await self.lnd_info()
+        if not isinstance(info, NodeInfo):
+            return info
+        try:
+            return await self.lnd().list_channels()
         except LndError as e:
             return e
 

@@ -1,5 +1,8 @@
 """``mailboxctl status``: Redis, lnd, the daemon, what is queued, and the counters.
 
+On lnd >= 0.21 it also names the channels whose SCID aliases lnd cannot forward an onion
+message by (:func:`lndmailbox.lnd.unresolvable_aliases`).
+
 The status is read once into frozen values (:class:`Status` and its parts), then shown as
 aligned text (:func:`render_status`) or as JSON (:meth:`Status.as_json`, whose keys and
 their order scripts rely on: docs/mailboxctl.md). What cannot be read is left out and
@@ -17,14 +20,29 @@ from typing import Any
 
 from lndmailbox.cli.errors import NodeUnknownError
 from lndmailbox.cli.output import emit_json, json_time, say
-from lndmailbox.cli.render import format_age, format_bytes, format_time, render_fields
+from lndmailbox.cli.render import (
+    format_age,
+    format_bytes,
+    format_time,
+    plural,
+    render_fields,
+)
 from lndmailbox.cli.session import NodeSource, Session
 from lndmailbox.errors import ConfigError, MailboxError
-from lndmailbox.lnd import NodeInfo, Transport, transport_for_version
+from lndmailbox.lnd import (
+    Channel,
+    NodeInfo,
+    Transport,
+    UnresolvableAliases,
+    transport_for_version,
+    unresolvable_aliases,
+)
 from lndmailbox.logs import scrub_text
+from lndmailbox.onion.tlv import format_scid
 from lndmailbox.store import Store
 
 __all__ = [
+    "AliasStatus",
     "CounterStatus",
     "DaemonStatus",
     "LndStatus",
@@ -76,6 +94,61 @@ class LndStatus:
             "network": self.info.network,
             "synced_to_chain": self.info.synced_to_chain,
         }
+
+
+@dataclass(frozen=True)
+class AliasStatus:
+    """lnd >= 0.21: the channels with SCID aliases lnd cannot forward an onion message by
+    (``channels``, empty when none), or why lnd's channels could not be read (``error``,
+    then ``channels`` is None)."""
+
+    channels: tuple[UnresolvableAliases, ...] | None
+    error: str = ""
+
+    SHOWN = 3
+    """Channels the text line names; the rest are counted."""
+
+    @classmethod
+    def read(cls, answer: tuple[Channel, ...] | MailboxError) -> AliasStatus:
+        """From ListChannels' answer, or the error that stood in for it."""
+        if isinstance(answer, MailboxError):
+            return cls(None, scrub_text(str(answer)))
+        return cls(unresolvable_aliases(answer))
+
+    def as_json(self) -> dict[str, Any]:
+        if self.channels is None:
+            return {"checked": False, "error": self.error}
+        return {
+            "checked": True,
+            "channels": [
+                {
+                    "peer": c.peer.hex(),
+                    "channel_point": c.channel_point,
+                    "chan_id": format_scid(c.chan_id),
+                    "aliases": [format_scid(a) for a in c.aliases],
+                }
+                for c in self.channels
+            ],
+        }
+
+    def text(self) -> str:
+        if self.channels is None:
+            return f"not checked ({self.error})"
+        if not self.channels:
+            return "ok: lnd forwards by every alias of every channel"
+        named = ", ".join(
+            f"{c.peer.hex()} {' '.join(format_scid(a) for a in c.aliases)}"
+            for c in self.channels[: self.SHOWN]
+        )
+        more = len(self.channels) - self.SHOWN
+        if more > 0:
+            named += f" and {plural(more, 'more channel')}"
+        peers = len({c.peer for c in self.channels})
+        return (
+            f"warning: {plural(len(self.channels), 'channel')} ({plural(peers, 'peer')}) with "
+            f"aliases lnd cannot resolve: {named}; LDK paths naming these aliases are dropped "
+            "by lnd: open phones zero-conf scid-alias channels"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,6 +301,9 @@ class Status:
     daemon: DaemonStatus | None = None
     mail: MailStatus | None = None
     counters: CounterStatus | None = None
+    aliases: AliasStatus | None = None
+    """None where it does not apply: lnd <= 0.20 (the mailbox resolves every alias) or a
+    version lnd's numbering does not know."""
 
     @property
     def problem(self) -> str | None:
@@ -243,8 +319,10 @@ class Status:
             "node": None if self.node is None else self.node.hex(),
             "node_source": None if self.node_source is None else self.node_source.value,
             "lnd": self.lnd.as_json(),
-            "redis": self.redis.as_json(),
         }
+        if self.aliases is not None:
+            out["unresolvable_aliases"] = self.aliases.as_json()
+        out["redis"] = self.redis.as_json()
         if self.node_error is not None:
             out["node_error"] = self.node_error
         for name, part in (
@@ -263,13 +341,14 @@ class Status:
 async def read_status(s: Session, now: float) -> Status:
     """Asks lnd and Redis; every part that answers is in the result."""
     lnd = LndStatus.read(await s.lnd_info())
+    aliases = await _alias_status(s, lnd)
     redis = RedisStatus(scrub_text(s.redis_url))
     try:
         node, source = await s.node()
     except NodeUnknownError as e:
         # The lnd part already says why lnd could not be asked.
         why = f"lnd is unreachable, no --node was given, and {e.redis_answer}"
-        return Status(lnd, redis, node_error=scrub_text(why))
+        return Status(lnd, redis, aliases=aliases, node_error=scrub_text(why))
     daemon: DaemonStatus | None = None
     mail: MailStatus | None = None
     counters: CounterStatus | None = None
@@ -283,7 +362,18 @@ async def read_status(s: Session, now: float) -> Status:
     except MailboxError as e:
         # What was read before Redis failed is still shown.
         redis = replace(redis, error=scrub_text(s.redis_hint(e)))
-    return Status(lnd, redis, node, source, daemon=daemon, mail=mail, counters=counters)
+    return Status(
+        lnd, redis, node, source, daemon=daemon, mail=mail, counters=counters, aliases=aliases
+    )
+
+
+async def _alias_status(s: Session, lnd: LndStatus) -> AliasStatus | None:
+    """The alias check where it applies: lnd >= 0.21, or an lnd that could not be asked."""
+    if lnd.info is None:
+        return AliasStatus(None, "lnd is unreachable")
+    if lnd.transport is not Transport.NATIVE:
+        return None
+    return AliasStatus.read(await s.lnd_channels())
 
 
 async def _redis_server(store: Store) -> ServerStatus:
@@ -314,7 +404,10 @@ _NODE_SOURCE_TEXT = {
 
 def render_status(status: Status, now: float) -> str:
     """The status as aligned ``label  value`` lines."""
-    fields = [_node_field(status), _lnd_field(status), _redis_field(status.redis)]
+    fields = [_node_field(status), _lnd_field(status)]
+    if status.aliases is not None:
+        fields.append(("scid aliases", status.aliases.text()))
+    fields.append(_redis_field(status.redis))
     if status.daemon is not None:
         fields.append(("daemon", _daemon_text(status.daemon, now)))
     if status.mail is not None:

@@ -15,8 +15,10 @@ it, named below with its module:
 
 Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
 stops the daemon now, not every message later); the journal a previous daemon left is
-read before this one journals anything; the peer follower subscribes before it lists
-peers; the reader waits for that list and says ready once it is on lnd's stream.
+read before this one journals anything; on the native transport the channels are listed
+once, to warn of SCID aliases lnd cannot forward by (``peers.AliasWarning``); the peer
+follower subscribes before it lists peers; the reader waits for that list and says ready
+once it is on lnd's stream.
 
 Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading
 lnd, finish deciding the messages already read, write what the store writer holds, let
@@ -51,15 +53,21 @@ from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import LndSender
 from lndmailbox.daemon.peer_follower import PeerFollower
-from lndmailbox.daemon.peers import ChannelMap, PeerTracker
+from lndmailbox.daemon.peers import AliasWarning, ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.daemon.request_server import RequestServer
 from lndmailbox.daemon.store_writer import StoreWriter
-from lndmailbox.daemon.supervisor import Stoppable, cancel, spawn, until_stop_or_failure
+from lndmailbox.daemon.supervisor import (
+    Stoppable,
+    cancel,
+    run_until_stopped,
+    spawn,
+    until_stop_or_failure,
+)
 from lndmailbox.daemon.sweeper import Sweeper
 from lndmailbox.daemon.webhook import Notifier
-from lndmailbox.errors import LndError, MailboxError
+from lndmailbox.errors import LndCredentialsError, LndError, MailboxError
 from lndmailbox.lnd import LndClient, Transport, transport_for_version
 from lndmailbox.onion import CachedNodeKey
 from lndmailbox.store import Store
@@ -100,6 +108,7 @@ class _Pipeline:
     """The parts a message passes through, built once."""
 
     peers: PeerTracker
+    channels: ChannelMap
     race: RaceGuard
     reporter: Reporter
     journal: JournalWriter
@@ -169,6 +178,8 @@ class Mailbox:
             transport.value,
         )
         pipeline = await self._build(info.pubkey, transport)
+        if transport is Transport.NATIVE:
+            await run_until_stopped(stop, _check_aliases(pipeline.channels))
         running = self._start(pipeline, self._services(pipeline, transport), stop)
         try:
             await until_stop_or_failure(stop, running.all)
@@ -181,7 +192,9 @@ class Mailbox:
         """The message's way through the daemon, each part handed what it works with."""
         store, clock, metrics, options = self._store, self._clock, self._metrics, self._options
         peers = PeerTracker(clock)
-        channels = ChannelMap(self._lnd, clock)
+        # lnd >= 0.21 forwards by some SCIDs only: the operator hears of the others.
+        on_load = AliasWarning().saw if transport is Transport.NATIVE else None
+        channels = ChannelMap(self._lnd, clock, on_load=on_load)
         sender = LndSender(self._lnd, transport)
         reporter = Reporter(
             node=node, metrics=metrics, events=store.events, notifier=self._notifier
@@ -229,7 +242,7 @@ class Mailbox:
             workers=options.workers,
         )
         return _Pipeline(
-            peers, race, reporter, journal, left_over, deliverer, writer, queue, decider
+            peers, channels, race, reporter, journal, left_over, deliverer, writer, queue, decider
         )
 
     def _services(self, pipeline: _Pipeline, transport: Transport) -> dict[str, Stoppable]:
@@ -367,6 +380,18 @@ _FLUSH_RESERVE = 0.3
 """Seconds of the budget kept for the last flushes of the journal, counters and events."""
 _UNWIND = 0.5
 """Seconds a cancelled stage gets to unwind before it is reported as hanging."""
+
+
+async def _check_aliases(channels: ChannelMap) -> None:
+    """Loads the channel map at start on the native transport, so that its
+    :class:`AliasWarning` speaks at once. lnd refusing the macaroon stops the daemon, as
+    any call would; lnd failing otherwise only leaves the check to the map's next load."""
+    try:
+        await channels.load()
+    except LndCredentialsError:
+        raise
+    except LndError as e:
+        log.warning("could not list lnd's channels to check their SCID aliases: %s", e)
 
 
 async def _finish(task: asyncio.Task[None], within: float) -> list[MailboxError]:

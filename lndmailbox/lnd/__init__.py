@@ -8,7 +8,9 @@ module                     holds
 :mod:`~.errors`            gRPC failures as one :class:`~lndmailbox.errors.LndError`,
                            retryable or not; the permissions every RPC needs
 :mod:`~.values`            what the client hands out: :class:`NodeInfo`,
-                           :class:`PeerEvent`, :class:`IncomingOnionMessage`, ...
+                           :class:`PeerEvent`, :class:`Channel`, ...
+:mod:`~.resolver`          which SCIDs lnd >= 0.21 forwards by:
+                           :func:`unresolvable_aliases` (pure)
 :mod:`~.streams`           :class:`Subscription`: streams subscribed again when they break
 :mod:`~.client`            :class:`LndClient` (unary calls retried through
                            :class:`~lndmailbox.retry.Retry`) and :class:`LndNodeKey`
@@ -27,8 +29,11 @@ from lndmailbox.lnd.endpoint import (
     resolve_endpoint,
 )
 from lndmailbox.lnd.errors import PERMISSIONS, rpc_error
+from lndmailbox.lnd.resolver import UnresolvableAliases, unresolvable_aliases
 from lndmailbox.lnd.streams import Subscription
 from lndmailbox.lnd.values import (
+    Channel,
+    ChannelIndex,
     IncomingMalformed,
     IncomingOnionMessage,
     NodeInfo,
@@ -43,6 +48,8 @@ __all__ = [
     "DEFAULT_RPCSERVER",
     "NETWORKS",
     "PERMISSIONS",
+    "Channel",
+    "ChannelIndex",
     "IncomingMalformed",
     "IncomingOnionMessage",
     "LndClient",
@@ -53,9 +60,11 @@ __all__ = [
     "Resubscribed",
     "Subscription",
     "Transport",
+    "UnresolvableAliases",
     "endpoint_for",
     "parse_lndconnect",
     "resolve_endpoint",
     "rpc_error",
     "transport_for_version",
+    "unresolvable_aliases",
 ]

@@ -47,6 +47,8 @@ from lndmailbox.lnd.streams import (
     peer_events,
 )
 from lndmailbox.lnd.values import (
+    Channel,
+    ChannelIndex,
     IncomingMalformed,
     IncomingOnionMessage,
     NodeInfo,
@@ -264,29 +266,48 @@ class LndClient:
         )
         return Subscription(peer_events(raw))
 
-    async def channel_peers(self) -> dict[int, bytes]:
-        """Every short channel id of every channel -> the remote peer's 33-byte key.
-
-        Includes the confirmed SCID, the node's SCID aliases (ListChannels ``alias_scids``
-        and ListAliases) and the zero-conf confirmed SCID: any of them may name the next hop
-        in an onion message. (``peer_scid_alias``, the alias the *peer* chose, is left out:
-        it names the channel only in the peer's own routing.) offchain:read.
-        """
+    async def list_channels(self) -> tuple[Channel, ...]:
+        """The node's open channels (ListChannels, offchain:read)."""
         lightning, _ = self._connect()
-        channels = await self._unary(
+        r = await self._unary(
             "ListChannels",
             lambda t, md: lightning.ListChannels(ln.ListChannelsRequest(), timeout=t, metadata=md),
         )
+        return tuple(
+            Channel(
+                peer=bytes.fromhex(c.remote_pubkey),
+                channel_point=c.channel_point,
+                chan_id=c.chan_id,
+                alias_scids=tuple(c.alias_scids),
+                private=c.private,
+                zero_conf=c.zero_conf,
+                zero_conf_confirmed_scid=c.zero_conf_confirmed_scid,
+                active=c.active,
+            )
+            for c in r.channels
+        )
+
+    async def channel_index(self) -> ChannelIndex:
+        """The channels, and every short channel id of every channel -> the remote peer.
+
+        Includes the confirmed SCID, the node's SCID aliases (ListChannels ``alias_scids``
+        and ListAliases) and the zero-conf confirmed SCID: any of them may name the next hop
+        in an onion message on the custom transport, where the mailbox resolves it.
+        (``peer_scid_alias``, the alias the *peer* chose, is left out: it names the channel
+        only in the peer's own routing.) lnd >= 0.21 resolves fewer itself
+        (:mod:`~lndmailbox.lnd.resolver`). offchain:read.
+        """
+        channels = await self.list_channels()
+        lightning, _ = self._connect()
         aliases = await self._unary(
             "ListAliases",
             lambda t, md: lightning.ListAliases(ln.ListAliasesRequest(), timeout=t, metadata=md),
         )
         result: dict[int, bytes] = {}
-        for channel in channels.channels:
-            remote = bytes.fromhex(channel.remote_pubkey)
+        for channel in channels:
             for scid in (channel.chan_id, channel.zero_conf_confirmed_scid, *channel.alias_scids):
                 if scid:
-                    result[scid] = remote
+                    result[scid] = channel.peer
         for alias_map in aliases.alias_maps:
             scids = (alias_map.base_scid, *alias_map.aliases)
             remote_or_none = next((result[s] for s in scids if s in result), None)
@@ -294,7 +315,7 @@ class LndClient:
                 for scid in scids:
                     if scid:
                         result.setdefault(scid, remote_or_none)
-        return result
+        return ChannelIndex(channels, result)
 
     def onion_messages(
         self, transport: Transport

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lndmailbox.errors import ConfigError, OnionError
 
 __all__ = [
+    "Channel",
+    "ChannelIndex",
     "IncomingMalformed",
     "IncomingOnionMessage",
     "NodeInfo",
@@ -68,6 +71,35 @@ class NodeInfo:
     @property
     def advertises_onion_messages(self) -> bool:
         return bool(self.features & {38, 39})
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One of the node's open channels, as ListChannels shows it."""
+
+    peer: bytes
+    """The remote node, 33 bytes."""
+    channel_point: str
+    """``txid:output`` of the funding transaction."""
+    chan_id: int
+    """The channel's SCID in lnd: the real one, or a zero-conf channel's base alias."""
+    alias_scids: tuple[int, ...] = ()
+    """The node's own aliases of the channel (what it sent the peer in channel_ready)."""
+    private: bool = True
+    zero_conf: bool = False
+    zero_conf_confirmed_scid: int = 0
+    """A zero-conf channel's real SCID once lnd has seen 6 confirmations, else 0."""
+    active: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelIndex:
+    """The node's channels, and every SCID that may name one of them -> its peer."""
+
+    channels: tuple[Channel, ...]
+    peers_by_scid: Mapping[int, bytes]
+    """Each channel's ``chan_id``, ``zero_conf_confirmed_scid`` and aliases (ListChannels
+    and ListAliases) -> the remote node: the custom transport's SCID map."""
 
 
 @dataclass(frozen=True)
