@@ -39,6 +39,7 @@ from itest.onion import inbox_stream, peel_with
 from itest.process import wait_for
 from itest.rpc import Collector, collect
 from lndmailbox import onion
+from lndmailbox.onion.tlv import format_scid
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.store import RedisServer, Store, StoredMessage
 
@@ -326,3 +327,47 @@ async def test_a_phone_that_reconnects_at_once_still_gets_its_message(
     payment_id = await asyncio.to_thread(payer_sends, wallets, path)
     await asyncio.to_thread(wake_up, network, wallets.phone)
     await asyncio.to_thread(released, wallets, payment_id, since=since)
+
+
+async def test_mailboxctl_names_the_channels_whose_aliases_lnd_drops(
+    network: Network, wallets: Wallets, mailbox: StartMailbox
+) -> None:
+    """The warning's rule against real lnd: on 0.21 the lnd peers' channels, which confirmed
+    before use, have aliases lnd cannot resolve; the wallets' zero-conf channels do not. On
+    0.20 the mailbox resolves every alias itself, so there is nothing to warn about."""
+    daemon: MailboxDaemon = await asyncio.to_thread(mailbox)
+    lsp = network.lsp
+    status = await asyncio.to_thread(
+        mailboxctl,
+        daemon,
+        "--rpcserver",
+        lsp.rpcserver,
+        "--tlscertpath",
+        str(lsp.tls_cert_path),
+        "--macaroonpath",
+        str(daemon.macaroon_path),
+        "--network",
+        "regtest",
+        "status",
+    )
+    warned = "SCID aliases lnd cannot resolve" in daemon.log()
+    if network.generation is Generation.CUSTOM:
+        assert "unresolvable_aliases" not in status, status
+        assert not warned
+        return
+    report = status["unresolvable_aliases"]
+    assert report["checked"], report
+    listed = {(c["peer"], tuple(c["aliases"])) for c in report["channels"]}
+    # Other itest modules may have left channels of their own at the LSP: only these are known.
+    for node, channel in (
+        (network.sender, network.sender_channel),
+        (network.recipient, network.recipient_channel),
+    ):
+        assert channel is not None
+        assert channel.alias_scids, f"lnd gave the {node.name}'s channel no alias"
+        aliases = tuple(format_scid(a) for a in channel.alias_scids)
+        assert (node.pubkey_hex, aliases) in listed, report
+    peers = {peer for peer, _ in listed}
+    assert wallets.phone.node_id not in peers, report
+    assert wallets.payer.node_id not in peers, report
+    assert warned, daemon.process.log_tail(20)
