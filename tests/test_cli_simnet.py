@@ -201,9 +201,11 @@ async def test_status_warns_of_aliases_lnd_cannot_resolve(ctl: Ctl, lnd: Lnd, st
 
     assert r.code == 0, r.err
     assert alias_line(r.out) == (
-        f"warning: 2 channels (2 peers) with aliases lnd cannot resolve: "
-        f"{lnd.bob.pubkey.hex()} 16000000x0x1, {carol.pubkey.hex()} 16000000x0x3; LDK paths "
-        "naming these aliases are dropped by lnd: open phones zero-conf scid-alias channels"
+        f"warning: 2 private channels (2 peers) with SCID aliases lnd cannot resolve: "
+        f"{lnd.bob.pubkey.hex()} 16000000x0x1, {carol.pubkey.hex()} 16000000x0x3; if these "
+        "peers are phones on LDK, their blinded paths name the LSP's hop by these aliases and "
+        "lnd drops those onion messages before the mailbox sees them: open phones zero-conf "
+        "scid-alias channels"
     )
     doc = (await ctl("status", "--json")).json()
     assert doc["unresolvable_aliases"] == {
@@ -232,8 +234,10 @@ async def test_status_names_a_few_channels_and_counts_the_rest(ctl: Ctl, lnd: Ln
         lnd.node.open_channel(phone, scid(800_000, 10 + i, 0), [scid(16_000_000, 1, i)])
     line = alias_line((await ctl("status")).out)
     assert line is not None
-    assert line.startswith("warning: 5 channels (5 peers) with aliases lnd cannot resolve: ")
-    assert "16000000x1x2 and 2 more channels; LDK paths" in line
+    assert line.startswith(
+        "warning: 5 private channels (5 peers) with SCID aliases lnd cannot resolve: "
+    )
+    assert "16000000x1x2 and 2 more channels; if these peers" in line
     assert "16000000x1x3" not in line
 
 
@@ -241,8 +245,10 @@ async def test_status_names_a_few_channels_and_counts_the_rest(ctl: Ctl, lnd: Ln
 async def test_status_with_only_zero_conf_phones_is_ok(ctl: Ctl, lnd: Lnd) -> None:
     lnd.node.open_channel(lnd.alice, ALICE_ALIAS, zero_conf=True)
     lnd.node.open_channel(lnd.bob, BOB_REAL)  # no alias at all: nothing to resolve
+    carol = lnd.node.add_peer("carol")  # a routing node: its public channel is not checked
+    lnd.node.open_channel(carol, scid(800_000, 3, 0), [scid(16_000_000, 0, 3)], private=False)
     assert alias_line((await ctl("status")).out) == (
-        "ok: lnd forwards by every alias of every channel"
+        "ok: lnd forwards by every alias of every private channel"
     )
     doc = (await ctl("status", "--json")).json()
     assert doc["unresolvable_aliases"] == {"checked": True, "channels": []}
@@ -280,7 +286,44 @@ async def test_the_custom_transport_has_no_alias_check(ctl: Ctl, lnd: Lnd) -> No
     else:
         line = alias_line(r.out)
         assert line is not None
-        assert line.startswith("warning: 1 channel (1 peer) with aliases lnd cannot resolve: ")
+        assert line.startswith("warning: 1 private channel (1 peer) with SCID aliases lnd ")
         assert [c["peer"] for c in doc["unresolvable_aliases"]["channels"]] == [
             lnd.bob.pubkey.hex()
         ]
+
+
+@ONLY_0_21
+async def test_the_check_is_of_the_node_asked_for(ctl: Ctl, lnd: Lnd) -> None:
+    """With --node another node than lnd's, lnd's channels say nothing of it."""
+    open_channels(lnd)
+    r = await ctl("--node", NODE.hex(), "status")
+    assert r.code == 0, r.err
+    assert (
+        alias_line(r.out) == f"not checked (lnd serves {lnd.node.pubkey.hex()}, not {NODE.hex()})"
+    )
+    doc = (await ctl("--node", NODE.hex(), "--json", "status")).json()
+    assert doc["unresolvable_aliases"] == {
+        "checked": False,
+        "error": f"lnd serves {lnd.node.pubkey.hex()}, not {NODE.hex()}",
+    }
+    assert lnd.node.calls.get("ListChannels", 0) == 0
+
+
+async def test_a_refused_get_info_is_said_as_lnd_said_it(
+    ctl: Ctl, lnd: Lnd, store: Store, tmp_path: Path
+) -> None:
+    """Not "unreachable": lnd answered, and refused the macaroon."""
+    narrow = tmp_path / "peers.macaroon"
+    narrow.write_bytes(lnd.node.bake_macaroon(["peers:read", "offchain:read"]))
+    ctl.flags[ctl.flags.index("--macaroonpath") + 1] = str(narrow)
+
+    r = await ctl("--node", lnd.node.pubkey.hex(), "status")
+
+    assert r.code == 0, r.err
+    line = alias_line(r.out)
+    assert line is not None
+    assert line.startswith("not checked (GetInfo needs info:read: the macaroon "), line
+    assert "unreachable" not in line
+    doc = (await ctl("--node", lnd.node.pubkey.hex(), "--json", "status")).json()
+    assert doc["unresolvable_aliases"] == {"checked": False, "error": doc["lnd"]["error"]}
+    assert f"unreachable ({doc['lnd']['error']})" in r.out  # the lnd line, with the same reason

@@ -109,21 +109,19 @@ async def test_list_channels_hands_out_typed_channels(node: SimNode, lnd: LndCli
             peer=bob.pubkey,
             channel_point=node.channels[0].channel_point,
             chan_id=SCID_BOB,
-            alias_scids=(ALIAS_BOB,),
             private=True,
+            alias_scids=(ALIAS_BOB,),
             zero_conf=False,
             zero_conf_confirmed_scid=0,
-            active=True,
         ),
         Channel(
             peer=carol.pubkey,
             channel_point=zero_conf.channel_point,
             chan_id=scid(16_000_000, 0, 9),
-            alias_scids=(scid(16_000_000, 0, 9),),
             private=False,
+            alias_scids=(scid(16_000_000, 0, 9),),
             zero_conf=True,
             zero_conf_confirmed_scid=SCID_ALICE,
-            active=False,
         ),
     )
 

@@ -929,3 +929,27 @@ def test_simnet_and_the_demo_stay_out_of_the_product() -> None:
         and re.search(r"^\s*(from|import) simnet\b", path.read_text(), re.M)
     ]
     assert offenders == []
+
+
+async def test_a_stalled_rpc_is_held_until_unstalled_and_calls_are_counted(
+    node: SimNode,
+) -> None:
+    """``stall`` holds a unary RPC as an lnd busy on it does: the caller's deadline ends the
+    call (DEADLINE_EXCEEDED), and once unstalled the RPC answers again."""
+    node.stall("ListChannels")
+    async with rpc(node) as c:
+        err = await rpc_error(
+            c.ln.ListChannels(ln.ListChannelsRequest(), metadata=c.md, timeout=0.3)
+        )
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await c.ln.GetInfo(ln.GetInfoRequest(), metadata=c.md)  # other RPCs answer
+        held = asyncio.ensure_future(
+            c.ln.ListChannels(ln.ListChannelsRequest(), metadata=c.md, timeout=5)
+        )
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        node.unstall("ListChannels")
+        async with asyncio.timeout(5):
+            await held
+        await c.ln.ListChannels(ln.ListChannelsRequest(), metadata=c.md, timeout=5)
+    assert (node.calls["ListChannels"], node.calls["GetInfo"]) == (3, 1)

@@ -92,11 +92,14 @@ class Session:
         except LndError as e:
             return e
 
-    async def lnd_channels(self) -> tuple[Channel, ...] | MailboxError:
-        """lnd's channels (ListChannels, offchain:read), or why they could not be read."""
+    async def lnd_channels(self, node: bytes) -> tuple[Channel, ...] | MailboxError:
+        """lnd's channels (ListChannels, offchain:read), if lnd is reachable and is ``node``;
+        else why they could not be read."""
         info = await self.lnd_info()
         if not isinstance(info, NodeInfo):
             return info
+        if info.pubkey != node:
+            return CtlError(f"lnd serves {info.pubkey.hex()}, not {node.hex()}")
         try:
             return await self.lnd().list_channels()
         except LndError as e:

@@ -1,7 +1,7 @@
 """``mailboxctl status``: Redis, lnd, the daemon, what is queued, and the counters.
 
-On lnd >= 0.21 it also names the channels whose SCID aliases lnd cannot forward an onion
-message by (:func:`lndmailbox.lnd.unresolvable_aliases`).
+On lnd >= 0.21 it also names the private channels whose SCID aliases lnd cannot forward an
+onion message by (:func:`lndmailbox.lnd.unresolvable_aliases`).
 
 The status is read once into frozen values (:class:`Status` and its parts), then shown as
 aligned text (:func:`render_status`) or as JSON (:meth:`Status.as_json`, whose keys and
@@ -20,13 +20,7 @@ from typing import Any
 
 from lndmailbox.cli.errors import NodeUnknownError
 from lndmailbox.cli.output import emit_json, json_time, say
-from lndmailbox.cli.render import (
-    format_age,
-    format_bytes,
-    format_time,
-    plural,
-    render_fields,
-)
+from lndmailbox.cli.render import format_age, format_bytes, format_time, render_fields
 from lndmailbox.cli.session import NodeSource, Session
 from lndmailbox.errors import ConfigError, MailboxError
 from lndmailbox.lnd import (
@@ -37,6 +31,7 @@ from lndmailbox.lnd import (
     transport_for_version,
     unresolvable_aliases,
 )
+from lndmailbox.lnd.resolver import describe_unresolvable
 from lndmailbox.logs import scrub_text
 from lndmailbox.onion.tlv import format_scid
 from lndmailbox.store import Store
@@ -98,15 +93,12 @@ class LndStatus:
 
 @dataclass(frozen=True)
 class AliasStatus:
-    """lnd >= 0.21: the channels with SCID aliases lnd cannot forward an onion message by
-    (``channels``, empty when none), or why lnd's channels could not be read (``error``,
-    then ``channels`` is None)."""
+    """lnd >= 0.21: the private channels with SCID aliases lnd cannot forward an onion
+    message by (``channels``, empty when none), or why lnd's channels could not be read
+    (``error``, then ``channels`` is None)."""
 
     channels: tuple[UnresolvableAliases, ...] | None
     error: str = ""
-
-    SHOWN = 3
-    """Channels the text line names; the rest are counted."""
 
     @classmethod
     def read(cls, answer: tuple[Channel, ...] | MailboxError) -> AliasStatus:
@@ -135,20 +127,8 @@ class AliasStatus:
         if self.channels is None:
             return f"not checked ({self.error})"
         if not self.channels:
-            return "ok: lnd forwards by every alias of every channel"
-        named = ", ".join(
-            f"{c.peer.hex()} {' '.join(format_scid(a) for a in c.aliases)}"
-            for c in self.channels[: self.SHOWN]
-        )
-        more = len(self.channels) - self.SHOWN
-        if more > 0:
-            named += f" and {plural(more, 'more channel')}"
-        peers = len({c.peer for c in self.channels})
-        return (
-            f"warning: {plural(len(self.channels), 'channel')} ({plural(peers, 'peer')}) with "
-            f"aliases lnd cannot resolve: {named}; LDK paths naming these aliases are dropped "
-            "by lnd: open phones zero-conf scid-alias channels"
-        )
+            return "ok: lnd forwards by every alias of every private channel"
+        return f"warning: {describe_unresolvable(self.channels)}"
 
 
 @dataclass(frozen=True)
@@ -341,14 +321,15 @@ class Status:
 async def read_status(s: Session, now: float) -> Status:
     """Asks lnd and Redis; every part that answers is in the result."""
     lnd = LndStatus.read(await s.lnd_info())
-    aliases = await _alias_status(s, lnd)
     redis = RedisStatus(scrub_text(s.redis_url))
     try:
         node, source = await s.node()
     except NodeUnknownError as e:
         # The lnd part already says why lnd could not be asked.
         why = f"lnd is unreachable, no --node was given, and {e.redis_answer}"
-        return Status(lnd, redis, aliases=aliases, node_error=scrub_text(why))
+        unchecked = AliasStatus(None, lnd.error)
+        return Status(lnd, redis, aliases=unchecked, node_error=scrub_text(why))
+    aliases = await _alias_status(s, lnd, node)
     daemon: DaemonStatus | None = None
     mail: MailStatus | None = None
     counters: CounterStatus | None = None
@@ -367,13 +348,14 @@ async def read_status(s: Session, now: float) -> Status:
     )
 
 
-async def _alias_status(s: Session, lnd: LndStatus) -> AliasStatus | None:
-    """The alias check where it applies: lnd >= 0.21, or an lnd that could not be asked."""
+async def _alias_status(s: Session, lnd: LndStatus, node: bytes) -> AliasStatus | None:
+    """The alias check where it applies: lnd >= 0.21 (of ``node``: else it says whose lnd
+    it is), or an lnd that could not be asked (it says why, as the lnd line does)."""
     if lnd.info is None:
-        return AliasStatus(None, "lnd is unreachable")
+        return AliasStatus(None, lnd.error)
     if lnd.transport is not Transport.NATIVE:
         return None
-    return AliasStatus.read(await s.lnd_channels())
+    return AliasStatus.read(await s.lnd_channels(node))
 
 
 async def _redis_server(store: Store) -> ServerStatus:

@@ -10,15 +10,17 @@ it, named below with its module:
 - the deliverer (``deliverer``): drains a peer's mail through lnd when it is online;
 - the sweeper (``sweeper``): expiry, gauges, and a drain of every online peer;
 - the request server (``request_server``): serves ``mailboxctl deliver``;
+- the alias check (``peers.AliasCheck``, native transport only): warns of private
+  channels whose SCID aliases lnd cannot forward by, at start and every 10 minutes;
 - the journal writer (``journal_writer``) and the reporter (``outcomes``): batched
   writes of the journal and of counters and events.
 
 Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
 stops the daemon now, not every message later); the journal a previous daemon left is
-read before this one journals anything; on the native transport the channels are listed
-once, to warn of SCID aliases lnd cannot forward by (``peers.AliasWarning``); the peer
-follower subscribes before it lists peers; the reader waits for that list and says ready
-once it is on lnd's stream.
+read before this one journals anything; the peer follower subscribes before it lists
+peers; the reader waits for that list and says ready once it is on lnd's stream. Nothing
+else waits before the streams: lnd 0.21 keeps no backlog for a late subscriber, so what
+is not needed to decide a message (the alias check) runs beside them.
 
 Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading
 lnd, finish deciding the messages already read, write what the store writer holds, let
@@ -53,21 +55,15 @@ from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import LndSender
 from lndmailbox.daemon.peer_follower import PeerFollower
-from lndmailbox.daemon.peers import AliasWarning, ChannelMap, PeerTracker
+from lndmailbox.daemon.peers import ALIAS_CHECK_INTERVAL, AliasCheck, ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.daemon.request_server import RequestServer
 from lndmailbox.daemon.store_writer import StoreWriter
-from lndmailbox.daemon.supervisor import (
-    Stoppable,
-    cancel,
-    run_until_stopped,
-    spawn,
-    until_stop_or_failure,
-)
+from lndmailbox.daemon.supervisor import Stoppable, cancel, spawn, until_stop_or_failure
 from lndmailbox.daemon.sweeper import Sweeper
 from lndmailbox.daemon.webhook import Notifier
-from lndmailbox.errors import LndCredentialsError, LndError, MailboxError
+from lndmailbox.errors import LndError, MailboxError
 from lndmailbox.lnd import LndClient, Transport, transport_for_version
 from lndmailbox.onion import CachedNodeKey
 from lndmailbox.store import Store
@@ -92,6 +88,8 @@ class MailboxOptions:
     connections, up to 2 s for queued webhook notifications) a stop takes under 5 s; a
     healthy shutdown needs a fraction of it (see the module docstring for what a stage
     cut short leaves behind)."""
+    alias_check_interval: float = ALIAS_CHECK_INTERVAL
+    """Seconds between the native transport's alias checks (not a setting: for tests)."""
 
 
 def choose_transport(flag: str, version: str) -> Transport:
@@ -108,7 +106,6 @@ class _Pipeline:
     """The parts a message passes through, built once."""
 
     peers: PeerTracker
-    channels: ChannelMap
     race: RaceGuard
     reporter: Reporter
     journal: JournalWriter
@@ -178,8 +175,6 @@ class Mailbox:
             transport.value,
         )
         pipeline = await self._build(info.pubkey, transport)
-        if transport is Transport.NATIVE:
-            await run_until_stopped(stop, _check_aliases(pipeline.channels))
         running = self._start(pipeline, self._services(pipeline, transport), stop)
         try:
             await until_stop_or_failure(stop, running.all)
@@ -192,9 +187,7 @@ class Mailbox:
         """The message's way through the daemon, each part handed what it works with."""
         store, clock, metrics, options = self._store, self._clock, self._metrics, self._options
         peers = PeerTracker(clock)
-        # lnd >= 0.21 forwards by some SCIDs only: the operator hears of the others.
-        on_load = AliasWarning().saw if transport is Transport.NATIVE else None
-        channels = ChannelMap(self._lnd, clock, on_load=on_load)
+        channels = ChannelMap(self._lnd, clock)
         sender = LndSender(self._lnd, transport)
         reporter = Reporter(
             node=node, metrics=metrics, events=store.events, notifier=self._notifier
@@ -242,7 +235,7 @@ class Mailbox:
             workers=options.workers,
         )
         return _Pipeline(
-            peers, channels, race, reporter, journal, left_over, deliverer, writer, queue, decider
+            peers, race, reporter, journal, left_over, deliverer, writer, queue, decider
         )
 
     def _services(self, pipeline: _Pipeline, transport: Transport) -> dict[str, Stoppable]:
@@ -250,7 +243,7 @@ class Mailbox:
         store, p = self._store, pipeline
         gauges = QueueGauges(store.queues, self._metrics)
         peers_known = asyncio.Event()
-        return {
+        services: dict[str, Stoppable] = {
             "peer-follower": PeerFollower(
                 lnd=self._lnd,
                 transport=transport,
@@ -287,6 +280,12 @@ class Mailbox:
             "request-server": RequestServer(store.control, p.deliverer),
             "deliverer": p.deliverer,
         }
+        if transport is Transport.NATIVE:
+            # lnd >= 0.21 forwards by some SCIDs only: the operator hears of the others.
+            services["alias-check"] = AliasCheck(
+                self._lnd, interval=self._options.alias_check_interval
+            )
+        return services
 
     def _start(
         self, pipeline: _Pipeline, services: dict[str, Stoppable], stop: asyncio.Event
@@ -380,18 +379,6 @@ _FLUSH_RESERVE = 0.3
 """Seconds of the budget kept for the last flushes of the journal, counters and events."""
 _UNWIND = 0.5
 """Seconds a cancelled stage gets to unwind before it is reported as hanging."""
-
-
-async def _check_aliases(channels: ChannelMap) -> None:
-    """Loads the channel map at start on the native transport, so that its
-    :class:`AliasWarning` speaks at once. lnd refusing the macaroon stops the daemon, as
-    any call would; lnd failing otherwise only leaves the check to the map's next load."""
-    try:
-        await channels.load()
-    except LndCredentialsError:
-        raise
-    except LndError as e:
-        log.warning("could not list lnd's channels to check their SCID aliases: %s", e)
 
 
 async def _finish(task: asyncio.Task[None], within: float) -> list[MailboxError]:

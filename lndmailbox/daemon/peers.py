@@ -1,15 +1,19 @@
-"""What the daemon knows about lnd's peers: who is online, and which channel leads to whom."""
+"""What the daemon knows about lnd's peers: who is online, which channel leads to whom, and
+(native transport) which channels lnd cannot forward to by their aliases."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from lndmailbox.clock import Clock
+from lndmailbox.daemon.supervisor import run_until_stopped
+from lndmailbox.errors import LndCredentialsError, LndError
 from lndmailbox.lnd import Channel, ChannelIndex, UnresolvableAliases, unresolvable_aliases
-from lndmailbox.onion.tlv import format_scid
+from lndmailbox.lnd.resolver import describe_unresolvable
+from lndmailbox.retry import wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -79,39 +83,22 @@ class ChannelMap:
 
     Reloaded when a lookup misses, at most once per ``min_refresh`` seconds and one load at
     a time (a failed load counts too), so that a peer sending made-up channel ids cannot
-    turn every message into a ListChannels call. ``on_load`` sees the channels of every
-    load (the native transport's :class:`AliasWarning`).
+    turn every message into a ListChannels call.
     """
 
-    def __init__(
-        self,
-        source: ChannelSource,
-        clock: Clock,
-        *,
-        min_refresh: float = 2.0,
-        on_load: Callable[[Sequence[Channel]], None] | None = None,
-    ) -> None:
+    def __init__(self, source: ChannelSource, clock: Clock, *, min_refresh: float = 2.0) -> None:
         self._source = source
         self._clock = clock
         self._min_refresh = min_refresh
-        self._on_load = on_load
         self._by_scid: Mapping[int, bytes] = {}
         self._peers: frozenset[bytes] = frozenset()
         self._tried_at: float | None = None
         self._lock = asyncio.Lock()
 
-    async def load(self) -> None:
-        """Loads the map now (the daemon's start, on the native transport)."""
-        async with self._lock:
-            await self._reload()
-
     async def _reload(self) -> None:
         self._tried_at = self._clock.monotonic()
-        index = await self._source.channel_index()
-        self._by_scid = index.peers_by_scid
+        self._by_scid = (await self._source.channel_index()).peers_by_scid
         self._peers = frozenset(self._by_scid.values())
-        if self._on_load is not None:
-            self._on_load(index.channels)
 
     async def _refresh_if_stale(self) -> None:
         tried = self._tried_at
@@ -138,16 +125,14 @@ class ChannelMap:
 
 
 class AliasWarning:
-    """Tells the operator, on the native transport, about channels whose SCID aliases lnd
-    cannot forward an onion message by (:func:`lndmailbox.lnd.unresolvable_aliases`): a
-    message naming one is dropped inside lnd and never reaches the mailbox.
+    """Tells the operator, on the native transport, about private channels whose SCID
+    aliases lnd cannot forward an onion message by
+    (:func:`lndmailbox.lnd.unresolvable_aliases`): a message naming one is dropped inside
+    lnd and never reaches the mailbox.
 
-    One WARNING for the channels of the first load, and one again whenever a later load
-    finds a different set (INFO once none is left).
+    One WARNING for the channels of the first list it sees, and one again whenever a later
+    list gives a different set (INFO once none is left).
     """
-
-    _SHOWN = 3
-    """Channels named in the line; the rest are counted."""
 
     def __init__(self) -> None:
         self._last: frozenset[UnresolvableAliases] | None = None
@@ -159,24 +144,59 @@ class AliasWarning:
         self._last = now
         if not changed:
             return
-        if not found:
-            if not first:
-                log.info("every channel's SCID aliases resolve in lnd now")
+        if found:
+            log.warning("%s", describe_unresolvable(found))
+        elif not first:
+            log.info("every private channel's SCID aliases resolve in lnd now")
+
+
+ALIAS_CHECK_INTERVAL = 600.0
+"""Seconds between two of :class:`AliasCheck`'s looks at lnd's channels. Not a setting: a
+channel opened meanwhile is named within 10 minutes, soon enough for what the operator
+does about it (open phones' channels another way), and one ListChannels per 10 minutes
+costs lnd nothing. Tests shorten it through ``MailboxOptions``."""
+
+
+class ChannelLister(Protocol):
+    """Where :class:`AliasCheck` reads the channels
+    (:meth:`lndmailbox.lnd.LndClient.list_channels`)."""
+
+    async def list_channels(self) -> tuple[Channel, ...]: ...
+
+
+class AliasCheck:
+    """A task of the native transport: lists lnd's channels at start and every ``interval``
+    seconds, and hands each list to an :class:`AliasWarning`.
+
+    Nothing else on that transport is sure to list them again (only the lookups of
+    ``--allow-channel-peers`` do, on a miss): lnd resolves the next hops itself, so a
+    message naming an alias it cannot resolve is dropped inside lnd and causes no lookup
+    here. The task runs beside lnd's streams and never holds them up (lnd keeps no backlog
+    for a late subscriber). lnd refusing the macaroon ends it with the
+    :class:`~lndmailbox.errors.LndCredentialsError`, which stops the daemon (exit 1) as any
+    other refused call does; lnd failing otherwise is logged, and the next look tries again.
+    """
+
+    def __init__(self, lnd: ChannelLister, *, interval: float = ALIAS_CHECK_INTERVAL) -> None:
+        self._lnd = lnd
+        self._interval = interval
+        self._warning = AliasWarning()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await run_until_stopped(stop, self._check_every_interval(stop))
+
+    async def _check_every_interval(self, stop: asyncio.Event) -> None:
+        while True:
+            await self.check()
+            if await wait_or_stop(stop, self._interval):
+                return
+
+    async def check(self) -> None:
+        try:
+            channels = await self._lnd.list_channels()
+        except LndCredentialsError:
+            raise
+        except LndError as e:
+            log.warning("could not list lnd's channels to check their SCID aliases: %s", e)
             return
-        named = ", ".join(
-            f"{c.peer.hex()} {' '.join(format_scid(a) for a in c.aliases)}"
-            for c in found[: self._SHOWN]
-        )
-        more = len(found) - self._SHOWN
-        peers = len({c.peer for c in found})
-        log.warning(
-            "%d channel%s (%d peer%s) with SCID aliases lnd cannot resolve: %s%s; onion "
-            "messages naming these aliases (LDK phones' blinded paths) are dropped by lnd "
-            "before the mailbox sees them: open phones zero-conf scid-alias channels",
-            len(found),
-            "" if len(found) == 1 else "s",
-            peers,
-            "" if peers == 1 else "s",
-            named,
-            f" and {more} more" if more > 0 else "",
-        )
+        self._warning.saw(channels)

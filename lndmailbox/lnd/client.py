@@ -278,11 +278,10 @@ class LndClient:
                 peer=bytes.fromhex(c.remote_pubkey),
                 channel_point=c.channel_point,
                 chan_id=c.chan_id,
-                alias_scids=tuple(c.alias_scids),
                 private=c.private,
+                alias_scids=tuple(c.alias_scids),
                 zero_conf=c.zero_conf,
                 zero_conf_confirmed_scid=c.zero_conf_confirmed_scid,
-                active=c.active,
             )
             for c in r.channels
         )

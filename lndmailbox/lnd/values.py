@@ -83,13 +83,13 @@ class Channel:
     """``txid:output`` of the funding transaction."""
     chan_id: int
     """The channel's SCID in lnd: the real one, or a zero-conf channel's base alias."""
+    private: bool
+    """Unannounced (lnd's default for ``openchannel`` is public: no default here)."""
     alias_scids: tuple[int, ...] = ()
     """The node's own aliases of the channel (what it sent the peer in channel_ready)."""
-    private: bool = True
     zero_conf: bool = False
     zero_conf_confirmed_scid: int = 0
     """A zero-conf channel's real SCID once lnd has seen 6 confirmations, else 0."""
-    active: bool = False
 
 
 @dataclass(frozen=True)

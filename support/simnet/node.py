@@ -46,6 +46,8 @@ binaries by the itest):
   ``alias_scids`` and the real SCID in ``zero_conf_confirmed_scid`` once confirmed
   (6 confirmations); ListAliases maps ``chan_id`` to the channel's aliases.
 * ``Signer.DeriveSharedKey``: SHA256 of the compressed ECDH point with the node key.
+* For tests: :attr:`SimNode.calls` counts the calls of each RPC; :meth:`SimNode.stall`
+  holds a unary RPC's calls unanswered, as an lnd busy on it (a slow database) does.
 * Restart: :meth:`SimNode.stop` ends every stream the way a client sees lnd's shutdown end
   it (see :data:`SHUTDOWN_STATUS`): custom and onion messages with ``UNAVAILABLE``
   "Stream removed (Socket closed)"; peer events cleanly (``OK``), one of the two endings
@@ -491,6 +493,9 @@ class SimNode:
         self._global_bucket: _TokenBucket | None = None
         self._reconnect_after_restart: list[SimPeer] = []
         self._next_peer_port = 40000
+        # Calls by method name ("ListChannels"), counted once authorized.
+        self.calls: dict[str, int] = {}
+        self._stalled: dict[str, asyncio.Event] = {}
 
     # --- identity and credentials ---------------------------------------------------------
 
@@ -647,14 +652,6 @@ class SimNode:
     def close_channel(self, scid: int) -> None:
         self.channels = [c for c in self.channels if c.scid != scid]
 
-    def channel_peer(self, scid: int) -> bytes | None:
-        """The remote node of the channel any of whose SCIDs is ``scid`` (see
-        :attr:`SimChannel.all_scids`), whether lnd resolves it or not."""
-        for channel in self.channels:
-            if scid in channel.all_scids:
-                return channel.peer
-        return None
-
     def graph_peer(self, scid: int) -> bytes | None:
         """The remote node of the channel lnd's graph holds under ``scid``
         (:attr:`SimChannel.graph_scid`): what lnd 0.21 resolves a next hop's SCID to."""
@@ -705,6 +702,18 @@ class SimNode:
         while not check(len(self._subscribers[stream])):
             self._subscribers_changed.clear()
             await self._subscribers_changed.wait()
+
+    def stall(self, rpc: str) -> None:
+        """Holds every later call of the unary ``rpc`` (``"ListChannels"``...) unanswered, as
+        an lnd busy on it does, until :meth:`unstall`; the caller's deadline or
+        cancellation still ends the call. :attr:`calls` counts the calls held too."""
+        self._stalled.setdefault(rpc, asyncio.Event())
+
+    def unstall(self, rpc: str) -> None:
+        """Answers the calls :meth:`stall` holds, and every later one, again."""
+        stalled = self._stalled.pop(rpc, None)
+        if stalled is not None:
+            stalled.set()
 
     def _publish(self, stream: str, item: object) -> None:
         for queue in self._subscribers[stream]:
@@ -837,6 +846,9 @@ class SimNode:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 await self._authorize(context, method)
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if (stalled := self._stalled.get(name)) is not None:
+                    await stalled.wait()
                 return await impl(request)
             except _RpcAbort as e:
                 await context.abort(e.code, e.message)
@@ -862,6 +874,7 @@ class SimNode:
         ) -> AsyncIterator[Any]:
             try:
                 await self._authorize(context, method)
+                self.calls[name] = self.calls.get(name, 0) + 1
                 async for item in impl(request):
                     yield item
             except _RpcAbort as e:
