@@ -23,7 +23,7 @@ module                      holds
 :mod:`~.decision_queue`     the queue from the reader to the decider, and its items
 :mod:`~.outgoing`           a peeled message for its next hop; the sender to lnd
 :mod:`~.interfaces`         the small interfaces the parts know one another by
-:mod:`~.peers`              who is online; which channel leads to whom
+:mod:`~.peers`              who is online; which channel leads to whom; task: the alias check
 :mod:`~.policy`             whom mail is kept for
 :mod:`~.race_guard`         the native transport's race window
 :mod:`~.gauges`             the queue gauges
