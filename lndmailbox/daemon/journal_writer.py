@@ -20,11 +20,15 @@ failed write may still have been applied (a reply lost to a timeout), so each of
 entries is deleted once decided, even when that is before it was written again.
 
 :attr:`JournalWriter.bytes` counts the messages journaled (or to be) and not yet
-decided, which is what the journal holds in Redis: the message reader turns messages
-away rather than let it pass ``--max-in-flight-bytes``. A daemon stopping while Redis is
-away (or hung, its last write cancelled by the shutdown's budget) cannot journal what is
-still to be written: those messages are counted as lost (``shutdown``), with one line
-that says how many.
+deleted from it, which is what the journal holds in Redis: the message reader turns
+messages away rather than let it pass ``--max-in-flight-bytes``. A decided message's
+bytes are freed once the write that deletes it is done, not when it is decided: Redis
+holds it until then, and that write also journals (first, in one round trip that is not
+a transaction) the messages read meanwhile, which the freed bytes let in; freed at the
+decision, Redis would hold both at once, up to twice the cap. A daemon stopping while
+Redis is away (or hung, its last write cancelled by the shutdown's budget) cannot
+journal what is still to be written: those messages are counted as lost (``shutdown``),
+with one line that says how many.
 """
 
 from __future__ import annotations
@@ -71,10 +75,14 @@ class JournalWriter:
         self._to_write: dict[str, _Fields] = {}
         self._sizes: dict[str, int] = {}
         self.bytes = 0
-        """Bytes of the messages journaled here (or to be) and not decided yet."""
+        """Bytes of the messages journaled here (or to be) and not deleted from Redis yet:
+        undecided, or decided and their deletion not yet written."""
         self.peak_bytes = 0
         """The most :attr:`bytes` has been."""
         self._decided: list[str] = []
+        self._deleting: dict[str, int] = {}
+        """The sizes of the entries in ``_decided``: counted in :attr:`bytes` until the
+        write that deletes them is done."""
         self._maybe_written: set[str] = set()
         """Entries of writes that failed: Redis may have applied them (a reply lost to a
         timeout), so once decided each is deleted, whether or not it is written again."""
@@ -99,12 +107,22 @@ class JournalWriter:
     def decided(self, entry: str | None) -> None:
         if entry is None:
             return
-        self.bytes -= self._sizes.pop(entry, 0)
+        size = self._sizes.pop(entry, 0)
         unwritten = self._to_write.pop(entry, None) is not None
         if not unwritten or entry in self._maybe_written:
+            # In Redis (or maybe, or about to be: its write is on the way): its bytes are
+            # freed once the write that deletes it is done.
             self._maybe_written.discard(entry)
             self._decided.append(entry)
+            self._deleting[entry] = self._deleting.get(entry, 0) + size
             self._wakeup.set()
+        else:
+            self.bytes -= size  # never written, and now never will be
+
+    def _deleted(self, entries: list[str]) -> None:
+        """``entries`` are gone from Redis: their bytes are free."""
+        for entry in entries:
+            self.bytes -= self._deleting.pop(entry, 0)
 
     async def left_over(self, *, ttl: float) -> list[Arrival]:
         """What a previous daemon read from lnd and did not decide, still within ``ttl``."""
@@ -141,6 +159,7 @@ class JournalWriter:
                 await self._journal.write(
                     [(entry, *fields) for entry, fields in to_write[start:end]], decided
                 )
+                self._deleted(decided)
                 self._maybe_written.difference_update(entry for entry, _ in to_write[start:end])
                 decided, start = [], end
                 if start >= len(to_write):
@@ -196,7 +215,11 @@ class JournalWriter:
             self._lose_unwritten()
 
     def _lose_unwritten(self) -> None:
-        """At shutdown with Redis away: what was still to be journaled dies with us."""
+        """At shutdown with Redis away: what was still to be journaled dies with us, and
+        what was decided and is still journaled is left to the next daemon to decide
+        again; this one holds nothing any more."""
+        self._deleted(self._decided)
+        self._decided = []
         if not self._to_write:
             return
         log.error(
