@@ -12,6 +12,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from lndmailbox.cli.errors import CtlError, NodeUnknownError
 from lndmailbox.config import Settings
@@ -22,6 +23,8 @@ from lndmailbox.store import Store, embedded_socket_path, redis_url_for
 __all__ = ["LND_TIMEOUT", "Handler", "NodeSource", "Session"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LND_TIMEOUT = 5.0
 """Seconds mailboxctl waits for one lnd call; it never retries (a person is waiting)."""
@@ -82,26 +85,24 @@ class Session:
 
     async def online_peers(self, node: bytes) -> frozenset[bytes] | MailboxError:
         """The peers lnd is connected to, if lnd is reachable and is ``node``."""
-        info = await self.lnd_info()
-        if not isinstance(info, NodeInfo):
-            return info
-        if info.pubkey != node:
-            return CtlError(f"lnd serves {info.pubkey.hex()}, not {node.hex()}")
-        try:
-            return await self.lnd().list_peers()
-        except LndError as e:
-            return e
+        return await self._ask_lnd_of(node, lambda lnd: lnd.list_peers())
 
     async def lnd_channels(self, node: bytes) -> tuple[Channel, ...] | MailboxError:
         """lnd's channels (ListChannels, offchain:read), if lnd is reachable and is ``node``;
         else why they could not be read."""
+        return await self._ask_lnd_of(node, lambda lnd: lnd.list_channels())
+
+    async def _ask_lnd_of(
+        self, node: bytes, call: Callable[[LndClient], Awaitable[T]]
+    ) -> T | MailboxError:
+        """``call(lnd)`` if lnd is reachable and serves ``node``; else why not."""
         info = await self.lnd_info()
         if not isinstance(info, NodeInfo):
             return info
         if info.pubkey != node:
             return CtlError(f"lnd serves {info.pubkey.hex()}, not {node.hex()}")
         try:
-            return await self.lnd().list_channels()
+            return await call(self.lnd())
         except LndError as e:
             return e
 
