@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from lndmailbox.onion.tlv import scid
 from lndmailbox.store import Store
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
 
 KILLS = 50
 # A message handed to a daemon this long before it was killed may die with it.
@@ -46,33 +46,18 @@ class Ledger:
 
 
 def daemon_command(node: SimNode, cert: Path, macaroon: Path, redis_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lndmailbox",
-        "--rpcserver",
+    return daemon_argv(
         node.target,
-        "--tlscertpath",
-        str(cert),
-        "--macaroonpath",
-        str(macaroon),
-        "--network",
-        "regtest",
-        "--redis-url",
+        cert,
+        macaroon,
         redis_url,
         "--allow-channel-peers",
-        # Room for everything: an eviction would be policy, not the loss this test looks for.
-        "--max-messages-per-peer",
-        "100000",
-        "--max-bytes-per-peer",
-        "1GiB",
-        "--max-bytes-total",
-        "1GiB",
+        *ROOM_FOR_EVERYTHING,
         "--sweep-interval",
         "1",
         "--log-level",
         "error",
-    ]
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_process import daemon_argv
 
 GENERATIONS = pytest.mark.parametrize(
     "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
@@ -102,26 +102,17 @@ async def lsp(personality: Personality, tmp_path: Path) -> AsyncIterator[Lsp]:
 
 
 def daemon_command(world: Lsp, redis_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lndmailbox",
-        "--rpcserver",
+    return daemon_argv(
         world.node.target,
-        "--tlscertpath",
-        str(world.cert),
-        "--macaroonpath",
-        str(world.macaroon),
-        "--network",
-        "regtest",
-        "--redis-url",
+        world.cert,
+        world.macaroon,
         redis_url,
         "--allow-channel-peers",
         "--sweep-interval",
         "1",
         "--log-level",
         LOG_LEVEL,
-    ]
+    )
 
 
 async def start(world: Lsp, redis_url: str) -> asyncio.subprocess.Process:

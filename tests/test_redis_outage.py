@@ -31,7 +31,6 @@ import logging
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -53,6 +52,7 @@ from lndmailbox.onion.tlv import scid
 from lndmailbox.store import RedisServer, Store, free_port
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_process import daemon_argv
 
 BUFFER = 20
 """``--buffer-messages``: small, so that every fault overflows it."""
@@ -162,19 +162,10 @@ class Rig:
         cert, macaroon = self.node.write_credentials(self.tmp_path / "lnd")
         port = free_port()
         log_path = self.tmp_path / "daemon.log"
-        command = [
-            sys.executable,
-            "-m",
-            "lndmailbox",
-            "--rpcserver",
+        command = daemon_argv(
             self.node.target,
-            "--tlscertpath",
-            str(cert),
-            "--macaroonpath",
-            str(macaroon),
-            "--network",
-            "regtest",
-            "--redis-url",
+            cert,
+            macaroon,
             self.redis.url,
             "--buffer-messages",
             str(BUFFER),
@@ -182,7 +173,7 @@ class Rig:
             f"127.0.0.1:{port}",
             "--log-format",
             "json",
-        ]
+        )
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=log)
         return Daemon(process, log_path, port)

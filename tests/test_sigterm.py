@@ -25,7 +25,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -41,6 +40,7 @@ from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Limits, NewMessage, RedisServer, Store, free_port
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until, world
+from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
 
 PROMISE = 5.0
 """Seconds from SIGTERM to the exit, in every state (the issue's promise)."""
@@ -165,31 +165,17 @@ async def daemon(
 ) -> AsyncIterator[Daemon]:
     cert, macaroon = node.write_credentials(tmp_path / "lnd")
     log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "lndmailbox",
-        "--rpcserver",
+    command = daemon_argv(
         target or node.target,
-        "--tlscertpath",
-        str(cert),
-        "--macaroonpath",
-        str(macaroon),
-        "--network",
-        "regtest",
-        "--redis-url",
+        cert,
+        macaroon,
         redis_url,
         "--allow-channel-peers",
-        "--max-messages-per-peer",
-        "100000",
-        "--max-bytes-per-peer",
-        "1GiB",
-        "--max-bytes-total",
-        "1GiB",
+        *ROOM_FOR_EVERYTHING,
         "--log-level",
         "debug",
         *extra,
-    ]
+    )
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             *command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file

@@ -1,0 +1,42 @@
+"""The ``lndmailbox`` command line of the tests that run the daemon as a subprocess.
+
+Those tests (SIGTERM, SIGKILL, refused credentials, Redis outages) need the real process:
+its exit code, its signals, its log. Each points it at simnet and a Redis the way an
+operator points it at lnd, and adds the flags its scenario is about.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Caps no scenario reaches: an eviction would be policy, not what those tests look for.
+ROOM_FOR_EVERYTHING = (
+    "--max-messages-per-peer",
+    "100000",
+    "--max-bytes-per-peer",
+    "1GiB",
+    "--max-bytes-total",
+    "1GiB",
+)
+
+
+def daemon_argv(
+    rpcserver: str, cert: Path, macaroon: Path, redis_url: str, *extra: str
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lndmailbox",
+        "--rpcserver",
+        rpcserver,
+        "--tlscertpath",
+        str(cert),
+        "--macaroonpath",
+        str(macaroon),
+        "--network",
+        "regtest",
+        "--redis-url",
+        redis_url,
+        *extra,
+    ]
