@@ -12,7 +12,8 @@ Rules that hold:
   delete" signal) once its peer stayed connected ``confirm_after`` seconds after lnd took
   it, or once an onion message from that peer was read after lnd took it
   (:meth:`Confirmations.heard_from`).
-- A peer that leaves first (PEER_OFFLINE, or a resync that finds it gone) gets its
+- A peer that leaves first (PEER_OFFLINE, or a resync that finds it gone; or one the
+  peer events lost sight of, online on both sides of a resubscription) gets its
   unconfirmed messages back at the front of its queue, in the order lnd took them,
   counted and published ``redelivered``; they go out again when it is back. One that was
   redelivered ``max_redeliveries`` times already is removed instead, counted and
@@ -48,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 from lndmailbox.clock import Clock, wait_either
@@ -153,13 +154,25 @@ class Confirmations:
         self._online_at_start.discard(peer)
         self._return(peer)
 
+    def lost_sight(self, peers: Iterable[bytes]) -> list[bytes]:
+        """lnd's peer events were away (a resubscription) and ``peers`` are online on both
+        sides of the gap: whether their connections lasted is unknown (an lnd restart
+        drops them all), so their unconfirmed mail goes back, a duplicate rather than a
+        loss. Returns those that had some, to be drained again."""
+        unsure = [peer for peer in peers if self._sent.get(peer)]
+        for peer in unsure:
+            self.peer_went_offline(peer)
+        return unsure
+
     def sent(self, peer: bytes, deliveries: Sequence[tuple[str, int]], connection: int) -> None:
         """lnd took these (message id, sent_ms) for ``peer`` in a drain that began on
         ``connection`` (:meth:`delivering`), and they are in its unconfirmed list now."""
         if not deliveries:
             return
         if connection != self._departures.get(peer, 0) or not self._peers.is_online(peer):
-            self._return(peer)  # it left meanwhile: they go back with the rest
+            # It left meanwhile: they go back with the rest, and get no deadline, which
+            # could otherwise pass first while Redis is away for the return.
+            self._return(peer)
             return
         now = self._clock.monotonic()
         mine = self._sent.setdefault(peer, {})
@@ -254,7 +267,12 @@ class Confirmations:
     def _next_due(self) -> float:
         """Seconds until the next deadline (``_IDLE`` if none)."""
         now = self._clock.monotonic()
-        dues = [d.due for mine in self._sent.values() for d in mine.values()]
+        dues = [
+            d.due
+            for peer, mine in self._sent.items()
+            if peer not in self._returning
+            for d in mine.values()
+        ]
         return max(min(dues, default=now + _IDLE) - now, 0.0)
 
     async def _confirm_due(self) -> bool:
@@ -262,6 +280,8 @@ class Confirmations:
         when Redis failed (what was due stays due)."""
         now = self._clock.monotonic()
         for peer in list(self._sent):
+            if peer in self._returning:
+                continue  # it left: its mail goes back, nothing of it is confirmed
             mine = self._sent.get(peer, {})
             due = [(i, d.sent_ms) for i, d in mine.items() if d.due <= now]
             if not due:

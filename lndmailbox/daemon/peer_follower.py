@@ -12,8 +12,10 @@ Rules that hold:
 - A peer that goes offline (native transport) gets what was left to lnd for it inside the
   race window stored after all (:meth:`Decider.peer_went_offline`).
 - A peer that goes offline (either transport, event or resync) gets its unconfirmed mail
-  back in its queue (:meth:`Confirmations.peer_went_offline`); the confirmations hear who
-  was online at the first ListPeers before anything is delivered.
+  back in its queue (:meth:`Confirmations.peer_went_offline`), and so does one online on
+  both sides of a resubscription, whose connection may not have lasted
+  (:meth:`Confirmations.lost_sight`); the confirmations hear who was online at the first
+  ListPeers before anything is delivered.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class PeerFollower:
         for peer in went:
             self._confirmations.peer_went_offline(peer)
             await self._decider.peer_went_offline(peer)
+        for peer in self._confirmations.lost_sight(self._peers.online - came):
+            self._delivery.kick(peer)
         for peer in came:
             self._delivery.kick(peer)
 
