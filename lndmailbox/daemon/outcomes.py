@@ -194,7 +194,7 @@ class Reporter:
     def delivered(self, peer: bytes, message_id: str, size: int, delay: float, at: float) -> None:
         self._metrics.delivered.inc()
         self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
-        # Counted and published by the store's remove_delivered. The deliverer logs one line
+        # Counted and published by the store's move to unconfirmed. The deliverer logs one line
         # per drain at INFO, so the line per message is DEBUG.
         decision(
             log,

@@ -283,9 +283,12 @@ class Queues:
         async with self.redis.pipeline(transaction=False) as pipe:
             for peer in peers:
                 pipe.lrange(self.keys.unconfirmed_key(peer), 0, -1)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         out: dict[bytes, list[Unconfirmed]] = {}
         for peer, entries in zip(peers, replies, strict=True):
+            if isinstance(entries, Exception):  # a key of the wrong type: left alone
+                log.warning("the unconfirmed list of %s is unreadable: %s", peer.hex(), entries)
+                continue
             for entry in entries:
                 try:
                     out.setdefault(peer, []).append(decode_unconfirmed(peer, as_bytes(entry)))
