@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from lndmailbox.clock import Clock, wait_either
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
+from lndmailbox.daemon.supervisor import cancel_for_good, run_until_stopped
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.retry import Backoff, Outage, Retry
 from lndmailbox.store import Queues
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 
 _IDLE = 60.0
 """Seconds the task sleeps when no deadline is pending (a new one wakes it at once)."""
+_UNWIND = 0.5
+"""Seconds a return still under way at the stop gets to end once cancelled."""
 
 
 def _unavailable(error: BaseException) -> bool:
@@ -208,15 +211,18 @@ class Confirmations:
     async def run(self, stop: asyncio.Event) -> None:
         """Confirms what is due until ``stop`` is set (after the start's look at Redis)."""
         try:
-            if await self._recover(stop):
-                await self._confirm_until(stop)
+            await run_until_stopped(stop, self._work(stop))
         finally:
             self._stop.set()
             self._recovered.set()  # a drain at shutdown must not wait for a look never made
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(
+                *(cancel_for_good(t, within=_UNWIND) for t in list(self._tasks)),
+                return_exceptions=True,
+            )
+
+    async def _work(self, stop: asyncio.Event) -> None:
+        if await self._recover(stop):
+            await self._confirm_until(stop)
 
     async def _recover(self, stop: asyncio.Event) -> bool:
         """The start: what earlier daemons left unconfirmed. False if stopped first."""
@@ -261,8 +267,16 @@ class Confirmations:
                 pause = self._next_due()
             else:
                 pause = self._backoff.delay(self._outage.failures)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wait_either(self._wakeup, stop), pause)
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation.
+            waiters = [
+                asyncio.ensure_future(self._wakeup.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
     def _next_due(self) -> float:
         """Seconds until the next deadline (``_IDLE`` if none)."""
