@@ -24,7 +24,8 @@ GENERATIONS = [Personality.LND_0_20, Personality.LND_0_21]
 
 @pytest.fixture(params=GENERATIONS, ids=lambda p: f"lnd{p.value}")
 async def w(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with world(request.param, redis_url, tmp_path) as running:
+    # A short confirmation window: a delivered message leaves Redis once it is confirmed.
+    async with world(request.param, redis_url, tmp_path, confirm_after=0.2) as running:
         await running.start_daemon()
         yield running
 
@@ -42,10 +43,12 @@ async def test_offline_recipient_gets_the_message_when_back(w: World, how: str) 
     assert await w.payloads_received(w.bob) == [text]
     await wait_until(lambda: _no_mail(w), what="the delivered message to leave Redis")
     await counted(w, "delivered", 1)
+    await counted(w, "confirmed", 1)
 
 
 async def _no_mail(w: World) -> bool:
-    return await w.stored_for(w.bob) == []
+    """Nothing held for bob: delivered and confirmed."""
+    return await w.held_for(w.bob) == []
 
 
 async def test_online_recipient_is_served_at_once_and_nothing_stored(w: World) -> None:
@@ -73,7 +76,9 @@ async def test_a_long_queue_is_delivered_whole_in_store_order(
     # Several of the deliverer's batches, read ahead while the one before goes out.
     count = 150
     async with world(personality, redis_url, tmp_path) as w:
-        await w.start_daemon(max_messages_per_peer=count, max_bytes_per_peer=count * 1400)
+        await w.start_daemon(
+            max_messages_per_peer=count, max_bytes_per_peer=count * 1400, confirm_after=0.2
+        )
         texts = [f"queued {i}".encode() for i in range(count)]
         for text in texts:
             await w.alice.send_onion_message(w.message_for_bob(text))
@@ -86,6 +91,7 @@ async def test_a_long_queue_is_delivered_whole_in_store_order(
         assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
         await wait_until(lambda: _no_mail(w), what="the delivered messages to leave Redis")
         await counted(w, "delivered", count)
+        await counted(w, "confirmed", count)
         assert await audit(w.store) == []
 
 

@@ -120,7 +120,7 @@ class Metrics:
     """Every metric of the mailbox, all named ``lndmailbox_*``, on :attr:`registry`.
 
     Counters (exposed with the ``_total`` suffix): ``received``, ``forwarded``, ``stored``,
-    ``delivered``, ``expired``, ``duplicate``, ``evicted``, ``lost`` and ``dropped`` (label
+    ``delivered``, ``confirmed``, ``redelivered``, ``unconfirmed``, ``expired``, ``duplicate``, ``evicted``, ``lost`` and ``dropped`` (label
     ``reason`` each; every reason of ``lost`` is exported from the start), ``notify_failed``. Gauges: ``queued_messages``, ``queued_bytes``,
     ``peers_with_mail``, ``online_peers``. Histograms (seconds): ``peel_seconds``,
     ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``).
@@ -139,6 +139,20 @@ class Metrics:
         self.stored = counter("stored", "Onion messages stored for an offline peer.")
         self.delivered = counter(
             "delivered", "Stored onion messages that lnd accepted for their peer."
+        )
+        self.confirmed = counter(
+            "confirmed",
+            "Delivered onion messages confirmed (their peer stayed connected for the "
+            "confirmation window, or sent an onion message since) and deleted.",
+        )
+        self.redelivered = counter(
+            "redelivered",
+            "Delivered onion messages put back in their queue unconfirmed: the peer left "
+            "within the confirmation window.",
+        )
+        self.unconfirmed = counter(
+            "unconfirmed",
+            "Delivered onion messages given up unconfirmed after --max-redeliveries.",
         )
         self.expired = counter("expired", "Stored onion messages removed at their expiry.")
         self.duplicate = counter("duplicate", "Onion messages not stored again: already queued.")
