@@ -302,4 +302,4 @@ class Decider:
             return
         for message in self._race.take(peer, offline_since):
             if await self._keep_if_allowed(message):
-                self._reporter.rescued(message.peer, message.size)
+                self._reporter.rescued(message.peer, message.size, why="went_offline")
