@@ -197,8 +197,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "race_window",
         parse_duration,
-        "native transport: how long a message left to lnd is kept in memory in case its "
-        "next hop turns out to have gone offline",
+        "native transport: a message is left to lnd only if its next hop has been online "
+        "this long before lnd may have tried to forward it (else it is kept and sent: a "
+        "duplicate if lnd's try worked), and what was left is kept in memory this long in "
+        "case its next hop turns out to have gone offline",
         daemon_only=True,
     ),
     Option(

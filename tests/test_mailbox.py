@@ -51,12 +51,16 @@ async def _no_mail(w: World) -> bool:
     return await w.held_for(w.bob) == []
 
 
-async def test_online_recipient_is_served_at_once_and_nothing_stored(w: World) -> None:
+async def test_online_recipient_is_served_at_once_and_nothing_stays_stored(w: World) -> None:
     w.bob.connect()
     await w.alice.send_onion_message(w.message_for_bob(b"you are online"))
-    await wait_until(lambda: len(w.bob.received) == 1, what="bob to receive it")
-    assert await w.payloads_received(w.bob) == [b"you are online"]
-    assert await w.stored_for(w.bob) == []
+    # lnd 0.21 forwards it itself. bob came online just now, within --race-window, so the
+    # daemon cannot be sure lnd found him there and sends a copy too (rescued came_online);
+    # a peer online for longer gets lnd's alone (tests/test_race.py).
+    copies = 2 if w.node.personality is Personality.LND_0_21 else 1
+    await wait_until(lambda: len(w.bob.received) == copies, what="bob to receive it")
+    assert await w.payloads_received(w.bob) == [b"you are online"] * copies
+    await wait_until(lambda: _no_mail(w), what="nothing left in Redis")
 
 
 async def test_several_messages_arrive_oldest_first(w: World) -> None:

@@ -291,6 +291,7 @@ class Mailbox:
                 journal=p.journal,
                 queue=p.queue,
                 reporter=p.reporter,
+                metrics=self._metrics,
                 clock=self._clock,
                 left_over=p.left_over,
                 peers_known=peers_known,

@@ -178,10 +178,16 @@ class Reporter:
             )
         )
 
-    def rescued(self, peer: bytes, size: int) -> None:
-        """A message left to lnd is kept after all: its next hop went offline meanwhile."""
+    def rescued(self, peer: bytes, size: int, *, why: str) -> None:
+        """Native transport: a message for an online next hop is kept, in case lnd's own
+        forward missed it. ``why``: ``came_online``, the hop came online too late for the
+        daemon to be sure lnd found it there (kept at once, a duplicate if lnd's forward
+        worked); ``went_offline``, a message left to lnd whose hop went offline just
+        after. Counted ``rescued`` and ``rescued:<why>``; one message is rescued once."""
+        self._metrics.rescued.labels(why=why).inc()
         self._count("rescued")
-        decision(log, "rescued", peer=peer, size=size)
+        self._count(f"rescued:{why}")
+        decision(log, "rescued", peer=peer, size=size, why=why)
 
     def duplicate(self, peer: bytes, message_id: str, size: int) -> None:
         self._metrics.duplicate.inc()  # counted and summarized by the store's put
