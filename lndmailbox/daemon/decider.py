@@ -321,8 +321,16 @@ class Decider:
     async def peer_went_offline(self, peer: bytes) -> None:
         """Native transport: store what was left to lnd for ``peer`` just before it left."""
         offline_since = self._peers.offline_since(peer)
-        if offline_since is None:
-            return
+        if offline_since is not None:
+            await self._rescue(peer, offline_since)
+
+    async def peer_may_have_flapped(self, peer: bytes) -> None:
+        """Native transport, lnd's peer events resubscribed with ``peer`` online on both
+        sides of the gap: it may have left and come back unseen, so what was left to lnd
+        for it is stored as if it had gone offline now."""
+        await self._rescue(peer, self._clock.monotonic())
+
+    async def _rescue(self, peer: bytes, offline_since: float) -> None:
         for message in self._race.take(peer, offline_since):
             if await self._keep_if_allowed(message):
                 self._reporter.rescued(message.peer, message.size, why="went_offline")

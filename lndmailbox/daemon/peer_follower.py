@@ -90,7 +90,11 @@ class PeerFollower:
         for peer in went:
             self._confirmations.peer_went_offline(peer)
             await self._decider.peer_went_offline(peer)
-        for peer in self._confirmations.lost_sight(self._peers.online - came):
+        stayed = self._peers.online - came
+        if self._transport is Transport.NATIVE:
+            for peer in stayed:
+                await self._decider.peer_may_have_flapped(peer)
+        for peer in self._confirmations.lost_sight(stayed):
             self._delivery.kick(peer)
         for peer in came:
             self._delivery.kick(peer)

@@ -31,9 +31,9 @@ class PeerTracker:
     <lndmailbox.daemon.race_guard.RaceGuard.lnd_could_forward>`). Both on
     ``clock.monotonic()``, the clock of the message reader's stamps.
 
-    A resync keeps ``online_since`` for a peer online in both views. A peer that went and
-    came back while our peer event stream was down is not told apart from one that stayed
-    (ListPeers says nothing of when a peer connected).
+    A resync makes every online peer come now, also one online in both views: a peer that
+    went and came back while our peer event stream was down is not told apart from one that
+    stayed (ListPeers says nothing of when a peer connected).
     """
 
     def __init__(self, clock: Clock) -> None:
@@ -72,7 +72,10 @@ class PeerTracker:
     def reset(self, online: Iterable[bytes]) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """Replaces the set with lnd's; returns (came online, went offline) since our view.
 
-        The peers online in both keep their ``online_since``; those that came get now.
+        Every peer online now counts as come now, also one online in both views: while
+        lnd's peer events were away it may have left and come back unseen (an lnd restart
+        that the peers reconnected to before this ListPeers), and a message lnd failed to
+        forward to it then must not be left to lnd.
         """
         now_online = set(online)
         came = frozenset(now_online - self._online_since.keys())
@@ -81,7 +84,7 @@ class PeerTracker:
         for peer in went:
             del self._online_since[peer]
             self._offline_since[peer] = now
-        for peer in came:
+        for peer in now_online:
             self._online_since[peer] = now
             self._offline_since.pop(peer, None)
         return came, went
