@@ -28,10 +28,17 @@ TRANSPORTS = ("auto", "custom", "native")
 LOG_FORMATS = ("text", "json")
 MIN_IN_FLIGHT_BYTES = 64 * 1024
 """lnd hands over messages of up to 65,535 bytes: the in-flight cap must hold one."""
-CONFIRM_AFTER = 10.0
+CONFIRM_AFTER = 90.0
 """Seconds a peer must stay connected after lnd accepted a message for it before the
-message counts as confirmed (``--confirm-after``). A placeholder until it is chosen from
-lnd's ping and pong liveness rules (daemon/confirmations.py says what the window trades)."""
+message counts as confirmed (``--confirm-after``), unless the peer speaks first. lnd
+pings each peer every minute and disconnects it when no pong comes within 30 s
+(peer/brontide.go: pingInterval, pingTimeout; no jitter), and a peer that connects anew
+replaces its old connection at once (a PEER_OFFLINE, then a PEER_ONLINE): so 90 s is the
+longest a silently broken clearnet connection passes for connected, and no such break
+escapes this window. Over Tor lnd scales its timeouts by 3 (270 s). A phone's visit is
+shorter; what a wallet answers (a ``release_held_htlc`` to a ``held_htlc_available``, an
+invoice to an ``invoice_request``) confirms at once, and mail that gets no answer is sent
+again on the next wake, at most ``MAX_REDELIVERIES`` times (daemon/confirmations.py)."""
 MAX_REDELIVERIES = 3
 """Times one message goes back to the queue unconfirmed before it is given up
 (``--max-redeliveries``): sent at most 1 + 3 times."""

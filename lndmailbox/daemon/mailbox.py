@@ -291,6 +291,7 @@ class Mailbox:
                 journal=p.journal,
                 queue=p.queue,
                 reporter=p.reporter,
+                hearing=p.confirmations,
                 metrics=self._metrics,
                 clock=self._clock,
                 left_over=p.left_over,

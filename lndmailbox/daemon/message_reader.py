@@ -11,6 +11,9 @@ Rules that hold:
 - Every message read is journaled before it is queued (while Redis takes the journal),
   so a daemon that dies before deciding it leaves it to the next one.
 - A message lnd hands over malformed is counted as dropped, with lnd's reason.
+- Every message read, malformed or not, tells the confirmations that its sender was
+  there after lnd published it (``Hearing.heard_from`` at ``not_before``): what lnd took
+  for that peer before then is confirmed.
 - Every message read is stamped, on ``clock.monotonic()``, with ``read_at`` and
   ``not_before``: the earliest moment lnd may have tried to forward it, which is when
   lnd's stream was last known to hold nothing for us (the start of the most recent read
@@ -36,6 +39,7 @@ import logging
 
 from lndmailbox.clock import Clock
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
+from lndmailbox.daemon.interfaces import Hearing
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
@@ -54,6 +58,7 @@ class MessageReader:
         journal: JournalWriter,
         queue: DecisionQueue,
         reporter: Reporter,
+        hearing: Hearing,
         metrics: Metrics,
         clock: Clock,
         left_over: list[Arrival],
@@ -66,6 +71,7 @@ class MessageReader:
         self._journal = journal
         self._queue = queue
         self._reporter = reporter
+        self._hearing = hearing
         self._metrics = metrics
         self._clock = clock
         self._left_over = left_over
@@ -94,12 +100,15 @@ class MessageReader:
             lag = messages.lag
             if lag is not None:
                 self._metrics.stream_lag_seconds.observe(lag)
+            not_before = None if lag is None else read_at - lag
+            # The peer was there after lnd published this: what lnd took for it before
+            # then is confirmed (a wallet answering its mail, say).
+            self._hearing.heard_from(item.peer, read_at if not_before is None else not_before)
             if not isinstance(item, IncomingOnionMessage):
                 self._reporter.dropped(item.reason, sender=item.peer)
             elif self._fits(item):
                 now = self._clock.now()
                 entry = self._journal.add(item, now)
-                not_before = None if lag is None else read_at - lag
                 arrival = Arrival(
                     item, entry, received_at=now, read_at=read_at, not_before=not_before
                 )
