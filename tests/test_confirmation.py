@@ -487,3 +487,39 @@ async def test_an_lnd_restart_under_an_unconfirmed_delivery_sends_it_again(
         assert await w.payloads_received(w.bob) == [b"before lnd restarts"]
         await counted(w, "delivered", 2)
         assert await audit(w.store) == []
+
+
+@pytest.mark.parametrize("personality", GENERATIONS, ids=lambda p: f"lnd{p.value}")
+async def test_no_deadline_passes_while_lnd_is_away(
+    personality: Personality, redis_url: str, tmp_path: Path
+) -> None:
+    """lnd stops right after it took bob's message and stays away past the message's
+    deadline: the daemon cannot see bob's connection drop (lnd's peer events went with
+    lnd), so nothing is confirmed until they are back, and then bob gets it again."""
+    window = 1.5
+    async with world(personality, redis_url, tmp_path, confirm_after=window) as w:
+        await w.start_daemon()
+        await w.alice.send_onion_message(w.message_for_bob(b"just before lnd stops"))
+        await stored_count(w, 1)
+        (stored,) = await w.stored_for(w.bob)
+        w.bob.connect()
+        await counted(w, "delivered", 1)
+        w.bob.received.clear()  # lost with the connection lnd's stop dropped
+
+        await w.node.stop()
+        await asyncio.sleep(window + 1.0)  # lnd away well past the message's deadline
+        await w.node.start()  # bob reconnects at once
+        w.alice.connect()
+        await counted(w, "redelivered", 1)
+        await wait_until(lambda: len(w.bob.received) == 1, within=30, what="delivery again")
+        assert await w.payloads_received(w.bob) == [b"just before lnd stops"]
+        await counted(w, "confirmed", 1)  # bob stays this time
+        assert [k for k, i in await told(w.store, w.bob.pubkey) if i == stored.id] == [
+            "stored",
+            "delivered",
+            "redelivered",
+            "delivered",
+            "confirmed",
+        ]
+        assert await w.held_for(w.bob) == []
+        assert await audit(w.store) == []

@@ -12,8 +12,13 @@ Rules that hold:
   delete" signal) once its peer stayed connected ``confirm_after`` seconds after lnd took
   it, or once an onion message from that peer was read after lnd took it
   (:meth:`Confirmations.heard_from`).
+- Nothing is confirmed while lnd's peer events are away (from the moment the peer
+  follower sees their stream break, :meth:`Confirmations.lost_sight`, to its resync,
+  :meth:`Confirmations.regained_sight`): a peer may leave unseen then (an lnd restart
+  drops every connection), and a deadline passing meanwhile proves nothing.
 - A peer that leaves first (PEER_OFFLINE, or a resync that finds it gone; or one the
-  peer events lost sight of, online on both sides of a resubscription) gets its
+  peer events lost sight of, online on both sides of a resubscription: what lnd took for
+  it before the resync) gets its
   unconfirmed messages back at the front of its queue, in the order lnd took them,
   counted and published ``redelivered``; they go out again when it is back. One that was
   redelivered ``max_redeliveries`` times already is removed instead, counted and
@@ -123,6 +128,8 @@ class Confirmations:
         self._sent: dict[bytes, dict[str, _Delivery]] = {}
         self._departures: dict[bytes, int] = {}
         self._returning: set[bytes] = set()
+        self._blind = False
+        """lnd's peer events are away: who left meanwhile is unknown, nothing is confirmed."""
         self._locks = _PeerLock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._online_at_start: set[bytes] = set()
@@ -157,14 +164,31 @@ class Confirmations:
         self._online_at_start.discard(peer)
         self._return(peer)
 
-    def lost_sight(self, peers: Iterable[bytes]) -> list[bytes]:
-        """lnd's peer events were away (a resubscription) and ``peers`` are online on both
-        sides of the gap: whether their connections lasted is unknown (an lnd restart
-        drops them all), so their unconfirmed mail goes back, a duplicate rather than a
-        loss. Returns those that had some, to be drained again."""
-        unsure = [peer for peer in peers if self._sent.get(peer)]
+    def lost_sight(self) -> None:
+        """lnd's peer events broke (the peer follower saw their stream end): until they are
+        back (:meth:`regained_sight`) a peer can leave unseen, so no deadline confirms
+        anything, and nor does hearing from a peer (it may be on a new connection)."""
+        if not self._blind:
+            log.info("lnd's peer events are away: nothing is confirmed until they are back")
+        self._blind = True
+
+    def regained_sight(self, stayed: Iterable[bytes]) -> list[bytes]:
+        """lnd's peer events are back (a resync after a resubscription; the departures it
+        found are told first) and ``stayed`` are online on both sides of the gap: whether
+        their connections lasted is unknown (an lnd restart drops them all), so their
+        unconfirmed mail goes back, a duplicate rather than a loss; then confirming
+        resumes. Returns those that had some, to be drained again."""
+        unsure = [peer for peer in stayed if self._sent.get(peer)]
         for peer in unsure:
             self.peer_went_offline(peer)
+        if self._blind:
+            log.info(
+                "lnd's peer events are back: the unconfirmed mail of %d peers online across "
+                "the gap goes back to their queues",
+                len(unsure),
+            )
+        self._blind = False
+        self._wakeup.set()
         return unsure
 
     def sent(self, peer: bytes, deliveries: Sequence[tuple[str, int]], connection: int) -> None:
@@ -187,7 +211,7 @@ class Confirmations:
         """An onion message from ``peer`` was read at ``at`` (monotonic; default now): what
         lnd took for it before then is confirmed at once."""
         mine = self._sent.get(peer)
-        if not mine:
+        if not mine or self._blind:
             return
         now = self._clock.monotonic()
         heard = now if at is None else at
@@ -279,8 +303,10 @@ class Confirmations:
                     waiter.cancel()
 
     def _next_due(self) -> float:
-        """Seconds until the next deadline (``_IDLE`` if none)."""
+        """Seconds until the next deadline (``_IDLE`` if none, or while blind)."""
         now = self._clock.monotonic()
+        if self._blind:
+            return _IDLE
         dues = [
             d.due
             for peer, mine in self._sent.items()
@@ -291,7 +317,9 @@ class Confirmations:
 
     async def _confirm_due(self) -> bool:
         """Confirms every delivery whose deadline has passed, one script per peer. False
-        when Redis failed (what was due stays due)."""
+        when Redis failed (what was due stays due). Nothing while blind."""
+        if self._blind:
+            return True
         now = self._clock.monotonic()
         for peer in list(self._sent):
             if peer in self._returning:
