@@ -28,13 +28,12 @@ Rules that hold:
   (:meth:`Confirmations.delivering`). A drain first does any return that is due, so the
   returned messages go out before the rest of the queue and in their order; and what a
   drain handed lnd after its peer left goes back with the rest.
-- At start nothing is known of the time no daemon watched: the unconfirmed mail of a peer
-  that was offline when the first ListPeers answered goes back to its queue; that of a
-  peer online then is confirmed once the peer has stayed connected a whole window from
-  then.
+- At start nothing is known of the time no daemon watched, so all unconfirmed mail goes
+  back to its queue, before any drain: a peer online at start may have dropped and come
+  back meanwhile, which ListPeers does not tell. A duplicate rather than a loss.
 - Everything is in Redis, one script per step (``store/lua/delivered.lua``,
-  ``confirm.lua``, ``requeue.lua``): memory holds only the deadlines, and a crash costs at
-  most one window after the next start, never a message. A message is confirmed by its
+  ``confirm.lua``, ``requeue.lua``): memory holds only the deadlines, and a crash costs a
+  redelivery of what was unconfirmed, never a message. A message is confirmed by its
   id and the time it was sent, so a deadline left over from an earlier delivery of it
   never confirms a later one. Unconfirmed messages expire at their TTL like queued ones
   (the sweeper), and the caps count them.
@@ -57,7 +56,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
-from lndmailbox.clock import Clock, wait_either
+from lndmailbox.clock import Clock
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.supervisor import cancel_for_good, run_until_stopped
@@ -132,9 +131,6 @@ class Confirmations:
         """lnd's peer events are away: who left meanwhile is unknown, nothing is confirmed."""
         self._locks = _PeerLock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._online_at_start: set[bytes] = set()
-        self._started_at = 0.0
-        self._known = asyncio.Event()
         self._recovered = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._stop = asyncio.Event()
@@ -147,21 +143,11 @@ class Confirmations:
 
     # What the other parts tell it.
 
-    def started(self, online: frozenset[bytes]) -> None:
-        """The first ListPeers answered with ``online`` (the peer follower says so before
-        the daemon delivers anything)."""
-        if self._known.is_set():
-            return
-        self._online_at_start = set(online)
-        self._started_at = self._clock.monotonic()
-        self._known.set()
-
     def peer_went_offline(self, peer: bytes) -> None:
         """``peer`` left: nothing of it is confirmed any more, and its unconfirmed mail goes
         back to its queue (now, or after the drain that holds it)."""
         self._departures[peer] = self._departures.get(peer, 0) + 1
         self._sent.pop(peer, None)
-        self._online_at_start.discard(peer)
         self._return(peer)
 
     def lost_sight(self) -> None:
@@ -249,36 +235,23 @@ class Confirmations:
             await self._confirm_until(stop)
 
     async def _recover(self, stop: asyncio.Event) -> bool:
-        """The start: what earlier daemons left unconfirmed. False if stopped first."""
-        await wait_either(self._known, stop)
-        if stop.is_set():
-            return False
+        """The start: what earlier daemons left unconfirmed goes back to its queue, a
+        duplicate rather than a loss (no daemon saw whether the connections lasted). False
+        if stopped first."""
         try:
             held = await self._read_retry.call(self._queues.unconfirmed_by_peer, stop=stop)
         except StoreUnavailableError:
             if stop.is_set():
                 return False
             raise
-        waiting = 0
-        due = self._started_at + self._confirm_after
-        for peer, entries in held.items():
-            if peer not in self._online_at_start:
-                self._return(peer)
-                continue
-            mine = self._sent.setdefault(peer, {})
-            for entry in entries:
-                # What this daemon delivered since its start has a deadline of its own.
-                if entry.message.id not in mine:
-                    mine[entry.message.id] = _Delivery(entry.sent_ms, self._started_at, due)
-                    waiting += 1
+        for peer in held:
+            self._return(peer)
         if held:
             log.info(
-                "unconfirmed mail at start: %d messages of %d online peers wait %.1fs, "
-                "%d offline peers get theirs back in their queues",
-                waiting,
-                len(held) - len(held.keys() - self._online_at_start),
-                self._confirm_after,
-                len(held.keys() - self._online_at_start),
+                "unconfirmed mail at start: %d messages of %d peers go back to their queues "
+                "(no daemon saw whether their connections lasted)",
+                sum(len(entries) for entries in held.values()),
+                len(held),
             )
         self._recovered.set()
         self._wakeup.set()

@@ -14,8 +14,7 @@ Rules that hold:
 - A peer that goes offline (either transport, event or resync) gets its unconfirmed mail
   back in its queue (:meth:`Confirmations.peer_went_offline`), and so does one online on
   both sides of a resubscription, whose connection may not have lasted
-  (:meth:`Confirmations.regained_sight`, after the resync's departures); the
-  confirmations hear who was online at the first ListPeers before anything is delivered.
+  (:meth:`Confirmations.regained_sight`, after the resync's departures).
 - The confirmations hear at once that the peer events broke
   (:meth:`Confirmations.lost_sight`, the stream's ``on_break``), not only at the
   resubscription: lnd may be away for longer than a confirmation window, and what it took
@@ -75,7 +74,6 @@ class PeerFollower:
         events = self._lnd.peer_events(on_break=self._confirmations.lost_sight)
         await events.wait_subscribed()
         await self._resync()
-        self._confirmations.started(self._peers.online)
         self._known.set()
         await self._drain_peers_with_mail()
         async for event in events:
