@@ -203,6 +203,7 @@ class KeptNotifier(Notifier):
 class Parts:
     deliverer: Deliverer
     confirmations: Confirmations
+    peers: PeerTracker
 
 
 @contextlib.asynccontextmanager
@@ -239,7 +240,7 @@ async def delivering_to(
     stop = asyncio.Event()
     task = asyncio.create_task(confirmations.run(stop))
     try:
-        yield Parts(deliverer, confirmations)
+        yield Parts(deliverer, confirmations, peers)
     finally:
         await deliverer.close()
         stop.set()
@@ -308,6 +309,68 @@ async def test_what_lnd_took_but_was_never_moved_is_sent_again(
         await wait_until(lambda: len(taken) == 2, what="it to be sent again")
     assert taken[0] == taken[1]
     assert len(await store.queues.unconfirmed(bob)) == 1
+
+
+class CountedRequeues(Queues):
+    """Real queues that note every return of a peer's unconfirmed mail (requeue.lua)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.redis, store.keys, store.limits, events_maxlen=store.events_maxlen)
+        self.requeued: list[bytes] = []
+
+    async def requeue(
+        self, peer: bytes, max_redeliveries: int, **kw: int
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        self.requeued.append(peer)
+        return await super().requeue(peer, max_redeliveries, **kw)
+
+
+def held_in_memory(confirmations: Confirmations) -> dict[str, int]:
+    """How many entries each of the confirmations' collections holds."""
+    return {
+        name: len(value)
+        for name, value in vars(confirmations).items()
+        if isinstance(value, dict | set | list)
+    }
+
+
+async def test_strangers_coming_and_going_cost_nothing(redis_client: aioredis.Redis) -> None:
+    """Any node can connect with fresh keys and leave: one that has no unconfirmed mail
+    costs neither memory nor a script; bob, who has some, gets his back."""
+    store = Store(redis_client, NODE)
+    queues = CountedRequeues(store)
+    bob = pubkey()
+    await put(store, bob, time.time())
+
+    async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
+        pass
+
+    async with delivering_to(bob, store, send, queues=queues) as parts:
+        for _ in range(500):
+            stranger = pubkey()
+            parts.peers.mark(stranger, True)
+            parts.peers.mark(stranger, False)
+            parts.confirmations.peer_went_offline(stranger)
+        parts.deliverer.kick(bob)
+
+        async def taken() -> bool:
+            return len(await store.queues.unconfirmed(bob)) == 1
+
+        await wait_until(taken, what="lnd to take bob's")
+        await parts.deliverer.close()  # the drain is over
+        parts.peers.mark(bob, False)
+        parts.confirmations.peer_went_offline(bob)
+
+        async def back() -> bool:
+            return (await store.events.counters()).get("redelivered", 0) == 1
+
+        await wait_until(back, what="bob's mail back in his queue")
+
+        def forgotten() -> bool:
+            return not any(held_in_memory(parts.confirmations).values())
+
+        await wait_until(forgotten, what="nothing held in memory")
+    assert queues.requeued == [bob]
 
 
 # --------------------------------------------------------------------------- end to end

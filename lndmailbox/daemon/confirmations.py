@@ -27,7 +27,12 @@ Rules that hold:
 - A peer's drain and the return of its unconfirmed mail never overlap
   (:meth:`Confirmations.delivering`). A drain first does any return that is due, so the
   returned messages go out before the rest of the queue and in their order; and what a
-  drain handed lnd after its peer left goes back with the rest.
+  drain handed lnd after its peer left goes back with the rest (the drain's
+  :class:`Drain` says it left, and the drain stops).
+- What it holds in memory is bounded by the mail: deadlines of peers with unconfirmed
+  mail, returns due, and one :class:`Drain` per drain running. A peer that leaves with no
+  unconfirmed mail of this daemon's costs nothing (no script, no entry): any node can
+  connect with fresh keys and go.
 - At start nothing is known of the time no daemon watched, so all unconfirmed mail goes
   back to its queue, before any drain: a peer online at start may have dropped and come
   back meanwhile, which ListPeers does not tell. A duplicate rather than a loss.
@@ -88,6 +93,18 @@ class _Delivery:
     """Monotonic time it is confirmed if its peer is still there."""
 
 
+class Drain:
+    """One drain of a peer, from :meth:`Confirmations.delivering` to its end: what lnd took
+    in it is told to :meth:`Confirmations.sent` with it."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = False
+        """The peer left since the drain began (or may have: lnd's peer events were away).
+        What the drain hands lnd from now on goes back to the queue: it should stop."""
+
+
 class _PeerLock:
     """A lock per peer, forgotten when nobody holds or waits for it."""
 
@@ -125,7 +142,7 @@ class Confirmations:
         self._confirm_after = confirm_after
         self._max_redeliveries = max_redeliveries
         self._sent: dict[bytes, dict[str, _Delivery]] = {}
-        self._departures: dict[bytes, int] = {}
+        self._drains: dict[bytes, Drain] = {}
         self._returning: set[bytes] = set()
         self._blind = False
         """lnd's peer events are away: who left meanwhile is unknown, nothing is confirmed."""
@@ -145,10 +162,14 @@ class Confirmations:
 
     def peer_went_offline(self, peer: bytes) -> None:
         """``peer`` left: nothing of it is confirmed any more, and its unconfirmed mail goes
-        back to its queue (now, or after the drain that holds it)."""
-        self._departures[peer] = self._departures.get(peer, 0) + 1
-        self._sent.pop(peer, None)
-        self._return(peer)
+        back to its queue (now, or after the drain that holds it). Nothing to do for a
+        peer this daemon has no unconfirmed mail of (a return already due takes
+        everything; a drain under way returns what it hands lnd from now on)."""
+        drain = self._drains.get(peer)
+        if drain is not None:
+            drain.left = True
+        if self._sent.pop(peer, None) is not None:
+            self._return(peer)
 
     def lost_sight(self) -> None:
         """lnd's peer events broke (the peer follower saw their stream end): until they are
@@ -164,7 +185,11 @@ class Confirmations:
         their connections lasted is unknown (an lnd restart drops them all), so their
         unconfirmed mail goes back, a duplicate rather than a loss; then confirming
         resumes. Returns those that had some, to be drained again."""
-        unsure = [peer for peer in stayed if self._sent.get(peer)]
+        unsure = [
+            peer
+            for peer in stayed
+            if peer in self._sent or peer in self._returning or peer in self._drains
+        ]
         for peer in unsure:
             self.peer_went_offline(peer)
         if self._blind:
@@ -177,12 +202,12 @@ class Confirmations:
         self._wakeup.set()
         return unsure
 
-    def sent(self, peer: bytes, deliveries: Sequence[tuple[str, int]], connection: int) -> None:
-        """lnd took these (message id, sent_ms) for ``peer`` in a drain that began on
-        ``connection`` (:meth:`delivering`), and they are in its unconfirmed list now."""
+    def sent(self, peer: bytes, deliveries: Sequence[tuple[str, int]], drain: Drain) -> None:
+        """lnd took these (message id, sent_ms) for ``peer`` in ``drain``
+        (:meth:`delivering`), and they are in its unconfirmed list now."""
         if not deliveries:
             return
-        if connection != self._departures.get(peer, 0) or not self._peers.is_online(peer):
+        if drain.left or not self._peers.is_online(peer):
             # It left meanwhile: they go back with the rest, and get no deadline, which
             # could otherwise pass first while Redis is away for the return.
             self._return(peer)
@@ -207,14 +232,18 @@ class Confirmations:
                 self._wakeup.set()
 
     @contextlib.asynccontextmanager
-    async def delivering(self, peer: bytes) -> AsyncIterator[int]:
+    async def delivering(self, peer: bytes) -> AsyncIterator[Drain]:
         """Held by a drain of ``peer`` for as long as it runs. First returns to the queue
         whatever unconfirmed mail of the peer is due back; keeps other returns of it from
-        running meanwhile. Yields the peer's connection, for :meth:`sent`."""
+        running meanwhile. Yields the drain, for :meth:`sent`."""
         await self._recovered.wait()
         async with self._locks.held(peer):
             await self._return_if_due(peer)
-            yield self._departures.get(peer, 0)
+            drain = self._drains[peer] = Drain()
+            try:
+                yield drain
+            finally:
+                del self._drains[peer]
 
     # The task.
 

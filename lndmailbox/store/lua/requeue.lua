@@ -6,6 +6,8 @@
 -- never confirmed: not a silent loss). Held order does not change.
 -- Returns {number put back, records put back..., records given up...}.
 
+-- A peer with nothing unconfirmed costs one read and no write.
+if redis.call('LLEN', UQ) == 0 then return {0} end
 if not node_keys_ok() then return redis.error_reply(NODE_KEYS_DAMAGED) end
 if not holds(Q, 'list') then
   return redis.error_reply('WRONGTYPE the peer\'s queue holds the wrong type of value')
