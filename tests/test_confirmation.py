@@ -118,6 +118,27 @@ async def test_a_return_puts_them_in_front_in_order_and_the_bound_gives_up(
     assert await audit(store) == []
 
 
+async def test_a_return_takes_only_what_lnd_took_before_the_departure(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE)
+    bob = pubkey()
+    ids = [await put(store, bob, NOW + i) for i in range(3)]
+    await deliver(store, bob, 1, 1000)
+    await deliver(store, bob, 1, 2000)  # on the connection after the departure
+    back, gone = await store.queues.requeue(bob, 3, sent_by=1500)
+    assert ([m.id for m in back], gone) == ([ids[0]], [])
+    assert [(u.message.id, u.sent_ms) for u in await store.queues.unconfirmed(bob)] == [
+        (ids[1], 2000)
+    ]
+    assert [m.id for m in await store.queues.messages(bob)] == [ids[0], ids[2]]
+    back, _ = await store.queues.requeue(bob, 3, sent_by=2000)  # at the cutoff: back too
+    assert [m.id for m in back] == [ids[1]]
+    assert await store.queues.requeue(bob, 3, sent_by=0) == ([], [])
+    assert (await store.queues.stats()).messages == 3
+    assert await audit(store) == []
+
+
 async def test_only_the_delivery_it_was_made_for_is_confirmed(redis_client: aioredis.Redis) -> None:
     store = Store(redis_client, NODE)
     bob = pubkey()
@@ -319,10 +340,10 @@ class CountedRequeues(Queues):
         self.requeued: list[bytes] = []
 
     async def requeue(
-        self, peer: bytes, max_redeliveries: int, **kw: int
+        self, peer: bytes, max_redeliveries: int, *, sent_by: int | None = None
     ) -> tuple[list[StoredMessage], list[StoredMessage]]:
         self.requeued.append(peer)
-        return await super().requeue(peer, max_redeliveries, **kw)
+        return await super().requeue(peer, max_redeliveries, sent_by=sent_by)
 
 
 def held_in_memory(confirmations: Confirmations) -> dict[str, int]:
@@ -371,6 +392,82 @@ async def test_strangers_coming_and_going_cost_nothing(redis_client: aioredis.Re
 
         await wait_until(forgotten, what="nothing held in memory")
     assert queues.requeued == [bob]
+
+
+class GatedRequeues(Queues):
+    """Real queues whose first return of unconfirmed mail waits for ``gate``."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.redis, store.keys, store.limits, events_maxlen=store.events_maxlen)
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def requeue(
+        self, peer: bytes, max_redeliveries: int, *, sent_by: int | None = None
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        return await super().requeue(peer, max_redeliveries, sent_by=sent_by)
+
+
+async def test_a_departure_during_a_return_takes_nothing_of_the_next_connection(
+    redis_client: aioredis.Redis,
+) -> None:
+    """bob's drain sees him gone before the peer follower tells of it, and sends his mail
+    back; his next drain does that return first, and the follower's word of the departure
+    comes while it runs. bob is back by then: what that drain hands lnd on his new
+    connection waits for its own confirmation, it does not go back again."""
+    store = Store(redis_client, NODE)
+    queues = GatedRequeues(store)
+    bob = pubkey()
+    first, second = await put(store, bob, time.time()), await put(store, bob, time.time() + 1)
+
+    async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
+        pass
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    async with delivering_to(bob, store, send, queues=queues) as parts:
+        c, peers = parts.confirmations, parts.peers
+        next_drain_ready = asyncio.Event()
+
+        async def next_drain() -> None:
+            async with c.delivering(bob) as drain:
+                await next_drain_ready.wait()
+                sent = now_ms()
+                (message,) = await deliver(store, bob, 1, sent)
+                c.sent(bob, [(message.id, sent)], drain)
+
+        async with c.delivering(bob) as drain:
+            sent = now_ms()
+            (m,) = await deliver(store, bob, 1, sent)
+            c.sent(bob, [(m.id, sent)], drain)
+            waiting = asyncio.create_task(next_drain())  # for this drain to end
+            await asyncio.sleep(0.05)
+            peers.mark(bob, False)  # the tracker knows; the follower has not told yet
+            sent = now_ms()
+            (m,) = await deliver(store, bob, 1, sent)
+            c.sent(bob, [(m.id, sent)], drain)  # bob is gone: both go back
+        await wait_until(lambda: queues.calls == 1, what="the next drain's return")
+        c.peer_went_offline(bob)  # the follower's word, while the return runs
+        peers.mark(bob, True)  # bob back, on a new connection
+        queues.gate.set()
+
+        async def both_back() -> bool:
+            return (await store.events.counters()).get("redelivered", 0) == 2
+
+        await wait_until(both_back, what="both messages back in bob's queue")
+        next_drain_ready.set()
+        await waiting
+        async with c.delivering(bob):
+            pass  # after every return that was due (a drain does them first)
+        unconfirmed = await store.queues.unconfirmed(bob)
+        assert [u.message.id for u in unconfirmed] == [first], "sent on the new connection"
+        assert [m.id for m in await store.queues.messages(bob)] == [second]
+        assert (await store.events.counters()).get("redelivered") == 2
+    assert await audit(store) == []
 
 
 # --------------------------------------------------------------------------- end to end

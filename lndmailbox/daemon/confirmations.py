@@ -28,7 +28,10 @@ Rules that hold:
   (:meth:`Confirmations.delivering`). A drain first does any return that is due, so the
   returned messages go out before the rest of the queue and in their order; and what a
   drain handed lnd after its peer left goes back with the rest (the drain's
-  :class:`Drain` says it left, and the drain stops).
+  :class:`Drain` says it left, and the drain stops). A return takes only what lnd took
+  before the departure it is for (``requeue.lua``'s ``sent by``), and a drain starts
+  sending only once no return is due: what goes out on the peer's next connection waits
+  for its own confirmation, whatever order the departures and returns come in.
 - What it holds in memory is bounded by the mail: deadlines of peers with unconfirmed
   mail, returns due, and one :class:`Drain` per drain running. A peer that leaves with no
   unconfirmed mail of this daemon's costs nothing (no script, no entry): any node can
@@ -57,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -67,7 +71,8 @@ from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.supervisor import cancel_for_good, run_until_stopped
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.retry import Backoff, Outage, Retry
-from lndmailbox.store import Queues
+from lndmailbox.store import Queues, StoredMessage
+from lndmailbox.store.records import ms
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,11 @@ _UNWIND = 0.5
 
 def _unavailable(error: BaseException) -> bool:
     return isinstance(error, StoreUnavailableError)
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    """The later of two "sent by" cutoffs (Unix ms); None, everything, is the latest."""
+    return None if a is None or b is None else max(a, b)
 
 
 @dataclass
@@ -143,7 +153,9 @@ class Confirmations:
         self._max_redeliveries = max_redeliveries
         self._sent: dict[bytes, dict[str, _Delivery]] = {}
         self._drains: dict[bytes, Drain] = {}
-        self._returning: set[bytes] = set()
+        self._returning: dict[bytes, int | None] = {}
+        """Peers whose unconfirmed mail is due back: what lnd took by then (Unix ms; None,
+        all of it, at start)."""
         self._blind = False
         """lnd's peer events are away: who left meanwhile is unknown, nothing is confirmed."""
         self._locks = _PeerLock()
@@ -168,8 +180,9 @@ class Confirmations:
         drain = self._drains.get(peer)
         if drain is not None:
             drain.left = True
-        if self._sent.pop(peer, None) is not None:
-            self._return(peer)
+        mine = self._sent.pop(peer, None)
+        if mine is not None:
+            self._return(peer, self._sent_by(mine.values()))
 
     def lost_sight(self) -> None:
         """lnd's peer events broke (the peer follower saw their stream end): until they are
@@ -210,7 +223,8 @@ class Confirmations:
         if drain.left or not self._peers.is_online(peer):
             # It left meanwhile: they go back with the rest, and get no deadline, which
             # could otherwise pass first while Redis is away for the return.
-            self._return(peer)
+            earlier = self._sent.pop(peer, {}).values()
+            self._return(peer, max(self._sent_by(earlier), *(sent_ms for _, sent_ms in deliveries)))
             return
         now = self._clock.monotonic()
         mine = self._sent.setdefault(peer, {})
@@ -274,7 +288,7 @@ class Confirmations:
                 return False
             raise
         for peer in held:
-            self._return(peer)
+            self._return(peer, None)  # also what a daemon on a clock ahead of ours took
         if held:
             log.info(
                 "unconfirmed mail at start: %d messages of %d peers go back to their queues "
@@ -351,10 +365,18 @@ class Confirmations:
 
     # Returning a peer's unconfirmed mail to its queue.
 
-    def _return(self, peer: bytes) -> None:
-        """The peer's unconfirmed mail goes back: in the background now, or by the drain
-        that holds the peer, before it reads the queue."""
-        self._returning.add(peer)
+    def _sent_by(self, deliveries: Iterable[_Delivery]) -> int:
+        """The cutoff of a departure now: what lnd took until now, and at the latest every
+        one of ``deliveries`` (the wall clock may have stepped back since their stamps)."""
+        return max([ms(self._clock.now()), *(d.sent_ms for d in deliveries)])
+
+    def _return(self, peer: bytes, sent_by: int | None) -> None:
+        """What lnd took for the peer until ``sent_by`` (Unix ms; None: all of it) goes
+        back: in the background now, or by the drain that holds the peer, before it reads
+        the queue."""
+        if peer in self._returning:
+            sent_by = _later(self._returning[peer], sent_by)
+        self._returning[peer] = sent_by
         if self._stop.is_set():
             return  # the next daemon's start returns it
         task = asyncio.create_task(self._return_in_background(peer), name=f"return-{peer.hex()}")
@@ -371,19 +393,37 @@ class Confirmations:
                 log.warning("could not return the unconfirmed mail of %s: %s", peer.hex(), e)
 
     async def _return_if_due(self, peer: bytes) -> None:
-        """Runs the return of ``peer``'s mail if one is due (the caller holds the peer)."""
-        if peer not in self._returning:
-            return
-        self._returning.discard(peer)
-        try:
-            back, gone = await self._return_retry.call(
-                lambda: self._queues.requeue(peer, self._max_redeliveries), stop=self._stop
+        """Runs the returns of ``peer``'s mail that are due, also one that falls due while
+        another runs (a departure then), so that a drain starts only once none is (the
+        caller holds the peer)."""
+        while peer in self._returning:
+            sent_by = self._returning.pop(peer)
+            requeue = functools.partial(
+                self._queues.requeue, peer, self._max_redeliveries, sent_by=sent_by
             )
-        except BaseException:
-            self._returning.add(peer)
-            raise
-        # Everything unconfirmed is back in the queue or gone: no deadline of it stands.
-        self._sent.pop(peer, None)
+            try:
+                back, gone = await self._return_retry.call(requeue, stop=self._stop)
+            except BaseException:
+                self._returning[peer] = _later(self._returning.get(peer, sent_by), sent_by)
+                raise
+            self._forget_sent(peer, sent_by)
+            self._tell_returned(peer, back, gone)
+
+    def _forget_sent(self, peer: bytes, sent_by: int | None) -> None:
+        """What lnd took for the peer until ``sent_by`` is back or gone: no deadline of it
+        stands."""
+        mine = self._sent.get(peer)
+        if mine is None:
+            return
+        for message_id, delivery in list(mine.items()):
+            if sent_by is None or delivery.sent_ms <= sent_by:
+                del mine[message_id]
+        if not mine:
+            del self._sent[peer]
+
+    def _tell_returned(
+        self, peer: bytes, back: Sequence[StoredMessage], gone: Sequence[StoredMessage]
+    ) -> None:
         at = self._clock.now()
         for message in back:
             self._reporter.redelivered(peer, message.id, message.size, at)
