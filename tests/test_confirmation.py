@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -467,6 +468,57 @@ async def test_a_departure_during_a_return_takes_nothing_of_the_next_connection(
         assert [u.message.id for u in unconfirmed] == [first], "sent on the new connection"
         assert [m.id for m in await store.queues.messages(bob)] == [second]
         assert (await store.events.counters()).get("redelivered") == 2
+    assert await audit(store) == []
+
+
+async def test_one_peers_damaged_keys_hold_up_no_other_confirmation(
+    redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bob's queue key holds something else (edited by hand): every script of his fails,
+    for as long as it stays so. carol's mail is confirmed all the same, and bob's once his
+    key is mended."""
+    store = Store(redis_client, NODE)
+    bob, carol = pubkey(), pubkey()
+    clock = SystemClock()
+    peers = PeerTracker(clock)
+    confirmations = Confirmations(
+        queues=store.queues,
+        peers=peers,
+        reporter=Reporter(node=NODE, metrics=Metrics(), events=store.events),
+        clock=clock,
+        confirm_after=0.05,
+        max_redeliveries=3,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(confirmations.run(stop))
+    try:
+        for peer in (bob, carol):  # bob first: his deadline passes first
+            peers.mark(peer, True)
+            async with confirmations.delivering(peer) as drain:
+                await put(store, peer, time.time())
+                sent = int(time.time() * 1000)
+                (m,) = await deliver(store, peer, 1, sent)
+                if peer == bob:
+                    await redis_client.set(store.keys.queue_key(bob), b"not a list")
+                confirmations.sent(peer, [(m.id, sent)], drain)
+
+        async def confirmed(n: int) -> bool:
+            return (await store.events.counters()).get("confirmed", 0) == n
+
+        await wait_until(lambda: confirmed(1), what="carol's confirmation")
+        assert await store.queues.unconfirmed(carol) == []
+        assert len(await store.queues.unconfirmed(bob)) == 1
+        assert any(
+            r.levelno == logging.WARNING and bob.hex() in r.getMessage() for r in caplog.records
+        ), "the failure is told, naming bob"
+
+        await redis_client.delete(store.keys.queue_key(bob))  # mended
+        await wait_until(lambda: confirmed(2), what="bob's confirmation")
+        assert await store.queues.unconfirmed(bob) == []
+    finally:
+        stop.set()
+        await task
+    assert not any(held_in_memory(confirmations).values())
     assert await audit(store) == []
 
 

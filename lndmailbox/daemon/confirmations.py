@@ -39,6 +39,9 @@ Rules that hold:
 - At start nothing is known of the time no daemon watched, so all unconfirmed mail goes
   back to its queue, before any drain: a peer online at start may have dropped and come
   back meanwhile, which ListPeers does not tell. A duplicate rather than a loss.
+- One peer's failing confirmations (its keys damaged) hold up no other peer's: each peer
+  is tried again with its own backoff and its own outage line; Redis unreachable pauses
+  them all.
 - Everything is in Redis, one script per step (``store/lua/delivered.lua``,
   ``confirm.lua``, ``requeue.lua``): memory holds only the deadlines, and a crash costs a
   redelivery of what was unconfirmed, never a message. A message is confirmed by its
@@ -103,6 +106,15 @@ class _Delivery:
     """Monotonic time it is confirmed if its peer is still there."""
 
 
+@dataclass
+class _Failing:
+    """A peer whose confirmations Redis refuses (its keys damaged, say)."""
+
+    outage: Outage
+    retry_at: float
+    """Monotonic time its confirmations are tried again."""
+
+
 class Drain:
     """One drain of a peer, from :meth:`Confirmations.delivering` to its end: what lnd took
     in it is told to :meth:`Confirmations.sent` with it."""
@@ -153,6 +165,7 @@ class Confirmations:
         self._max_redeliveries = max_redeliveries
         self._sent: dict[bytes, dict[str, _Delivery]] = {}
         self._drains: dict[bytes, Drain] = {}
+        self._failing: dict[bytes, _Failing] = {}
         self._returning: dict[bytes, int | None] = {}
         """Peers whose unconfirmed mail is due back: what lnd took by then (Unix ms; None,
         all of it, at start)."""
@@ -180,7 +193,7 @@ class Confirmations:
         drain = self._drains.get(peer)
         if drain is not None:
             drain.left = True
-        mine = self._sent.pop(peer, None)
+        mine = self._drop_sent(peer)
         if mine is not None:
             self._return(peer, self._sent_by(mine.values()))
 
@@ -223,7 +236,7 @@ class Confirmations:
         if drain.left or not self._peers.is_online(peer):
             # It left meanwhile: they go back with the rest, and get no deadline, which
             # could otherwise pass first while Redis is away for the return.
-            earlier = self._sent.pop(peer, {}).values()
+            earlier = (self._drop_sent(peer) or {}).values()
             self._return(peer, max(self._sent_by(earlier), *(sent_ms for _, sent_ms in deliveries)))
             return
         now = self._clock.monotonic()
@@ -323,33 +336,46 @@ class Confirmations:
         now = self._clock.monotonic()
         if self._blind:
             return _IDLE
-        dues = [
-            d.due
-            for peer, mine in self._sent.items()
-            if peer not in self._returning
-            for d in mine.values()
-        ]
+        dues = []
+        for peer, mine in self._sent.items():
+            if peer in self._returning or not mine:
+                continue
+            due = min(d.due for d in mine.values())
+            failing = self._failing.get(peer)
+            dues.append(due if failing is None else max(due, failing.retry_at))
         return max(min(dues, default=now + _IDLE) - now, 0.0)
 
     async def _confirm_due(self) -> bool:
         """Confirms every delivery whose deadline has passed, one script per peer. False
-        when Redis failed (what was due stays due). Nothing while blind."""
+        when Redis is unreachable (what was due stays due); a peer whose script Redis
+        refuses is tried again after its own backoff, and the others go on. Nothing while
+        blind."""
         if self._blind:
             return True
         now = self._clock.monotonic()
         for peer in list(self._sent):
             if peer in self._returning:
                 continue  # it left: its mail goes back, nothing of it is confirmed
+            failing = self._failing.get(peer)
+            if failing is not None and failing.retry_at > now:
+                continue
             mine = self._sent.get(peer, {})
             due = [(i, d.sent_ms) for i, d in mine.items() if d.due <= now]
             if not due:
                 continue
             try:
                 confirmed = await self._queues.confirm(peer, due)
-            except StoreError as e:
+            except StoreUnavailableError as e:
                 self._outage.failed(e)
                 return False
+            except StoreError as e:
+                self._outage.recovered()  # Redis answers: this peer's keys are the trouble
+                if self._sent.get(peer) is mine:  # not forgotten meanwhile (it left)
+                    self._peer_failed(peer, e)
+                continue
             self._outage.recovered()
+            if self._failing.pop(peer, None) is not None and failing is not None:
+                failing.outage.recovered()
             for message_id, sent_ms in due:
                 delivery = mine.get(message_id)
                 if delivery is not None and delivery.sent_ms == sent_ms:
@@ -362,6 +388,19 @@ class Confirmations:
             if confirmed:
                 log.info("confirmed %d messages delivered to %s", len(confirmed), peer.hex())
         return True
+
+    def _peer_failed(self, peer: bytes, error: StoreError) -> None:
+        failing = self._failing.get(peer)
+        if failing is None:
+            outage = Outage(f"confirming the mail delivered to {peer.hex()}", log)
+            failing = self._failing[peer] = _Failing(outage, 0.0)
+        failing.outage.failed(error)
+        failing.retry_at = self._clock.monotonic() + self._backoff.delay(failing.outage.failures)
+
+    def _drop_sent(self, peer: bytes) -> dict[str, _Delivery] | None:
+        """Forgets the peer's deadlines (and their failures); returns them."""
+        self._failing.pop(peer, None)
+        return self._sent.pop(peer, None)
 
     # Returning a peer's unconfirmed mail to its queue.
 
@@ -419,7 +458,7 @@ class Confirmations:
             if sent_by is None or delivery.sent_ms <= sent_by:
                 del mine[message_id]
         if not mine:
-            del self._sent[peer]
+            self._drop_sent(peer)
 
     def _tell_returned(
         self, peer: bytes, back: Sequence[StoredMessage], gone: Sequence[StoredMessage]
