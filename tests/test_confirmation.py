@@ -29,9 +29,18 @@ from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import StoreUnavailableError
+from lndmailbox.onion import BlindedHopSpec, message_via
 from lndmailbox.store import Limits, PutStatus, Queues, Store, StoredMessage
 from lndmailbox.store.audit import audit
-from tests.daemon_harness import World, counted, stored_count, wait_until, world
+from tests.daemon_harness import (
+    PAYLOAD_TYPE,
+    World,
+    counted,
+    counter,
+    stored_count,
+    wait_until,
+    world,
+)
 from tests.store_helpers import put_one
 
 NOW = 1_700_000_000.0
@@ -610,6 +619,48 @@ async def test_a_recipient_that_stays_has_it_confirmed(
         assert keys == [], "nothing of bob's left in Redis"
         assert await audit(w.store) == []
         assert len(w.bob.received) == 1
+
+
+@pytest.mark.parametrize("personality", GENERATIONS, ids=lambda p: f"lnd{p.value}")
+async def test_the_recipients_answer_confirms_at_once(
+    personality: Personality, redis_url: str, tmp_path: Path
+) -> None:
+    """bob reads his mail and answers through the node (a wallet's release_held_htlc for
+    its held_htlc_available): the answer confirms it, long before the window would."""
+    async with world(personality, redis_url, tmp_path, confirm_after=3600.0) as w:
+        await w.start_daemon()
+        await w.alice.send_onion_message(w.message_for_bob(b"held htlc available"))
+        await stored_count(w, 1)
+        (stored,) = await w.stored_for(w.bob)
+        w.bob.connect()
+        await wait_until(lambda: len(w.bob.received) == 1, what="delivery to bob")
+        assert await w.payloads_received(w.bob) == [b"held htlc available"]
+
+        answers = 0
+
+        async def answered() -> bool:
+            # Only what lnd published after it took bob's mail counts, and the reader can
+            # only bound that moment from below (the stream's lag): bob answers again until
+            # one is late enough to prove it, as a wallet's further traffic would.
+            nonlocal answers
+            if await counter(w, "confirmed") == 1:
+                return True
+            lsp = BlindedHopSpec(w.node.pubkey, next_node_id=w.alice.pubkey)
+            _, answer = message_via([lsp, w.alice.pubkey], {PAYLOAD_TYPE: b"release held htlc"})
+            await w.bob.send_onion_message(answer)
+            answers += 1
+            await asyncio.sleep(0.2)
+            return False
+
+        await wait_until(answered, what="bob's answer to confirm his mail")
+        print(f"confirmed after {answers} answers from bob")
+        assert [k for k, i in await told(w.store, w.bob.pubkey) if i == stored.id] == [
+            "stored",
+            "delivered",
+            "confirmed",
+        ]
+        assert await w.held_for(w.bob) == []
+        assert await audit(w.store) == []
 
 
 @pytest.mark.parametrize("personality", GENERATIONS, ids=lambda p: f"lnd{p.value}")
