@@ -17,8 +17,7 @@ Rules that hold:
   :meth:`Confirmations.regained_sight`): a peer may leave unseen then (an lnd restart
   drops every connection), and a deadline passing meanwhile proves nothing.
 - A peer that leaves first (PEER_OFFLINE, or a resync that finds it gone; or one the
-  peer events lost sight of, online on both sides of a resubscription: what lnd took for
-  it before the resync) gets its
+  peer events lost sight of, online on both sides of a resubscription) gets its
   unconfirmed messages back at the front of its queue, in the order lnd took them,
   counted and published ``redelivered``; they go out again when it is back. One that was
   redelivered ``max_redeliveries`` times already is removed instead, counted and
@@ -209,8 +208,9 @@ class Confirmations:
         """lnd's peer events are back (a resync after a resubscription; the departures it
         found are told first) and ``stayed`` are online on both sides of the gap: whether
         their connections lasted is unknown (an lnd restart drops them all), so their
-        unconfirmed mail goes back, a duplicate rather than a loss; then confirming
-        resumes. Returns those that had some, to be drained again."""
+        unconfirmed mail goes back, a duplicate rather than a loss, and so does what a
+        drain under way hands lnd from now on; then confirming resumes. Returns those
+        peers, to be drained again."""
         unsure = [
             peer
             for peer in stayed

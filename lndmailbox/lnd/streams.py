@@ -150,11 +150,12 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
     Iterating it yields the stream's items, and :class:`Resubscribed` first after every
     re-established subscription. ``on_break``, if given, is called (while iterating, with
     nothing yielded) as soon as an established subscription is seen broken: from then
-    until the next :class:`Resubscribed` the stream says nothing of what happens. :meth:`wait_subscribed` opens the first subscription
-    without consuming an item: await it, then read the state the stream reports changes
-    of (ListPeers), and no change falls between the two. (lnd answers a subscription with
-    nothing until its first item, so "accepted" means: connected, and not refused within
-    the client's ``settle`` time.) :meth:`aclose` cancels the call.
+    until the next :class:`Resubscribed` the stream says nothing of what happens.
+    :meth:`wait_subscribed` opens the first subscription without consuming an item: await
+    it, then read the state the stream reports changes of (ListPeers), and no change falls
+    between the two. (lnd answers a subscription with nothing until its first item, so
+    "accepted" means: connected, and not refused within the client's ``settle`` time.)
+    :meth:`aclose` cancels the call.
     """
 
     def __init__(

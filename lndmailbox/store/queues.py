@@ -301,8 +301,9 @@ class Queues:
                 try:
                     out.setdefault(peer, []).append(decode_unconfirmed(peer, as_bytes(entry)))
                 except RecordError as e:
-                    # Left as it is: it goes back to the queue with the peer's next
-                    # departure, or expires.
+                    # Left as it is: it goes back to the queue with the rest of the
+                    # peer's unconfirmed mail (requeue.lua moves the whole list), or
+                    # expires.
                     log.warning("an unconfirmed message of %s is unreadable: %s", peer.hex(), e)
         return out
 
