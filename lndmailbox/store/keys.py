@@ -94,6 +94,11 @@ class Keys:
         return self.prefix + "inbox"
 
     @property
+    def decided_key(self) -> str:
+        """The journal entries decided in the last few seconds (store/journal.py)."""
+        return self.prefix + "decided"
+
+    @property
     def key_pattern(self) -> str:
         """SCAN pattern matching every key of this node (and nothing of another node)."""
         return self.prefix + "*"

@@ -32,7 +32,7 @@ PeerScript = Literal["put", "peek", "remove", "remove_delivered", "attempt", "sw
 """The scripts that work on one peer's keys (KEYS = queue, dedup, mail, usage, counters,
 events; ARGV[1] = peer hex): they run after both shared helpers."""
 
-_OtherScript = Literal["summaries", "record", "renew_lock", "release_lock"]
+_OtherScript = Literal["summaries", "record", "renew_lock", "release_lock", "journal"]
 Script = PeerScript | _OtherScript
 """Every script (a file in ``lua/`` that is not a helper)."""
 
