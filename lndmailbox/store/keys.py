@@ -84,6 +84,11 @@ class Keys:
         return self.prefix + "heartbeat"
 
     @property
+    def daemons_key(self) -> str:
+        """Every running daemon's own heartbeat, leader and standbys (store/control.py)."""
+        return self.prefix + "daemons"
+
+    @property
     def delivery_requests_key(self) -> str:
         return self.prefix + "delivery-requests"
 
