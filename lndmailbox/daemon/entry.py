@@ -2,14 +2,16 @@
 
 It reads the settings, connects to lnd and Redis (starting the embedded server when no
 ``--redis-url`` is given, after locking the data directory so only one daemon owns that
-server), takes the node's lock so only one daemon serves a node, and runs
-:class:`~lndmailbox.daemon.mailbox.Mailbox` until SIGTERM or SIGINT.
+server), and runs :class:`~lndmailbox.daemon.roles.Roles` until SIGTERM or SIGINT: a
+standby that journals what lnd hands it, and the node's leader (running
+:class:`~lndmailbox.daemon.mailbox.Mailbox`) while it holds the node's lock.
 
 Exit codes: 0 after a clean stop (SIGTERM or SIGINT, and nothing failed while stopping),
-1 on a fault that stops the daemon (its reason is logged once: a task that died, the node
-lock found held by another daemon, a background task that failed), 2 on bad settings, 3
-when the embedded Redis server did not start. Only a signal ends the daemon with 0, so a
-supervisor's ``Restart=on-failure`` restarts it after every fault.
+1 on a fault that stops the daemon (its reason is logged once: a task that died, a
+background task that failed), 2 on bad settings, 3 when the embedded Redis server did
+not start. Only a signal ends the daemon with 0, so a supervisor's
+``Restart=on-failure`` restarts it after every fault. A leader that finds its lock taken
+by another daemon is no fault: it stands by again.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from collections.abc import Sequence
 from lndmailbox import __version__
 from lndmailbox.config import Settings, add_arguments, settings_from_args
 from lndmailbox.daemon.datadir_lock import hold_datadir
-from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions
+from lndmailbox.daemon.mailbox import MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
-from lndmailbox.daemon.node_lock import NodeLock
+from lndmailbox.daemon.roles import Roles
 from lndmailbox.daemon.supervisor import background
 from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
@@ -103,24 +105,22 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         store = Store.from_url(redis_url_for(settings), info.pubkey, limits_for(settings))
         stack.push_async_callback(store.aclose)
         notifier = _start_notifier(settings, metrics, stack, stop)
-        async with NodeLock(store.control).held(stop):
-            if stop.is_set():
-                return
-            mailbox = Mailbox(
-                lnd=lnd,
-                store=store,
-                metrics=metrics,
-                notifier=notifier,
-                options=MailboxOptions(
-                    transport=settings.transport,
-                    allow_channel_peers=settings.allow_channel_peers,
-                    race_window=settings.race_window,
-                    sweep_interval=settings.sweep_interval,
-                    buffer_messages=settings.buffer_messages,
-                    max_in_flight_bytes=settings.max_in_flight_bytes,
-                ),
-            )
-            await mailbox.run(stop)
+        roles = Roles(
+            lnd=lnd,
+            store=store,
+            metrics=metrics,
+            notifier=notifier,
+            info=info,
+            options=MailboxOptions(
+                transport=settings.transport,
+                allow_channel_peers=settings.allow_channel_peers,
+                race_window=settings.race_window,
+                sweep_interval=settings.sweep_interval,
+                buffer_messages=settings.buffer_messages,
+                max_in_flight_bytes=settings.max_in_flight_bytes,
+            ),
+        )
+        await roles.run(stop)
 
 
 async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> None:

@@ -81,6 +81,8 @@ class MessageReader:
                 continue
             if not isinstance(item, IncomingOnionMessage):
                 self._reporter.dropped(item.reason, sender=item.peer)
+            elif self._journal.taken_before(item):
+                continue  # taken from the journal (a standby's copy): decided here already
             elif self._fits(item):
                 now = self._clock.now()
                 entry = self._journal.add(item, now)

@@ -103,6 +103,8 @@ class NodeLock:
         self._renew_interval = heartbeat_interval
         self._poll = poll
         self.owner = owner or new_owner()
+        self.started = time.time()
+        """When this daemon started (its heartbeat's ``started_at``)."""
         self._redis = Retry(
             "taking the node lock in Redis",
             log,
@@ -227,7 +229,7 @@ class NodeLock:
     async def _keep_lease(self, term: Term) -> None:
         """Renews the lease until the term ends, or until another daemon is found holding
         it (then the term is lost)."""
-        await self._write_heartbeat(term.started)
+        await self._write_heartbeat(term)
         beat_at = time.monotonic()
         while not await wait_or_stop(term.ended, self._renew_interval):
             try:
@@ -247,14 +249,14 @@ class NodeLock:
                 )
             if time.monotonic() - beat_at >= HEARTBEAT_INTERVAL:
                 beat_at = time.monotonic()
-                await self._write_heartbeat(term.started)
+                await self._write_heartbeat(term)
 
     async def _holder(self) -> str | None:
         with contextlib.suppress(MailboxError):
             return await self._control.lock_owner()
         return None
 
-    async def _write_heartbeat(self, started: float) -> None:
+    async def _write_heartbeat(self, term: Term) -> None:
         try:
             await self._control.write_heartbeat(
                 {
@@ -262,7 +264,8 @@ class NodeLock:
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
                     "version": __version__,
-                    "started_at": started,
+                    "started_at": self.started,
+                    "leading_since": term.started,
                     "at": time.time(),
                 },
                 ttl=max(3 * HEARTBEAT_INTERVAL, self._lease),
