@@ -40,6 +40,12 @@ from lndmailbox.store import Store, embedded_redis, limits_for, redis_url_for
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_SETTLE = 0.2
+"""Seconds a new subscription to lnd must go unrefused to count as accepted (lnd refuses
+at once, and sends nothing until its first item). A leader waits it out twice before it
+is ready, peer events then onion messages: at 0.2 s a standby that takes over is ready
+about 0.5 s after it took the lock, well within the 2 s a takeover may take."""
+
 EXIT_STOPPED = 0
 EXIT_ERROR = 1
 EXIT_BAD_SETTINGS = 2
@@ -97,7 +103,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if settings.metrics_host_port is not None:
             metrics.start_http_server(*settings.metrics_host_port)
             stack.callback(metrics.stop)
-        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc, stop=stop)
+        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc, settle=SUBSCRIBE_SETTLE, stop=stop)
         stack.push_async_callback(lnd.close)
         info = await _wait_for_lnd(lnd, stop)
         if info is None:

@@ -42,7 +42,7 @@ from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions, choose_transport
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import NodeLock, Term
 from lndmailbox.daemon.standby import Standby
-from lndmailbox.daemon.supervisor import background, cancel_for_good, spawn
+from lndmailbox.daemon.supervisor import cancel_for_good, spawn
 from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import MailboxError
 from lndmailbox.lnd import LndClient, NodeInfo, Transport
@@ -142,14 +142,21 @@ class Roles:
     async def run(self, stop: asyncio.Event) -> None:
         """Stands by and leads in turn until ``stop``; a fault goes up."""
         transport = choose_transport(self._options.transport, self._info.version)
+        beat_stop = asyncio.Event()
+        beating = spawn(self.beat.run(beat_stop), "heartbeat")
+        beating.add_done_callback(lambda _: stop.set())  # it only ends when it fails
         try:
-            with background(self.beat.run(stop), stop):
-                while not stop.is_set():
-                    if not await self._one_turn(stop, transport):
-                        return
+            while not stop.is_set():
+                if not await self._one_turn(stop, transport):
+                    break
         finally:
             self._metrics.leader.set(0)
+            beat_stop.set()
+            await asyncio.wait([beating], timeout=_STANDBY_STOPS_WITHIN)
+            await cancel_for_good(beating)
             await self.beat.remove()
+        if beating.done() and not beating.cancelled() and beating.exception() is not None:
+            raise MailboxError(f"the heartbeat failed: {beating.exception()!r}")
 
     async def _one_turn(self, stop: asyncio.Event, transport: Transport) -> bool:
         """Stands by, then leads once; True if the lead was lost (stand by again)."""
