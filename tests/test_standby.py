@@ -50,7 +50,7 @@ from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
-from lndmailbox.store import Store, free_port, lua
+from lndmailbox.store import Store, embedded_socket_path, free_port, lua
 from lndmailbox.store.journal import entry_for
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, health
@@ -247,10 +247,19 @@ class Daemon:
 class Pair:
     """simnet's LSP (alice online and sending, bob offline and allowed) and its daemons."""
 
-    def __init__(self, personality: Personality, redis_url: str, tmp_path: Path) -> None:
+    def __init__(
+        self,
+        personality: Personality,
+        redis_url: str,
+        tmp_path: Path,
+        *,
+        datadir: Path | None = None,
+    ) -> None:
         self.personality = personality
         self.redis_url = redis_url
         self.tmp_path = tmp_path
+        self.datadir = datadir
+        """With a data directory: the daemons run its embedded Redis (no --redis-url)."""
         self.node = SimNode(personality, onion_rate_limits=None)
         self.daemons: list[Daemon] = []
         self._count = 0
@@ -290,6 +299,9 @@ class Pair:
             f"127.0.0.1:{port}",
             *extra,
         )
+        if self.datadir is not None:
+            at = command.index("--redis-url")
+            command[at : at + 2] = ["--datadir", str(self.datadir)]
         with log_path.open("wb") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
@@ -340,8 +352,10 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def pair(personality: Personality, redis_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
-    p = Pair(personality, redis_url, tmp_path)
+async def pair(
+    personality: Personality, redis_url: str, tmp_path: Path, *, datadir: Path | None = None
+) -> AsyncIterator[Pair]:
+    p = Pair(personality, redis_url, tmp_path, datadir=datadir)
     await p.start()
     try:
         yield p
@@ -789,3 +803,66 @@ def test_the_compose_standby_is_the_mailboxs_twin() -> None:
         assert twin[key] == mailbox[key], key
     assert twin["ports"] != mailbox["ports"]
     assert "/health'" in (root / "Dockerfile").read_text()
+
+
+# --- a same-host pair on the embedded Redis -------------------------------------------------
+
+
+def server_pid(socket_path: Path) -> int | None:
+    """The pid of the server answering on ``socket_path`` (INFO server), None if none."""
+    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+async def test_a_same_host_pair_shares_the_embedded_redis_and_outlives_each_death(
+    tmp_path: Path,
+) -> None:
+    """No --redis-url: the second daemon on the data directory uses the first one's server
+    and stands by at once. The leader SIGKILLed (systemd KillMode=process, or a crash):
+    the server, in a session of its own, survives, and the standby leads. The next leader
+    killed with the server (KillMode=control-group tears down the unit whose daemon started
+    it: SIGTERM to everything in it): the standby starts the server again from its
+    append-only file and leads; nothing stored or journaled is lost. The last daemon to
+    stop shuts the server down."""
+    datadir = tmp_path / "mailbox"
+    socket_path = embedded_socket_path(datadir)
+    url = f"unix://{socket_path}?db=0"
+    async with pair(Personality.LND_0_21, url, tmp_path, datadir=datadir) as p:
+        a = await p.daemon("a")
+        await a.wait_ready("leader")
+        b = await p.daemon("b")
+        await b.wait_ready("standby")
+        assert "using the embedded Redis another lndmailbox started" in b.log()
+        first_server = await asyncio.to_thread(server_pid, socket_path)
+        assert first_server is not None
+        sent = [(await p.send())[0]]
+        await p.wait_queued(1)
+
+        a.process.send_signal(signal.SIGKILL)
+        await b.wait_ready("leader")
+        assert await asyncio.to_thread(server_pid, socket_path) == first_server
+        sent.append((await p.send())[0])
+        await p.wait_queued(2)
+
+        c = await p.daemon("c")
+        await c.wait_ready("standby")
+        await wait_until(lambda: p.subscribers() == 2, what="b and c on lnd's stream")
+        # b's unit torn down with the server in it (as systemd's control-group stop does).
+        b.process.send_signal(signal.SIGKILL)
+        os.kill(first_server, signal.SIGTERM)
+        await wait_gone(p, b)
+        sent.append((await p.send())[0])  # only c reads it, while Redis is away
+        await c.wait_ready("leader", within=60)
+        assert "stopped answering; starting it again" in c.log()
+        second_server = await asyncio.to_thread(server_pid, socket_path)
+        assert second_server not in (None, first_server)
+        await p.wait_queued(3)
+        assert await p.bob_reads(3) == set(sent)
+        assert (await p.store.events.counters()).get("lost", 0) == 0
+        assert await c.sigterm() == 0
+        assert await asyncio.to_thread(server_pid, socket_path) is None, "the last one stops it"

@@ -1,8 +1,8 @@
 """``lndmailbox``: the daemon's entry point.
 
-It reads the settings, connects to lnd and Redis (starting the embedded server when no
-``--redis-url`` is given, after locking the data directory so only one daemon owns that
-server), and runs :class:`~lndmailbox.daemon.roles.Roles` until SIGTERM or SIGINT: a
+It reads the settings, connects to lnd and Redis (without ``--redis-url``, the data
+directory's embedded server: started, or shared with the other daemons of this host that
+use it, see :mod:`~lndmailbox.daemon.datadir_lock`), and runs :class:`~lndmailbox.daemon.roles.Roles` until SIGTERM or SIGINT: a
 standby that journals what lnd hands it, and the node's leader (running
 :class:`~lndmailbox.daemon.mailbox.Mailbox`) while it holds the node's lock.
 
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from lndmailbox import __version__
 from lndmailbox.config import Settings, add_arguments, settings_from_args
-from lndmailbox.daemon.datadir_lock import hold_datadir
+from lndmailbox.daemon.datadir_lock import use_datadir
 from lndmailbox.daemon.mailbox import MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.roles import Roles
@@ -97,9 +97,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
         if settings.redis_url is None:
-            if not await hold_datadir(settings.datadir, stack, stop):
+            shared = await use_datadir(settings.datadir, embedded_redis(settings), stack, stop)
+            if shared is None:
                 return
-            await _start_embedded_redis(settings, stack)
+            stack.enter_context(background(shared.guard(stop), stop))
         if settings.metrics_host_port is not None:
             metrics.start_http_server(*settings.metrics_host_port)
             stack.callback(metrics.stop)
@@ -127,15 +128,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             ),
         )
         await roles.run(stop)
-
-
-async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
-    """Starts the server in the data directory (raises ServerStartError); stopped with
-    the stack."""
-    server = embedded_redis(settings)
-    await asyncio.to_thread(server.start)
-    stack.callback(server.stop)
-    log.info("embedded Redis at %s (data in %s)", server.url, server.data_dir)
 
 
 async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> NodeInfo | None:

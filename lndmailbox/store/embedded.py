@@ -116,6 +116,7 @@ class RedisServer:
         if self.unix_socket is not None and self._answers_ping():
             self._adopted = True
             return
+        self._adopted = False
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             config = self.data_dir / "redis.conf"
@@ -144,6 +145,16 @@ class RedisServer:
         self.stop()
         where = self.unix_socket if self.unix_socket is not None else f"port {self.port}"
         raise ServerStartError(f"{self.binary} did not answer on {where} within {timeout}s")
+
+    def answers_ping(self) -> bool:
+        """Whether a server answers on this one's socket or port (blocking, 0.5 s at most)."""
+        return self._answers_ping()
+
+    def forget(self) -> None:
+        """Leaves the server running, for others to use and stop: :meth:`stop` does nothing
+        after this (the process has a session of its own and outlives this one)."""
+        self._adopted = False
+        self._process = None
 
     def _answers_ping(self) -> bool:
         try:
