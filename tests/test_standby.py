@@ -13,6 +13,9 @@
 - Who leads: each daemon's heartbeat, mailboxctl status, the health endpoint, metrics.
 - What journaling costs Redis per message, leader alone and with a standby (MONITOR),
   printed.
+- A same-host pair on the embedded Redis (no --redis-url): the server is shared, outlives
+  a SIGKILLed leader, and is started again by the standby when it goes with its leader
+  (systemd's control-group stop).
 """
 
 from __future__ import annotations
