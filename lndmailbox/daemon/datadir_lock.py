@@ -16,7 +16,9 @@ Rules that hold:
   uses it (its lock on ``lndmailbox.lock`` can be made exclusive); else it leaves it to
   them.
 - While it runs, each daemon looks every :data:`GUARD_EVERY` seconds whether the server
-  still answers, and starts it again (from its append-only file) when it does not: a
+  still runs (the server process holds a lock of its own, ``redis/server.lock``, for its
+  whole life: a server too busy to answer is not taken for a dead one), and starts it
+  again (from its append-only file) when it does not: a
   supervisor that killed the server with the daemon that started it (systemd's default
   ``KillMode=control-group``) costs the other daemon a second of Redis, not its store.
 
@@ -133,7 +135,7 @@ class SharedServer:
             if await wait_or_stop(stop, 0.05):
                 return False
         try:
-            adopted = self.server.answers_ping()
+            adopted = await asyncio.to_thread(self._running)
             await asyncio.to_thread(self.server.start)
         finally:
             self._starting.release()
@@ -144,17 +146,20 @@ class SharedServer:
         return True
 
     async def guard(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: starts the server again whenever it stops answering."""
+        """Until ``stop``: starts the server again whenever it is gone."""
         while not await wait_or_stop(stop, GUARD_EVERY):
-            if await asyncio.to_thread(self.server.answers_ping):
+            if await asyncio.to_thread(self._running):
                 continue
-            log.warning(
-                "the embedded Redis in %s stopped answering; starting it again", self.datadir
-            )
+            log.warning("the embedded Redis in %s is gone; starting it again", self.datadir)
             try:
                 await self._start(stop)
             except MailboxError as e:
                 log.error("could not start the embedded Redis again: %s", e)
+
+    def _running(self) -> bool:
+        """Whether the server process runs (its lock is held), or answers (a server of
+        the release before, which holds no lock): a slow server is not a dead one."""
+        return self.server.alive() or self.server.answers_ping()
 
     def leave(self) -> None:
         """At the stop: shuts the server down if no other daemon uses it, else leaves it
