@@ -68,8 +68,13 @@ async def test_a_second_daemon_on_the_same_datadir_shares_the_first_ones_redis(
 
         second_stop = asyncio.Event()
         second = asyncio.create_task(run(w.settings, stop=second_stop))
+        # (A lone daemon stands by too while its pipeline starts: the second one's lines.)
         await wait_until(
-            lambda: "standing by: journaling" in caplog.text, what="the second daemon to stand by"
+            lambda: (
+                caplog.text.count("standing by: journaling") == 2
+                and "leads this node; standing by" in caplog.text
+            ),
+            what="the second daemon to stand by",
         )
         assert "using the embedded Redis another lndmailbox started" in caplog.text
         second_stop.set()

@@ -157,8 +157,10 @@ class Metrics:
 
     Counters (exposed with the ``_total`` suffix): ``received``, ``forwarded``, ``stored``,
     ``delivered``, ``expired``, ``duplicate``, ``evicted``, ``lost`` and ``dropped`` (label
-    ``reason`` each; every reason of ``lost`` is exported from the start), ``notify_failed``. Gauges: ``queued_messages``, ``queued_bytes``,
-    ``peers_with_mail``, ``online_peers``. Histograms (seconds): ``peel_seconds``,
+    ``reason`` each; every reason of ``lost`` is exported from the start), ``notify_failed``,
+    ``leader_changes``, ``standby_journaled``, ``journal_skipped``, ``adopted``. Gauges:
+    ``queued_messages``, ``queued_bytes``, ``peers_with_mail``, ``online_peers``,
+    ``leader``. Histograms (seconds): ``peel_seconds``,
     ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``).
 
     ``drop_reasons`` are label values of ``dropped`` created up front, so they are exported as

@@ -67,6 +67,7 @@ class DaemonBeat:
         self.owner = owner
         self._metrics = metrics
         self.role = "starting"
+        self.ready = False
         self.since = time.time()
         self._started = self.since
         self._changed = asyncio.Event()
@@ -74,8 +75,10 @@ class DaemonBeat:
 
     def become(self, role: str, *, ready: bool = True) -> None:
         """This daemon is ``role`` now (``standby``, ``leader``): said at once."""
-        if role != self.role:
-            self.role, self.since = role, time.time()
+        if role != self.role or ready != self.ready:
+            if role != self.role:
+                self.since = time.time()
+            self.role, self.ready = role, ready
             self._changed.set()
         self._metrics.set_role(role, ready=ready, owner=self.owner, since=round(self.since, 3))
 
@@ -92,6 +95,7 @@ class DaemonBeat:
             return
         info: dict[str, str | int | float | None] = {
             "role": self.role,
+            "ready": self.ready,
             "since": round(self.since, 3),
             "pid": os.getpid(),
             "host": socket.gethostname(),
