@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from itest.build import Binaries, BuildError, Generation, ensure_all
-from itest.daemon import MailboxDaemon
+from itest.daemon import READY, STANDING_BY, MailboxDaemon
 from itest.network import Network
 from lndmailbox.store import RedisServer
 
@@ -86,15 +86,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def mailbox(
     network: Network, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Callable[..., MailboxDaemon]]:
-    """``mailbox(*extra_flags)`` starts the daemon against the LSP; every one is stopped after."""
+    """``mailbox(*extra_flags)`` starts the daemon against the LSP; every one is stopped after.
+    ``mailbox(*extra_flags, standby=True)`` starts one that waits for ready as a standby."""
     started: list[MailboxDaemon] = []
 
-    def start(*extra: str) -> MailboxDaemon:
+    def start(*extra: str, standby: bool = False) -> MailboxDaemon:
         daemon = MailboxDaemon(
             network, redis_server.url, tmp_path / f"mailbox-{len(started)}", extra
         )
         started.append(daemon)
-        daemon.start()
+        daemon.start(ready=STANDING_BY if standby else READY)
         return daemon
 
     yield start

@@ -29,6 +29,8 @@ MAILBOX_PERMISSIONS = (
 )
 
 READY = re.compile(r"serving lnd .* transport")
+STANDING_BY = re.compile(r"standing by: journaling")
+"""What a daemon that found the node's lock held logs once it is on lnd's stream."""
 
 
 def entry_point(script: str = "lndmailbox", module: str = "lndmailbox") -> list[str]:
@@ -73,15 +75,16 @@ class MailboxDaemon:
             *self.extra,
         ]  # fmt: skip
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, ready: re.Pattern[str] = READY) -> None:
+        """Starts it and waits for ``ready`` in its log (a leader's by default)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.macaroon_path.exists():
             self.network.lsp.bake_macaroon(MAILBOX_PERMISSIONS, self.macaroon_path)
         self.process.argv = self.argv()
         self.process.start()
         wait_for(
-            "the mailbox daemon to serve lnd",
-            lambda: READY.search(self.log()) is not None,
+            f"the mailbox daemon's log to say {ready.pattern!r}",
+            lambda: ready.search(self.log()) is not None,
             timeout=timeout,
             alive=[self.process],
         )
@@ -96,6 +99,10 @@ class MailboxDaemon:
 
     def check_alive(self) -> None:
         self.process.check_alive()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing released (``stop`` after it is a no-op)."""
+        self.process.kill()
 
     def stop(self) -> int | None:
         """SIGTERM, as an operator's service manager would; the daemon must exit 0."""
