@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,14 @@ from lndmailbox.clock import SystemClock
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
+from lndmailbox.daemon.standby import StandbyJournal
+from lndmailbox.errors import StoreError
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store, embedded_socket_path, free_port, lua
-from lndmailbox.store.journal import entry_for
+from lndmailbox.store.journal import NewEntry, entry_for
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, health
 
@@ -191,6 +193,69 @@ async def test_the_same_message_read_twice_is_held_until_both_are_decided(
     await writer.flush()
     assert await store.journal.pending() == []
     assert writer.bytes == 0
+
+
+async def test_a_standbys_write_survives_older_messages_giving_way_meanwhile(
+    redis_client: aioredis.Redis,
+) -> None:
+    """While a batch is being written, newer messages push the standby over its bytes:
+    older pending ones give way, the batch in flight never does, and once written every
+    message held is in the journal (no KeyError ending the standby)."""
+    store = Store(redis_client, NODE)
+    gate = asyncio.Event()
+    writing = asyncio.Event()
+    real_write = store.journal.write
+
+    written: list[str] = []
+
+    async def slow_write(added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> int:
+        writing.set()
+        await gate.wait()
+        written.extend(e[0] for e in added)
+        return await real_write(added, decided)
+
+    store.journal.write = slow_write  # type: ignore[method-assign]
+    standby = StandbyJournal(store.journal, SystemClock(), Metrics(), max_bytes=70_000)
+    first = IncomingOnionMessage(point(), point(), b"a" * 30_000)
+    standby.add(first, time.time())
+    flush = asyncio.create_task(standby.flush())
+    await writing.wait()
+    standby.add(first, time.time())  # read again while its write is in flight: held once
+    newer = [IncomingOnionMessage(point(), point(), bytes([i]) * 30_000) for i in range(3)]
+    for message in newer:
+        standby.add(message, time.time())
+    gate.set()
+    await flush
+    kept = [first, newer[2]]  # the batch in flight and the newest; the others gave way
+    assert written == [entry_for(m.path_key, m.onion) for m in kept]
+    assert {e.entry for e in await store.journal.pending()} == set(written)
+    assert standby.bytes == 0
+
+
+async def test_a_standbys_batch_that_failed_is_written_again_first(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE)
+    real_write = store.journal.write
+    written: list[list[str]] = []
+
+    async def failing_once(added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> int:
+        if not written:
+            written.append([])
+            raise StoreError("Redis away")
+        written.append([e[0] for e in added])
+        return await real_write(added, decided)
+
+    store.journal.write = failing_once  # type: ignore[method-assign]
+    standby = StandbyJournal(store.journal, SystemClock(), Metrics(), max_bytes=1 << 20)
+    messages = [IncomingOnionMessage(point(), point(), os.urandom(100)) for _ in range(2)]
+    standby.add(messages[0], time.time())
+    with pytest.raises(StoreError):
+        await standby.flush()
+    standby.add(messages[1], time.time())
+    await standby.flush()
+    assert written[1] == [entry_for(m.path_key, m.onion) for m in messages]
+    assert standby.bytes == 0
 
 
 # --- daemons as subprocesses ---------------------------------------------------------------
