@@ -48,14 +48,16 @@ from simnet import Personality, SimNode
 from lndmailbox.clock import SystemClock
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.node_lock import LOCK_LEASE, LOCK_SOCKET_TIMEOUT, RENEW_INTERVAL, NodeLock
 from lndmailbox.daemon.outcomes import Reporter
+from lndmailbox.daemon.outgoing import LeaseGatedSender
 from lndmailbox.daemon.standby import StandbyJournal
 from lndmailbox.errors import StoreError
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
-from lndmailbox.store import Store, embedded_socket_path, free_port, lua
+from lndmailbox.store import Control, LockRenewal, Store, embedded_socket_path, free_port, lua
 from lndmailbox.store.journal import NewEntry, entry_for
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, health
@@ -256,6 +258,65 @@ async def test_a_standbys_batch_that_failed_is_written_again_first(
     await standby.flush()
     assert written[1] == [entry_for(m.path_key, m.onion) for m in messages]
     assert standby.bytes == 0
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.onions: list[bytes] = []
+
+    async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
+        self.onions.append(onion)
+
+
+async def test_a_renewal_that_hangs_stops_the_leader_sending_until_one_gets_through(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A renewal lost on a dead TCP connection must not hold the lease task: it times out,
+    the next goes out; and once no renewal was confirmed within the lease the leader
+    sends nothing (a standby may lead) until one gets through."""
+    store = Store(redis_client, NODE)
+    real_renew = store.control.renew_lock
+    hang = asyncio.Event()
+    renewals = 0
+
+    async def renew(owner: str, lease: float) -> LockRenewal:
+        nonlocal renewals
+        renewals += 1
+        if hang.is_set():
+            await asyncio.Event().wait()  # no answer, ever
+        return await real_renew(owner, lease)
+
+    store.control.renew_lock = renew  # type: ignore[method-assign]
+    lock = NodeLock(store.control)
+    stop = asyncio.Event()
+    assert await lock.acquire(stop)
+    async with lock.leading(stop) as term:
+        sent = Sent()
+        sender = LeaseGatedSender(sent, term.in_lease)
+        await sender.send(point(), point(), b"in lease")
+        hang.set()
+        await wait_until(lambda: not term.in_lease.is_set(), what="the lease lapsed")
+        hung = renewals
+        await wait_until(lambda: renewals > hung + 1, what="renewals go on past a hung one")
+        held = asyncio.ensure_future(sender.send(point(), point(), b"lapsed"))
+        await asyncio.sleep(0)
+        assert not held.done(), "nothing goes to lnd while the lease may be another's"
+        hang.clear()
+        await wait_until(term.in_lease.is_set, what="a renewal got through")
+        await held
+        assert term.lost is None, "nobody else took it: this daemon leads on"
+    assert sent.onions == [b"in lease", b"lapsed"]
+
+
+async def test_the_lock_has_its_own_connection_that_fails_within_the_lease(redis_url: str) -> None:
+    """The lock's renewals do not queue behind the store's 64 connections, and a lost
+    connection fails before the lease can run out."""
+    assert LOCK_SOCKET_TIMEOUT < LOCK_LEASE - RENEW_INTERVAL
+    control = Control.on_own_connection(redis_url, NODE, timeout=LOCK_SOCKET_TIMEOUT)
+    kwargs = control.redis.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == LOCK_SOCKET_TIMEOUT
+    assert control.redis.connection_pool.max_connections <= 2
+    await control.aclose()
 
 
 # --- daemons as subprocesses ---------------------------------------------------------------

@@ -227,6 +227,7 @@ class Roles:
                 notifier=self._notifier,
                 clock=self._clock,
                 on_decided=term.hand_over,
+                in_lease=term.in_lease,
             )
             self.mailbox = mailbox
             overlap = asyncio.ensure_future(self._stop_when_ready(mailbox, term, standby_stop))
