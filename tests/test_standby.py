@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -47,13 +47,15 @@ from simnet import Personality, SimNode
 
 from lndmailbox.clock import SystemClock
 from lndmailbox.daemon.journal_writer import JournalWriter
+from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import LOCK_LEASE, LOCK_SOCKET_TIMEOUT, RENEW_INTERVAL, NodeLock
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import LeaseGatedSender
-from lndmailbox.daemon.standby import StandbyJournal
+from lndmailbox.daemon.roles import Roles
+from lndmailbox.daemon.standby import Standby, StandbyJournal
 from lndmailbox.errors import StoreError
-from lndmailbox.lnd import IncomingOnionMessage
+from lndmailbox.lnd import IncomingOnionMessage, LndClient, NodeInfo, Transport
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
@@ -317,6 +319,71 @@ async def test_the_lock_has_its_own_connection_that_fails_within_the_lease(redis
     assert kwargs["socket_timeout"] == LOCK_SOCKET_TIMEOUT
     assert control.redis.connection_pool.max_connections <= 2
     await control.aclose()
+
+
+def roles_for(store: Store, lock: NodeLock) -> tuple[Roles, Standby]:
+    """Roles and a standby that are never run (no lnd): for their waits alone."""
+    lnd = cast(LndClient, None)
+    roles = Roles(
+        lnd=lnd,
+        store=store,
+        metrics=Metrics(),
+        options=MailboxOptions(),
+        info=cast(NodeInfo, None),
+        lock=lock,
+    )
+    standby = Standby(
+        lnd=lnd,
+        transport=Transport.NATIVE,
+        journal=store.journal,
+        clock=SystemClock(),
+        metrics=Metrics(),
+        max_bytes=1 << 20,
+    )
+    return roles, standby
+
+
+async def test_a_daemon_tries_for_the_lead_only_once_its_standby_is_on_lnds_stream(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE)
+    lock = NodeLock(store.control)
+    roles, standby = roles_for(store, lock)
+    stop = asyncio.Event()
+    standing = asyncio.ensure_future(stop.wait())
+    waiting = asyncio.ensure_future(roles._wait_for_lead(stop, standing, standby))
+    for _ in range(10):  # round trips enough for a take of the lock
+        assert await store.control.lock_owner() is None, "led before it read lnd's stream"
+    standby.subscribed.set()
+    assert await waiting
+    assert await store.control.lock_owner() == lock.owner
+    stop.set()
+    await standing
+
+
+async def test_the_standbys_stream_outlives_the_leaders_being_ready(
+    redis_client: aioredis.Redis,
+) -> None:
+    """``Mailbox.ready`` says lnd took the leader's subscription, not that it carries
+    messages yet: the standby's stream goes on a while after it."""
+    store = Store(redis_client, NODE)
+    lock = NodeLock(store.control)
+    roles, _ = roles_for(store, lock)
+    roles.overlap = 0.2
+    mailbox = Mailbox(
+        lnd=cast(LndClient, None), store=store, metrics=Metrics(), options=MailboxOptions()
+    )
+    stop, standby_stop = asyncio.Event(), asyncio.Event()
+    assert await lock.acquire(stop)
+    async with lock.leading(stop) as term:
+        overlap = asyncio.ensure_future(roles._stop_when_ready(mailbox, term, standby_stop))
+        mailbox.ready.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not standby_stop.is_set(), "the standby's stream was cut at ready"
+        await overlap
+        assert standby_stop.is_set()
+        stop.set()
 
 
 # --- daemons as subprocesses ---------------------------------------------------------------
