@@ -40,8 +40,8 @@ import time
 
 from lndmailbox import __version__
 from lndmailbox.clock import Clock, SystemClock, wait_either
-from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions, choose_transport
 from lndmailbox.daemon.inbox_look import GRACE
+from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions, choose_transport
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import NodeLock, Term
 from lndmailbox.daemon.standby import Standby
