@@ -350,7 +350,11 @@ async def test_a_daemon_tries_for_the_lead_only_once_its_standby_is_on_lnds_stre
     lock = NodeLock(store.control)
     roles, standby = roles_for(store, lock)
     stop = asyncio.Event()
-    standing = asyncio.ensure_future(stop.wait())
+
+    async def stand_by() -> None:
+        await stop.wait()
+
+    standing = asyncio.ensure_future(stand_by())
     waiting = asyncio.ensure_future(roles._wait_for_lead(stop, standing, standby))
     for _ in range(10):  # round trips enough for a take of the lock
         assert await store.control.lock_owner() is None, "led before it read lnd's stream"
