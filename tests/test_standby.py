@@ -945,6 +945,9 @@ async def test_redis_commands_per_message_that_journaling_adds(
             await p.store.redis.flushall()
             a = await p.daemon("a")
             await a.wait_ready("leader")
+            # Its standby's stream outlives the leader's being ready by a grace (roles.py):
+            # journaling's cost in the steady state is what is counted.
+            await wait_until(lambda: p.subscribers() == 1, what="the takeover's overlap over")
             if standbys:
                 b = await p.daemon("b")
                 await b.wait_ready("standby")
