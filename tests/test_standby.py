@@ -33,10 +33,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -47,14 +47,20 @@ from simnet import Personality, SimNode
 
 from lndmailbox.clock import SystemClock
 from lndmailbox.daemon.journal_writer import JournalWriter
+from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.node_lock import LOCK_LEASE, LOCK_SOCKET_TIMEOUT, RENEW_INTERVAL, NodeLock
 from lndmailbox.daemon.outcomes import Reporter
-from lndmailbox.lnd import IncomingOnionMessage
+from lndmailbox.daemon.outgoing import LeaseGatedSender
+from lndmailbox.daemon.roles import Roles
+from lndmailbox.daemon.standby import Standby, StandbyJournal
+from lndmailbox.errors import StoreError
+from lndmailbox.lnd import IncomingOnionMessage, LndClient, NodeInfo, Transport
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
-from lndmailbox.store import Store, embedded_socket_path, free_port, lua
-from lndmailbox.store.journal import entry_for
+from lndmailbox.store import Control, LockRenewal, Store, embedded_socket_path, free_port, lua
+from lndmailbox.store.journal import NewEntry, entry_for
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, health
 
@@ -191,6 +197,197 @@ async def test_the_same_message_read_twice_is_held_until_both_are_decided(
     await writer.flush()
     assert await store.journal.pending() == []
     assert writer.bytes == 0
+
+
+async def test_a_standbys_write_survives_older_messages_giving_way_meanwhile(
+    redis_client: aioredis.Redis,
+) -> None:
+    """While a batch is being written, newer messages push the standby over its bytes:
+    older pending ones give way, the batch in flight never does, and once written every
+    message held is in the journal (no KeyError ending the standby)."""
+    store = Store(redis_client, NODE)
+    gate = asyncio.Event()
+    writing = asyncio.Event()
+    real_write = store.journal.write
+
+    written: list[str] = []
+
+    async def slow_write(added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> int:
+        writing.set()
+        await gate.wait()
+        written.extend(e[0] for e in added)
+        return await real_write(added, decided)
+
+    store.journal.write = slow_write  # type: ignore[method-assign]
+    standby = StandbyJournal(store.journal, SystemClock(), Metrics(), max_bytes=70_000)
+    first = IncomingOnionMessage(point(), point(), b"a" * 30_000)
+    standby.add(first, time.time())
+    flush = asyncio.create_task(standby.flush())
+    await writing.wait()
+    standby.add(first, time.time())  # read again while its write is in flight: held once
+    newer = [IncomingOnionMessage(point(), point(), bytes([i]) * 30_000) for i in range(3)]
+    for message in newer:
+        standby.add(message, time.time())
+    gate.set()
+    await flush
+    kept = [first, newer[2]]  # the batch in flight and the newest; the others gave way
+    assert written == [entry_for(m.path_key, m.onion) for m in kept]
+    assert {e.entry for e in await store.journal.pending()} == set(written)
+    assert standby.bytes == 0
+
+
+async def test_a_standbys_batch_that_failed_is_written_again_first(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE)
+    real_write = store.journal.write
+    written: list[list[str]] = []
+
+    async def failing_once(added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> int:
+        if not written:
+            written.append([])
+            raise StoreError("Redis away")
+        written.append([e[0] for e in added])
+        return await real_write(added, decided)
+
+    store.journal.write = failing_once  # type: ignore[method-assign]
+    standby = StandbyJournal(store.journal, SystemClock(), Metrics(), max_bytes=1 << 20)
+    messages = [IncomingOnionMessage(point(), point(), os.urandom(100)) for _ in range(2)]
+    standby.add(messages[0], time.time())
+    with pytest.raises(StoreError):
+        await standby.flush()
+    standby.add(messages[1], time.time())
+    await standby.flush()
+    assert written[1] == [entry_for(m.path_key, m.onion) for m in messages]
+    assert standby.bytes == 0
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.onions: list[bytes] = []
+
+    async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
+        self.onions.append(onion)
+
+
+async def test_a_renewal_that_hangs_stops_the_leader_sending_until_one_gets_through(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A renewal lost on a dead TCP connection must not hold the lease task: it times out,
+    the next goes out; and once no renewal was confirmed within the lease the leader
+    sends nothing (a standby may lead) until one gets through."""
+    store = Store(redis_client, NODE)
+    real_renew = store.control.renew_lock
+    hang = asyncio.Event()
+    renewals = 0
+
+    async def renew(owner: str, lease: float) -> LockRenewal:
+        nonlocal renewals
+        renewals += 1
+        if hang.is_set():
+            await asyncio.Event().wait()  # no answer, ever
+        return await real_renew(owner, lease)
+
+    store.control.renew_lock = renew  # type: ignore[method-assign]
+    lock = NodeLock(store.control)
+    stop = asyncio.Event()
+    assert await lock.acquire(stop)
+    async with lock.leading(stop) as term:
+        sent = Sent()
+        sender = LeaseGatedSender(sent, term.in_lease)
+        await sender.send(point(), point(), b"in lease")
+        hang.set()
+        await wait_until(lambda: not term.in_lease.is_set(), what="the lease lapsed")
+        hung = renewals
+        await wait_until(lambda: renewals > hung + 1, what="renewals go on past a hung one")
+        held = asyncio.ensure_future(sender.send(point(), point(), b"lapsed"))
+        await asyncio.sleep(0)
+        assert not held.done(), "nothing goes to lnd while the lease may be another's"
+        hang.clear()
+        await wait_until(term.in_lease.is_set, what="a renewal got through")
+        await held
+        assert term.lost is None, "nobody else took it: this daemon leads on"
+    assert sent.onions == [b"in lease", b"lapsed"]
+
+
+async def test_the_lock_has_its_own_connection_that_fails_within_the_lease(redis_url: str) -> None:
+    """The lock's renewals do not queue behind the store's 64 connections, and a lost
+    connection fails before the lease can run out."""
+    assert LOCK_SOCKET_TIMEOUT < LOCK_LEASE - RENEW_INTERVAL
+    control = Control.on_own_connection(redis_url, NODE, timeout=LOCK_SOCKET_TIMEOUT)
+    kwargs = control.redis.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == LOCK_SOCKET_TIMEOUT
+    assert control.redis.connection_pool.max_connections <= 2
+    await control.aclose()
+
+
+def roles_for(store: Store, lock: NodeLock) -> tuple[Roles, Standby]:
+    """Roles and a standby that are never run (no lnd): for their waits alone."""
+    lnd = cast(LndClient, None)
+    roles = Roles(
+        lnd=lnd,
+        store=store,
+        metrics=Metrics(),
+        options=MailboxOptions(),
+        info=cast(NodeInfo, None),
+        lock=lock,
+    )
+    standby = Standby(
+        lnd=lnd,
+        transport=Transport.NATIVE,
+        journal=store.journal,
+        clock=SystemClock(),
+        metrics=Metrics(),
+        max_bytes=1 << 20,
+    )
+    return roles, standby
+
+
+async def test_a_daemon_tries_for_the_lead_only_once_its_standby_is_on_lnds_stream(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE)
+    lock = NodeLock(store.control)
+    roles, standby = roles_for(store, lock)
+    stop = asyncio.Event()
+
+    async def stand_by() -> None:
+        await stop.wait()
+
+    standing = asyncio.ensure_future(stand_by())
+    waiting = asyncio.ensure_future(roles._wait_for_lead(stop, standing, standby))
+    for _ in range(10):  # round trips enough for a take of the lock
+        assert await store.control.lock_owner() is None, "led before it read lnd's stream"
+    standby.subscribed.set()
+    assert await waiting
+    assert await store.control.lock_owner() == lock.owner
+    stop.set()
+    await standing
+
+
+async def test_the_standbys_stream_outlives_the_leaders_being_ready(
+    redis_client: aioredis.Redis,
+) -> None:
+    """``Mailbox.ready`` says lnd took the leader's subscription, not that it carries
+    messages yet: the standby's stream goes on a while after it."""
+    store = Store(redis_client, NODE)
+    lock = NodeLock(store.control)
+    roles, _ = roles_for(store, lock)
+    roles.overlap = 0.2
+    mailbox = Mailbox(
+        lnd=cast(LndClient, None), store=store, metrics=Metrics(), options=MailboxOptions()
+    )
+    stop, standby_stop = asyncio.Event(), asyncio.Event()
+    assert await lock.acquire(stop)
+    async with lock.leading(stop) as term:
+        overlap = asyncio.ensure_future(roles._stop_when_ready(mailbox, term, standby_stop))
+        mailbox.ready.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not standby_stop.is_set(), "the standby's stream was cut at ready"
+        await overlap
+        assert standby_stop.is_set()
+        stop.set()
 
 
 # --- daemons as subprocesses ---------------------------------------------------------------
@@ -748,6 +945,9 @@ async def test_redis_commands_per_message_that_journaling_adds(
             await p.store.redis.flushall()
             a = await p.daemon("a")
             await a.wait_ready("leader")
+            # Its standby's stream outlives the leader's being ready by a grace (roles.py):
+            # journaling's cost in the steady state is what is counted.
+            await wait_until(lambda: p.subscribers() == 1, what="the takeover's overlap over")
             if standbys:
                 b = await p.daemon("b")
                 await b.wait_ready("standby")

@@ -30,13 +30,14 @@ from lndmailbox.config import Settings, add_arguments, settings_from_args
 from lndmailbox.daemon.datadir_lock import use_datadir
 from lndmailbox.daemon.mailbox import MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.node_lock import LOCK_SOCKET_TIMEOUT, NodeLock
 from lndmailbox.daemon.roles import Roles
 from lndmailbox.daemon.supervisor import background
 from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
 from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
 from lndmailbox.logs import configure_logging
-from lndmailbox.store import Store, embedded_redis, limits_for, redis_url_for
+from lndmailbox.store import Control, Store, embedded_redis, limits_for, redis_url_for
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             return
         store = Store.from_url(redis_url_for(settings), info.pubkey, limits_for(settings))
         stack.push_async_callback(store.aclose)
+        # The lock on a connection of its own: its renewals never queue behind the store's.
+        lock_control = Control.on_own_connection(
+            redis_url_for(settings), info.pubkey, timeout=LOCK_SOCKET_TIMEOUT
+        )
+        stack.push_async_callback(lock_control.aclose)
         notifier = _start_notifier(settings, metrics, stack, stop)
         roles = Roles(
             lnd=lnd,
@@ -118,6 +124,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             metrics=metrics,
             notifier=notifier,
             info=info,
+            lock=NodeLock(lock_control),
             options=MailboxOptions(
                 transport=settings.transport,
                 allow_channel_peers=settings.allow_channel_peers,

@@ -61,11 +61,12 @@ from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
 from lndmailbox.daemon.deliverer import Deliverer
 from lndmailbox.daemon.gauges import QueueGauges
 from lndmailbox.daemon.inbox_look import InboxLook
+from lndmailbox.daemon.interfaces import Sender
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.message_reader import MessageReader
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
-from lndmailbox.daemon.outgoing import LndSender
+from lndmailbox.daemon.outgoing import LeaseGatedSender, LndSender
 from lndmailbox.daemon.peer_follower import PeerFollower
 from lndmailbox.daemon.peers import ALIAS_CHECK_INTERVAL, AliasCheck, ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
@@ -162,6 +163,7 @@ class Mailbox:
         notifier: Notifier | None = None,
         clock: Clock | None = None,
         on_decided: Callable[[], Awaitable[None]] | None = None,
+        in_lease: asyncio.Event | None = None,
     ) -> None:
         self._lnd = lnd
         self._store = store
@@ -171,6 +173,8 @@ class Mailbox:
         self._clock = clock or SystemClock()
         self._on_decided = on_decided
         """Called at the stop once every decision is written (the lead is handed over)."""
+        self._in_lease = in_lease
+        """Set while the node lock's lease is this leader's: nothing goes to lnd otherwise."""
         self.ready = asyncio.Event()
         """Set once the daemon knows who is online and follows both of lnd's streams."""
 
@@ -207,7 +211,9 @@ class Mailbox:
         store, clock, metrics, options = self._store, self._clock, self._metrics, self._options
         peers = PeerTracker(clock)
         channels = ChannelMap(self._lnd, clock)
-        sender = LndSender(self._lnd, transport)
+        sender: Sender = LndSender(self._lnd, transport)
+        if self._in_lease is not None:
+            sender = LeaseGatedSender(LndSender(self._lnd, transport), self._in_lease)
         reporter = Reporter(
             node=node, metrics=metrics, events=store.events, notifier=self._notifier
         )

@@ -16,14 +16,29 @@ holds this lock is the leader, which decides, stores, delivers and answers
   on the same host a lock whose owner's process is gone is taken over at the next look,
   without waiting out the lease. A leader misses its lease only when no renewal gets
   through for ``LOCK_LEASE - RENEW_INTERVAL`` seconds.
-- A Redis outage does not cost the holder the node: it keeps leading while Redis is away,
-  and a lock whose lease ran out meanwhile (nobody else holds it) it simply takes again.
+- The lock has a connection of its own (:meth:`Control.on_own_connection`, with a socket
+  timeout of :data:`LOCK_SOCKET_TIMEOUT`), so a full store pool never delays a renewal,
+  and each renewal is bounded by :data:`RENEW_TIMEOUT`: a renewal lost on a dead TCP
+  connection fails in time and the next one goes out on a fresh connection.
+- A leader acts only within a lease it knows it holds: :attr:`Term.in_lease` is set
+  while the last confirmed renewal (counted from when it was sent) is less than
+  :data:`LOCK_LEASE` old. Once no renewal was confirmed within the lease a standby may
+  hold the lock, so the leader stops acting as one: it hands nothing to lnd (no
+  delivery, no direct send, no answer to peers; :class:`LeaseGatedSender`) and says so
+  once. A renewal that gets through again decides: the lock still ours, or free and
+  taken again (a Redis outage, nobody else held it), and the leader goes on with what
+  it held (nothing lost, the buffered messages stored as usual); another daemon's, and
+  it steps down (below). So a Redis outage still does not cost a lone daemon its node
+  (it keeps what it reads and takes the lock again when Redis answers), but it no
+  longer delivers while the lease is unconfirmed: with the lease expired, a standby
+  that reaches Redis may lead.
   The renewal, the release and the take (a standby's too) work while Redis refuses writes
   for memory (their scripts may).
 - A leader that finds the lock held by another daemon (its lease ran out and a standby
   took over) steps down: its term ends (:attr:`Term.ended`, :attr:`Term.lost`) and the
-  daemon stands by again. Two daemons lead one node for at most a renewal interval then,
-  which may cost duplicates, never a loss (both journal).
+  daemon stands by again. Two daemons never hand messages to lnd for one node at once
+  beyond a send already under way when the lease ran out; both may decide the same
+  messages, which may cost duplicates, never a loss (both journal).
 - A term's end releases the lock: at a stop (SIGTERM), as soon as what the leader read
   is decided (:meth:`Term.hand_over`), so a rolling restart hands over at once.
 """
@@ -56,6 +71,12 @@ POLL = 0.15
 """Seconds between a standby's looks at the lock another daemon holds."""
 RELEASE_WITHIN = 0.5
 """Seconds the lock's release may take at the stop before it is left to its lease."""
+RENEW_TIMEOUT = 0.5
+"""Seconds one renewal may take: below ``LOCK_LEASE - RENEW_INTERVAL``, so that a renewal
+that hangs fails while the lease still holds, and the next one may get through."""
+LOCK_SOCKET_TIMEOUT = 0.5
+"""The socket timeout of the lock's own connection (see :data:`RENEW_TIMEOUT`)."""
+"""Seconds the lock's release may take at the stop before it is left to its lease."""
 
 
 def new_owner() -> str:
@@ -73,8 +94,38 @@ class Term:
         self.lost: NodeLockLostError | None = None
         """Set when another daemon took the lock: the daemon steps down."""
         self.started = time.time()
+        self.in_lease = asyncio.Event()
+        """Set while the lease is known to be ours (the last confirmed renewal, counted
+        from when it was sent, is less than a lease old): only then does the leader act."""
+        self.in_lease.set()
         self._keeper: asyncio.Task[None] | None = None
         self._released = False
+        self._lapse: asyncio.TimerHandle | None = None
+
+    def confirmed(self, sent_at: float, lease: float) -> None:
+        """A renewal (or the take) sent at ``sent_at`` (the loop's clock) got through: the
+        lease holds until ``sent_at + lease``."""
+        loop = asyncio.get_running_loop()
+        if self._lapse is not None:
+            self._lapse.cancel()
+        if not self.in_lease.is_set():
+            log.warning("the node lock's lease is confirmed again: leading again")
+        self.in_lease.set()
+        self._lapse = loop.call_at(sent_at + lease, self._lapsed)
+
+    def _lapsed(self) -> None:
+        self._lapse = None
+        if self.in_lease.is_set() and not self.ended.is_set():
+            log.warning(
+                "no renewal of the node lock was confirmed within its lease: another daemon "
+                "may lead now, so this one hands nothing to lnd until a renewal gets through"
+            )
+        self.in_lease.clear()
+
+    def close(self) -> None:
+        if self._lapse is not None:
+            self._lapse.cancel()
+            self._lapse = None
 
     async def hand_over(self) -> None:
         """Stops renewing and releases the lock now (idempotent): what this leader read is
@@ -97,10 +148,14 @@ class NodeLock:
         lease: float = LOCK_LEASE,
         heartbeat_interval: float = RENEW_INTERVAL,
         poll: float = POLL,
+        renew_timeout: float = RENEW_TIMEOUT,
     ) -> None:
         self._control = control
         self._lease = lease
         self._renew_interval = heartbeat_interval
+        self._renew_timeout = renew_timeout
+        self._taken_at: float | None = None
+        """When the try that took the lock was sent (the loop's clock)."""
         self._poll = poll
         self.owner = owner or new_owner()
         self.started = time.time()
@@ -160,6 +215,7 @@ class NodeLock:
             yield term
         finally:
             stopper.cancel()
+            term.close()
             keeper.remove_done_callback(died)
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -182,8 +238,10 @@ class NodeLock:
         """Waits for the lock; False if stopped first."""
         waited = False
         while not stop.is_set():
+            sent_at = asyncio.get_running_loop().time()
             holder = await self._try(stop)
             if holder == self.owner:
+                self._taken_at = sent_at
                 if waited:
                     log.info("took the node lock")
                 self._said = None
@@ -228,20 +286,30 @@ class NodeLock:
 
     async def _keep_lease(self, term: Term) -> None:
         """Renews the lease until the term ends, or until another daemon is found holding
-        it (then the term is lost)."""
+        it (then the term is lost). Each renewal is bounded (:data:`RENEW_TIMEOUT`); one
+        that is confirmed extends :attr:`Term.in_lease`."""
+        loop = asyncio.get_running_loop()
+        taken_at, self._taken_at = self._taken_at, None
+        term.confirmed(taken_at if taken_at is not None else loop.time(), self._lease)
         await self._write_heartbeat(term)
         beat_at = time.monotonic()
         while not await wait_or_stop(term.ended, self._renew_interval):
+            sent_at = loop.time()
             try:
-                renewal = await self._control.renew_lock(self.owner, self._lease)
-            except MailboxError as e:
-                self._renewals.failed(e)  # while Redis is away: keep leading, try again
+                async with asyncio.timeout(self._renew_timeout):
+                    renewal = await self._control.renew_lock(self.owner, self._lease)
+            except (MailboxError, TimeoutError) as e:
+                # Redis away, or a connection that hangs: try again (on a fresh one); the
+                # lease lapses by itself (Term.in_lease) if none gets through in time.
+                self._renewals.failed(e if isinstance(e, MailboxError) else _timed_out())
                 continue
             self._renewals.recovered()
             if renewal is LockRenewal.TAKEN:
+                term.in_lease.clear()
                 term.lost = NodeLockLostError(await self._holder())
                 term.ended.set()
                 return
+            term.confirmed(sent_at, self._lease)
             if renewal is LockRenewal.RETAKEN:
                 log.warning(
                     "the node lock's lease ran out while it could not be renewed; nobody "
@@ -249,7 +317,9 @@ class NodeLock:
                 )
             if time.monotonic() - beat_at >= HEARTBEAT_INTERVAL:
                 beat_at = time.monotonic()
-                await self._write_heartbeat(term)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._renew_timeout):
+                        await self._write_heartbeat(term)
 
     async def _holder(self) -> str | None:
         with contextlib.suppress(MailboxError):
@@ -274,6 +344,10 @@ class NodeLock:
             self._heartbeats.failed(e)  # under memory pressure the lease holds, this fails
             return
         self._heartbeats.recovered()
+
+
+def _timed_out() -> StoreUnavailableError:
+    return StoreUnavailableError(f"Redis did not answer within {RENEW_TIMEOUT}s")
 
 
 async def _set_when(stop: asyncio.Event, ended: asyncio.Event) -> None:

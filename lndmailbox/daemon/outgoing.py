@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lndmailbox.lnd import LndClient, Transport
+
+if TYPE_CHECKING:
+    from lndmailbox.daemon.interfaces import Sender
 
 
 @dataclass(frozen=True)
@@ -38,3 +43,17 @@ class LndSender:
 
     async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
         await self._lnd.send_onion_message(self._transport, peer, path_key, onion)
+
+
+class LeaseGatedSender:
+    """A sender that hands messages to lnd only while ``in_lease`` is set (the node lock's
+    lease is known to be this leader's, :attr:`Term.in_lease`): once it may have run out
+    a standby may lead, and two leaders must not both send. A send waits meanwhile."""
+
+    def __init__(self, sender: Sender, in_lease: asyncio.Event) -> None:
+        self._sender = sender
+        self._in_lease = in_lease
+
+    async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
+        await self._in_lease.wait()
+        await self._sender.send(peer, path_key, onion)

@@ -10,9 +10,11 @@ the leader and runs the whole pipeline (:class:`~lndmailbox.daemon.mailbox.Mailb
 it decides, stores, delivers and answers, and it also decides what only a standby
 journaled (:mod:`~lndmailbox.daemon.inbox_look`). Rules that hold:
 
-- A daemon is on lnd's stream in every role: on taking the lead, its standby's stream
-  goes on until the leader's own is up (:attr:`Mailbox.ready`), so the two overlap and
-  nothing lnd publishes falls between them.
+- A daemon is on lnd's stream in every role: it tries for the lead only once its
+  standby is subscribed (at most :data:`SUBSCRIBED_WITHIN` later), and on taking the
+  lead its standby's stream goes on :data:`OVERLAP` seconds after the leader's own is up
+  (:attr:`Mailbox.ready`), so the two overlap and nothing lnd publishes falls between
+  them (what both read is one journal entry).
 - Only the leader decides, stores, delivers and answers peers (and ``mailboxctl
   deliver``); a standby only journals.
 - A leader whose lock another daemon took (its lease ran out while it stalled, or while
@@ -38,6 +40,7 @@ import time
 
 from lndmailbox import __version__
 from lndmailbox.clock import Clock, SystemClock, wait_either
+from lndmailbox.daemon.inbox_look import GRACE
 from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions, choose_transport
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import NodeLock, Term
@@ -57,6 +60,13 @@ BEAT_STALE = 5.0
 """Seconds after which a daemon's heartbeat is taken for a dead daemon's and removed."""
 _STANDBY_STOPS_WITHIN = 2.0
 """Seconds the standby's stream and last journal write get to end."""
+SUBSCRIBED_WITHIN = 5.0
+"""Seconds a daemon waits for its standby to be on lnd's stream before it tries for the
+lead anyway (lnd slow to accept: leading beats nobody leading)."""
+OVERLAP = GRACE
+"""Seconds the standby's stream goes on after the leader's own is up (Mailbox.ready):
+the leader's subscription may take a moment to carry messages, and what both read is one
+journal entry."""
 
 
 class DaemonBeat:
@@ -142,6 +152,8 @@ class Roles:
         self.beat = DaemonBeat(store.control, self._lock.owner, metrics)
         self.mailbox: Mailbox | None = None
         """The pipeline while this daemon leads (for tests)."""
+        self.overlap = OVERLAP
+        """Seconds the standby's stream outlives the leader's own being up."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stands by and leads in turn until ``stop``; a fault goes up."""
@@ -176,7 +188,7 @@ class Roles:
         standing = spawn(standby.run(standby_stop), "standby")
         said = asyncio.ensure_future(self._say_standby(standby))
         try:
-            if not await self._wait_for_lead(stop, standing):
+            if not await self._wait_for_lead(stop, standing, standby):
                 return False
             said.cancel()
             return await self._lead(stop, standby_stop)
@@ -195,9 +207,23 @@ class Roles:
             self.beat.become("standby")
             self._metrics.leader.set(0)
 
-    async def _wait_for_lead(self, stop: asyncio.Event, standing: asyncio.Task[None]) -> bool:
+    async def _wait_for_lead(
+        self, stop: asyncio.Event, standing: asyncio.Task[None], standby: Standby
+    ) -> bool:
         """Waits for the node's lock while the standby journals; False if stopped first.
-        The standby failing (lnd refusing the macaroon) goes up."""
+        The standby failing (lnd refusing the macaroon) goes up. The lock is tried for only
+        once the standby is on lnd's stream (or after :data:`SUBSCRIBED_WITHIN`), so that
+        a daemon never leads before it reads what lnd publishes."""
+        subscribed = asyncio.ensure_future(self._standby_subscribed(stop, standby))
+        try:
+            await asyncio.wait([subscribed, standing], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            subscribed.cancel()
+        if standing.done():
+            standing.result()  # raises what the standby died of
+            if stop.is_set():
+                return False
+            raise MailboxError("the standby task ended on its own")
         acquire = asyncio.ensure_future(self._lock.acquire(stop))
         try:
             await asyncio.wait([acquire, standing], return_when=asyncio.FIRST_COMPLETED)
@@ -211,6 +237,18 @@ class Roles:
         if stop.is_set():
             return False
         raise MailboxError("the standby task ended on its own")
+
+    @staticmethod
+    async def _standby_subscribed(stop: asyncio.Event, standby: Standby) -> None:
+        """Until the standby is on lnd's stream, ``stop``, or :data:`SUBSCRIBED_WITHIN`."""
+        try:
+            async with asyncio.timeout(SUBSCRIBED_WITHIN):
+                await wait_either(standby.subscribed, stop)
+        except TimeoutError:
+            log.warning(
+                "not on lnd's onion stream after %.0fs; trying for the lead anyway",
+                SUBSCRIBED_WITHIN,
+            )
 
     async def _lead(self, stop: asyncio.Event, standby_stop: asyncio.Event) -> bool:
         """Leads until the daemon stops (False) or the lock is lost (True)."""
@@ -227,6 +265,7 @@ class Roles:
                 notifier=self._notifier,
                 clock=self._clock,
                 on_decided=term.hand_over,
+                in_lease=term.in_lease,
             )
             self.mailbox = mailbox
             overlap = asyncio.ensure_future(self._stop_when_ready(mailbox, term, standby_stop))
@@ -245,8 +284,14 @@ class Roles:
     async def _stop_when_ready(
         self, mailbox: Mailbox, term: Term, standby_stop: asyncio.Event
     ) -> None:
-        """Ends the standby's stream once the leader's own is up (or the term is over)."""
+        """Ends the standby's stream :attr:`overlap` seconds after the leader's own is up
+        (or when the term is over): ``ready`` says lnd accepted the leader's subscription,
+        not that it carries messages yet, and the journal makes one entry of what both
+        read."""
         await wait_either(mailbox.ready, term.ended)
-        standby_stop.set()
         if mailbox.ready.is_set() and not term.ended.is_set():
             self.beat.become("leader", ready=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.overlap):
+                    await term.ended.wait()
+        standby_stop.set()

@@ -51,18 +51,28 @@ class StandbyJournal:
         self._metrics = metrics
         self._max_bytes = max_bytes
         self._pending: dict[str, NewEntry] = {}
+        self._in_flight: dict[str, NewEntry] = {}
+        """The batch being written: out of ``_pending``, so that nothing gives way under it."""
         self._bytes = 0
+        """Message bytes held, pending and in flight."""
         self._given_way = 0
         self._outage = Outage("journaling messages in Redis (standing by)", log)
         self._backoff = Backoff()
         self._wakeup = asyncio.Event()
 
+    @property
+    def bytes(self) -> int:
+        """Message bytes held, pending and in flight."""
+        return self._bytes
+
     def add(self, message: IncomingOnionMessage, now: float) -> None:
         entry = entry_for(message.path_key, message.onion)
-        if entry in self._pending:
+        if entry in self._pending or entry in self._in_flight:
             return
         self._pending[entry] = (entry, message.peer, message.path_key, message.onion, now)
         self._bytes += _size(self._pending[entry])
+        # Only pending messages give way (the oldest first, never the one just read): the
+        # batch in flight is already on its way to Redis.
         while self._bytes > self._max_bytes and len(self._pending) > 1:
             oldest = next(iter(self._pending))
             self._bytes -= _size(self._pending.pop(oldest))
@@ -79,9 +89,21 @@ class StandbyJournal:
                 if size > _WRITE_BYTES and batch:
                     break
                 batch.append(item)
-            skipped = await self._journal.write(batch)
+            # The batch leaves ``_pending`` before the write: what ``add`` does meanwhile
+            # (new messages, older ones giving way) never touches it.
             for item in batch:
-                self._bytes -= _size(self._pending.pop(item[0]))
+                self._in_flight[item[0]] = self._pending.pop(item[0])
+            try:
+                skipped = await self._journal.write(batch)
+            except BaseException:
+                # Not written (or not known to be): back to the front, in their order.
+                self._pending = {**self._in_flight, **self._pending}
+                self._in_flight.clear()
+                raise
+            for item in batch:
+                written = self._in_flight.pop(item[0], None)
+                if written is not None:
+                    self._bytes -= _size(written)
             self._metrics.standby_journaled.inc(len(batch) - skipped)
             self._metrics.journal_skipped.inc(skipped)
         self._outage.recovered()
@@ -108,7 +130,11 @@ class StandbyJournal:
             async with asyncio.timeout(_LAST_FLUSH):
                 await self.flush()
         except (StoreError, TimeoutError) as e:
-            log.info("standing down with %d messages not journaled: %s", len(self._pending), e)
+            log.info(
+                "standing down with %d messages not journaled: %s",
+                len(self._pending) + len(self._in_flight),
+                e,
+            )
 
 
 def _size(entry: NewEntry) -> int:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from lndmailbox.errors import StoreError
 from lndmailbox.store import lua
-from lndmailbox.store.client import as_items, as_str, redis_errors, socket_timeout
+from lndmailbox.store.client import as_items, as_str, connect, redis_errors, socket_timeout
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import PUBKEY_SIZE, check_pubkey, ms
 
@@ -45,6 +45,28 @@ class Control:
         self._renew = redis.register_script(lua.program("renew_lock"))
         self._release = redis.register_script(lua.program("release_lock"))
         self._daemons = redis.register_script(lua.program("daemons"))
+        self._owns_client = False
+
+    @classmethod
+    def on_own_connection(cls, url: str, node: bytes, *, timeout: float) -> Control:
+        """A control on a small pool of its own (two connections), for the node lock: its
+        renewals never wait for the store's pool, and a connection that hangs (lost
+        silently) fails within ``timeout`` seconds, not the store's 30.
+        :meth:`aclose` closes the pool."""
+        redis = connect(
+            url,
+            max_connections=2,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            pool_timeout=timeout,
+        )
+        control = cls(redis, Keys(node))
+        control._owns_client = True
+        return control
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.redis.aclose()
 
     # ---- one daemon per node
 
