@@ -97,7 +97,7 @@ DELIVERY_DELAY_BUCKETS: Final = (
 )
 
 #: lnd's onion stream, how stale a message may be when read: an idle stream's bound is a
-#: window of 20-250 ms old; a backlog (the decider behind) makes it seconds.
+#: window of 20-500 ms old; a backlog (the decider behind) makes it seconds.
 STREAM_LAG_BUCKETS: Final = (
     0.025,
     0.05,
