@@ -35,11 +35,9 @@ from pathlib import Path
 import pytest
 from simnet import Personality
 
-from lndmailbox.onion import Receive
-from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store
 from lndmailbox.store.audit import audit
-from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_harness import wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
 from tests.traffic import (
     IN_MEMORY_BOUND,
@@ -47,9 +45,11 @@ from tests.traffic import (
     Life,
     Network,
     Traffic,
+    held_in_redis,
     judge,
     received_texts,
     seeded,
+    undelivered,
 )
 
 KILLS = 50
@@ -107,6 +107,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     audits: list[str] = []
     store = Store.from_url(redis_url, net.node.pubkey)
     last: asyncio.subprocess.Process | None = None
+    exit_code = None
     try:
         traffic.start()
         for n in range(1, kills + 1):
@@ -128,11 +129,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
             # Nothing runs against Redis now: it holds what the next daemon must deliver.
             audits += [f"after kill {n}: {p}" for p in await audit(store)]
             journaled_at_kills += len(await store.journal.pending())
-            for peer in net.recipients:
-                for held in await store.queues.messages(peer.pubkey):
-                    peeled = await peer.peel(OnionMessage(held.path_key, held.onion))
-                    assert isinstance(peeled, Receive)
-                    held_at_kills[held.id] = (peer.pubkey, peeled.payload[PAYLOAD_TYPE])
+            held_at_kills.update(await held_in_redis(store, net.recipients))
 
         # The last daemon is left running: everything kept must reach its recipient.
         started = time.monotonic()
@@ -146,11 +143,13 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         books = await Books.read(store)
     finally:
         await traffic.stop()
-        if last is not None and last.returncode is None:
-            last.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(last.wait(), 30) == 0
+        if last is not None:
+            if last.returncode is None:
+                last.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.wait_for(last.wait(), 30)
         await store.aclose()
         await net.node.stop()
+    assert exit_code == 0, "the last daemon did not stop cleanly on SIGTERM"
 
     received = await received_texts(net.recipients)
     verdict = judge(personality, traffic, received, lives, bound=IN_MEMORY_BOUND)
@@ -163,13 +162,5 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     assert books.counters.get("stored", 0) > 0, "the scenario stored nothing: it tests nothing"
     assert verdict.no_excuse > verdict.sent // 2, "most messages must be checked with no excuse"
     failures = verdict.failures() + audits + books.disagreements()
-    failures += [
-        f"{text!r}, held in Redis at a kill (id {id}), never reached its recipient"
-        for id, (peer, text) in held_at_kills.items()
-        if not received[peer][text]
-    ]
-    failures += [
-        f"{id}, held in Redis at a kill, has no delivered event"
-        for id in held_at_kills.keys() - set(books.delivered)
-    ]
+    failures += undelivered(held_at_kills, received, books)
     assert not failures, "\n".join(failures)

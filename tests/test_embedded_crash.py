@@ -28,11 +28,9 @@ from pathlib import Path
 import pytest
 from simnet import Personality
 
-from lndmailbox.onion import Receive
-from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import RedisServer, Store, embedded_socket_path
 from lndmailbox.store.audit import audit
-from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_harness import wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
 from tests.traffic import (
     IN_MEMORY_BOUND,
@@ -40,9 +38,11 @@ from tests.traffic import (
     Life,
     Network,
     Traffic,
+    held_in_redis,
     judge,
     received_texts,
     seeded,
+    undelivered,
 )
 
 FOR_ZED = 5
@@ -92,7 +92,6 @@ async def test_sigkill_on_embedded_redis_then_takeover(
     store = Store.from_url(f"unix://{embedded_socket_path(datadir)}?db=0", net.node.pubkey)
     traffic = Traffic(net, rng)
     lives: list[Life] = []
-    held_at_kill: dict[str, tuple[bytes, bytes]] = {}
     daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
     try:
         started = time.monotonic()
@@ -113,11 +112,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
         await wait_until(net.unsubscribed, what="the node to drop the dead daemon's stream")
         assert server_answers(datadir), "the embedded server died with its daemon"
         assert await audit(store) == []
-        for peer in net.recipients:
-            for held in await store.queues.messages(peer.pubkey):
-                peeled = await peer.peel(OnionMessage(held.path_key, held.onion))
-                assert isinstance(peeled, Receive)
-                held_at_kill[held.id] = (peer.pubkey, peeled.payload[PAYLOAD_TYPE])
+        held_at_kill = await held_in_redis(store, net.recipients)
         if group:
             os.kill(first_server, signal.SIGKILL)  # the rest of the group, as systemd would
             await wait_until(lambda: not server_answers(datadir), what="the server to die")
@@ -155,11 +150,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
     verdict = judge(personality, traffic, received, lives, bound=IN_MEMORY_BOUND)
     print(verdict.summary(kills=1))
     failures = verdict.failures() + books.disagreements()
-    failures += [
-        f"{text!r}, held in Redis at the kill (id {id}), never reached its recipient"
-        for id, (peer, text) in held_at_kill.items()
-        if not received[peer][text]
-    ]
+    failures += undelivered(held_at_kill, received, books)
     failures += [
         f"zed's {n}, stored before the kill, never reached zed"
         for n in range(FOR_ZED)

@@ -41,6 +41,7 @@ from simnet import IngestResult, Personality, SimNode, SimPeer
 from lndmailbox.config import Settings
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
+from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
@@ -78,8 +79,7 @@ def message_stream(personality: Personality) -> str:
 
 def stay_range() -> tuple[float, float]:
     """Seconds of a long stay online: past the daemon's default race window."""
-    window = Settings.__dataclass_fields__["race_window"].default
-    assert isinstance(window, float)
+    window = Settings().race_window
     return (window * 1.1, window * 1.6)
 
 
@@ -163,6 +163,36 @@ class Network:
         await wait_until(empty, within=30, what="the markers to reach zed")
 
 
+async def held_in_redis(store: Store, peers: Sequence[SimPeer]) -> dict[str, tuple[bytes, bytes]]:
+    """What Redis holds for ``peers`` now, by message id: (recipient, payload), each
+    peeled with its recipient's own key. Read while no daemon runs, it is what the next
+    daemon must deliver."""
+    out = {}
+    for peer in peers:
+        for held in await store.queues.messages(peer.pubkey):
+            peeled = await peer.peel(OnionMessage(held.path_key, held.onion))
+            assert isinstance(peeled, Receive), f"{held.id} for {peer.name} does not peel"
+            out[held.id] = (peer.pubkey, peeled.payload[PAYLOAD_TYPE])
+    return out
+
+
+def undelivered(
+    held: dict[str, tuple[bytes, bytes]], received: dict[bytes, Counter[bytes]], books: Books
+) -> list[str]:
+    """The messages Redis held at a kill that never reached their recipient, or whose
+    ``delivered`` event is missing."""
+    out = [
+        f"{text!r}, held in Redis at a kill (id {id}), never reached its recipient"
+        for id, (peer, text) in held.items()
+        if not received[peer][text]
+    ]
+    out += [
+        f"{id}, held in Redis at a kill, has no delivered event"
+        for id in sorted(held.keys() - set(books.delivered))
+    ]
+    return out
+
+
 async def settled(store: Store, peers: Sequence[SimPeer]) -> bool:
     if await store.journal.pending():
         return False
@@ -191,7 +221,8 @@ class Traffic:
             self._tasks.append(asyncio.create_task(self._flap(peer, random.Random(seed))))
 
     async def stop(self) -> None:
-        """Stops sending and flapping; every recipient ends online."""
+        """Stops sending and flapping; every recipient ends online (the ones offline come
+        back at once: the last messages meet the fast-reconnect race too)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
