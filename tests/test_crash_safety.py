@@ -114,13 +114,15 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
             started = time.monotonic()
             daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
             try:
+                subscribed = None
                 if rng.random() < START_UP_KILLS:
                     await asyncio.sleep(rng.uniform(*START_UP))
                 else:
                     await wait_until(net.subscribed, within=30, what="the daemon to subscribe")
+                    subscribed = time.monotonic()
                     await asyncio.sleep(rng.uniform(*RUNNING))
                 daemon.send_signal(signal.SIGKILL)
-                lives.append(Life(started, time.monotonic()))
+                lives.append(Life(started, time.monotonic(), subscribed))
             finally:
                 if daemon.returncode is None:
                     daemon.kill()
@@ -135,7 +137,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         started = time.monotonic()
         last = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
         await wait_until(net.subscribed, within=30, what="the last daemon to subscribe")
-        lives.append(Life(started))
+        lives.append(Life(started, subscribed=time.monotonic()))
         await asyncio.sleep(LAST_RUN)
         await traffic.stop()
         await net.caught_up(store)

@@ -96,6 +96,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
     try:
         started = time.monotonic()
         await wait_until(net.subscribed, within=30, what="the first daemon to subscribe")
+        subscribed = time.monotonic()
         traffic.start()
         for n in range(FOR_ZED):
             await net.send(net.zed, b"zed before the kill %d" % n)
@@ -107,7 +108,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
         await asyncio.sleep(rng.uniform(0.2, 1.5))
         first_server = await server_pid(store)
         daemon.send_signal(signal.SIGKILL)
-        lives.append(Life(started, time.monotonic()))
+        lives.append(Life(started, time.monotonic(), subscribed))
         await daemon.wait()
         await wait_until(net.unsubscribed, what="the node to drop the dead daemon's stream")
         assert server_answers(datadir), "the embedded server died with its daemon"
@@ -120,7 +121,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
         started = time.monotonic()
         daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
         await wait_until(net.subscribed, within=30, what="the next daemon to subscribe")
-        lives.append(Life(started))
+        lives.append(Life(started, subscribed=time.monotonic()))
         print(f"the next daemon followed lnd {time.monotonic() - started:.2f} s after its start")
         if group:
             assert await server_pid(store) != first_server

@@ -75,7 +75,7 @@ async def flapping(
     daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
     try:
         await wait_until(net.subscribed, within=30, what="the daemon to subscribe")
-        life = Life(time.monotonic())
+        life = Life(time.monotonic(), subscribed=time.monotonic())
         traffic.start()
         await asyncio.sleep(seconds)
         await traffic.stop()
