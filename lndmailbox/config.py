@@ -28,6 +28,22 @@ TRANSPORTS = ("auto", "custom", "native")
 LOG_FORMATS = ("text", "json")
 MIN_IN_FLIGHT_BYTES = 64 * 1024
 """lnd hands over messages of up to 65,535 bytes: the in-flight cap must hold one."""
+CONFIRM_AFTER = 90.0
+"""Seconds a peer must stay connected after lnd accepted a message for it before the
+message counts as confirmed (``--confirm-after``), unless the peer speaks first. lnd
+pings each peer every minute and disconnects it when no pong comes within 30 s
+(peer/brontide.go: pingInterval, pingTimeout; no jitter), and a peer that connects anew
+replaces its old connection at once (a PEER_OFFLINE, then a PEER_ONLINE): so 90 s is the
+longest a silently broken clearnet connection passes for connected, and no such break
+escapes this window. Over Tor lnd scales its timeouts by 3 (270 s). A phone's visit is
+shorter; what a wallet answers (a ``release_held_htlc`` to a ``held_htlc_available``, an
+invoice to an ``invoice_request``) confirms at once, and mail that gets no answer is sent
+again on the next wake, at most ``MAX_REDELIVERIES`` times (daemon/confirmations.py)."""
+MAX_REDELIVERIES = 3
+"""Times one message goes back to the queue unconfirmed before it is given up
+(``--max-redeliveries``): sent at most 1 + 3 times."""
+_MOST_REDELIVERIES = 255
+"""The record holds the count in one byte."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -188,8 +204,24 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "race_window",
         parse_duration,
-        "native transport: how long a message left to lnd is kept in memory in case its "
-        "next hop turns out to have gone offline",
+        "native transport: a message is left to lnd only if its next hop has been online "
+        "this long before lnd may have tried to forward it (else it is kept and sent: a "
+        "duplicate if lnd's try worked), and what was left is kept in memory this long in "
+        "case its next hop turns out to have gone offline",
+        daemon_only=True,
+    ),
+    Option(
+        "confirm_after",
+        parse_duration,
+        "how long a peer must stay connected after lnd accepted a message for it before the "
+        "message is confirmed and deleted (a disconnect before that delivers it again)",
+        daemon_only=True,
+    ),
+    Option(
+        "max_redeliveries",
+        int,
+        "times a message goes back to the queue unconfirmed before it is given up "
+        "(removed, counted as unconfirmed)",
         daemon_only=True,
     ),
     Option("sweep_interval", parse_duration, "how often expired mail is swept", daemon_only=True),
@@ -244,6 +276,8 @@ class Settings:
     max_bytes_total: int = 256 * 1024**2
     allow_channel_peers: bool = False
     race_window: float = 5.0
+    confirm_after: float = CONFIRM_AFTER
+    max_redeliveries: int = MAX_REDELIVERIES
     sweep_interval: float = 60.0
     buffer_messages: int = 10_000
     max_in_flight_bytes: int = 16 * 1024**2
@@ -277,6 +311,10 @@ class Settings:
                 problems.append(f"--{name.replace('_', '-')} must be positive")
         if self.race_window < 0:
             problems.append("--race-window must not be negative")
+        if self.confirm_after < 0:
+            problems.append("--confirm-after must not be negative")
+        if not 0 <= self.max_redeliveries <= _MOST_REDELIVERIES:
+            problems.append(f"--max-redeliveries must be from 0 to {_MOST_REDELIVERIES}")
         if self.max_bytes_per_peer > self.max_bytes_total:
             problems.append("--max-bytes-per-peer cannot exceed --max-bytes-total")
         if self.notify_url and not self.notify_secret:

@@ -129,7 +129,12 @@ class World:
         return message
 
     async def stored_for(self, peer: SimPeer) -> list[StoredMessage]:
+        """What is queued for ``peer`` (not what lnd took and waits for confirmation)."""
         return await self.store.queues.messages(peer.pubkey)
+
+    async def held_for(self, peer: SimPeer) -> list[StoredMessage]:
+        """Everything Redis holds for ``peer``: unconfirmed, then queued."""
+        return await self.store.queues.held(peer.pubkey)
 
     async def payloads_received(self, peer: SimPeer) -> list[bytes]:
         """What ``peer`` got, peeled with its own key."""

@@ -173,11 +173,12 @@ async def put(
 async def test_status_with_lnd_unreachable_shows_redis_daemon_totals_and_counters(
     ctl: Ctl, store: Store
 ) -> None:
-    await put(store, ALICE, 3600)
+    oldest, _ = await put(store, ALICE, 3600)
     await put(store, ALICE, 60)
     await put(store, BOB, 600)
-    # the three puts count as stored themselves
-    for name, n in (("stored", 4), ("delivered", 3), ("expired", 1)):
+    assert await store.queues.move_delivered([oldest], int(time.time() * 1000)) == 1
+    # the three puts count as stored themselves, the move as delivered
+    for name, n in (("stored", 4), ("delivered", 2), ("expired", 1)):
         await store.events.record({name: n})
     await store.events.record({"dropped:not_allowed": 2})
     await store.events.record({"dropped:malformed": 1})
@@ -203,6 +204,7 @@ async def test_status_with_lnd_unreachable_shows_redis_daemon_totals_and_counter
     assert "pid 4242 on host-a, version 0.1.0, last heartbeat" in lines["daemon"]
     assert lines["peers with mail"].split() == ["peers", "with", "mail", "2"]
     assert lines["messages"].split()[:2] == ["messages", "3"]
+    assert lines["unconfirmed"].split()[:4] == ["unconfirmed", "1", "of", "them"]
     assert lines["oldest message"].split()[2:5] == ["1h", "00m", "old"]
     assert lines["stored"].split() == ["stored", "7"]
     assert lines["delivered"].split() == ["delivered", "3"]
@@ -244,6 +246,7 @@ async def test_status_json_has_every_value(ctl: Ctl, store: Store) -> None:
     assert doc["mail"]["peers_with_mail"] == 2
     assert doc["mail"]["messages"] == 2
     assert doc["mail"]["bytes"] == first.size + second.size
+    assert doc["mail"]["unconfirmed"] == 0
     assert doc["mail"]["oldest_received_at"] == pytest.approx(first.received_at, abs=0.001)
     assert doc["mail"]["oldest_age"] == pytest.approx(3600, abs=30)
     counters = doc["counters"]

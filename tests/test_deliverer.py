@@ -2,7 +2,8 @@
 
 lnd is the sender the deliverer is built with: here one that takes a number of messages
 and then answers as lnd does when the macaroon may not send. Whatever it took must leave
-Redis (and be told as delivered) even though the drain ends with an error.
+the queue for the unconfirmed list (and be told as delivered) even though the drain ends
+with an error.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
 
 from lndmailbox.clock import SystemClock
+from lndmailbox.daemon.confirmations import Confirmations
 from lndmailbox.daemon.deliverer import Deliverer
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
@@ -51,27 +53,53 @@ class SendWith:
         await self.play(peer, path_key, onion)
 
 
+_CONFIRMING: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_confirmations() -> AsyncIterator[None]:
+    """Each deliverer's confirmations task runs for the test, and stops after it."""
+    yield
+    while _CONFIRMING:
+        stop, task = _CONFIRMING.pop()
+        stop.set()
+        await task
+
+
 def deliverer_to(
     peer: bytes,
     store: Store,
     send: Callable[[bytes, bytes, bytes], Awaitable[None]],
     queues: Queues | None = None,
 ) -> Deliverer:
-    """A deliverer that finds ``peer`` online and hands lnd's part to ``send``."""
+    """A deliverer that finds ``peer`` online and hands lnd's part to ``send``, with its
+    confirmations running (a window no test waits out: what lnd took stays unconfirmed)."""
     clock = SystemClock()
     peers = PeerTracker(clock)
     peers.mark(peer, True)
     reporter = Reporter(node=NODE, metrics=Metrics(), events=store.events)
+    confirmations = Confirmations(
+        queues=queues or store.queues,
+        peers=peers,
+        reporter=reporter,
+        clock=clock,
+        confirm_after=3600,
+        max_redeliveries=3,
+    )
+    confirmations.started(peers.online)
+    stop = asyncio.Event()
+    _CONFIRMING.append((stop, asyncio.create_task(confirmations.run(stop))))
     return Deliverer(
         queues=queues or store.queues,
         sender=SendWith(send),
         peers=peers,
+        confirmations=confirmations,
         reporter=reporter,
         clock=clock,
     )
 
 
-async def test_what_lnd_took_before_a_fatal_answer_leaves_redis(
+async def test_what_lnd_took_before_a_fatal_answer_leaves_the_queue(
     redis_client: aioredis.Redis,
 ) -> None:
     store = Store(redis_client, NODE, Limits(max_messages_per_peer=100))
@@ -94,13 +122,15 @@ async def test_what_lnd_took_before_a_fatal_answer_leaves_redis(
 
     assert taken == [m.onion for m in queued[:21]]
     assert [m.onion for m in await store.queues.messages(bob)] == [m.onion for m in queued[21:]]
+    unconfirmed = [u.message.id for u in await store.queues.unconfirmed(bob)]
+    assert unconfirmed == [m.id for m in queued[:21]], "held until confirmed"
     delivered = [e.message_id for e in await store.events.read(count=1000) if e.kind == "delivered"]
     assert delivered == [m.id for m in queued[:21]]
     assert await audit(store) == []
 
 
 class FirstRemovalSlow(Queues):
-    """Real queues whose first removal of delivered messages waits a moment, as one does
+    """Real queues whose first move of delivered messages waits a moment, as one does
     when Redis is busy."""
 
     def __init__(self, store: Store) -> None:
@@ -108,14 +138,14 @@ class FirstRemovalSlow(Queues):
         self.removals = 0
         self.first_done = False
 
-    async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
+    async def move_delivered(self, messages: Sequence[StoredMessage], sent_ms: int) -> int:
         self.removals += 1
         if self.removals > 1:
-            return await super().remove_delivered(messages)
+            return await super().move_delivered(messages, sent_ms)
         await asyncio.sleep(0.2)
-        removed = await super().remove_delivered(messages)
+        moved = await super().move_delivered(messages, sent_ms)
         self.first_done = True
-        return removed
+        return moved
 
 
 async def test_a_slow_removal_keeps_the_order_and_holds_sending_back(
@@ -129,7 +159,7 @@ async def test_a_slow_removal_keeps_the_order_and_holds_sending_back(
     sent_too_early: list[int] = []
 
     async def send(peer: bytes, path_key: bytes, onion: bytes) -> None:
-        # Three groups of 16 sent while the first is still in Redis: the next must wait.
+        # Three groups of 16 sent while the first is still queued: the next must wait.
         if len(taken) >= 48 and not queues.first_done:
             sent_too_early.append(len(taken) + 1)
         taken.append(onion)
@@ -150,13 +180,13 @@ async def test_a_slow_removal_keeps_the_order_and_holds_sending_back(
 
 
 class RedisGoneForRemovals(Queues):
-    """Real queues that cannot remove anything, as when Redis went away after the sends."""
+    """Real queues that cannot move anything, as when Redis went away after the sends."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store.redis, store.keys, store.limits, events_maxlen=store.events_maxlen)
         self.tried: list[list[str]] = []
 
-    async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
+    async def move_delivered(self, messages: Sequence[StoredMessage], sent_ms: int) -> int:
         self.tried.append([m.id for m in messages])
         raise StoreUnavailableError("Redis is unavailable: connection refused")
 

@@ -291,7 +291,8 @@ async def test_a_flood_mark_lasts_until_the_queue_is_empty(redis_client: aioredi
 
 
 async def test_a_delivery_counts_down_the_told_messages(redis_client: aioredis.Redis) -> None:
-    """Removing one of the messages told before the flood leaves one fewer to tell."""
+    """Removing one of the messages told before the flood (delivered and confirmed) leaves
+    one fewer to tell."""
     store = Store(redis_client, NODE, Limits(max_messages_per_peer=2))
     bob, sender = key(), key()
     a, b, c = [await put_one(store, bob, sender, key(), os.urandom(1366), NOW) for _ in range(3)]
@@ -300,7 +301,8 @@ async def test_a_delivery_counts_down_the_told_messages(redis_client: aioredis.R
     assert not c.flooded
     ready, _ = await store.queues.peek(bob, NOW, limit=1)
     assert [m.id for m in ready] == [b.message_id]
-    assert await store.queues.remove_delivered(ready) == 1
+    assert await store.queues.move_delivered(ready, 1) == 1
+    assert await store.queues.confirm(bob, [(b.message_id, 1)]) == ready
     d = await put_one(store, bob, sender, key(), os.urandom(1366), NOW)
     e = await put_one(store, bob, sender, key(), os.urandom(1366), NOW)  # evicts c
     assert d.evicted == ()
@@ -313,6 +315,7 @@ async def test_a_delivery_counts_down_the_told_messages(redis_client: aioredis.R
         ("evicted", a.message_id),
         ("stored", c.message_id),
         ("delivered", b.message_id),
+        ("confirmed", b.message_id),
     ], "c's eviction is summed: c was stored during the flood"
 
 

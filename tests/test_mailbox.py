@@ -24,7 +24,8 @@ GENERATIONS = [Personality.LND_0_20, Personality.LND_0_21]
 
 @pytest.fixture(params=GENERATIONS, ids=lambda p: f"lnd{p.value}")
 async def w(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with world(request.param, redis_url, tmp_path) as running:
+    # A short confirmation window: a delivered message leaves Redis once it is confirmed.
+    async with world(request.param, redis_url, tmp_path, confirm_after=0.2) as running:
         await running.start_daemon()
         yield running
 
@@ -42,18 +43,24 @@ async def test_offline_recipient_gets_the_message_when_back(w: World, how: str) 
     assert await w.payloads_received(w.bob) == [text]
     await wait_until(lambda: _no_mail(w), what="the delivered message to leave Redis")
     await counted(w, "delivered", 1)
+    await counted(w, "confirmed", 1)
 
 
 async def _no_mail(w: World) -> bool:
-    return await w.stored_for(w.bob) == []
+    """Nothing held for bob: delivered and confirmed."""
+    return await w.held_for(w.bob) == []
 
 
-async def test_online_recipient_is_served_at_once_and_nothing_stored(w: World) -> None:
+async def test_online_recipient_is_served_at_once_and_nothing_stays_stored(w: World) -> None:
     w.bob.connect()
     await w.alice.send_onion_message(w.message_for_bob(b"you are online"))
-    await wait_until(lambda: len(w.bob.received) == 1, what="bob to receive it")
-    assert await w.payloads_received(w.bob) == [b"you are online"]
-    assert await w.stored_for(w.bob) == []
+    # lnd 0.21 forwards it itself. bob came online just now, within --race-window, so the
+    # daemon cannot be sure lnd found him there and sends a copy too (rescued came_online);
+    # a peer online for longer gets lnd's alone (tests/test_race.py).
+    copies = 2 if w.node.personality is Personality.LND_0_21 else 1
+    await wait_until(lambda: len(w.bob.received) == copies, what="bob to receive it")
+    assert await w.payloads_received(w.bob) == [b"you are online"] * copies
+    await wait_until(lambda: _no_mail(w), what="nothing left in Redis")
 
 
 async def test_several_messages_arrive_oldest_first(w: World) -> None:
@@ -73,7 +80,9 @@ async def test_a_long_queue_is_delivered_whole_in_store_order(
     # Several of the deliverer's batches, read ahead while the one before goes out.
     count = 150
     async with world(personality, redis_url, tmp_path) as w:
-        await w.start_daemon(max_messages_per_peer=count, max_bytes_per_peer=count * 1400)
+        await w.start_daemon(
+            max_messages_per_peer=count, max_bytes_per_peer=count * 1400, confirm_after=0.2
+        )
         texts = [f"queued {i}".encode() for i in range(count)]
         for text in texts:
             await w.alice.send_onion_message(w.message_for_bob(text))
@@ -86,6 +95,7 @@ async def test_a_long_queue_is_delivered_whole_in_store_order(
         assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
         await wait_until(lambda: _no_mail(w), what="the delivered messages to leave Redis")
         await counted(w, "delivered", count)
+        await counted(w, "confirmed", count)
         assert await audit(w.store) == []
 
 

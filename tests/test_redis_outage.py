@@ -169,6 +169,9 @@ class Rig:
             self.redis.url,
             "--buffer-messages",
             str(BUFFER),
+            # bob leaves soon after collecting: what he got must be confirmed by then
+            "--confirm-after",
+            "200ms",
             "--metrics-addr",
             f"127.0.0.1:{port}",
             "--log-format",
@@ -304,10 +307,10 @@ async def _bob_collects(rig: Rig) -> None:
         payloads.append(peeled.payload[PAYLOAD_TYPE])
     assert sorted(payloads) == sorted(rig.kept), "not the messages within the buffer"
 
-    async def left_redis() -> bool:  # removed once lnd took them, a little after
-        return await rig.store.queues.messages(rig.bob.pubkey) == []
+    async def left_redis() -> bool:  # removed once confirmed, --confirm-after later
+        return await rig.store.queues.held(rig.bob.pubkey) == []
 
-    await wait_until(left_redis, what="the delivered messages to leave Redis")
+    await wait_until(left_redis, what="the delivered messages to be confirmed")
     rig.bob.disconnect()
 
     async def bob_offline() -> bool:

@@ -82,8 +82,10 @@ async def scenario(client: aioredis.Redis) -> Store:
     await put_one(store, carol, alice, path_key, onion, NOW + 1)  # duplicate
     await put_one(store, alice, bob, pubkey(), os.urandom(500), NOW, ttl=5)
     ready, _ = await store.queues.peek(bob, NOW + 10, limit=10)
-    assert await store.queues.remove(ready[0])  # delivered
+    assert await store.queues.remove(ready[0])  # refused too often
     assert await store.queues.record_attempt(ready[1]) == 1
+    (carols,) = (await store.queues.peek(carol, NOW + 10))[0]
+    assert await store.queues.move_delivered([carols], int(NOW * 1000) + 10) == 1  # unconfirmed
     assert len(await store.queues.sweep_expired(NOW + 10)) == 1  # alice's short-lived message
     await store.events.record(counters={"stored": 4})
     await store.events.record(events=[("stored", bob, ready[0].id, ready[0].size, "")])
@@ -150,7 +152,10 @@ async def test_drained_peer_leaves_nothing(redis_client: aioredis.Redis) -> None
     for i in range(3):
         await put_one(store, peer, pubkey(), pubkey(), os.urandom(1366), NOW + i)
     ready, _ = await store.queues.peek(peer, NOW, limit=10)
-    assert await store.queues.remove_delivered(ready) == 3
+    sent_ms = int(NOW * 1000)
+    assert await store.queues.move_delivered(ready, sent_ms) == 3
+    confirmed = await store.queues.confirm(peer, [(m.id, sent_ms) for m in ready])
+    assert confirmed == ready
     # only the node's history is kept: its counters and its (capped) event stream
     assert await all_keys(redis_client) == sorted([store.keys.counters_key, store.keys.events_key])
 
@@ -166,13 +171,15 @@ def test_record_layout_matches_the_code() -> None:
         received_at=NOW,
         expires_at=NOW + 86400,
         attempts=3,
+        redeliveries=2,
     )
     record = encode_record(msg)
     expected = {
         "version": bytes((RECORD_VERSION,)),
         "message id": bytes.fromhex(msg.id),
         "expires_at": (int(msg.expires_at * 1000)).to_bytes(6, "big"),
-        "delivery attempts": (3).to_bytes(2, "big"),
+        "delivery attempts": (3).to_bytes(1, "big"),
+        "redeliveries": (2).to_bytes(1, "big"),
         "sender": msg.sender,
         "path_key": msg.path_key,
         "onion packet": msg.onion,
@@ -185,7 +192,7 @@ def test_record_layout_matches_the_code() -> None:
         assert record[offset : offset + size] == value, name
         offset += size
     assert offset == len(record)
-    assert int(rows[5][0]) == HEADER_SIZE, "path_key starts right after the header"
+    assert int(rows[6][0]) == HEADER_SIZE, "path_key starts right after the header"
     assert f"`0x{RECORD_VERSION:02x}`" in rows[0][2]
 
 

@@ -231,20 +231,27 @@ async def test_peek_passes_over_messages_in_hand_even_expired_ones(store: Store)
     await assert_consistent(store)
 
 
-async def test_remove_delivered_spans_peers_and_ignores_what_is_gone(store: Store) -> None:
+async def test_move_delivered_spans_peers_and_ignores_what_is_gone(store: Store) -> None:
     bob, carol = pubkey(), pubkey()
     bobs = [await put(store, bob, NOW + i) for i in range(5)]
     carols = [await put(store, carol, NOW + i) for i in range(3)]
     ready_bob, _ = await store.queues.peek(bob, NOW, limit=5)
     ready_carol, _ = await store.queues.peek(carol, NOW, limit=3)
     assert await store.queues.purge(bob, bobs[1]) == 1
-    removed = await store.queues.remove_delivered([*ready_bob[:3], ready_carol[2], ready_bob[4]])
-    assert removed == 4, "the purged one is not counted"
+    sent_ms = int(NOW * 1000) + 7
+    moved = await store.queues.move_delivered(
+        [*ready_bob[:3], ready_carol[2], ready_bob[4]], sent_ms
+    )
+    assert moved == 4, "the purged one is not counted"
     assert [m.id for m in await store.queues.messages(bob)] == [bobs[3]]
     assert [m.id for m in await store.queues.messages(carol)] == carols[:2]
+    unconfirmed = await store.queues.unconfirmed(bob)
+    assert [u.message.id for u in unconfirmed] == [bobs[0], bobs[2], bobs[4]]
+    assert {u.sent_at for u in unconfirmed} == {sent_ms / 1000}
+    # still held: counted by the totals until confirmed
     stats = await store.queues.stats()
-    assert (stats.messages, stats.bytes) == (3, 3 * (33 + 1366))
-    assert await store.queues.remove_delivered([]) == 0
+    assert (stats.messages, stats.bytes, stats.unconfirmed) == (7, 7 * 1399, 4)
+    assert await store.queues.move_delivered([], sent_ms) == 0
     # told in the same step, one delivered event per message lnd took: the purged one too,
     # since its peer got it all the same
     delivered = [e for e in await store.events.read() if e.kind == "delivered"]
@@ -534,10 +541,37 @@ def test_record_round_trip() -> None:
 def test_record_version_and_length_checked() -> None:
     msg = StoredMessage("00" * 10, pubkey(), pubkey(), pubkey(), onion(100), 0.0, 1.0, 0)
     record = encode_record(msg)
-    with pytest.raises(StoreError, match="version 2"):
-        decode_record(msg.peer, b"\x02" + record[1:])
+    with pytest.raises(StoreError, match="version 3"):
+        decode_record(msg.peer, b"\x03" + record[1:])
     with pytest.raises(StoreError, match="too short"):
         decode_record(msg.peer, record[: HEADER_SIZE + 33])
+
+
+def version_1(msg: StoredMessage) -> bytes:
+    """The record the previous release wrote: attempts as a u16, no redeliveries."""
+    record = encode_record(msg)
+    return b"\x01" + record[1:17] + msg.attempts.to_bytes(2, "big") + record[19:]
+
+
+async def test_a_version_1_record_is_read_and_rewritten_as_version_2(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    peer = pubkey()
+    message_id = await put(store, peer)
+    (queued,) = await store.queues.messages(peer)
+    old = replace(queued, attempts=300)
+    await redis_client.lset(store.keys.queue_key(peer), 0, version_1(old))  # type: ignore[arg-type]
+    assert await store.queues.messages(peer) == [old]
+    assert decode_record(peer, version_1(old)).redeliveries == 0
+    # the next change writes it as version 2 (its counts held at 255)
+    assert await store.queues.record_attempt(old) == 255
+    raw = await redis_client.lindex(store.keys.queue_key(peer), 0)
+    assert isinstance(raw, bytes)
+    assert raw[0] == RECORD_VERSION == 2
+    assert await store.queues.messages(peer) == [replace(old, attempts=255)]
+    (summary,) = await store.queues.peer_summaries()
+    assert (summary.messages, message_id) == (1, old.id)
+    await assert_consistent(store)
 
 
 async def test_unreadable_record_is_a_store_error(

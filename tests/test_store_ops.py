@@ -11,6 +11,7 @@ import ipaddress
 import os
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -335,6 +336,16 @@ async def test_acl_user_and_password_url(
             assert put.status is PutStatus.STORED
             ready, _ = await store.queues.peek(peer, NOW)
             assert [m.id for m in ready] == [put.message_id]
+            # delivered, back after the peer left, delivered again and confirmed
+            assert await store.queues.move_delivered(ready, 1) == 1
+            assert await store.queues.requeue(peer, 3) == ([replace(ready[0], redeliveries=1)], [])
+            assert await store.queues.move_delivered(ready, 2) == 1
+            assert len(await store.queues.unconfirmed_by_peer()) == 1
+            assert [m.id for m in await store.queues.confirm(peer, [(put.message_id, 2)])] == [
+                put.message_id
+            ]
+            put = await put_one(store, peer, pubkey(), pubkey(), b"\x00" * 100, NOW)
+            ready, _ = await store.queues.peek(peer, NOW)
             assert await store.queues.remove(ready[0])
             await store.allowlist.add([peer])
             await store.events.record(counters={"stored": 1})

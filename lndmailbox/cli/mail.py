@@ -97,8 +97,8 @@ async def run_purge(s: Session, args: argparse.Namespace) -> int:
     store = await s.store()
     peer: bytes = args.peer
     message_id: str | None = args.id
-    queued = await store.queues.messages(peer)
-    targets = [m for m in queued if message_id is None or m.id == message_id]
+    held = await store.queues.held(peer)  # delivered and unconfirmed ones too
+    targets = [m for m in held if message_id is None or m.id == message_id]
     if not targets:
         if message_id is not None:
             raise CtlError(f"no message {message_id} is queued for {peer.hex()}")

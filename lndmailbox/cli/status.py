@@ -212,19 +212,22 @@ class DaemonStatus:
 
 @dataclass(frozen=True)
 class MailStatus:
-    """What is queued for all peers together; times to the millisecond."""
+    """What is held for all peers together; times to the millisecond. ``unconfirmed``: of
+    the ``messages``, those lnd took that wait for their confirmation."""
 
     peers_with_mail: int
     messages: int
     bytes: int
     oldest_received_at: float | None
     oldest_age: float | None
+    unconfirmed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
             "peers_with_mail": self.peers_with_mail,
             "messages": self.messages,
             "bytes": self.bytes,
+            "unconfirmed": self.unconfirmed,
             "oldest_received_at": self.oldest_received_at,
             "oldest_age": self.oldest_age,
         }
@@ -372,6 +375,7 @@ async def _mail_status(store: Store, now: float) -> MailStatus:
         stats.bytes,
         json_time(oldest),
         None if oldest is None else json_time(now - oldest),
+        stats.unconfirmed,
     )
 
 
@@ -462,6 +466,7 @@ def _mail_fields(mail: MailStatus, now: float) -> list[tuple[str, str]]:
     return [
         ("peers with mail", str(mail.peers_with_mail)),
         ("messages", f"{mail.messages} ({format_bytes(mail.bytes)})"),
+        ("unconfirmed", f"{mail.unconfirmed} of them (lnd took them; deleted once confirmed)"),
         (
             "oldest message",
             "-" if oldest is None else f"{format_age(oldest, now)} old ({format_time(oldest)})",

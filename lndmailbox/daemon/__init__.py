@@ -15,6 +15,8 @@ module                      holds
 :mod:`~.decider`            task: peel and decide
 :mod:`~.store_writer`       task: kept messages -> Redis, riding out outages
 :mod:`~.deliverer`          task: a returning peer's mail -> lnd, oldest first
+:mod:`~.confirmations`      task: what lnd took -> confirmed and deleted, or back in the
+                            queue when its peer left first
 :mod:`~.sweeper`            task: expiry, gauges, a drain of every online peer
 :mod:`~.request_server`     task: ``mailboxctl deliver``
 :mod:`~.journal_writer`     task: the write-ahead journal of undecided messages

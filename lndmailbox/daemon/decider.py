@@ -8,11 +8,20 @@ The rules, in order, for a message that arrived from ``sender``:
 3. The next hop is named by node id, or by short_channel_id resolved through lnd's
    channels and aliases (unknown: drop ``unknown_scid``). A next hop equal to the sender
    (``loopback``) or to our own node (``next_hop_is_self``) is dropped.
-4. Next hop online: the custom transport sends it now; the native transport leaves it to
-   lnd, which forwards it itself, and remembers it for the race window
-   (:mod:`~lndmailbox.daemon.race_guard`).
+4. Next hop online: the custom transport sends it now. The native transport leaves it to
+   lnd, which forwards it itself, if the hop has been online since ``--race-window``
+   before the earliest moment lnd may have tried (:meth:`RaceGuard.lnd_could_forward
+   <lndmailbox.daemon.race_guard.RaceGuard.lnd_could_forward>`), and remembers it for the
+   race window (:mod:`~lndmailbox.daemon.race_guard`). A hop that came online later may
+   have been away at lnd's try: the message is kept, so the deliverer sends it at once,
+   reported ``rescued`` (``came_online``), a duplicate whenever lnd's try worked; a peer
+   the policy does not allow is left to lnd all the same. A message a previous daemon
+   left (replayed) is sent now, lnd's try long past.
 5. Next hop offline: stored if the peer is allowed (:class:`~lndmailbox.daemon.policy.Policy`),
    else dropped ``not_allowed``.
+
+A message is rescued once at most: one kept because its hop came online is not left to
+lnd, so the race guard never holds it when the hop then goes offline.
 
 Every message is decided exactly once: its journal entry is forgotten when it is decided,
 or by the store writer once it is stored; a message cut short by shutdown stays journaled
@@ -214,7 +223,7 @@ class Decider:
             arrival.entry,
         )
         if self._peers.is_online(peer):
-            return await self._hand_to_online_peer(outgoing, arrival.replayed)
+            return await self._hand_to_online_peer(outgoing, arrival)
         return await self._keep_if_allowed(outgoing)
 
     async def _peel(self, message: IncomingOnionMessage) -> Forward | None:
@@ -268,11 +277,9 @@ class Decider:
             return None
         return peer
 
-    async def _hand_to_online_peer(self, message: OutgoingMessage, replayed: bool) -> bool:
-        if self._transport is Transport.NATIVE and not replayed:
-            self._race.remember(replace(message, entry=None))
-            self._reporter.left_to_lnd(message.sender, message.peer, message.size)
-            return False
+    async def _hand_to_online_peer(self, message: OutgoingMessage, arrival: Arrival) -> bool:
+        if self._transport is Transport.NATIVE and not arrival.replayed:
+            return await self._leave_to_lnd_or_rescue(message, arrival.not_before)
         try:
             await self._sender.send(message.peer, message.path_key, message.onion)
         except PeerOfflineError:
@@ -284,6 +291,22 @@ class Decider:
             log.warning("forward to %s failed: %s", message.peer.hex(), e)
             return await self._keep_if_allowed(message)
         self._reporter.forwarded(message.sender, message.peer, message.size)
+        return False
+
+    async def _leave_to_lnd_or_rescue(
+        self, message: OutgoingMessage, not_before: float | None
+    ) -> bool:
+        """Native transport, next hop online: lnd forwards it, unless the hop came online
+        too late to be sure lnd found it there; then it is kept (the deliverer sends it
+        at once), if the policy allows."""
+        online_since = self._peers.online_since(message.peer)
+        settled = self._race.lnd_could_forward(online_since, not_before)
+        if not settled and await self._policy.is_allowed(message.peer):
+            self._keeper.keep(message)
+            self._reporter.rescued(message.peer, message.size, why="came_online")
+            return True
+        self._race.remember(replace(message, entry=None))
+        self._reporter.left_to_lnd(message.sender, message.peer, message.size)
         return False
 
     async def _keep_if_allowed(self, message: OutgoingMessage) -> bool:
@@ -298,8 +321,16 @@ class Decider:
     async def peer_went_offline(self, peer: bytes) -> None:
         """Native transport: store what was left to lnd for ``peer`` just before it left."""
         offline_since = self._peers.offline_since(peer)
-        if offline_since is None:
-            return
+        if offline_since is not None:
+            await self._rescue(peer, offline_since)
+
+    async def peer_may_have_flapped(self, peer: bytes) -> None:
+        """Native transport, lnd's peer events resubscribed with ``peer`` online on both
+        sides of the gap: it may have left and come back unseen, so what was left to lnd
+        for it is stored as if it had gone offline now."""
+        await self._rescue(peer, self._clock.monotonic())
+
+    async def _rescue(self, peer: bytes, offline_since: float) -> None:
         for message in self._race.take(peer, offline_since):
             if await self._keep_if_allowed(message):
-                self._reporter.rescued(message.peer, message.size)
+                self._reporter.rescued(message.peer, message.size, why="went_offline")

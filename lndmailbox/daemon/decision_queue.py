@@ -33,6 +33,13 @@ class Arrival:
     replayed: bool = False
     """Left by a previous daemon: lnd may not have forwarded it, so the decider does."""
     received_at: float | None = None
+    """Wall-clock time the reader took it from lnd (its expiry counts from here)."""
+    read_at: float | None = None
+    """``clock.monotonic()`` when the reader took it from lnd's stream."""
+    not_before: float | None = None
+    """``clock.monotonic()``: the earliest moment lnd may have tried to forward it (the
+    stream's :class:`~lndmailbox.lnd.streams.QuietMark`); None: not known, which the
+    native transport's decision takes as "any time"."""
 
     @property
     def size(self) -> int:

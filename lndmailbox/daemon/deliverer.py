@@ -2,9 +2,12 @@
 
 Rules that hold:
 
-- A message leaves Redis only after lnd accepted it. If the daemon dies between lnd's
-  answer and the removal, the message is sent again after restart: a duplicate, never a
-  loss.
+- A message leaves the queue only after lnd accepted it, and then only for the peer's
+  unconfirmed list, still in Redis (:mod:`lndmailbox.daemon.confirmations` decides when it
+  is confirmed and deleted, or goes back). If the daemon dies between lnd's answer and the
+  move, the message is sent again after restart: a duplicate, never a loss.
+- A drain holds its peer (``Confirmations.delivering``): unconfirmed mail due back in the
+  queue goes back first, so it goes out again before the rest, in its order.
 - If lnd says the peer is not connected, delivery to that peer stops and the rest waits
   for its next PEER_ONLINE.
 - One drain per peer at a time, so a peer's messages go out in order; a drain asked for
@@ -28,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lndmailbox.clock import Clock
+from lndmailbox.daemon.confirmations import Confirmations
 from lndmailbox.daemon.interfaces import Sender
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
@@ -40,6 +44,7 @@ from lndmailbox.errors import (
 )
 from lndmailbox.retry import Outage, Retry
 from lndmailbox.store import Queues, StoredMessage
+from lndmailbox.store.records import ms
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +65,19 @@ class _PeerError(Exception):
 
 
 def _log_left_in_redis(messages: list[StoredMessage]) -> None:
-    log.warning("%d delivered messages still in Redis: they will be sent again", len(messages))
+    log.warning("%d delivered messages still queued: they will be sent again", len(messages))
 
 
 class _Removals:
-    """What lnd accepted during one drain, taken out of Redis in the background a group of
-    ``_REMOVE_EVERY`` at a time. Each group goes only after the one before it, so the
-    delivered events list the messages in the order lnd took them, and sending waits
-    when two groups are already on their way, so a crash re-sends at most three groups.
+    """What lnd accepted during one drain, taken out of the queue (into the unconfirmed
+    list) in the background a group of ``_REMOVE_EVERY`` at a time. Each group goes only
+    after the one before it, so the delivered events list the messages in the order lnd
+    took them, and sending waits when two groups are already on their way, so a crash
+    re-sends at most three groups.
 
-    ``remove`` takes a group out of Redis; it returns False when it gave up (Redis gone
-    while the daemon stops), and then the groups after it do not try: at shutdown every
-    try could take a connection timeout."""
+    ``remove`` takes a group out of the queue; it returns False when it gave up (Redis
+    gone while the daemon stops), and then the groups after it do not try: at shutdown
+    every try could take a connection timeout."""
 
     def __init__(self, remove: Callable[[list[StoredMessage]], Awaitable[bool]]) -> None:
         self._remove = remove
@@ -122,6 +128,7 @@ class Deliverer:
         queues: Queues,
         sender: Sender,
         peers: PeerTracker,
+        confirmations: Confirmations,
         reporter: Reporter,
         clock: Clock,
         max_attempts: int = 5,
@@ -130,6 +137,7 @@ class Deliverer:
         self._queues = queues
         self._sender = sender
         self._peers = peers
+        self._confirmations = confirmations
         self._reporter = reporter
         self._clock = clock
         self._max_attempts = max_attempts
@@ -139,7 +147,7 @@ class Deliverer:
         self._slots = asyncio.Semaphore(max_drains)
         self._read_retry = Retry("reading mail from Redis for delivery", log, retry_on=_unavailable)
         self._removal_retry = Retry(
-            "removing delivered mail from Redis", log, retry_on=_unavailable
+            "moving delivered mail to its unconfirmed list", log, retry_on=_unavailable
         )
         self._lnd_outage = Outage("delivering through lnd", log)
         self.fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -203,18 +211,23 @@ class Deliverer:
 
     async def _drain(self, peer: bytes) -> None:
         """Sends the peer's mail in order until the queue is empty, the peer is gone, lnd
-        refuses or the daemon stops; then waits until Redis has let go of all lnd took."""
-        in_hand: set[str] = set()
-        removals = _Removals(functools.partial(self._remove_delivered, in_hand=in_hand))
-        started = self._clock.monotonic()
-        try:
-            ended = await self._send_queue(peer, in_hand, removals)
-        except BaseException:
-            # Also when sending raised or was cancelled: lnd took what it accepted. The
-            # sending error goes up; the removals' failures are only logged.
-            await self._settle(peer, removals, started, "interrupted", raise_failure=False)
-            raise
-        await self._settle(peer, removals, started, ended, raise_failure=True)
+        refuses or the daemon stops; then waits until the queue has let go of all lnd
+        took. Holds the peer meanwhile (its unconfirmed mail due back goes back first)."""
+        async with self._confirmations.delivering(peer) as connection:
+            in_hand: set[str] = set()
+            move = functools.partial(
+                self._move_delivered, peer=peer, in_hand=in_hand, connection=connection
+            )
+            removals = _Removals(move)
+            started = self._clock.monotonic()
+            try:
+                ended = await self._send_queue(peer, in_hand, removals)
+            except BaseException:
+                # Also when sending raised or was cancelled: lnd took what it accepted. The
+                # sending error goes up; the removals' failures are only logged.
+                await self._settle(peer, removals, started, "interrupted", raise_failure=False)
+                raise
+            await self._settle(peer, removals, started, ended, raise_failure=True)
 
     async def _settle(
         self, peer: bytes, removals: _Removals, started: float, ended: str, *, raise_failure: bool
@@ -229,7 +242,7 @@ class Deliverer:
                 ended,
             )
         for error in failed[1 if raise_failure else 0 :]:
-            log.warning("removing delivered messages from Redis failed: %s", error)
+            log.warning("moving delivered messages to the unconfirmed list failed: %s", error)
         if raise_failure and failed:
             raise failed[0]
 
@@ -331,13 +344,17 @@ class Deliverer:
         except StoreError as e:
             log.warning("could not record a refused delivery of %s: %s", message.id, e)
 
-    async def _remove_delivered(self, messages: list[StoredMessage], in_hand: set[str]) -> bool:
-        """lnd accepted ``messages``: take them out of Redis (which counts and publishes them),
-        retrying until Redis answers; then they need no passing over. False if Redis was
-        gone while the daemon stops: they stay, to be sent again."""
+    async def _move_delivered(
+        self, messages: list[StoredMessage], *, peer: bytes, in_hand: set[str], connection: int
+    ) -> bool:
+        """lnd accepted ``messages``: move them to the peer's unconfirmed list (which counts
+        and publishes them as delivered), retrying until Redis answers; then they need no
+        passing over, and their confirmation is the confirmations' to decide. False if
+        Redis was gone while the daemon stops: they stay queued, to be sent again."""
+        sent_ms = ms(self._clock.now())
         try:
             await self._removal_retry.call(
-                lambda: self._queues.remove_delivered(messages), stop=self._stopping
+                lambda: self._queues.move_delivered(messages, sent_ms), stop=self._stopping
             )
         except StoreUnavailableError:
             if not self._stopping.is_set():
@@ -345,7 +362,8 @@ class Deliverer:
             _log_left_in_redis(messages)
             return False
         in_hand.difference_update(m.id for m in messages)
-        now = self._clock.now()
+        self._confirmations.sent(peer, [(m.id, sent_ms) for m in messages], connection)
+        now = sent_ms / 1000
         for message in messages:
             self._reporter.delivered(
                 message.peer, message.id, message.size, now - message.received_at, now

@@ -42,3 +42,12 @@ class DeliveryTrigger(Protocol):
     def kick(self, peer: bytes) -> None:
         """Drains ``peer``'s mail now if it is online; never blocks."""
         ...
+
+
+class Hearing(Protocol):
+    """Told of every message a peer sends (:class:`~lndmailbox.daemon.confirmations.Confirmations`)."""
+
+    def heard_from(self, peer: bytes, at: float | None = None) -> None:
+        """``peer`` sent an onion message that lnd published no earlier than ``at``
+        (monotonic); never blocks."""
+        ...

@@ -8,6 +8,8 @@ it, named below with its module:
 - the decider (``decider``): peels and decides, ``workers`` messages at a time;
 - the store writer (``store_writer``): writes kept messages to Redis, buffering outages;
 - the deliverer (``deliverer``): drains a peer's mail through lnd when it is online;
+- the confirmations (``confirmations``): what lnd took is deleted once confirmed, or goes
+  back to its queue when its peer left first;
 - the sweeper (``sweeper``): expiry, gauges, and a drain of every online peer;
 - the request server (``request_server``): serves ``mailboxctl deliver``;
 - the alias check (``peers.AliasCheck``, native transport only): warns of private
@@ -45,6 +47,8 @@ import logging
 from dataclasses import dataclass
 
 from lndmailbox.clock import Clock, SystemClock
+from lndmailbox.config import CONFIRM_AFTER, MAX_REDELIVERIES
+from lndmailbox.daemon.confirmations import Confirmations
 from lndmailbox.daemon.decider import Decider
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
 from lndmailbox.daemon.deliverer import Deliverer
@@ -79,6 +83,8 @@ class MailboxOptions:
     transport: str = "auto"
     allow_channel_peers: bool = False
     race_window: float = 5.0
+    confirm_after: float = CONFIRM_AFTER
+    max_redeliveries: int = MAX_REDELIVERIES
     sweep_interval: float = 60.0
     buffer_messages: int = 10_000
     workers: int = 64
@@ -114,6 +120,7 @@ class _Pipeline:
     writer: StoreWriter
     queue: DecisionQueue
     decider: Decider
+    confirmations: Confirmations
 
 
 @dataclass
@@ -195,8 +202,21 @@ class Mailbox:
         journal = JournalWriter(store.journal, clock, reporter)
         # Read before this daemon journals anything of its own.
         left_over = await journal.left_over(ttl=store.limits.ttl)
+        confirmations = Confirmations(
+            queues=store.queues,
+            peers=peers,
+            reporter=reporter,
+            clock=clock,
+            confirm_after=options.confirm_after,
+            max_redeliveries=options.max_redeliveries,
+        )
         deliverer = Deliverer(
-            queues=store.queues, sender=sender, peers=peers, reporter=reporter, clock=clock
+            queues=store.queues,
+            sender=sender,
+            peers=peers,
+            confirmations=confirmations,
+            reporter=reporter,
+            clock=clock,
         )
         writer = StoreWriter(
             queues=store.queues,
@@ -235,7 +255,16 @@ class Mailbox:
             workers=options.workers,
         )
         return _Pipeline(
-            peers, race, reporter, journal, left_over, deliverer, writer, queue, decider
+            peers,
+            race,
+            reporter,
+            journal,
+            left_over,
+            deliverer,
+            writer,
+            queue,
+            decider,
+            confirmations,
         )
 
     def _services(self, pipeline: _Pipeline, transport: Transport) -> dict[str, Stoppable]:
@@ -250,6 +279,7 @@ class Mailbox:
                 peers=p.peers,
                 decider=p.decider,
                 delivery=p.deliverer,
+                confirmations=p.confirmations,
                 queues=store.queues,
                 gauges=gauges,
                 metrics=self._metrics,
@@ -261,6 +291,8 @@ class Mailbox:
                 journal=p.journal,
                 queue=p.queue,
                 reporter=p.reporter,
+                hearing=p.confirmations,
+                metrics=self._metrics,
                 clock=self._clock,
                 left_over=p.left_over,
                 peers_known=peers_known,
@@ -279,6 +311,7 @@ class Mailbox:
             ),
             "request-server": RequestServer(store.control, p.deliverer),
             "deliverer": p.deliverer,
+            "confirmations": p.confirmations,
         }
         if transport is Transport.NATIVE:
             # lnd >= 0.21 forwards by some SCIDs only: the operator hears of the others.

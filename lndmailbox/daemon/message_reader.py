@@ -11,6 +11,17 @@ Rules that hold:
 - Every message read is journaled before it is queued (while Redis takes the journal),
   so a daemon that dies before deciding it leaves it to the next one.
 - A message lnd hands over malformed is counted as dropped, with lnd's reason.
+- Every message read, malformed or not, tells the confirmations that its sender was
+  there after lnd published it (``Hearing.heard_from`` at ``not_before``): what lnd took
+  for that peer before then is confirmed.
+- Every message read is stamped, on ``clock.monotonic()``, with ``read_at`` and
+  ``not_before``: the earliest moment lnd may have tried to forward it, which is when
+  lnd's stream was last known to hold nothing for us (the start of the most recent read
+  that had to wait for lnd, or of the subscription: :class:`~lndmailbox.lnd.streams.QuietMark`
+  says how "had to wait" is told). Under a backlog (the decider behind, the queue full)
+  that is seconds before ``read_at``; the difference is the ``stream_lag_seconds``
+  histogram. The native transport's decision leaves a message to lnd only if its next
+  hop was online well before ``not_before`` (:mod:`~lndmailbox.daemon.race_guard`).
 - In-flight bytes are capped (``max_in_flight_bytes``, ``--max-in-flight-bytes``): a
   message that would take the journal's bytes (Redis's inbox) or the decision queue's
   (waiting, or in a decider's hands) past the cap is turned away before it is journaled,
@@ -28,7 +39,9 @@ import logging
 
 from lndmailbox.clock import Clock
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
+from lndmailbox.daemon.interfaces import Hearing
 from lndmailbox.daemon.journal_writer import JournalWriter
+from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.supervisor import run_until_stopped
 from lndmailbox.lnd import IncomingOnionMessage, LndClient, Resubscribed, Transport
@@ -45,6 +58,8 @@ class MessageReader:
         journal: JournalWriter,
         queue: DecisionQueue,
         reporter: Reporter,
+        hearing: Hearing,
+        metrics: Metrics,
         clock: Clock,
         left_over: list[Arrival],
         peers_known: asyncio.Event,
@@ -56,6 +71,8 @@ class MessageReader:
         self._journal = journal
         self._queue = queue
         self._reporter = reporter
+        self._hearing = hearing
+        self._metrics = metrics
         self._clock = clock
         self._left_over = left_over
         self._peers_known = peers_known
@@ -79,12 +96,23 @@ class MessageReader:
             if isinstance(item, Resubscribed):
                 log.info("onion message stream resubscribed")
                 continue
+            read_at = self._clock.monotonic()
+            lag = messages.lag
+            if lag is not None:
+                self._metrics.stream_lag_seconds.observe(lag)
+            not_before = None if lag is None else read_at - lag
+            # The peer was there after lnd published this: what lnd took for it before
+            # then is confirmed (a wallet answering its mail, say).
+            self._hearing.heard_from(item.peer, read_at if not_before is None else not_before)
             if not isinstance(item, IncomingOnionMessage):
                 self._reporter.dropped(item.reason, sender=item.peer)
             elif self._fits(item):
                 now = self._clock.now()
                 entry = self._journal.add(item, now)
-                await self._queue.put(Arrival(item, entry, received_at=now))
+                arrival = Arrival(
+                    item, entry, received_at=now, read_at=read_at, not_before=not_before
+                )
+                await self._queue.put(arrival)
 
     def _fits(self, item: IncomingOnionMessage) -> bool:
         """Whether ``item`` stays within the in-flight cap; else it is turned away."""

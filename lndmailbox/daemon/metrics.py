@@ -37,6 +37,7 @@ __all__ = [
     "FAST_BUCKETS",
     "PREFIX",
     "RPC_BUCKETS",
+    "STREAM_LAG_BUCKETS",
     "Metrics",
 ]
 
@@ -81,6 +82,23 @@ DELIVERY_DELAY_BUCKETS: Final = (
     86400.0,
 )
 
+#: lnd's onion stream, how stale a message may be when read: an idle stream's bound is a
+#: window of 20-250 ms old; a backlog (the decider behind) makes it seconds.
+STREAM_LAG_BUCKETS: Final = (
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
 
 # How often the server thread checks whether stop() asked it to end.
 _POLL_INTERVAL: Final = 0.05
@@ -111,6 +129,9 @@ def _make_server(host: str, port: int, registry: CollectorRegistry) -> WSGIServe
     )
 
 
+RESCUED_WHY = ("came_online", "went_offline")
+"""Why a message for an online next hop was kept on the native transport (docs/metrics.md)."""
+
 LOST_REASONS = ("buffer_full", "store_error", "shutdown")
 """Why a message meant to be kept was lost: the store writer's buffer was full while Redis
 was away, Redis refused the write, or the daemon stopped before Redis took it."""
@@ -120,10 +141,13 @@ class Metrics:
     """Every metric of the mailbox, all named ``lndmailbox_*``, on :attr:`registry`.
 
     Counters (exposed with the ``_total`` suffix): ``received``, ``forwarded``, ``stored``,
-    ``delivered``, ``expired``, ``duplicate``, ``evicted``, ``lost`` and ``dropped`` (label
-    ``reason`` each; every reason of ``lost`` is exported from the start), ``notify_failed``. Gauges: ``queued_messages``, ``queued_bytes``,
+    ``delivered``, ``confirmed``, ``redelivered``, ``unconfirmed``, ``expired``, ``duplicate``,
+    ``evicted``, ``lost`` and ``dropped`` (label ``reason`` each; every reason of ``lost`` is
+    exported from the start), ``notify_failed``, ``rescued`` (label ``why``, both exported from
+    the start). Gauges: ``queued_messages``, ``queued_bytes``,
     ``peers_with_mail``, ``online_peers``. Histograms (seconds): ``peel_seconds``,
-    ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``).
+    ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``),
+    ``stream_lag_seconds``.
 
     ``drop_reasons`` are label values of ``dropped`` created up front, so they are exported as
     0 before the first drop and ``rate()`` works from the start.
@@ -140,6 +164,20 @@ class Metrics:
         self.delivered = counter(
             "delivered", "Stored onion messages that lnd accepted for their peer."
         )
+        self.confirmed = counter(
+            "confirmed",
+            "Delivered onion messages confirmed (their peer stayed connected for the "
+            "confirmation window, or sent an onion message since) and deleted.",
+        )
+        self.redelivered = counter(
+            "redelivered",
+            "Delivered onion messages put back in their queue unconfirmed: the peer left "
+            "within the confirmation window.",
+        )
+        self.unconfirmed = counter(
+            "unconfirmed",
+            "Delivered onion messages given up unconfirmed after --max-redeliveries.",
+        )
         self.expired = counter("expired", "Stored onion messages removed at their expiry.")
         self.duplicate = counter("duplicate", "Onion messages not stored again: already queued.")
         self.evicted = counter(
@@ -155,6 +193,12 @@ class Metrics:
         )
         self.notify_failed = counter(
             "notify_failed", "Webhook notifications given up on or refused (queue full)."
+        )
+        self.rescued = counter(
+            "rescued",
+            "Native transport: messages for an online next hop kept in case lnd's forward "
+            "missed it, by why.",
+            ("why",),
         )
 
         self.queued_messages = gauge("queued_messages", "Onion messages stored right now.")
@@ -178,11 +222,19 @@ class Metrics:
         self.lnd_rpc_seconds = histogram(
             "lnd_rpc_seconds", "Latency of unary lnd RPCs, by method.", RPC_BUCKETS, ("rpc",)
         )
+        self.stream_lag_seconds = histogram(
+            "stream_lag_seconds",
+            "Per message read from lnd's onion stream: how long before it the stream was "
+            "last known to hold nothing for the mailbox.",
+            STREAM_LAG_BUCKETS,
+        )
 
         for reason in drop_reasons:
             self.dropped.labels(reason=reason)
         for reason in LOST_REASONS:
             self.lost.labels(reason=reason)
+        for why in RESCUED_WHY:
+            self.rescued.labels(why=why)
 
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

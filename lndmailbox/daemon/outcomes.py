@@ -3,8 +3,8 @@
 The daemon calls one :class:`Reporter` method per outcome. Each call updates the
 Prometheus metrics at once. The Redis side (the counters ``mailboxctl status`` shows and
 the event stream integrators read) of an outcome that changes the mailbox (stored,
-duplicate, evicted, delivered) is written by the store in the same atomic step as the
-change, so a crash can lose neither; the other outcomes are queued here and written by
+duplicate, evicted, delivered, redelivered, confirmed, unconfirmed) is written by the
+store in the same atomic step as the change, so a crash can lose neither; the other outcomes are queued here and written by
 :meth:`Reporter.run` in batches, so that a slow or unreachable Redis never holds up deciding
 or delivery. Notifications go to the webhook, which never blocks either.
 
@@ -34,7 +34,13 @@ from dataclasses import dataclass
 
 from lndmailbox.clock import wait_either
 from lndmailbox.daemon.metrics import Metrics
-from lndmailbox.daemon.webhook import Notifier, delivered_event, stored_event
+from lndmailbox.daemon.webhook import (
+    AfterDelivery,
+    Notifier,
+    after_delivery_event,
+    delivered_event,
+    stored_event,
+)
 from lndmailbox.errors import StoreError
 from lndmailbox.logs import decision
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
@@ -172,10 +178,16 @@ class Reporter:
             )
         )
 
-    def rescued(self, peer: bytes, size: int) -> None:
-        """A message left to lnd is kept after all: its next hop went offline meanwhile."""
+    def rescued(self, peer: bytes, size: int, *, why: str) -> None:
+        """Native transport: a message for an online next hop is kept, in case lnd's own
+        forward missed it. ``why``: ``came_online``, the hop came online too late for the
+        daemon to be sure lnd found it there (kept at once, a duplicate if lnd's forward
+        worked); ``went_offline``, a message left to lnd whose hop went offline just
+        after. Counted ``rescued`` and ``rescued:<why>``; one message is rescued once."""
+        self._metrics.rescued.labels(why=why).inc()
         self._count("rescued")
-        decision(log, "rescued", peer=peer, size=size)
+        self._count(f"rescued:{why}")
+        decision(log, "rescued", peer=peer, size=size, why=why)
 
     def duplicate(self, peer: bytes, message_id: str, size: int) -> None:
         self._metrics.duplicate.inc()  # counted and summarized by the store's put
@@ -188,7 +200,7 @@ class Reporter:
     def delivered(self, peer: bytes, message_id: str, size: int, delay: float, at: float) -> None:
         self._metrics.delivered.inc()
         self._metrics.delivery_delay_seconds.observe(max(delay, 0.0))
-        # Counted and published by the store's remove_delivered. The deliverer logs one line
+        # Counted and published by the store's move to unconfirmed. The deliverer logs one line
         # per drain at INFO, so the line per message is DEBUG.
         decision(
             log,
@@ -201,6 +213,38 @@ class Reporter:
         )
         self._notify(
             delivered_event(node=self._node, peer=peer, message_id=message_id, size=size, at=at)
+        )
+
+    def confirmed(self, peer: bytes, message_id: str, size: int, at: float) -> None:
+        """Delivered and confirmed: deleted. Counted and published by the store's confirm
+        in the same step; one line per message at DEBUG (the confirmations' line per
+        batch is INFO)."""
+        self._metrics.confirmed.inc()
+        decision(log, "confirmed", peer=peer, id=message_id, size=size, level=logging.DEBUG)
+        self._notify_after_delivery("confirmed", peer, message_id, size, at)
+
+    def redelivered(self, peer: bytes, message_id: str, size: int, at: float) -> None:
+        """Delivered, and back at the front of its queue unconfirmed: the peer left within
+        the window (wake it again). Counted and published by the store's requeue; logged in
+        sum (a flapping peer must not fill the log)."""
+        self._metrics.redelivered.inc()
+        self._summarized_line("redelivered", "", peer, logging.INFO, id=message_id, size=size)
+        self._notify_after_delivery("redelivered", peer, message_id, size, at)
+
+    def unconfirmed(self, peer: bytes, message_id: str, size: int, at: float) -> None:
+        """Delivered every time, never confirmed, and given up at the bound on redeliveries:
+        removed. Counted and published by the store's requeue; logged in sum."""
+        self._metrics.unconfirmed.inc()
+        self._summarized_line("unconfirmed", "", peer, logging.INFO, id=message_id, size=size)
+        self._notify_after_delivery("unconfirmed", peer, message_id, size, at)
+
+    def _notify_after_delivery(
+        self, event: AfterDelivery, peer: bytes, message_id: str, size: int, at: float
+    ) -> None:
+        self._notify(
+            after_delivery_event(
+                event, node=self._node, peer=peer, message_id=message_id, size=size, at=at
+            )
         )
 
     def expired(self, peer: bytes, message_id: str, size: int) -> None:

@@ -11,6 +11,11 @@ Rules that hold:
 - A peer that comes online is drained; at start every online peer with mail is.
 - A peer that goes offline (native transport) gets what was left to lnd for it inside the
   race window stored after all (:meth:`Decider.peer_went_offline`).
+- A peer that goes offline (either transport, event or resync) gets its unconfirmed mail
+  back in its queue (:meth:`Confirmations.peer_went_offline`), and so does one online on
+  both sides of a resubscription, whose connection may not have lasted
+  (:meth:`Confirmations.lost_sight`); the confirmations hear who was online at the first
+  ListPeers before anything is delivered.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from lndmailbox.daemon.confirmations import Confirmations
 from lndmailbox.daemon.decider import Decider
 from lndmailbox.daemon.gauges import QueueGauges
 from lndmailbox.daemon.interfaces import DeliveryTrigger
@@ -40,6 +46,7 @@ class PeerFollower:
         peers: PeerTracker,
         decider: Decider,
         delivery: DeliveryTrigger,
+        confirmations: Confirmations,
         queues: Queues,
         gauges: QueueGauges,
         metrics: Metrics,
@@ -50,6 +57,7 @@ class PeerFollower:
         self._peers = peers
         self._decider = decider
         self._delivery = delivery
+        self._confirmations = confirmations
         self._queues = queues
         self._gauges = gauges
         self._metrics = metrics
@@ -63,6 +71,7 @@ class PeerFollower:
         events = self._lnd.peer_events()
         await events.wait_subscribed()
         await self._resync()
+        self._confirmations.started(self._peers.online)
         self._known.set()
         await self._drain_peers_with_mail()
         async for event in events:
@@ -79,7 +88,14 @@ class PeerFollower:
         came, went = self._peers.reset(online)
         self._metrics.online_peers.set(len(self._peers.online))
         for peer in went:
+            self._confirmations.peer_went_offline(peer)
             await self._decider.peer_went_offline(peer)
+        stayed = self._peers.online - came
+        if self._transport is Transport.NATIVE:
+            for peer in stayed:
+                await self._decider.peer_may_have_flapped(peer)
+        for peer in self._confirmations.lost_sight(stayed):
+            self._delivery.kick(peer)
         for peer in came:
             self._delivery.kick(peer)
 
@@ -89,7 +105,9 @@ class PeerFollower:
         self._metrics.online_peers.set(len(self._peers.online))
         if event.online:
             self._delivery.kick(event.pubkey)
-        elif self._transport is Transport.NATIVE:
+            return
+        self._confirmations.peer_went_offline(event.pubkey)
+        if self._transport is Transport.NATIVE:
             await self._decider.peer_went_offline(event.pubkey)
 
     async def _drain_peers_with_mail(self) -> None:

@@ -24,49 +24,69 @@ class PeerTracker:
     lnd's peer event stream does not replay the current state, so the set is rebuilt from
     ``ListPeers`` at start and after every resubscription (:meth:`reset`); between those,
     events update it. ``offline_since`` remembers when each peer was last seen leaving,
-    which the native transport's race guard needs.
+    which the native transport's race guard needs; ``online_since`` when each online peer
+    was seen coming (a PEER_ONLINE, or a resync that found it new), which the native
+    transport's decision needs: a peer that came back only just now may have been away when
+    lnd tried to forward (:meth:`RaceGuard.lnd_could_forward
+    <lndmailbox.daemon.race_guard.RaceGuard.lnd_could_forward>`). Both on
+    ``clock.monotonic()``, the clock of the message reader's stamps.
+
+    A resync makes every online peer come now, also one online in both views: a peer that
+    went and came back while our peer event stream was down is not told apart from one that
+    stayed (ListPeers says nothing of when a peer connected).
     """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._online: set[bytes] = set()
+        self._online_since: dict[bytes, float] = {}
         self._offline_since: dict[bytes, float] = {}
 
     def is_online(self, peer: bytes) -> bool:
-        return peer in self._online
+        return peer in self._online_since
 
     @property
     def online(self) -> frozenset[bytes]:
-        return frozenset(self._online)
+        return frozenset(self._online_since)
+
+    def online_since(self, peer: bytes) -> float | None:
+        """Monotonic time the peer was seen coming online, if it is online."""
+        return self._online_since.get(peer)
 
     def offline_since(self, peer: bytes) -> float | None:
         """Monotonic time the peer was last seen going offline, if it is offline."""
-        return None if peer in self._online else self._offline_since.get(peer)
+        return None if peer in self._online_since else self._offline_since.get(peer)
 
     def mark(self, peer: bytes, online: bool) -> bool:
         """Applies one event; returns whether it changed anything."""
         if online:
-            if peer in self._online:
+            if peer in self._online_since:
                 return False
-            self._online.add(peer)
+            self._online_since[peer] = self._clock.monotonic()
             self._offline_since.pop(peer, None)
             return True
-        if peer not in self._online:
+        if self._online_since.pop(peer, None) is None:
             return False
-        self._online.discard(peer)
         self._offline_since[peer] = self._clock.monotonic()
         return True
 
     def reset(self, online: Iterable[bytes]) -> tuple[frozenset[bytes], frozenset[bytes]]:
-        """Replaces the set with lnd's; returns (came online, went offline) since our view."""
+        """Replaces the set with lnd's; returns (came online, went offline) since our view.
+
+        Every peer online now counts as come now, also one online in both views: while
+        lnd's peer events were away it may have left and come back unseen (an lnd restart
+        that the peers reconnected to before this ListPeers), and a message lnd failed to
+        forward to it then must not be left to lnd.
+        """
         now_online = set(online)
-        came = frozenset(now_online - self._online)
-        went = frozenset(self._online - now_online)
+        came = frozenset(now_online - self._online_since.keys())
+        went = frozenset(self._online_since.keys() - now_online)
+        now = self._clock.monotonic()
         for peer in went:
-            self._offline_since[peer] = self._clock.monotonic()
-        for peer in came:
+            del self._online_since[peer]
+            self._offline_since[peer] = now
+        for peer in now_online:
+            self._online_since[peer] = now
             self._offline_since.pop(peer, None)
-        self._online = now_online
         return came, went
 
 

@@ -1,9 +1,22 @@
-"""The native transport's race: what was left to lnd, kept in memory for a little while.
+"""The native transport's race: when a message may be left to lnd, and what was left to
+lnd, kept in memory for a little while.
 
 lnd publishes a message whether or not its own forward worked, and the daemon's view of
-who is online can lag lnd's. So messages left to lnd are remembered for ``window``
-seconds per next hop; if that hop's PEER_OFFLINE arrives inside the window, they are
-stored after all (:meth:`Decider.peer_went_offline`). A duplicate is better than a loss.
+who is online can lag lnd's, either way:
+
+- the next hop came back only just now (:meth:`RaceGuard.lnd_could_forward`): lnd may
+  have tried while it was away, milliseconds before. A message is left to lnd only if
+  its next hop has been online since ``window`` seconds before the earliest moment lnd
+  may have tried to forward it (the reader's ``not_before``, which already allows for
+  the stream's lag); otherwise the decider keeps it and the deliverer sends it at once
+  (rescued, ``came_online``): a duplicate whenever lnd's own forward worked, which the
+  daemon cannot tell.
+- the next hop went away just now: messages left to lnd are remembered for ``window``
+  seconds per next hop; if that hop's PEER_OFFLINE arrives inside the window, they are
+  stored after all (:meth:`Decider.peer_went_offline`; rescued, ``went_offline``).
+
+``window`` (``--race-window``) covers what the stamps cannot see: the skew between lnd's
+two streams, and lnd's own sending. A duplicate is better than a loss.
 """
 
 from __future__ import annotations
@@ -23,6 +36,18 @@ class RaceGuard:
         self._per_peer = per_peer
         self._recent: dict[bytes, deque[tuple[float, OutgoingMessage]]] = {}
         self._remembered = 0
+
+    @property
+    def window(self) -> float:
+        return self._window
+
+    def lnd_could_forward(self, online_since: float | None, not_before: float | None) -> bool:
+        """Whether a message lnd may have tried to forward from ``not_before`` on (None:
+        not known) found its next hop there: the hop has been online without a break
+        (as far as lnd's peer events tell) since ``window`` seconds before that."""
+        if online_since is None or not_before is None:
+            return False
+        return online_since <= not_before - self._window
 
     def remember(self, message: OutgoingMessage) -> None:
         if self._window <= 0:

@@ -47,8 +47,10 @@ from lndmailbox.retry import Backoff, Outage
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "AfterDelivery",
     "FailureReason",
     "Notifier",
+    "after_delivery_event",
     "delivered_event",
     "encode_event",
     "sign",
@@ -85,6 +87,26 @@ def delivered_event(
     """The ``delivered`` notification: lnd accepted the stored message for ``peer``."""
     return {
         "event": "delivered",
+        "node": node.hex(),
+        "peer": peer.hex(),
+        "message_id": message_id,
+        "size": size,
+        "at": at,
+    }
+
+
+AfterDelivery = Literal["confirmed", "redelivered", "unconfirmed"]
+"""What became of a delivered message: confirmed (safe to delete), back in its queue for
+its peer's return (wake it again), or given up unconfirmed at the bound."""
+
+
+def after_delivery_event(
+    event: AfterDelivery, *, node: bytes, peer: bytes, message_id: str, size: int, at: float
+) -> dict[str, object]:
+    """The ``confirmed``, ``redelivered`` or ``unconfirmed`` notification of a message lnd
+    had accepted for ``peer`` (docs/notifications.md)."""
+    return {
+        "event": event,
         "node": node.hex(),
         "peer": peer.hex(),
         "message_id": message_id,

@@ -40,6 +40,7 @@ from lndmailbox.lnd.lnrpc import lightning_pb2_grpc as ln_grpc
 from lndmailbox.lnd.lnrpc import signer_pb2 as sign
 from lndmailbox.lnd.lnrpc import signer_pb2_grpc as sign_grpc
 from lndmailbox.lnd.streams import (
+    QuietMark,
     Resubscriber,
     Subscription,
     custom_onion_messages,
@@ -323,9 +324,12 @@ class LndClient:
 
         NATIVE: SubscribeOnionMessages. CUSTOM: SubscribeCustomMessages, keeping type 513;
         a body that does not decode is yielded as :class:`IncomingMalformed` and the stream
-        goes on. offchain:read.
+        goes on. offchain:read. The subscription's :attr:`~Subscription.lag` says, for
+        each item, how long before it the stream was last known to hold nothing for us
+        (:class:`~lndmailbox.lnd.streams.QuietMark`).
         """
         lightning, _ = self._connect()
+        quiet = QuietMark()
 
         if transport is Transport.NATIVE:
             native = self._streams.items(
@@ -333,15 +337,17 @@ class LndClient:
                 lambda: lightning.SubscribeOnionMessages(
                     ln.SubscribeOnionMessagesRequest(), metadata=self._metadata
                 ),
+                quiet,
             )
-            return Subscription(native_onion_messages(native))
+            return Subscription(native_onion_messages(native), quiet)
         custom = self._streams.items(
             "SubscribeCustomMessages",
             lambda: lightning.SubscribeCustomMessages(
                 ln.SubscribeCustomMessagesRequest(), metadata=self._metadata
             ),
+            quiet,
         )
-        return Subscription(custom_onion_messages(custom))
+        return Subscription(custom_onion_messages(custom), quiet)
 
     async def send_onion_message(
         self, transport: Transport, peer: bytes, path_key: bytes, onion: bytes

@@ -11,6 +11,10 @@ re-established subscription (not after the first one) is
 missed (ListPeers). Errors that retrying cannot fix (a macaroon without the permission, an
 lnd without the RPC) end the stream by raising, and so does a break once the daemon's stop
 is set (no backoff is sat out then).
+
+A stream given a :class:`QuietMark` also tells how stale each item may be
+(:attr:`Subscription.lag`): see :class:`QuietMark` for how a read that had to wait for
+lnd is told from one that found data gRPC already held.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from lndmailbox.retry import Backoff, Outage, wait_or_stop
 
 __all__ = [
     "Opened",
+    "QuietMark",
     "Resubscriber",
     "Subscription",
     "custom_onion_messages",
@@ -43,10 +48,82 @@ __all__ = [
 _Resp = TypeVar("_Resp")
 _Item = TypeVar("_Item")
 
+QUIET_PROOF_SECONDS = 0.02
+"""The shortest window a read must stay pending through to count as having waited."""
+QUIET_PROOF_TURNS = 8
+"""Turns of the event loop a read must stay pending for after its window too."""
+QUIET_WINDOW_LONGEST = 0.25
+"""A long wait is proven again window after window, each twice the one before, up to this."""
+
 
 @dataclass(frozen=True)
 class Opened:
     """Marker inside the package: a stream subscription was (re)established."""
+
+
+class QuietMark:
+    """The latest moment (``time.monotonic()``) at which lnd's stream was known to hold
+    nothing for us: everything read afterwards was published by lnd after it (up to the
+    time lnd's own sending and the network take, which is what ``--race-window`` covers).
+
+    It is set when a subscription is opened (lnd keeps no backlog for a new subscriber, so
+    nothing on it predates the call) and at the start of every read that had to wait for
+    lnd: a read that found nothing buffered means lnd had published everything before it.
+    A read is issued when the caller asks for the next item, so what lnd sent while the
+    caller was busy (the decision queue full) is buffered by gRPC, up to its read-ahead,
+    and found at once by the next read: that read does not move the mark, and the lag grows
+    with the backlog.
+
+    The test of "had to wait": the read stayed pending through a window of at least
+    :data:`QUIET_PROOF_SECONDS` and then :data:`QUIET_PROOF_TURNS` more turns of the event
+    loop. Neither half is enough alone, nor is a simpler test:
+
+    - "the read suspended": every read does (each is a task awaiting gRPC's completion
+      queue, which a poller thread feeds), buffered data or not;
+    - a time alone: with 64 decider workers busy, one turn of the loop can take tens of
+      milliseconds, so a read of data gRPC already held can take hundreds (measured: 0.26 s
+      median with 64 tasks busy 1 ms per turn) and would pass for a wait, while that data
+      may be seconds old: the one mistake that can lose a message;
+    - turns alone: on an idle loop a turn takes microseconds, fewer than gRPC's poller
+      thread needs to post a completion (measured: up to 244 turns, in 0.7 ms).
+
+    Measured on simnet (600 reads of buffered data each, idle, with 8 or 64 tasks busy 1 ms
+    per turn, 4 busy 20 ms, and three processes hogging both cores): buffered reads were
+    done within 0.7 ms idle and within 5 turns loaded, so none passed 20 ms and 8 turns;
+    5 ms and 2 turns let 3 in 600 pass. The error left is one-sided: a real wait too short
+    to prove (a message every few ms) leaves the mark at the last proof, earlier than need
+    be, which costs duplicates, never a message. A wait that lasts is proven again each
+    window (doubling up to :data:`QUIET_WINDOW_LONGEST`), so after a quiet spell the mark
+    is at most that old when the next message comes.
+    """
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def saw_quiet(self, at: float) -> None:
+        if self.at is None or at > self.at:
+            self.at = at
+
+    async def watch(self, read: asyncio.Future[Any], started: float) -> None:
+        """Moves the mark while ``read`` (issued at ``started``) stays pending; returns
+        once it is done, or cancelled with it."""
+        window = QUIET_PROOF_SECONDS
+        while await _still_pending(read, started + window - time.monotonic()):
+            self.saw_quiet(started)
+            started = time.monotonic()
+            window = min(window * 2, QUIET_WINDOW_LONGEST)
+
+
+async def _still_pending(read: asyncio.Future[Any], seconds: float) -> bool:
+    """Whether ``read`` is still pending after ``seconds`` and :data:`QUIET_PROOF_TURNS`
+    more turns of the event loop (the read itself is left alone)."""
+    if seconds > 0:
+        await asyncio.wait({read}, timeout=seconds)
+    for _ in range(QUIET_PROOF_TURNS):
+        if read.done():
+            return False
+        await asyncio.sleep(0)
+    return not read.done()
 
 
 async def _next_or_none(items: AsyncIterator[_Item]) -> _Item | None:
@@ -65,9 +142,15 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
     the client's ``settle`` time.) :meth:`aclose` cancels the call.
     """
 
-    def __init__(self, source: AsyncGenerator[_Item | Opened, None]) -> None:
+    def __init__(
+        self, source: AsyncGenerator[_Item | Opened, None], quiet: QuietMark | None = None
+    ) -> None:
         self._source = source
         self._opened = False
+        self._quiet = quiet
+        self.lag: float | None = None
+        """For the item just handed over: how many seconds before it lnd's stream was last
+        known to hold nothing for us (its :class:`QuietMark`); None without a mark."""
 
     async def wait_subscribed(self) -> None:
         """Return once lnd has accepted the first subscription (idempotent).
@@ -92,8 +175,14 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
                 if not self._opened:
                     self._opened = True
                     continue
+                self._measure_lag()
                 return Resubscribed()
+            self._measure_lag()
             return item
+
+    def _measure_lag(self) -> None:
+        quiet = None if self._quiet is None else self._quiet.at
+        self.lag = None if quiet is None else max(time.monotonic() - quiet, 0.0)
 
     async def aclose(self) -> None:
         await self._source.aclose()
@@ -129,7 +218,10 @@ class Resubscriber:
         self._ready = ready
 
     async def items(
-        self, rpc: str, open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, _Resp]]
+        self,
+        rpc: str,
+        open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, _Resp]],
+        quiet: QuietMark | None = None,
     ) -> AsyncGenerator[_Resp | Opened, None]:
         """The raw items of a stream, subscribed again with backoff whenever it breaks.
 
@@ -138,23 +230,29 @@ class Resubscriber:
         ``settle`` seconds (lnd sends no response headers before the first item, so there
         is nothing earlier to wait for; a refusal, such as a missing permission or "wallet
         locked", comes back at once). The backoff restarts once a subscription delivered an
-        item or stayed up for ``backoff.maximum`` seconds.
+        item or stayed up for ``backoff.maximum`` seconds. ``quiet``, if given, is moved as
+        its docstring says.
         """
         failures = 0
         while not self._closed():
+            opened_at = time.monotonic()
             call = open_call()
             items = aiter(call)
             pending: asyncio.Task[_Resp | None] | None = None
-            opened_at = time.monotonic()
+            if quiet is not None:
+                quiet.saw_quiet(opened_at)
             announced = healthy = False
             error = LndError(f"{rpc}: lnd ended the stream", rpc=rpc, code="OK", retryable=True)
             try:
                 while True:
+                    started = time.monotonic()
                     pending = asyncio.create_task(_next_or_none(items))
                     if not announced and await self._accepted(pending):
                         announced = True
                         self._outage.recovered()
                         yield Opened()
+                    if quiet is not None:
+                        await quiet.watch(pending, started)
                     item = await pending
                     pending = None
                     if item is None:  # lnd ended the stream without an error

@@ -1,8 +1,8 @@
 """The names of the store's Redis keys: the only place they are spelled.
 
-Every key of a node starts with ``lndmailbox:<node hex>:``; a peer's queue and dedup hash
-carry the peer in braces (``peer:{<peer hex>}:queue``), its hash tag. The table of keys,
-types and TTLs is docs/redis-schema.md.
+Every key of a node starts with ``lndmailbox:<node hex>:``; a peer's queue, dedup hash and
+unconfirmed list carry the peer in braces (``peer:{<peer hex>}:queue``), its hash tag. The
+table of keys, types and TTLs is docs/redis-schema.md.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ class Keys:
     def dedup_key(self, peer: bytes) -> str:
         return self._peer_prefix(peer) + "dedup"
 
+    def unconfirmed_key(self, peer: bytes) -> str:
+        """The peer's messages lnd accepted and not yet confirmed, in the order it took
+        them (store/lua/delivered.lua)."""
+        return self._peer_prefix(peer) + "unconfirmed"
+
     @property
     def queue_pattern(self) -> str:
         """SCAN pattern matching every peer's queue of this node."""
@@ -48,6 +53,16 @@ class Keys:
     def peer_of_queue(self, key: str) -> bytes:
         """The peer whose queue ``key`` (one :attr:`queue_pattern` matched) is."""
         start, end = self.prefix + "peer:{", "}:queue"
+        return bytes.fromhex(key[len(start) : -len(end)])
+
+    @property
+    def unconfirmed_pattern(self) -> str:
+        """SCAN pattern matching every peer's unconfirmed list of this node."""
+        return self.prefix + "peer:*:unconfirmed"
+
+    def peer_of_unconfirmed(self, key: str) -> bytes:
+        """The peer whose unconfirmed list ``key`` (one :attr:`unconfirmed_pattern` matched) is."""
+        start, end = self.prefix + "peer:{", "}:unconfirmed"
         return bytes.fromhex(key[len(start) : -len(end)])
 
     @property
@@ -99,7 +114,8 @@ class Keys:
         return self.prefix + "*"
 
     def peer_keys(self, peer: bytes) -> list[str]:
-        """KEYS of a per-peer script: queue, dedup, mail, usage, counters, events."""
+        """KEYS of a per-peer script: queue, dedup, mail, usage, counters, events,
+        unconfirmed."""
         return [
             self.queue_key(peer),
             self.dedup_key(peer),
@@ -107,4 +123,5 @@ class Keys:
             self.usage_key,
             self.counters_key,
             self.events_key,
+            self.unconfirmed_key(peer),
         ]

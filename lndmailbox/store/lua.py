@@ -28,9 +28,11 @@ SHEBANG = "#!lua flags=no-cluster\n"
 SHEBANG_ALLOW_OOM = "#!lua flags=no-cluster,allow-oom\n"
 _LOCK_SCRIPTS = frozenset({"renew_lock", "release_lock"})
 
-PeerScript = Literal["put", "peek", "remove", "remove_delivered", "attempt", "sweep", "purge"]
+PeerScript = Literal[
+    "put", "peek", "remove", "delivered", "confirm", "requeue", "attempt", "sweep", "purge"
+]
 """The scripts that work on one peer's keys (KEYS = queue, dedup, mail, usage, counters,
-events; ARGV[1] = peer hex): they run after both shared helpers."""
+events, unconfirmed; ARGV[1] = peer hex): they run after both shared helpers."""
 
 _OtherScript = Literal["summaries", "record", "renew_lock", "release_lock"]
 Script = PeerScript | _OtherScript

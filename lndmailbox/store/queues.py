@@ -1,9 +1,16 @@
-"""The peers' queues: storing, reading, delivering, expiring and purging messages.
+"""The peers' queues: storing, reading, delivering, confirming, expiring and purging.
 
 Every write that touches a message is one Lua script, so a message is stored with its
 dedup entry, byte totals, index entry and key TTLs, or not at all; it leaves the same way.
 A message is never returned for delivery once ``now >= expires_at``: expired messages are
 removed and handed back to the caller so that it can count and publish them.
+
+A peer's messages are held in two lists: its queue (waiting to be delivered) and its
+unconfirmed list (lnd accepted them; they wait to be confirmed). What lnd accepts moves
+from the first to the second (:meth:`Queues.move_delivered`), and leaves it confirmed
+(:meth:`Queues.confirm`), or goes back to the front of the queue when the peer left
+(:meth:`Queues.requeue`). The caps, the usage totals, the dedup hash, the mail index and
+expiry count both lists: a message is held until it is confirmed or given up.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from lndmailbox.store.records import (
     PutStatus,
     Stats,
     StoredMessage,
+    Unconfirmed,
     check_pubkey,
     decode_record,
+    decode_unconfirmed,
     encode_record,
     event_time,
     message_id_bytes,
@@ -68,7 +77,9 @@ class Queues:
         self._put = redis.register_script(lua.program("put"))
         self._peek = redis.register_script(lua.program("peek"))
         self._remove = redis.register_script(lua.program("remove"))
-        self._remove_delivered = redis.register_script(lua.program("remove_delivered"))
+        self._delivered = redis.register_script(lua.program("delivered"))
+        self._confirm = redis.register_script(lua.program("confirm"))
+        self._requeue = redis.register_script(lua.program("requeue"))
         self._attempt = redis.register_script(lua.program("attempt"))
         self._sweep = redis.register_script(lua.program("sweep"))
         self._purge = redis.register_script(lua.program("purge"))
@@ -116,7 +127,11 @@ class Queues:
         key_ttl = max(keep_for + ms(self.limits.key_grace), 1)
         for i, msg in enumerate(stored):
             if i:
-                keys += (self.keys.queue_key(msg.peer), self.keys.dedup_key(msg.peer))
+                keys += (
+                    self.keys.queue_key(msg.peer),
+                    self.keys.dedup_key(msg.peer),
+                    self.keys.unconfirmed_key(msg.peer),
+                )
             args += (msg.peer.hex(), encode_record(msg), key_ttl, msg.id)
         replies = as_items(await self._put(keys=keys, args=args))
         if len(replies) != len(stored):
@@ -148,32 +163,72 @@ class Queues:
 
     @redis_errors
     async def remove(self, msg: StoredMessage) -> bool:
-        """Removes a message by id (after lnd accepted it). False if it was no longer queued
-        (evicted, expired or purged meanwhile)."""
+        """Removes a queued message by id. False if it was no longer queued (evicted,
+        expired or purged meanwhile)."""
         reply = await self._remove(
             keys=self.keys.peer_keys(msg.peer), args=[msg.peer.hex(), message_id_bytes(msg.id)]
         )
         return bool(reply)
 
     @redis_errors
-    async def remove_delivered(self, messages: Sequence[StoredMessage]) -> int:
-        """Removes messages lnd accepted, counting and publishing each as ``delivered`` in the
-        same step (also one evicted, expired or purged meanwhile: the peer got it); one
-        round trip and one atomic step per peer. How many were still queued."""
+    async def move_delivered(self, messages: Sequence[StoredMessage], sent_ms: int) -> int:
+        """lnd accepted ``messages`` (in that order) at ``sent_ms`` (Unix ms): each is
+        counted and published as ``delivered`` (also one evicted, expired or purged
+        meanwhile: the peer got it), and those still queued move to the end of their peer's
+        unconfirmed list, still held, in one atomic step per peer (one round trip each).
+        How many were still queued."""
         by_peer: dict[bytes, list[bytes | int]] = {}
         for msg in messages:
             by_peer.setdefault(msg.peer, []).extend((message_id_bytes(msg.id), msg.size))
         # Script calls one by one: a pipeline of scripts costs a SCRIPT EXISTS round trip.
-        removed = 0
+        moved = 0
         at = event_time()
+        grace = max(ms(self.limits.key_grace), 1)
         for peer, items in by_peer.items():
-            removed += int(
-                await self._remove_delivered(
+            moved += int(
+                await self._delivered(
                     keys=self.keys.peer_keys(peer),
-                    args=[peer.hex(), self.events_trim, at, *items],
+                    args=[peer.hex(), self.events_trim, at, sent_ms, grace, *items],
                 )
             )
-        return removed
+        return moved
+
+    @redis_errors
+    async def confirm(
+        self, peer: bytes, deliveries: Sequence[tuple[str, int]]
+    ) -> list[StoredMessage]:
+        """Removes the unconfirmed messages of ``deliveries`` ((message id, sent_ms) each),
+        counting and publishing each as ``confirmed``, in one atomic step. One that went
+        back to the queue since, or out again with another ``sent_ms``, is left alone.
+        Returns the messages confirmed."""
+        if not deliveries:
+            return []
+        args: list[str | int | bytes] = [peer.hex(), self.events_trim, event_time()]
+        for message_id, sent_ms in deliveries:
+            args += (message_id_bytes(message_id), sent_ms)
+        reply = await self._confirm(keys=self.keys.peer_keys(peer), args=args)
+        return [decode(peer, r) for r in as_items(reply)]
+
+    @redis_errors
+    async def requeue(
+        self, peer: bytes, max_redeliveries: int
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """The peer left: its unconfirmed messages go back to the front of its queue, in the
+        order lnd took them, each counted and published as ``redelivered``, but those
+        redelivered ``max_redeliveries`` times already, which are removed, counted and
+        published as ``unconfirmed``; one atomic step. Returns (put back, given up)."""
+        reply = as_items(
+            await self._requeue(
+                keys=self.keys.peer_keys(peer),
+                args=[peer.hex(), self.events_trim, event_time(), max_redeliveries],
+            )
+        )
+        back = int(reply[0])
+        records = reply[1:]
+        return (
+            [decode(peer, r) for r in records[:back]],
+            [decode(peer, r) for r in records[back:]],
+        )
 
     @redis_errors
     async def record_attempt(self, msg: StoredMessage) -> int:
@@ -185,8 +240,9 @@ class Queues:
 
     @redis_errors
     async def sweep_expired(self, now: float) -> list[StoredMessage]:
-        """Removes every expired message of every peer whose earliest expiry has passed; each
-        peer is one atomic step. Returns the removed messages for the caller to count."""
+        """Removes every expired message, queued or unconfirmed, of every peer whose earliest
+        expiry has passed; each peer is one atomic step. Returns the removed messages for
+        the caller to count."""
         peers = await self.redis.zrangebyscore(self.keys.mail_key, "-inf", ms(now))
         out: list[StoredMessage] = []
         for member in peers:
@@ -197,7 +253,8 @@ class Queues:
 
     @redis_errors
     async def purge(self, peer: bytes, id: str | None = None) -> int:
-        """Deletes one message (by id) or all of a peer's messages; how many went."""
+        """Deletes one message (by id) or all of a peer's messages, queued or unconfirmed;
+        how many went."""
         arg = message_id_bytes(id) if id else b""
         return int(await self._purge(keys=self.keys.peer_keys(peer), args=[peer.hex(), arg]))
 
@@ -205,13 +262,50 @@ class Queues:
 
     @redis_errors
     async def messages(self, peer: bytes) -> list[StoredMessage]:
-        """Everything queued for the peer, oldest first (expired ones included)."""
+        """Everything queued for the peer, oldest first (expired ones included; the
+        unconfirmed ones are :meth:`unconfirmed`)."""
         records = await self.redis.lrange(self.keys.queue_key(peer), 0, -1)
         return [decode(peer, r) for r in records]
 
     @redis_errors
+    async def unconfirmed(self, peer: bytes) -> list[Unconfirmed]:
+        """The peer's messages lnd accepted and not yet confirmed, in the order it took them."""
+        entries = await self.redis.lrange(self.keys.unconfirmed_key(peer), 0, -1)
+        return [decode_unconfirmed(peer, as_bytes(e)) for e in entries]
+
+    @redis_errors
+    async def unconfirmed_by_peer(self) -> dict[bytes, list[Unconfirmed]]:
+        """Every peer's unconfirmed messages (peers without any left out): one round trip
+        over the peers with mail, for the daemon's start."""
+        peers = await self.peers_with_mail()
+        if not peers:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for peer in peers:
+                pipe.lrange(self.keys.unconfirmed_key(peer), 0, -1)
+            replies = await pipe.execute(raise_on_error=False)
+        out: dict[bytes, list[Unconfirmed]] = {}
+        for peer, entries in zip(peers, replies, strict=True):
+            if isinstance(entries, Exception):  # a key of the wrong type: left alone
+                log.warning("the unconfirmed list of %s is unreadable: %s", peer.hex(), entries)
+                continue
+            for entry in entries:
+                try:
+                    out.setdefault(peer, []).append(decode_unconfirmed(peer, as_bytes(entry)))
+                except RecordError as e:
+                    # Left as it is: it goes back to the queue with the peer's next
+                    # departure, or expires.
+                    log.warning("an unconfirmed message of %s is unreadable: %s", peer.hex(), e)
+        return out
+
+    @redis_errors
+    async def held(self, peer: bytes) -> list[StoredMessage]:
+        """Everything held for the peer in held order: unconfirmed, then queued."""
+        return [u.message for u in await self.unconfirmed(peer)] + await self.messages(peer)
+
+    @redis_errors
     async def peers_with_mail(self) -> list[bytes]:
-        """Peers with queued messages, earliest expiry first."""
+        """Peers with messages held (queued or unconfirmed), earliest expiry first."""
         return [_peer(m) for m in await self.redis.zrange(self.keys.mail_key, 0, -1)]
 
     @redis_errors
@@ -220,15 +314,13 @@ class Queues:
         peers = [_peer(m) for m in await self.redis.zrange(self.keys.mail_key, 0, -1)]
         if not peers:
             return []
-        reply = as_items(
-            await self._summaries(
-                keys=[self.keys.usage_key, *(self.keys.queue_key(p) for p in peers)],
-                args=[p.hex() for p in peers],
-            )
-        )
+        keys = [self.keys.usage_key]
+        for p in peers:
+            keys += (self.keys.queue_key(p), self.keys.unconfirmed_key(p))
+        reply = as_items(await self._summaries(keys=keys, args=[p.hex() for p in peers]))
         out = []
         for i, peer in enumerate(peers):
-            count, nbytes, head, tail = reply[4 * i : 4 * i + 4]
+            count, nbytes, head, tail, unconfirmed = reply[5 * i : 5 * i + 5]
             if not count:
                 continue
             first_received, first_expires = record_times(as_bytes(head))
@@ -241,13 +333,15 @@ class Queues:
                     oldest_received_at=first_received,
                     newest_received_at=last_received,
                     next_expiry=first_expires,
+                    unconfirmed=int(unconfirmed),
                 )
             )
         return out
 
     @redis_errors
     async def stats(self) -> Stats:
-        """Totals over every peer: peers with mail, messages, bytes, oldest message."""
+        """Totals over every peer: peers with mail, messages and bytes held, oldest message,
+        unconfirmed messages."""
         messages, nbytes = await self.redis.hmget(self.keys.usage_key, ["messages", "bytes"])
         summaries = await self.peer_summaries()
         oldest = min(
@@ -259,6 +353,7 @@ class Queues:
             messages=int(messages or 0),
             bytes=int(nbytes or 0),
             oldest_received_at=oldest,
+            unconfirmed=sum(s.unconfirmed for s in summaries),
         )
 
     @redis_errors

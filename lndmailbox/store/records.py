@@ -20,7 +20,9 @@ __all__ = [
     "HEADER_SIZE",
     "ID_SIZE",
     "PUBKEY_SIZE",
+    "READABLE_VERSIONS",
     "RECORD_VERSION",
+    "SENT_AT_SIZE",
     "Event",
     "JournalEntry",
     "Limits",
@@ -31,8 +33,10 @@ __all__ = [
     "ServerInfo",
     "Stats",
     "StoredMessage",
+    "Unconfirmed",
     "check_pubkey",
     "decode_record",
+    "decode_unconfirmed",
     "encode_record",
     "message_id_bytes",
     "new_message_id",
@@ -42,18 +46,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
-"""First byte of every queued record; a record with another version is refused."""
+RECORD_VERSION = 2
+"""First byte of every record this code writes. Version 1 (bytes 17-18 a u16 of attempts,
+no redelivery count) is still read, and rewritten as version 2 by the first script that
+changes the record; a record of any other version is refused."""
+READABLE_VERSIONS = (1, 2)
+
+SENT_AT_SIZE = 6
+"""Bytes before the record in an unconfirmed entry: when lnd took it, in ms (u48)."""
 
 PUBKEY_SIZE = 33
 ID_SIZE = 10
 """Message ids are 10 bytes (20 hex digits): received_at in ms (6 bytes) + 4 random bytes."""
 
 HEADER_SIZE = 1 + ID_SIZE + 6 + 2 + PUBKEY_SIZE
-"""Bytes before path_key in a record: version, id, expires_at, attempts, sender (52)."""
+"""Bytes before path_key in a record: version, id, expires_at, attempts and redeliveries,
+sender (52)."""
 
 _MAX_U48 = (1 << 48) - 1
-_MAX_ATTEMPTS = 0xFFFF
+_MAX_U8 = 0xFF
 
 
 def ms(seconds: float) -> int:
@@ -122,6 +133,9 @@ class StoredMessage:
     received_at: float
     expires_at: float
     attempts: int
+    redeliveries: int = 0
+    """Times lnd took it and it went back to the queue unconfirmed (its peer left within
+    the confirmation window)."""
 
     @property
     def size(self) -> int:
@@ -130,6 +144,21 @@ class StoredMessage:
 
     def expired(self, now: float) -> bool:
         return ms(now) >= ms(self.expires_at)
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A message lnd accepted for its peer at ``sent_ms`` (Unix ms, as Redis holds it: the
+    key of its confirmation), kept until it is confirmed, goes back to the queue, or is
+    given up."""
+
+    message: StoredMessage
+    sent_ms: int
+
+    @property
+    def sent_at(self) -> float:
+        """``sent_ms`` in Unix seconds."""
+        return self.sent_ms / 1000
 
 
 class PutStatus(enum.Enum):
@@ -181,17 +210,19 @@ class PutResult:
 
 @dataclass(frozen=True)
 class Stats:
-    """Node-wide totals of what is queued."""
+    """Node-wide totals of what is held: queued, or delivered and not yet confirmed
+    (``unconfirmed`` of the ``messages``)."""
 
     peers_with_mail: int
     messages: int
     bytes: int
     oldest_received_at: float | None
+    unconfirmed: int = 0
 
 
 @dataclass(frozen=True)
 class PeerSummary:
-    """One peer with mail, for ``mailboxctl peers`` and metrics."""
+    """One peer with mail (queued or unconfirmed), for ``mailboxctl peers`` and metrics."""
 
     peer: bytes
     messages: int
@@ -199,7 +230,9 @@ class PeerSummary:
     oldest_received_at: float | None
     newest_received_at: float | None
     next_expiry: float | None
-    """expires_at of the oldest queued message (the next to expire when the TTL is uniform)."""
+    """expires_at of the oldest message (the next to expire when the TTL is uniform)."""
+    unconfirmed: int = 0
+    """Of ``messages``, those lnd accepted and that wait for confirmation (the oldest)."""
 
 
 @dataclass(frozen=True)
@@ -251,17 +284,19 @@ def new_message_id(now: float) -> str:
 def encode_record(msg: StoredMessage) -> bytes:
     """The bytes queued in Redis for ``msg`` (its ``peer`` is the key, not in the record).
 
-    Layout (big-endian), version 1::
+    Layout (big-endian), version 2::
 
-        0   1   version (0x01)
+        0   1   version (0x02)
         1  10   id: received_at in ms (u48) + 4 random bytes
         11  6   expires_at in ms (u48)
-        17  2   attempts (u16)
+        17  1   attempts lnd refused (u8)
+        18  1   redeliveries (u8)
         19 33   sender pubkey (the peer that handed us the message)
         52 33   path_key
         85  ..  onion packet (the rest)
 
-    :class:`RecordError` for a message that does not fit the layout.
+    Version 1 is the same but for bytes 17-18: attempts (u16), no redeliveries. Counts
+    past 255 are held at 255. :class:`RecordError` for a message that does not fit.
     """
     id_bytes = message_id_bytes(msg.id)
     if len(id_bytes) != ID_SIZE:
@@ -278,7 +313,7 @@ def encode_record(msg: StoredMessage) -> bytes:
             bytes((RECORD_VERSION,)),
             id_bytes,
             expires.to_bytes(6, "big"),
-            min(msg.attempts, _MAX_ATTEMPTS).to_bytes(2, "big"),
+            bytes((min(msg.attempts, _MAX_U8), min(msg.redeliveries, _MAX_U8))),
             msg.sender,
             msg.path_key,
             msg.onion,
@@ -287,14 +322,20 @@ def encode_record(msg: StoredMessage) -> bytes:
 
 
 def decode_record(peer: bytes, data: bytes) -> StoredMessage:
-    """The message in a queued record; :class:`RecordError` if it cannot be read."""
+    """The message in a queued record (version 1 or 2); :class:`RecordError` if it cannot
+    be read."""
     if len(data) <= HEADER_SIZE + PUBKEY_SIZE:
         raise RecordError(f"record of {len(data)} bytes is too short for a message")
-    if data[0] != RECORD_VERSION:
+    if data[0] not in READABLE_VERSIONS:
         raise RecordError(
-            f"record version {data[0]} is not one this store reads ({RECORD_VERSION})"
+            f"record version {data[0]} is not one this store reads "
+            f"({', '.join(map(str, READABLE_VERSIONS))})"
         )
     id_bytes = data[1 : 1 + ID_SIZE]
+    if data[0] == 1:
+        attempts, redeliveries = int.from_bytes(data[17:19], "big"), 0
+    else:
+        attempts, redeliveries = data[17], data[18]
     return StoredMessage(
         id=id_bytes.hex(),
         peer=peer,
@@ -303,8 +344,17 @@ def decode_record(peer: bytes, data: bytes) -> StoredMessage:
         onion=data[85:],
         received_at=int.from_bytes(id_bytes[:6], "big") / 1000,
         expires_at=int.from_bytes(data[11:17], "big") / 1000,
-        attempts=int.from_bytes(data[17:19], "big"),
+        attempts=attempts,
+        redeliveries=redeliveries,
     )
+
+
+def decode_unconfirmed(peer: bytes, data: bytes) -> Unconfirmed:
+    """An entry of a peer's unconfirmed list: when lnd took it (ms, u48), then its record."""
+    if len(data) <= SENT_AT_SIZE:
+        raise RecordError(f"unconfirmed entry of {len(data)} bytes holds no record")
+    sent_ms = int.from_bytes(data[:SENT_AT_SIZE], "big")
+    return Unconfirmed(decode_record(peer, data[SENT_AT_SIZE:]), sent_ms)
 
 
 def record_id(data: bytes) -> str:
@@ -314,7 +364,7 @@ def record_id(data: bytes) -> str:
 
 
 def record_times(header: bytes) -> tuple[float, float]:
-    """(received_at, expires_at) from the first 17 bytes of a record."""
-    if len(header) < 17 or header[0] != RECORD_VERSION:
+    """(received_at, expires_at) from the first 17 bytes of a record (any version read)."""
+    if len(header) < 17 or header[0] not in READABLE_VERSIONS:
         raise RecordError(f"record header {header.hex()!r} is not one this store reads")
     return int.from_bytes(header[1:7], "big") / 1000, int.from_bytes(header[11:17], "big") / 1000

@@ -9,6 +9,7 @@ local skip = {}
 for i = 4, #ARGV do skip[ARGV[i]] = true end
 local ready, expired, at = {}, {}, {}
 local pos, db = 0, 0
+local held = redis.call('LLEN', UQ) -- the unconfirmed messages come first in held order
 while #ready < limit do
   local chunk = redis.call('LRANGE', Q, pos, pos + limit + 15)
   if #chunk == 0 then break end
@@ -17,7 +18,7 @@ while #ready < limit do
       -- in hand
     elseif rec_expires(r) <= now then
       expired[#expired + 1] = r
-      at[#at + 1] = pos + j - 1
+      at[#at + 1] = held + pos + j - 1
       db = db - rec_size(r)
     else
       ready[#ready + 1] = r
@@ -26,7 +27,7 @@ while #ready < limit do
   end
   pos = pos + #chunk
 end
--- where each sat before any went, for the flood mark (peer.lua, untell)
+-- where each sat in held order before any went, for the flood mark (peer.lua, untell)
 untell(at)
 for _, r in ipairs(expired) do
   redis.call('LREM', Q, 1, r)

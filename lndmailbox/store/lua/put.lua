@@ -1,20 +1,22 @@
 -- Several messages, possibly for several peers, in one atomic step.
--- KEYS: the first message's six keys, the summary, then queue and dedup of each further
--- message.
+-- KEYS: the first message's seven keys, the summary, then queue, dedup and unconfirmed list
+-- of each further message.
 -- ARGV: first peer, max messages, max bytes per peer, max bytes total, events trim, at
 -- (seconds), wake-ups ("<interval s> <most per interval>"), then for each message: peer,
 -- record, key ttl ms, id hex.
 -- Counts stored, duplicate and evicted with the change, and publishes them with it, or
 -- summarizes them where a peer's traffic alone causes them:
 -- * a duplicate is always summarized;
+-- * the per-peer caps count the peer's unconfirmed messages too (lnd took them; they are
+--   held until confirmed), and those are the oldest: they give way first;
 -- * a put that has to evict marks its peer as flooded (usage field `flood:<peer>`) until
---   the peer's queue is empty again (delivered, expired or purged). A flooded peer's puts
+--   the peer holds nothing again (confirmed, expired or purged). A flooded peer's puts
 --   are summarized (reply code 4 instead of 0), and so are the evictions of what they
 --   stored (but see wake-ups below). The mark holds how many of the messages queued when
 --   the flood began are still to be evicted: those were told one by one, and so is their
---   eviction (the queue is FIFO, so they are the next to go; a record that leaves from
---   elsewhere, by expiry or a purge by id, lowers the mark if it sat among them: untell in
---   peer.lua).
+--   eviction (held order is FIFO, so they are the next to go; a record that leaves from
+--   elsewhere, by expiry, confirmation or a purge by id, lowers the mark if it sat among
+--   them: untell in peer.lua).
 -- * still, a flooded peer's first store in each interval (by Redis's clock: TIME over the
 --   interval, the same for every daemon and across restarts) is told one by one, so that a
 --   flood cannot silence its wake-ups: usage field `woke:<peer>` holds the interval it was
@@ -32,7 +34,7 @@ local wake_every, wake_most = string.match(ARGV[7], '^(%d+) (%d+)$')
 if not wake_every then return redis.error_reply('bad wake-ups ' .. tostring(ARGV[7])) end
 local interval = math.floor(tonumber(redis.call('TIME')[1]) / tonumber(wake_every))
 wake_most = tonumber(wake_most)
-local S = KEYS[7]
+local S = KEYS[8]
 if not (node_keys_ok() and holds(S, 'hash')) then return redis.error_reply(NODE_KEYS_DAMAGED) end
 
 -- Publish an outcome of a message for PEER, or add it to the interval's summary (a
@@ -61,7 +63,7 @@ local function wake()
 end
 
 local function put(rec, ttl, id)
-  if not (holds(Q, 'list') and holds(D, 'hash')) then return {3} end
+  if not (holds(Q, 'list') and holds(D, 'hash') and holds(UQ, 'list')) then return {3} end
   repair()
   local digest = rec_digest(rec)
   local existing = redis.call('HGET', D, digest)
@@ -75,12 +77,20 @@ local function put(rec, ttl, id)
   end
   local size = rec_size(rec)
   if size > maxb then return {2} end
-  local n = redis.call('LLEN', Q)
+  -- held order: the unconfirmed messages, then the queue
+  local nu = redis.call('LLEN', UQ)
+  local n = nu + redis.call('LLEN', Q)
   local pb = tonumber(redis.call('HGET', U, F_BYTES) or '0')
   local total = tonumber(redis.call('HGET', U, 'bytes') or '0')
   local evicted, evb = {}, 0
   while #evicted < n and (n - #evicted + 1 > maxn or pb - evb + size > maxb) do
-    local old = redis.call('LINDEX', Q, #evicted)
+    local k = #evicted
+    local old
+    if k < nu then
+      old = ent_rec(redis.call('LINDEX', UQ, k))
+    else
+      old = redis.call('LINDEX', Q, k - nu)
+    end
     evicted[#evicted + 1] = old
     evb = evb + rec_size(old)
   end
@@ -89,7 +99,9 @@ local function put(rec, ttl, id)
   local told_left = tonumber(redis.call('HGET', U, F_FLOOD) or '')
   if #evicted > 0 and told_left == nil then told_left = n end
   if #evicted > 0 then
-    redis.call('LTRIM', Q, #evicted, -1)
+    local from_uq = math.min(#evicted, nu)
+    if from_uq > 0 then redis.call('LTRIM', UQ, from_uq, -1) end
+    if #evicted > from_uq then redis.call('LTRIM', Q, #evicted - from_uq, -1) end
     for _, old in ipairs(evicted) do
       redis.call('HDEL', D, rec_digest(old))
       outcome(told_left > 0, 'evicted', hex(rec_id(old)), rec_size(old), 'peer_cap')
@@ -114,7 +126,7 @@ local k = 0
 for i = 8, #ARGV, 4 do
   if k > 0 then
     -- the prelude's functions work on these: point them at this message's peer
-    Q, D = KEYS[6 + 2 * k], KEYS[7 + 2 * k]
+    Q, D, UQ = KEYS[6 + 3 * k], KEYS[7 + 3 * k], KEYS[8 + 3 * k]
     PEER = ARGV[i]
     F_MSGS, F_BYTES, F_FLOOD = 'messages:' .. PEER, 'bytes:' .. PEER, 'flood:' .. PEER
     F_WOKE = 'woke:' .. PEER
