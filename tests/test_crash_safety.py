@@ -162,7 +162,12 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     print(f"losses within 1 s before a kill: {verdict.near_kills()}")
     print(
         f"Redis held {len(held_at_kills)} messages at kills and {journaled_at_kills} "
-        f"journaled ones for the next daemon; counters {books.counters}"
+        f"journaled ones for the next daemon; simnet kept {len(net.node.unheard)} "
+        f"publications no daemon heard; counters {books.counters}"
+    )
+    # The sender's view of what nobody heard and simnet's own record of it agree.
+    assert len(net.node.unheard) == sum(
+        s.result.published and not s.result.subscribers for s in traffic.sent
     )
     assert books.counters.get("stored", 0) > 0, "the scenario stored nothing: it tests nothing"
     assert verdict.no_excuse > verdict.sent // 2, "most messages must be checked with no excuse"
