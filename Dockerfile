@@ -13,7 +13,8 @@ WORKDIR /home/mailbox
 ENV PYTHONUNBUFFERED=1 \
     LNDMAILBOX_METRICS_ADDR=0.0.0.0:9185
 EXPOSE 9185
-# Healthy while the daemon answers on its metrics endpoint.
+# Healthy while the daemon leads its node or stands by on lnd's stream (/health: 200 for
+# both, 503 while it starts); /health/leader is 200 on the leader only.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9185/metrics', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9185/health', timeout=4)"]
 ENTRYPOINT ["lndmailbox"]

@@ -13,7 +13,7 @@
     │   ├── RecordError       a message the store cannot encode, or a record it cannot read
     │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
     ├── ConfigError           settings that cannot work (exit code 2)
-    ├── NodeLockLostError     another daemon took this node's lock: this one stops (exit 1)
+    ├── NodeLockLostError     another daemon took this node's lock: this one steps down
     ├── CtlError              mailboxctl cannot do what it was asked (exit 1)
     │   └── NodeUnknownError  ... nor tell which node's mailbox to open
     └── UsageError            a mailboxctl argument found wrong after parsing (exit 2)
@@ -90,8 +90,8 @@ class ConfigError(MailboxError):
 
 
 class NodeLockLostError(MailboxError):
-    """Another daemon holds this node's lock: two must never serve one node, so this one
-    stops, non-zero, so that a supervisor notices (``owner`` is the other one's token)."""
+    """Another daemon holds this node's lock: two must never lead one node, so this one
+    steps down and stands by (``owner`` is the other one's token)."""
 
     def __init__(self, owner: str | None) -> None:
         super().__init__(f"lost the node lock to another daemon ({owner or 'owner unknown'})")

@@ -94,10 +94,13 @@ class World:
         streams = (
             "onion_messages" if self.node.personality is Personality.LND_0_21 else "custom_messages"
         )
+        # A daemon's standby stream comes up first: ready is the leader's own pipeline on
+        # lnd's streams, as its heartbeat says.
+        beats = await self.store.control.read_daemons()
         return (
             self.node.subscriber_count("peer_events") >= 1
             and self.node.subscriber_count(streams) >= 1
-            and await self.store.control.lock_owner() is not None
+            and any(b.get("role") == "leader" and b.get("ready") for b in beats.values())
         )
 
     async def stop_daemon(self) -> None:

@@ -516,11 +516,13 @@ async def test_show_decode_reads_the_packet_header(ctl: Ctl, store: Store) -> No
     (m,) = doc["messages"]
     assert m == {
         "id": stored.id,
+        "state": "queued",
         "size": stored.size,
         "sender": SENDER.hex(),
         "received_at": pytest.approx(stored.received_at, abs=0.001),
         "expires_at": pytest.approx(stored.expires_at, abs=0.001),
         "expired": False,
+        "redeliveries": 0,
         "attempts": 0,
         "path_key": msg.path_key.hex(),
         "packet": {
@@ -541,6 +543,48 @@ async def test_show_marks_expired_messages_not_yet_swept(ctl: Ctl, store: Store)
     r = await ctl("show", ALICE.hex())
     assert "(expired, waiting for the sweep)" in r.out
     assert (await ctl("show", ALICE.hex(), "--json")).json()["messages"][0]["expired"] is True
+
+
+async def test_show_lists_unconfirmed_messages_too(ctl: Ctl, store: Store) -> None:
+    """What lnd took and the peer has not confirmed is still held (purge deletes it too):
+    show lists it first, marked, with how often it went back to the queue."""
+    first, _ = await put(store, ALICE, 60)
+    second, _ = await put(store, ALICE, 30)
+    third, _ = await put(store, ALICE, 10)
+    await store.queues.move_delivered([first, second], int((time.time() - 20) * 1000))
+    await store.queues.requeue(ALICE, 3)  # alice left: both back, redelivered once
+    sent_at = time.time() - 5
+    await store.queues.move_delivered([first], int(sent_at * 1000))
+
+    r = await ctl("show", ALICE.hex())
+
+    assert r.code == 0
+    blocks = r.out.strip().split("\n\n")
+    size = (first.size + second.size + third.size) / 1024
+    assert blocks[0] == (
+        f"3 messages ({size:.1f} KiB) held for {ALICE.hex()}: 1 delivered and unconfirmed, 2 queued"
+    )
+    assert [b.splitlines()[0] for b in blocks[1:]] == [
+        f"message {first.id} (delivered, unconfirmed)",
+        f"message {second.id}",
+        f"message {third.id}",
+    ]
+    fields = [
+        dict(line.strip().split(maxsplit=1) for line in block.splitlines()[1:])
+        for block in blocks[1:]
+    ]
+    assert fields[0]["delivered"].endswith("(5s ago), waiting for confirmation")
+    assert [f.get("redeliveries") for f in fields] == ["1", "1", None], "none: never back"
+    assert "delivered" not in fields[1]
+
+    doc = (await ctl("show", ALICE.hex(), "--json")).json()
+    assert [(m["id"], m["state"], m["redeliveries"]) for m in doc["messages"]] == [
+        (first.id, "unconfirmed", 1),
+        (second.id, "queued", 1),
+        (third.id, "queued", 0),
+    ]
+    assert doc["messages"][0]["delivered_at"] == pytest.approx(sent_at, abs=0.001)
+    assert "delivered_at" not in doc["messages"][1]
 
 
 async def test_show_a_peer_without_mail(ctl: Ctl) -> None:

@@ -37,10 +37,10 @@ from pathlib import Path
 import pytest
 from simnet import Personality
 
-from lndmailbox.store import Store
+from lndmailbox.store import Store, free_port
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import wait_until
-from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
+from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, leading
 from tests.traffic import (
     IN_MEMORY_BOUND,
     Books,
@@ -61,7 +61,7 @@ START_UP_KILLS = 0.1
 connecting, replaying its predecessor's journal) rather than while it runs."""
 START_UP = (0.0, 1.2)
 RUNNING = (0.2, 3.5)
-"""Seconds a daemon runs after it subscribed, before its kill: long enough against the
+"""Seconds a daemon runs after it leads, ready, before its kill: long enough against the
 second it takes to start that most messages reach a live daemon."""
 LAST_RUN = 2.0
 """Seconds of traffic the last daemon, which is not killed, gets before the end."""
@@ -92,6 +92,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     rng = seeded("CRASH_SEED", "crash test")
     net = await Network.start(personality)
     cert, macaroon = net.node.write_credentials(tmp_path / "lnd")
+    port = free_port()
     command = daemon_argv(
         net.node.target,
         cert,
@@ -101,6 +102,8 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         *ROOM_FOR_EVERYTHING,
         "--log-level",
         "error",
+        "--metrics-addr",
+        f"127.0.0.1:{port}",
     )
     traffic = Traffic(net, rng)
     lives: list[Life] = []
@@ -117,15 +120,15 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
             started = time.monotonic()
             daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
             try:
-                subscribed = None
+                ready = None
                 if rng.random() < START_UP_KILLS:
                     await asyncio.sleep(rng.uniform(*START_UP))
                 else:
-                    await wait_until(net.subscribed, within=30, what="the daemon to subscribe")
-                    subscribed = time.monotonic()
+                    await wait_until(lambda: leading(port), within=30, what="the daemon to lead")
+                    ready = time.monotonic()
                     await asyncio.sleep(rng.uniform(*RUNNING))
                 daemon.send_signal(signal.SIGKILL)
-                lives.append(Life(started, time.monotonic(), subscribed))
+                lives.append(Life(started, time.monotonic(), ready))
             finally:
                 if daemon.returncode is None:
                     daemon.kill()
@@ -139,8 +142,8 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         # The last daemon is left running: everything kept must reach its recipient.
         started = time.monotonic()
         last = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
-        await wait_until(net.subscribed, within=30, what="the last daemon to subscribe")
-        lives.append(Life(started, subscribed=time.monotonic()))
+        await wait_until(lambda: leading(port), within=30, what="the last daemon to lead")
+        lives.append(Life(started, ready=time.monotonic()))
         await asyncio.sleep(LAST_RUN)
         await traffic.stop()
         await net.caught_up(store)

@@ -1,4 +1,4 @@
-"""One daemon per data directory: the lock, and what it protects (the embedded Redis)."""
+"""The data directory's locks, and what they protect (the embedded Redis, shared by a pair)."""
 
 from __future__ import annotations
 
@@ -56,23 +56,49 @@ def test_a_killed_holder_leaves_the_directory_free(tmp_path: Path) -> None:
     lock.release()
 
 
-async def test_a_second_daemon_on_the_same_datadir_leaves_the_first_ones_redis_alone(
+async def test_a_second_daemon_on_the_same_datadir_shares_the_first_ones_redis(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="lndmailbox")
+    """A second daemon on the directory uses the first one's embedded server (a same-host
+    standby) instead of waiting, and its stop leaves the server to the first."""
+    caplog.set_level(logging.INFO, logger="lndmailbox")
     socket_url = f"unix://{embedded_socket_path(tmp_path / 'mailbox')}?db=0"
     async with world(Personality.LND_0_20, socket_url, tmp_path) as w:
         await w.start_daemon(redis_url=None)  # the embedded server, in tmp_path/mailbox
 
         second_stop = asyncio.Event()
         second = asyncio.create_task(run(w.settings, stop=second_stop))
-        await wait_until(lambda: "waiting" in caplog.text, what="the second daemon to wait")
+        # (A lone daemon stands by too while its pipeline starts: the second one's lines.)
+        await wait_until(
+            lambda: (
+                caplog.text.count("standing by: journaling") == 2
+                and "leads this node; standing by" in caplog.text
+            ),
+            what="the second daemon to stand by",
+        )
+        assert "using the embedded Redis another lndmailbox started" in caplog.text
         second_stop.set()
         await asyncio.wait_for(second, 30)
+        assert "leaving the embedded Redis to the other lndmailbox" in caplog.text
 
         # The first daemon's Redis is still there, and the first daemon still keeps mail.
         await w.alice.send_onion_message(w.message_for_bob(b"after the second one left"))
         await stored_count(w, 1)
         assert w.task is not None
         assert not w.task.done()
-        assert f"uses {tmp_path / 'mailbox'}; waiting for it to stop" in caplog.text
+
+
+def test_a_daemon_of_the_release_before_keeps_the_directory_to_itself(tmp_path: Path) -> None:
+    """It held ``lndmailbox.lock`` exclusively: a daemon of this release cannot share it."""
+    old = DirectoryLock(tmp_path / "lndmailbox.lock")
+    assert old.try_acquire()
+    assert not DirectoryLock(tmp_path / "lndmailbox.lock").try_acquire(shared=True)
+    old.release()
+    first = DirectoryLock(tmp_path / "lndmailbox.lock")
+    second = DirectoryLock(tmp_path / "lndmailbox.lock")
+    assert first.try_acquire(shared=True)
+    assert second.try_acquire(shared=True)
+    assert not first.try_exclusive(), "another daemon uses it"
+    assert second.try_exclusive(), "the last one may stop the server"
+    first.release()
+    second.release()

@@ -86,7 +86,6 @@ def deliverer_to(
         confirm_after=3600,
         max_redeliveries=3,
     )
-    confirmations.started(peers.online)
     stop = asyncio.Event()
     _CONFIRMING.append((stop, asyncio.create_task(confirmations.run(stop))))
     return Deliverer(

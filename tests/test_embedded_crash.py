@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 from simnet import Personality
 
-from lndmailbox.store import RedisServer, Store, embedded_socket_path
+from lndmailbox.store import RedisServer, Store, embedded_socket_path, free_port
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import wait_until
-from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
+from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, leading
 from tests.traffic import (
     IN_MEMORY_BOUND,
     Books,
@@ -77,6 +77,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
     net = await Network.start(personality)
     cert, macaroon = net.node.write_credentials(tmp_path / "lnd")
     datadir = tmp_path / "mailbox"
+    port = free_port()
     command = daemon_argv(
         net.node.target,
         cert,
@@ -88,6 +89,8 @@ async def test_sigkill_on_embedded_redis_then_takeover(
         *ROOM_FOR_EVERYTHING,
         "--log-level",
         "error",
+        "--metrics-addr",
+        f"127.0.0.1:{port}",
     )
     store = Store.from_url(f"unix://{embedded_socket_path(datadir)}?db=0", net.node.pubkey)
     traffic = Traffic(net, rng)
@@ -95,8 +98,8 @@ async def test_sigkill_on_embedded_redis_then_takeover(
     daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
     try:
         started = time.monotonic()
-        await wait_until(net.subscribed, within=30, what="the first daemon to subscribe")
-        subscribed = time.monotonic()
+        await wait_until(lambda: leading(port), within=30, what="the first daemon to lead")
+        ready = time.monotonic()
         traffic.start()
         for n in range(FOR_ZED):
             await net.send(net.zed, b"zed before the kill %d" % n)
@@ -108,7 +111,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
         await asyncio.sleep(rng.uniform(0.2, 1.5))
         first_server = await server_pid(store)
         daemon.send_signal(signal.SIGKILL)
-        lives.append(Life(started, time.monotonic(), subscribed))
+        lives.append(Life(started, time.monotonic(), ready))
         await daemon.wait()
         await wait_until(net.unsubscribed, what="the node to drop the dead daemon's stream")
         assert server_answers(datadir), "the embedded server died with its daemon"
@@ -120,8 +123,8 @@ async def test_sigkill_on_embedded_redis_then_takeover(
 
         started = time.monotonic()
         daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
-        await wait_until(net.subscribed, within=30, what="the next daemon to subscribe")
-        lives.append(Life(started, subscribed=time.monotonic()))
+        await wait_until(lambda: leading(port), within=30, what="the next daemon to lead")
+        lives.append(Life(started, ready=time.monotonic()))
         print(f"the next daemon followed lnd {time.monotonic() - started:.2f} s after its start")
         if group:
             assert await server_pid(store) != first_server

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from simnet import Personality
 
-from lndmailbox.store import Store
+from lndmailbox.store import Store, free_port
 from tests.daemon_harness import wait_until
-from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv
+from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, leading
 from tests.traffic import Books, Life, Network, Traffic, judge, received_texts, seeded
 
 SECONDS = 30.0
@@ -61,6 +61,7 @@ async def flapping(
     rng = seeded("FLAPPING_SEED", "flapping test")
     net = await Network.start(personality)
     cert, macaroon = net.node.write_credentials(tmp_path / "lnd")
+    port = free_port()
     command = daemon_argv(
         net.node.target,
         cert,
@@ -70,13 +71,15 @@ async def flapping(
         *ROOM_FOR_EVERYTHING,
         "--log-level",
         "error",
+        "--metrics-addr",
+        f"127.0.0.1:{port}",
     )
     traffic = Traffic(net, rng)
     store = Store.from_url(redis_url, net.node.pubkey)
     daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
     try:
-        await wait_until(net.subscribed, within=30, what="the daemon to subscribe")
-        life = Life(time.monotonic(), subscribed=time.monotonic())
+        await wait_until(lambda: leading(port), within=30, what="the daemon to lead")
+        life = Life(time.monotonic(), ready=time.monotonic())
         traffic.start()
         await asyncio.sleep(seconds)
         await traffic.stop()

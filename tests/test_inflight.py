@@ -334,11 +334,12 @@ class ReplyLost(Journal):
         super().__init__(journal.redis, journal.keys, journal.limits)
         self.lose = lose
 
-    async def write(self, added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> None:
-        await super().write(added, decided)
+    async def write(self, added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> int:
+        skipped = await super().write(added, decided)
         if self.lose:
             self.lose -= 1
             raise StoreUnavailableError("Timeout reading from socket")
+        return skipped
 
 
 async def test_an_entry_whose_write_lost_its_reply_is_deleted_once_decided(

@@ -521,6 +521,27 @@ async def test_a_broken_stream_resubscribes_and_says_so(
     assert len(_lnd_records(warnings_and_up, logging.INFO)) == 1
 
 
+async def test_a_broken_stream_says_so_before_it_subscribes_again(scripted: Scripted) -> None:
+    online = ln.PeerEvent(pub_key=PEER.hex(), type=ln.PeerEvent.EventType.PEER_ONLINE)
+    offline = ln.PeerEvent(pub_key=PEER.hex(), type=ln.PeerEvent.EventType.PEER_OFFLINE)
+    scripted.script.steps["SubscribePeerEvents"] = [
+        [online, Abort(grpc.StatusCode.UNAVAILABLE, "lnd stopping")],
+        Abort(grpc.StatusCode.UNAVAILABLE, "still down"),
+        [offline],
+    ]
+    # Subscriptions made when each break was seen: the caller hears of the gap as it
+    # begins, not once it is over (lnd may be away for minutes).
+    breaks: list[int] = []
+    async with _client(scripted.port, settle=5.0) as lnd:
+        events = lnd.peer_events(
+            on_break=lambda: breaks.append(scripted.script.calls["SubscribePeerEvents"])
+        )
+        items = [await anext(events) for _ in range(3)]
+        await events.aclose()
+    assert items == [PeerEvent(PEER, True), Resubscribed(), PeerEvent(PEER, False)]
+    assert breaks == [1], "once for the subscription that broke, none for the one refused"
+
+
 async def test_a_quiet_stream_is_announced_after_settling(scripted: Scripted) -> None:
     scripted.script.steps["SubscribePeerEvents"] = [
         [Sleep(0.3), Abort(grpc.StatusCode.UNAVAILABLE, "lnd restarting")],

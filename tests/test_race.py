@@ -100,6 +100,19 @@ def test_a_resync_makes_every_online_peer_come_anew() -> None:
     assert peers.online == {stayed, came}
 
 
+def test_while_the_peer_events_are_broken_no_peer_counts_as_settled() -> None:
+    clock = StepClock()
+    peers = PeerTracker(clock)
+    bob = bytes([2]) + bytes([1]) * 32
+    peers.reset({bob})
+    peers.lost_sight()
+    assert peers.is_online(bob)  # still drained: lnd's send says whether he is there
+    assert peers.online_since(bob) is None  # but nothing is left to lnd on his account
+    clock.mono = 1003.0
+    peers.reset({bob})
+    assert peers.online_since(bob) == 1003.0
+
+
 # --- the rule ----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ must hold after each fault:
   nothing of the lost ones (they cannot come back from a later daemon);
 - the losses take one log line when the buffer fills and one when it has room again.
 
-SIGTERM then stops it with exit 0; another daemon taking its lock stops it with exit 1.
+SIGTERM then stops it with exit 0; another daemon taking its lock makes it step down and
+stand by (it does not exit).
 
 The CI form runs three daemons side by side (each with its own Redis and simnet node):
 Redis stopped for 30 s under lnd 0.20 and under lnd 0.21, and memory full for 30 s under
@@ -417,19 +418,32 @@ async def test_one_daemon_rides_out_30s_and_60s_outages_and_memory_pressure(
     await daemon_rides_out(personality, faults, tmp_path)
 
 
-async def test_another_daemon_taking_the_lock_stops_this_one_non_zero(tmp_path: Path) -> None:
-    """Two daemons must never serve one node: the holder that finds its lock taken stops,
-    exit 1, with the reason logged once, and leaves the other's lock alone."""
+async def test_another_daemon_taking_the_lock_makes_this_one_step_down(tmp_path: Path) -> None:
+    """Two daemons must never lead one node: the holder that finds its lock taken steps
+    down (it does not exit), says so once, leaves the other's lock alone, and stands by
+    until the lock is free again."""
     rig = Rig(Personality.LND_0_21, tmp_path)
     async with rig.running():
         other = "elsewhere:1:0ther000"
         await rig.store.redis.set(rig.store.keys.lock_key, other, px=60_000)
-        code = await asyncio.to_thread(rig.daemon.process.wait, 30)
+
+        def stepped_down() -> bool:
+            return any("stepping down" in m for m in rig.daemon.messages())
+
+        await wait_until(stepped_down, what="the daemon to step down")
+        assert rig.daemon.process.poll() is None, "a leader that lost its lock stands by"
         assert await rig.store.control.lock_owner() == other
+        await rig.store.redis.delete(rig.store.keys.lock_key)  # the other one stopped
+        await wait_until(rig.holds_lock, what="the lock taken again")
+        rig.daemon.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(rig.daemon.process.wait, 30)
     messages = rig.daemon.messages()
-    assert code == 1, messages[-20:]
+    assert code == 0, messages[-20:]
     reason = [m for m in messages if "lost the node lock" in m]
-    assert reason == [f"stopped: lost the node lock to another daemon ({other})"]
+    assert reason == [
+        f"stepping down: lost the node lock to another daemon ({other}); standing by "
+        "(what this daemon read is decided)"
+    ]
 
 
 # The lock's rules in process, with a short lease (injectable) to keep them quick.

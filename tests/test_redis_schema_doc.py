@@ -96,6 +96,7 @@ async def scenario(client: aioredis.Redis) -> Store:
     await store.control.write_heartbeat(
         {"pid": 1, "host": "lsp", "started_at": NOW, "version": "0"}, ttl=30
     )
+    await store.control.write_daemon("daemon-2", {"role": "standby", "pid": 2}, stale=5, ttl=10)
     await store.control.request_delivery(carol)
     await store.journal.write(
         [("e1", alice, pubkey(), os.urandom(1366), NOW), ("e2", alice, pubkey(), b"x", NOW)]

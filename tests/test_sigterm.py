@@ -415,7 +415,7 @@ async def test_redis_down_while_waiting_for_the_node_lock(tmp_path: Path) -> Non
         async with Store.from_url(redis.url, w.node.pubkey) as store:
             assert await store.control.acquire_lock("elsewhere:1:0123abcd", 600.0)
         async with daemon(tmp_path, w.node, redis.url) as d:
-            await d.logged("holds this node's lock; waiting")
+            await d.logged("leads this node; standing by")
             redis.stop()
             await d.logged("taking the node lock in Redis still failing", count=2)
             await d.sigterm("Redis down while waiting for the node lock")

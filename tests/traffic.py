@@ -128,13 +128,6 @@ class Network:
         alice.connect()
         return cls(node, alice, peers, zed)
 
-    def subscribed(self) -> bool:
-        stream = message_stream(self.node.personality)
-        return (
-            self.node.subscriber_count(stream) >= 1
-            and self.node.subscriber_count("peer_events") >= 1
-        )
-
     def unsubscribed(self) -> bool:
         return self.node.subscriber_count(message_stream(self.node.personality)) == 0
 
@@ -298,8 +291,8 @@ class Life:
 
     started: float
     killed: float = float("inf")
-    subscribed: float | None = None
-    """When the test saw it on lnd's streams (None: killed in its start-up)."""
+    ready: float | None = None
+    """When the test saw it lead, ready (None: killed in its start-up)."""
 
 
 @dataclass(frozen=True)
@@ -311,8 +304,8 @@ class Loss:
     """Seconds from its publication to the kill of the daemon that heard it (inf: none)."""
     back: float | None
     """Seconds from its publication to its recipient's coming online again (None: never)."""
-    since_subscribed: float | None
-    """Seconds from its daemon's subscription to its publication."""
+    since_ready: float | None
+    """Seconds from its daemon's being ready to its publication."""
 
     def describe(self) -> str:
         when = (
@@ -324,8 +317,8 @@ class Loss:
         fate = self.sent.result.drop_reason or "published"
         since = (
             ""
-            if self.since_subscribed is None
-            else f", {self.since_subscribed * 1000:.0f} ms after its daemon subscribed"
+            if self.since_ready is None
+            else f", {self.since_ready * 1000:.0f} ms after its daemon was ready"
         )
         return f"{self.sent.text!r} (lost {when}{since}; lnd: {fate}; recipient back {back})"
 
@@ -460,7 +453,7 @@ def judge(
         if arrived:
             continue
         life = next(life for life in lives if life.started <= s.at < life.killed)
-        since = None if life.subscribed is None else s.at - life.subscribed
+        since = None if life.ready is None else s.at - life.ready
         loss = Loss(s, before_kill, traffic.back_after(s), since)
         if before_kill <= bound:
             v.in_memory.append(loss)

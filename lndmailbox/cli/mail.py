@@ -1,4 +1,5 @@
-"""One peer's queued mail: ``show`` it, ``purge`` it, or ask the daemon to ``deliver`` it now."""
+"""One peer's held mail (queued, or delivered and unconfirmed): ``show`` it, ``purge`` it, or
+ask the daemon to ``deliver`` it now."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from lndmailbox.cli.render import (
 )
 from lndmailbox.cli.session import Session
 from lndmailbox.onion.inspect import packet_fields
-from lndmailbox.store import StoredMessage
+from lndmailbox.store import StoredMessage, Unconfirmed
 
 __all__ = ["PURGE_REASON", "run_deliver", "run_purge", "run_show"]
 
@@ -34,45 +35,72 @@ PURGE_REASON = "purged"
 
 
 async def run_show(s: Session, args: argparse.Namespace) -> int:
+    """Everything held for the peer, in held order: what lnd took and the peer has not
+    confirmed first (it goes back to the front of the queue if the peer leaves), marked,
+    then the queue, oldest first (the order it will be delivered)."""
     now = s.now()
     store = await s.store()
     peer: bytes = args.peer
-    messages = await store.queues.messages(peer)
+    unconfirmed = await store.queues.unconfirmed(peer)
+    queued = await store.queues.messages(peer)
+    held: list[tuple[StoredMessage, Unconfirmed | None]] = [
+        *((u.message, u) for u in unconfirmed),
+        *((m, None) for m in queued),
+    ]
     if args.json:
         emit_json(
             {
                 "peer": peer.hex(),
                 "allowed": await store.allowlist.contains(peer),
-                "messages": [_message_json(m, now, args.decode) for m in messages],
+                "messages": [_message_json(m, u, now, args.decode) for m, u in held],
             }
         )
-    elif messages:
-        total = format_bytes(sum(m.size for m in messages))
-        head = f"{plural(len(messages), 'message')} ({total}) queued for {peer.hex()}"
-        blocks = [head, *(_message_block(m, now, args.decode) for m in messages)]
+    elif held:
+        total = format_bytes(sum(m.size for m, _ in held))
+        head = f"{plural(len(held), 'message')} ({total})"
+        if unconfirmed:
+            head += (
+                f" held for {peer.hex()}: {len(unconfirmed)} delivered and unconfirmed, "
+                f"{len(queued)} queued"
+            )
+        else:
+            head += f" queued for {peer.hex()}"
+        blocks = [head, *(_message_block(m, u, now, args.decode) for m, u in held)]
         print("\n\n".join(blocks))
     else:
         print(f"nothing queued for {peer.hex()}")
     return 0
 
 
-def _message_json(m: StoredMessage, now: float, decode: bool) -> dict[str, Any]:
+def _message_json(
+    m: StoredMessage, unconfirmed: Unconfirmed | None, now: float, decode: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": m.id,
+        "state": "queued" if unconfirmed is None else "unconfirmed",
         "size": m.size,
         "sender": m.sender.hex(),
         "received_at": json_time(m.received_at),
         "expires_at": json_time(m.expires_at),
         "expired": m.expired(now),
-        "attempts": m.attempts,
-        "path_key": m.path_key.hex(),
     }
+    if unconfirmed is not None:
+        out["delivered_at"] = json_time(unconfirmed.sent_at)
+    out.update(
+        {
+            "redeliveries": m.redeliveries,
+            "attempts": m.attempts,
+            "path_key": m.path_key.hex(),
+        }
+    )
     if decode:
         out["packet"] = packet_fields(m.onion)
     return out
 
 
-def _message_block(m: StoredMessage, now: float, decode: bool) -> str:
+def _message_block(
+    m: StoredMessage, unconfirmed: Unconfirmed | None, now: float, decode: bool
+) -> str:
     expires = (
         "expired, waiting for the sweep" if m.expired(now) else format_until(m.expires_at, now)
     )
@@ -81,12 +109,19 @@ def _message_block(m: StoredMessage, now: float, decode: bool) -> str:
         ("from", m.sender.hex()),
         ("received", f"{format_time(m.received_at)} ({format_age(m.received_at, now)} ago)"),
         ("expires", f"{format_time(m.expires_at)} ({expires})"),
-        ("attempts", str(m.attempts)),
-        ("path key", m.path_key.hex()),
     ]
+    title = f"message {m.id}"
+    if unconfirmed is not None:
+        title += " (delivered, unconfirmed)"
+        sent = unconfirmed.sent_at
+        delivered = f"{format_time(sent)} ({format_age(sent, now)} ago), waiting for confirmation"
+        fields.append(("delivered", delivered))
+    if unconfirmed is not None or m.redeliveries:
+        fields.append(("redeliveries", str(m.redeliveries)))
+    fields += [("attempts", str(m.attempts)), ("path key", m.path_key.hex())]
     if decode:
         fields.extend(packet_lines(packet_fields(m.onion)))
-    return f"message {m.id}\n{render_fields(fields, indent=2)}"
+    return f"{title}\n{render_fields(fields, indent=2)}"
 
 
 # --------------------------------------------------------------------------- purge

@@ -149,7 +149,7 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     command("status", "Redis, lnd, the daemon and what is queued, at a glance")
     command("peers", "every peer with mail: online, messages, bytes, ages, allowed")
 
-    p = command("show", "the messages queued for one peer")
+    p = command("show", "the messages held for one peer: unconfirmed, then queued")
     p.add_argument("peer", type=pubkey_arg, metavar="PEER", help="the peer's pubkey (hex)")
     p.add_argument(
         "--decode",

@@ -40,6 +40,7 @@ __all__ = [
     "AliasStatus",
     "CounterStatus",
     "DaemonStatus",
+    "DaemonsStatus",
     "LndStatus",
     "MailStatus",
     "RedisStatus",
@@ -53,6 +54,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAIN_COUNTERS = ("stored", "delivered", "expired", "dropped")
+_LEADER_CHANGES = "leader_changes"
+"""The counter of times a daemon took the node's lead (its own line, not in "other")."""
 _DROPPED = "dropped:"
 
 
@@ -211,6 +214,61 @@ class DaemonStatus:
 
 
 @dataclass(frozen=True)
+class DaemonsStatus:
+    """Every daemon of the node by its own heartbeat (the ``daemons`` hash: role, pid,
+    host, version, since), which daemon leads (the lock's owner), and how often the lead
+    changed (the ``leader_changes`` counter)."""
+
+    leader: str | None
+    beats: Mapping[str, Mapping[str, Any]]
+    leader_changes: int
+
+    @property
+    def standbys(self) -> list[tuple[str, Mapping[str, Any]]]:
+        """The daemons standing by, oldest first."""
+        found = [
+            (owner, beat)
+            for owner, beat in self.beats.items()
+            if owner != self.leader and beat.get("role") == "standby"
+        ]
+        return sorted(found, key=lambda item: _number(item[1].get("since")) or 0.0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "leader": self.leader,
+            "standbys": [owner for owner, _ in self.standbys],
+            "leader_changes": self.leader_changes,
+            "heartbeats": {owner: dict(beat) for owner, beat in sorted(self.beats.items())},
+        }
+
+    def standbys_text(self, now: float) -> str:
+        standbys = self.standbys
+        if not standbys:
+            return "none"
+        return f"{len(standbys)}: " + "; ".join(_beat_text(beat, now) for _, beat in standbys)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _beat_text(beat: Mapping[str, Any], now: float) -> str:
+    """One daemon by its heartbeat: ``pid 7 on host-b, version 0.1.0, standing by for 5m``."""
+    parts = []
+    if beat.get("pid") is not None:
+        parts.append(f"pid {beat['pid']}" + (f" on {beat['host']}" if beat.get("host") else ""))
+    if beat.get("version"):
+        parts.append(f"version {beat['version']}")
+    since = _number(beat.get("since"))
+    if since is not None:
+        parts.append(f"standing by for {format_age(since, now)}")
+    at = _number(beat.get("at"))
+    if at is not None:
+        parts.append(f"last heartbeat {format_age(at, now)} ago")
+    return ", ".join(parts) or "no details"
+
+
+@dataclass(frozen=True)
 class MailStatus:
     """What is held for all peers together; times to the millisecond. ``unconfirmed``: of
     the ``messages``, those lnd took that wait for their confirmation."""
@@ -257,7 +315,7 @@ class CounterStatus:
         return {
             k: v
             for k, v in self.all.items()
-            if k not in _MAIN_COUNTERS and not k.startswith(_DROPPED)
+            if k not in _MAIN_COUNTERS and k != _LEADER_CHANGES and not k.startswith(_DROPPED)
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -282,6 +340,7 @@ class Status:
     node_error: str | None = None
     """Why the node is unknown (then nothing was read from Redis)."""
     daemon: DaemonStatus | None = None
+    daemons: DaemonsStatus | None = None
     mail: MailStatus | None = None
     counters: CounterStatus | None = None
     aliases: AliasStatus | None = None
@@ -310,6 +369,7 @@ class Status:
             out["node_error"] = self.node_error
         for name, part in (
             ("daemon", self.daemon),
+            ("daemons", self.daemons),
             ("mail", self.mail),
             ("counters", self.counters),
         ):
@@ -334,20 +394,32 @@ async def read_status(s: Session, now: float) -> Status:
         return Status(lnd, redis, aliases=unchecked, node_error=scrub_text(why))
     aliases = await _alias_status(s, lnd, node)
     daemon: DaemonStatus | None = None
+    daemons: DaemonsStatus | None = None
     mail: MailStatus | None = None
     counters: CounterStatus | None = None
     try:
         store = await s.store()
         redis = replace(redis, server=await _redis_server(store))
         beat = await store.control.read_heartbeat()
-        daemon = DaemonStatus.read(await store.control.lock_owner(), beat)
+        owner = await store.control.lock_owner()
+        daemon = DaemonStatus.read(owner, beat)
+        beats = await store.control.read_daemons()
         mail = await _mail_status(store, now)
         counters = CounterStatus(await store.events.counters())
+        daemons = DaemonsStatus(owner, beats, counters.get(_LEADER_CHANGES))
     except MailboxError as e:
         # What was read before Redis failed is still shown.
         redis = replace(redis, error=scrub_text(s.redis_hint(e)))
     return Status(
-        lnd, redis, node, source, daemon=daemon, mail=mail, counters=counters, aliases=aliases
+        lnd,
+        redis,
+        node,
+        source,
+        daemon=daemon,
+        daemons=daemons,
+        mail=mail,
+        counters=counters,
+        aliases=aliases,
     )
 
 
@@ -396,6 +468,9 @@ def render_status(status: Status, now: float) -> str:
     fields.append(_redis_field(status.redis))
     if status.daemon is not None:
         fields.append(("daemon", _daemon_text(status.daemon, now)))
+    if status.daemons is not None:
+        fields.append(("standbys", status.daemons.standbys_text(now)))
+        fields.append(("leader changes", str(status.daemons.leader_changes)))
     if status.mail is not None:
         fields.extend(_mail_fields(status.mail, now))
     if status.counters is not None:

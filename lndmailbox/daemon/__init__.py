@@ -5,10 +5,13 @@ module                      holds
 ==========================  ==============================================================
 :mod:`~.entry`              :func:`main` and :func:`run`: settings, signals, exit codes,
                             the embedded Redis, lnd and Redis at start
-:mod:`~.datadir_lock`       one daemon per data directory (flock)
-:mod:`~.node_lock`          one daemon per lnd node (a lease in Redis, with a heartbeat)
+:mod:`~.datadir_lock`       the data directory's embedded Redis, shared by the daemons of
+                            one host (flock)
+:mod:`~.node_lock`          one leader per lnd node (a lease in Redis, with a heartbeat)
+:mod:`~.roles`              one daemon's life: standby, leader while it holds the lock
+:mod:`~.standby`            task: lnd's onion stream -> the journal (a standby's only job)
 :mod:`~.mailbox`            the composition root: builds every part once, runs the tasks,
-                            keeps the start-up and shutdown order
+                            keeps the start-up and shutdown order (on the leader)
 :mod:`~.supervisor`         starting, watching and stopping the tasks
 :mod:`~.peer_follower`      task: lnd's peer events and ListPeers -> who is online
 :mod:`~.message_reader`     task: lnd's onion stream -> journal -> decision queue
@@ -20,6 +23,7 @@ module                      holds
 :mod:`~.sweeper`            task: expiry, gauges, a drain of every online peer
 :mod:`~.request_server`     task: ``mailboxctl deliver``
 :mod:`~.journal_writer`     task: the write-ahead journal of undecided messages
+:mod:`~.inbox_look`         task: the leader decides what only a standby journaled
 :mod:`~.outcomes`           task: :class:`Reporter`, every outcome to metrics, log, Redis
                             and the webhook
 :mod:`~.decision_queue`     the queue from the reader to the decider, and its items

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lndmailbox.clock import Clock
-from lndmailbox.daemon.confirmations import Confirmations
+from lndmailbox.daemon.confirmations import Confirmations, Drain
 from lndmailbox.daemon.interfaces import Sender
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
@@ -213,15 +213,13 @@ class Deliverer:
         """Sends the peer's mail in order until the queue is empty, the peer is gone, lnd
         refuses or the daemon stops; then waits until the queue has let go of all lnd
         took. Holds the peer meanwhile (its unconfirmed mail due back goes back first)."""
-        async with self._confirmations.delivering(peer) as connection:
+        async with self._confirmations.delivering(peer) as drain:
             in_hand: set[str] = set()
-            move = functools.partial(
-                self._move_delivered, peer=peer, in_hand=in_hand, connection=connection
-            )
+            move = functools.partial(self._move_delivered, peer=peer, in_hand=in_hand, drain=drain)
             removals = _Removals(move)
             started = self._clock.monotonic()
             try:
-                ended = await self._send_queue(peer, in_hand, removals)
+                ended = await self._send_queue(peer, drain, in_hand, removals)
             except BaseException:
                 # Also when sending raised or was cancelled: lnd took what it accepted. The
                 # sending error goes up; the removals' failures are only logged.
@@ -246,14 +244,16 @@ class Deliverer:
         if raise_failure and failed:
             raise failed[0]
 
-    async def _send_queue(self, peer: bytes, in_hand: set[str], removals: _Removals) -> str:
+    async def _send_queue(
+        self, peer: bytes, drain: Drain, in_hand: set[str], removals: _Removals
+    ) -> str:
         """Sends batch after batch, reading the next one from Redis (passing over the
         messages in hand) while the current one goes out, so that a drain costs little
         more than its sends. Returns why it ended."""
-        batch = await self._read(peer, frozenset())
+        batch = await self._read(peer, drain, frozenset())
         while batch:
             in_hand.update(m.id for m in batch)
-            following = asyncio.create_task(self._read(peer, frozenset(in_hand)))
+            following = asyncio.create_task(self._read(peer, drain, frozenset(in_hand)))
             try:
                 ended = await self._send_batch(peer, batch, in_hand, removals)
             finally:
@@ -267,14 +267,15 @@ class Deliverer:
             batch = next_batch
         if self._stopping.is_set():
             return "daemon stopping"
-        return "queue empty" if self._peers.is_online(peer) else "peer offline"
+        return "queue empty" if self._peers.is_online(peer) and not drain.left else "peer offline"
 
-    async def _read(self, peer: bytes, skip: frozenset[str]) -> list[StoredMessage]:
-        """The next batch, passing over ``skip``; empty once the peer is gone or we stop.
-        Waits out a Redis outage."""
+    async def _read(self, peer: bytes, drain: Drain, skip: frozenset[str]) -> list[StoredMessage]:
+        """The next batch, passing over ``skip``; empty once the peer is gone (also if it
+        is back: a new connection gets a drain of its own) or we stop. Waits out a Redis
+        outage."""
 
         async def peek() -> tuple[list[StoredMessage], list[StoredMessage]]:
-            if self._stopping.is_set() or not self._peers.is_online(peer):
+            if self._stopping.is_set() or not self._peers.is_online(peer) or drain.left:
                 return [], []
             return await self._queues.peek(peer, self._clock.now(), limit=_BATCH, skip=skip)
 
@@ -345,7 +346,7 @@ class Deliverer:
             log.warning("could not record a refused delivery of %s: %s", message.id, e)
 
     async def _move_delivered(
-        self, messages: list[StoredMessage], *, peer: bytes, in_hand: set[str], connection: int
+        self, messages: list[StoredMessage], *, peer: bytes, in_hand: set[str], drain: Drain
     ) -> bool:
         """lnd accepted ``messages``: move them to the peer's unconfirmed list (which counts
         and publishes them as delivered), retrying until Redis answers; then they need no
@@ -362,7 +363,7 @@ class Deliverer:
             _log_left_in_redis(messages)
             return False
         in_hand.difference_update(m.id for m in messages)
-        self._confirmations.sent(peer, [(m.id, sent_ms) for m in messages], connection)
+        self._confirmations.sent(peer, [(m.id, sent_ms) for m in messages], drain)
         now = sent_ms / 1000
         for message in messages:
             self._reporter.delivered(

@@ -1,15 +1,17 @@
 """``lndmailbox``: the daemon's entry point.
 
-It reads the settings, connects to lnd and Redis (starting the embedded server when no
-``--redis-url`` is given, after locking the data directory so only one daemon owns that
-server), takes the node's lock so only one daemon serves a node, and runs
-:class:`~lndmailbox.daemon.mailbox.Mailbox` until SIGTERM or SIGINT.
+It reads the settings, connects to lnd and Redis (without ``--redis-url``, the data
+directory's embedded server: started, or shared with the other daemons of this host that
+use it, see :mod:`~lndmailbox.daemon.datadir_lock`), and runs :class:`~lndmailbox.daemon.roles.Roles` until SIGTERM or SIGINT: a
+standby that journals what lnd hands it, and the node's leader (running
+:class:`~lndmailbox.daemon.mailbox.Mailbox`) while it holds the node's lock.
 
 Exit codes: 0 after a clean stop (SIGTERM or SIGINT, and nothing failed while stopping),
-1 on a fault that stops the daemon (its reason is logged once: a task that died, the node
-lock found held by another daemon, a background task that failed), 2 on bad settings, 3
-when the embedded Redis server did not start. Only a signal ends the daemon with 0, so a
-supervisor's ``Restart=on-failure`` restarts it after every fault.
+1 on a fault that stops the daemon (its reason is logged once: a task that died, a
+background task that failed), 2 on bad settings, 3 when the embedded Redis server did
+not start. Only a signal ends the daemon with 0, so a supervisor's
+``Restart=on-failure`` restarts it after every fault. A leader that finds its lock taken
+by another daemon is no fault: it stands by again.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from collections.abc import Sequence
 
 from lndmailbox import __version__
 from lndmailbox.config import Settings, add_arguments, settings_from_args
-from lndmailbox.daemon.datadir_lock import hold_datadir
-from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions
+from lndmailbox.daemon.datadir_lock import use_datadir
+from lndmailbox.daemon.mailbox import MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
-from lndmailbox.daemon.node_lock import NodeLock
+from lndmailbox.daemon.roles import Roles
 from lndmailbox.daemon.supervisor import background
 from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
@@ -37,6 +39,12 @@ from lndmailbox.logs import configure_logging
 from lndmailbox.store import Store, embedded_redis, limits_for, redis_url_for
 
 log = logging.getLogger(__name__)
+
+SUBSCRIBE_SETTLE = 0.2
+"""Seconds a new subscription to lnd must go unrefused to count as accepted (lnd refuses
+at once, and sends nothing until its first item). A leader waits it out twice before it
+is ready, peer events then onion messages: at 0.2 s a standby that takes over is ready
+about 0.5 s after it took the lock, well within the 2 s a takeover may take."""
 
 EXIT_STOPPED = 0
 EXIT_ERROR = 1
@@ -89,13 +97,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
         if settings.redis_url is None:
-            if not await hold_datadir(settings.datadir, stack, stop):
+            shared = await use_datadir(settings.datadir, embedded_redis(settings), stack, stop)
+            if shared is None:
                 return
-            await _start_embedded_redis(settings, stack)
+            stack.enter_context(background(shared.guard(stop), stop))
         if settings.metrics_host_port is not None:
             metrics.start_http_server(*settings.metrics_host_port)
             stack.callback(metrics.stop)
-        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc, stop=stop)
+        lnd = LndClient(endpoint, on_rpc=metrics.observe_rpc, settle=SUBSCRIBE_SETTLE, stop=stop)
         stack.push_async_callback(lnd.close)
         info = await _wait_for_lnd(lnd, stop)
         if info is None:
@@ -103,35 +112,24 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         store = Store.from_url(redis_url_for(settings), info.pubkey, limits_for(settings))
         stack.push_async_callback(store.aclose)
         notifier = _start_notifier(settings, metrics, stack, stop)
-        async with NodeLock(store.control).held(stop):
-            if stop.is_set():
-                return
-            mailbox = Mailbox(
-                lnd=lnd,
-                store=store,
-                metrics=metrics,
-                notifier=notifier,
-                options=MailboxOptions(
-                    transport=settings.transport,
-                    allow_channel_peers=settings.allow_channel_peers,
-                    race_window=settings.race_window,
-                    confirm_after=settings.confirm_after,
-                    max_redeliveries=settings.max_redeliveries,
-                    sweep_interval=settings.sweep_interval,
-                    buffer_messages=settings.buffer_messages,
-                    max_in_flight_bytes=settings.max_in_flight_bytes,
-                ),
-            )
-            await mailbox.run(stop)
-
-
-async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
-    """Starts the server in the data directory (raises ServerStartError); stopped with
-    the stack."""
-    server = embedded_redis(settings)
-    await asyncio.to_thread(server.start)
-    stack.callback(server.stop)
-    log.info("embedded Redis at %s (data in %s)", server.url, server.data_dir)
+        roles = Roles(
+            lnd=lnd,
+            store=store,
+            metrics=metrics,
+            notifier=notifier,
+            info=info,
+            options=MailboxOptions(
+                transport=settings.transport,
+                allow_channel_peers=settings.allow_channel_peers,
+                race_window=settings.race_window,
+                confirm_after=settings.confirm_after,
+                max_redeliveries=settings.max_redeliveries,
+                sweep_interval=settings.sweep_interval,
+                buffer_messages=settings.buffer_messages,
+                max_in_flight_bytes=settings.max_in_flight_bytes,
+            ),
+        )
+        await roles.run(stop)
 
 
 async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> NodeInfo | None:

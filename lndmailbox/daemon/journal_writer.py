@@ -29,13 +29,26 @@ decision, Redis would hold both at once, up to twice the cap. A daemon stopping 
 Redis is away (or hung, its last write cancelled by the shutdown's budget) cannot
 journal what is still to be written: those messages are counted as lost (``shutdown``),
 with one line that says how many.
+
+Entries are named by the message (:func:`~lndmailbox.store.journal.entry_for`), the same
+in every daemon of the node, so a standby's copy of a message is this daemon's too. So:
+
+- a decision is always written, even for a message this daemon never journaled (decided
+  before its batch went out): a standby may have journaled it, and the decision takes its
+  copy out of the inbox and records the message as decided;
+- the same message read twice at once (a peer sending the same bytes again) is one entry,
+  held until both copies are decided;
+- what this daemon holds (:meth:`JournalWriter.holds`: read, or taken from the journal,
+  and its decision not yet written) is never taken from the journal again, and a message
+  taken from the journal (:meth:`JournalWriter.take`: left over by a daemon that died, or
+  journaled by a standby only) is not decided again when lnd's stream brings it here
+  late (:meth:`JournalWriter.taken_before`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from lndmailbox.clock import Clock, wait_either
 from lndmailbox.daemon.decision_queue import Arrival
@@ -43,7 +56,8 @@ from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
-from lndmailbox.store import Journal
+from lndmailbox.store import Journal, JournalEntry
+from lndmailbox.store.journal import DECIDED_FOR, entry_for
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +100,12 @@ class JournalWriter:
         self._maybe_written: set[str] = set()
         """Entries of writes that failed: Redis may have applied them (a reply lost to a
         timeout), so once decided each is deleted, whether or not it is written again."""
+        self._holders: dict[str, int] = {}
+        """Per entry held, the copies of its message read and not decided yet."""
+        self._unrecorded: set[str] = set()
+        """Entries decided whose decision is not written yet."""
+        self._taken: dict[str, float] = {}
+        """Entries taken from the journal (:meth:`take`), with when (monotonic)."""
         self._paused_until = 0.0
         self._outage = Outage("journaling messages in Redis", log)
         self._backoff = Backoff()
@@ -95,27 +115,69 @@ class JournalWriter:
         """Journals ``message`` (in the next batch); None while journaling is paused."""
         if self._clock.monotonic() < self._paused_until:
             return None
-        entry = os.urandom(8).hex()
-        self._to_write[entry] = (message.peer, message.path_key, message.onion, now)
-        size = len(message.path_key) + len(message.onion)
+        entry = entry_for(message.path_key, message.onion)
+        if self._hold(entry, len(message.path_key) + len(message.onion)):
+            self._to_write[entry] = (message.peer, message.path_key, message.onion, now)
+            self._wakeup.set()
+        return entry
+
+    def _hold(self, entry: str, size: int) -> bool:
+        """One more copy of ``entry`` held; True if it is the first (its bytes counted)."""
+        copies = self._holders.get(entry, 0)
+        self._holders[entry] = copies + 1
+        if copies:
+            return False
         self._sizes[entry] = size
         self.bytes += size
         self.peak_bytes = max(self.peak_bytes, self.bytes)
-        self._wakeup.set()
-        return entry
+        return True
+
+    def take(self, entries: list[JournalEntry]) -> None:
+        """Holds ``entries``, read from the journal to be decided here (what a daemon that
+        died left, what only a standby journaled): their bytes count (Redis holds them),
+        each is deleted once decided, and lnd's stream bringing one here later is not
+        decided again (:meth:`taken_before`)."""
+        now = self._clock.monotonic()
+        for item in entries:
+            if self._hold(item.entry, len(item.path_key) + len(item.onion)):
+                self._maybe_written.add(item.entry)
+            self._taken.pop(item.entry, None)  # kept in the order taken, oldest first
+            self._taken[item.entry] = now
+
+    def holds(self, entry: str) -> bool:
+        """Whether ``entry`` is this daemon's: read or taken, and its decision not written."""
+        return entry in self._holders or entry in self._unrecorded
+
+    def taken_before(self, message: IncomingOnionMessage) -> bool:
+        """Whether ``message`` was taken from the journal (:meth:`take`) in the last
+        :data:`~lndmailbox.store.journal.DECIDED_FOR` seconds: it is decided, or being
+        decided, here already."""
+        if not self._taken:
+            return False
+        horizon = self._clock.monotonic() - DECIDED_FOR
+        while self._taken and next(iter(self._taken.values())) < horizon:
+            del self._taken[next(iter(self._taken))]
+        return entry_for(message.path_key, message.onion) in self._taken
 
     def decided(self, entry: str | None) -> None:
         if entry is None:
             return
+        copies = self._holders.pop(entry, 0)
+        if copies > 1:
+            self._holders[entry] = copies - 1  # another copy is still being decided
+            return
         size = self._sizes.pop(entry, 0)
         unwritten = self._to_write.pop(entry, None) is not None
+        # Written or not, the decision is: a standby may have journaled the message, and
+        # its copy leaves the inbox with the decision, recorded so it never comes back.
+        self._decided.append(entry)
+        self._unrecorded.add(entry)
+        self._wakeup.set()
         if not unwritten or entry in self._maybe_written:
             # In Redis (or maybe, or about to be: its write is on the way): its bytes are
             # freed once the write that deletes it is done.
             self._maybe_written.discard(entry)
-            self._decided.append(entry)
             self._deleting[entry] = self._deleting.get(entry, 0) + size
-            self._wakeup.set()
         else:
             self.bytes -= size  # never written, and now never will be
 
@@ -123,6 +185,8 @@ class JournalWriter:
         """``entries`` are gone from Redis: their bytes are free."""
         for entry in entries:
             self.bytes -= self._deleting.pop(entry, 0)
+            if entry not in self._holders:  # (read again meanwhile: held anew)
+                self._unrecorded.discard(entry)
 
     async def left_over(self, *, ttl: float) -> list[Arrival]:
         """What a previous daemon read from lnd and did not decide, still within ``ttl``."""
@@ -131,11 +195,18 @@ class JournalWriter:
         except StoreError as e:
             log.warning("could not read the journal left by a previous daemon: %s", e)
             return []
+        return self.arrivals(pending, ttl=ttl)
+
+    def arrivals(self, items: list[JournalEntry], *, ttl: float) -> list[Arrival]:
+        """Takes ``items`` from the journal (:meth:`take`) as messages to decide, replayed:
+        lnd may not have forwarded them, so the decider does. One older than ``ttl`` is
+        decided at once, expired while nobody held it."""
+        self.take(items)
         now = self._clock.now()
         arrivals = []
-        for item in pending:
+        for item in items:
             if item.received_at + ttl <= now:
-                self.decided(item.entry)  # expired while nobody held it
+                self.decided(item.entry)
                 continue
             message = IncomingOnionMessage(
                 peer=item.sender, path_key=item.path_key, onion=item.onion
@@ -220,6 +291,7 @@ class JournalWriter:
         again; this one holds nothing any more."""
         self._deleted(self._decided)
         self._decided = []
+        self._unrecorded.clear()
         if not self._to_write:
             return
         log.error(
@@ -229,6 +301,7 @@ class JournalWriter:
         )
         for entry in self._to_write:
             size = self._sizes.pop(entry, 0)
+            self._holders.pop(entry, None)
             self.bytes -= size
             self._reporter.lost(b"", size, "shutdown")
         self._to_write = {}

@@ -15,7 +15,11 @@ it, named below with its module:
 - the alias check (``peers.AliasCheck``, native transport only): warns of private
   channels whose SCID aliases lnd cannot forward by, at start and every 10 minutes;
 - the journal writer (``journal_writer``) and the reporter (``outcomes``): batched
-  writes of the journal and of counters and events.
+  writes of the journal and of counters and events;
+- the inbox look (``inbox_look``): decides what only a standby journaled.
+
+The mailbox runs on the node's leader only (``roles``); a standby journals and nothing
+more (``standby``).
 
 Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
 stops the daemon now, not every message later); the journal a previous daemon left is
@@ -25,8 +29,10 @@ else waits before the streams: lnd 0.21 keeps no backlog for a late subscriber, 
 is not needed to decide a message (the alias check) runs beside them.
 
 Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading
-lnd, finish deciding the messages already read, write what the store writer holds, let
-deliveries finish the message in hand, flush the journal, counters and events.
+lnd, finish deciding the messages already read, write what the store writer holds, flush
+the journal (every decision is in Redis now: ``on_decided`` hands the lead over, so a
+standby takes over while this one finishes), let deliveries finish the message in hand,
+flush counters and events.
 
 The budget is what keeps SIGTERM's promise (the daemon exits within 5 s, whatever is
 away): each stage gets what is left of it, the decider at most half (an lnd that stopped
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from lndmailbox.clock import Clock, SystemClock
@@ -53,6 +60,7 @@ from lndmailbox.daemon.decider import Decider
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
 from lndmailbox.daemon.deliverer import Deliverer
 from lndmailbox.daemon.gauges import QueueGauges
+from lndmailbox.daemon.inbox_look import InboxLook
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.message_reader import MessageReader
 from lndmailbox.daemon.metrics import Metrics
@@ -135,6 +143,7 @@ class _Running:
     journal: asyncio.Task[None]
     deciding_stop: asyncio.Event
     writing_stop: asyncio.Event
+    journal_stop: asyncio.Event
     flushing_stop: asyncio.Event
 
     @property
@@ -152,6 +161,7 @@ class Mailbox:
         options: MailboxOptions,
         notifier: Notifier | None = None,
         clock: Clock | None = None,
+        on_decided: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._lnd = lnd
         self._store = store
@@ -159,6 +169,8 @@ class Mailbox:
         self._options = options
         self._notifier = notifier
         self._clock = clock or SystemClock()
+        self._on_decided = on_decided
+        """Called at the stop once every decision is written (the lead is handed over)."""
         self.ready = asyncio.Event()
         """Set once the daemon knows who is online and follows both of lnd's streams."""
 
@@ -312,6 +324,16 @@ class Mailbox:
             "request-server": RequestServer(store.control, p.deliverer),
             "deliverer": p.deliverer,
             "confirmations": p.confirmations,
+            "inbox-look": InboxLook(
+                journal=store.journal,
+                writer=p.journal,
+                queue=p.queue,
+                metrics=self._metrics,
+                clock=self._clock,
+                ttl=store.limits.ttl,
+                max_in_flight_bytes=self._options.max_in_flight_bytes,
+                ready=self.ready,
+            ),
         }
         if transport is Transport.NATIVE:
             # lnd >= 0.21 forwards by some SCIDs only: the operator hears of the others.
@@ -327,15 +349,17 @@ class Mailbox:
         their own stop event, which the shutdown sets in order."""
         deciding_stop = asyncio.Event()
         writing_stop = asyncio.Event()
+        journal_stop = asyncio.Event()
         flushing_stop = asyncio.Event()
         return _Running(
             services=[spawn(task.run(stop), name) for name, task in services.items()],
             decider=spawn(pipeline.decider.run(deciding_stop), "decider"),
             writer=spawn(pipeline.writer.run(writing_stop), "store-writer"),
             reporter=spawn(pipeline.reporter.run(flushing_stop), "reporter"),
-            journal=spawn(pipeline.journal.run(flushing_stop), "journal-writer"),
+            journal=spawn(pipeline.journal.run(journal_stop), "journal-writer"),
             deciding_stop=deciding_stop,
             writing_stop=writing_stop,
+            journal_stop=journal_stop,
             flushing_stop=flushing_stop,
         )
 
@@ -357,9 +381,12 @@ class Mailbox:
         self._account_for_undecided(pipeline)
         running.writing_stop.set()
         failures += await _finish(running.writer, left(keep=_FLUSH_RESERVE))
-        await pipeline.deliverer.close(left(keep=_FLUSH_RESERVE))
+        running.journal_stop.set()
+        failures += await _finish(running.journal, left(keep=_FLUSH_RESERVE / 2))
+        if self._on_decided is not None:
+            await self._on_decided()  # every decision is written: a standby may lead now
+        await pipeline.deliverer.close(left(keep=_FLUSH_RESERVE / 2))
         running.flushing_stop.set()
-        failures += await _finish(running.journal, left())
         failures += await _finish(running.reporter, left())
         took = self._options.drain_timeout - (deadline - loop.time())
         log.info(

@@ -106,6 +106,8 @@ class MessageReader:
             self._hearing.heard_from(item.peer, read_at if not_before is None else not_before)
             if not isinstance(item, IncomingOnionMessage):
                 self._reporter.dropped(item.reason, sender=item.peer)
+            elif self._journal.taken_before(item):
+                continue  # taken from the journal (a standby's copy): decided here already
             elif self._fits(item):
                 now = self._clock.now()
                 entry = self._journal.add(item, now)

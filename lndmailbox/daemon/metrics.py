@@ -11,17 +11,31 @@ standard library's threading WSGI server in a daemon thread (as prometheus_clien
 ``start_http_server`` does, but polling for shutdown every 50 ms instead of 500 ms, so that
 :meth:`Metrics.stop` returns at once). :meth:`Metrics.start_http_server` returns the address it
 bound (port 0 picks a free port); :meth:`Metrics.stop` shuts it down and frees the port.
+
+Beside the metrics, the same server answers health checks (for compose, systemd and
+orchestrators), with a JSON body ``{"role": ..., "ready": ..., "owner": ..., "since": ...}``
+(``ready``: a leader's pipeline is on lnd's streams and deciding; a standby is ready as
+soon as it is a standby):
+
+- ``/health``: 200 while the daemon is the node's leader or a standby on lnd's stream,
+  503 while it starts (not yet on lnd's stream, or waiting for lnd or Redis);
+- ``/health/leader``: 200 only while it leads the node (503 otherwise): where a load
+  balancer or a "which one leads" probe looks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 from collections.abc import Iterable
 from socketserver import ThreadingMixIn
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import (
     CollectorRegistry,
@@ -115,7 +129,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-def _make_server(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+def _make_server(host: str, port: int, app: WSGIApplication) -> WSGIServer:
     """A WSGI server bound to host:port, IPv4 or IPv6 as the host requires."""
     family, _, _, _, sockaddr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -124,9 +138,31 @@ def _make_server(host: str, port: int, registry: CollectorRegistry) -> WSGIServe
     class Server(_ThreadingServer):
         address_family = family
 
-    return make_server(
-        str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
-    )
+    return make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+
+
+HEALTH_PATH: Final = "/health"
+LEADER_PATH: Final = "/health/leader"
+SERVING_ROLES: Final = frozenset({"leader", "standby"})
+
+
+def _with_health(metrics: Metrics, app: WSGIApplication) -> WSGIApplication:
+    """``app`` (the metrics), with the health paths answered from ``metrics.role``."""
+
+    def serve(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", "")).rstrip("/")
+        if path not in (HEALTH_PATH, LEADER_PATH):
+            return app(environ, start_response)
+        role, details = metrics.role, metrics.role_details
+        healthy = role == "leader" if path == LEADER_PATH else role in SERVING_ROLES
+        body = json.dumps({"role": role, **details}).encode()
+        start_response(
+            "200 OK" if healthy else "503 Service Unavailable",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return serve
 
 
 RESCUED_WHY = ("came_online", "went_offline")
@@ -144,10 +180,10 @@ class Metrics:
     ``delivered``, ``confirmed``, ``redelivered``, ``unconfirmed``, ``expired``, ``duplicate``,
     ``evicted``, ``lost`` and ``dropped`` (label ``reason`` each; every reason of ``lost`` is
     exported from the start), ``notify_failed``, ``rescued`` (label ``why``, both exported from
-    the start). Gauges: ``queued_messages``, ``queued_bytes``,
-    ``peers_with_mail``, ``online_peers``. Histograms (seconds): ``peel_seconds``,
-    ``store_seconds``, ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``),
-    ``stream_lag_seconds``.
+    the start), ``leader_changes``, ``standby_journaled``, ``journal_skipped``, ``adopted``.
+    Gauges: ``queued_messages``, ``queued_bytes``, ``peers_with_mail``, ``online_peers``,
+    ``leader``. Histograms (seconds): ``peel_seconds``, ``store_seconds``,
+    ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``), ``stream_lag_seconds``.
 
     ``drop_reasons`` are label values of ``dropped`` created up front, so they are exported as
     0 before the first drop and ``rate()`` works from the start.
@@ -200,6 +236,25 @@ class Metrics:
             "missed it, by why.",
             ("why",),
         )
+        self.leader_changes = counter(
+            "leader_changes",
+            "Times this daemon took the node's lead (summed over the node's daemons: its "
+            "leader changes).",
+        )
+        self.standby_journaled = counter(
+            "standby_journaled", "Onion messages this daemon journaled while standing by."
+        )
+        self.journal_skipped = counter(
+            "journal_skipped",
+            "Onion messages a standby read after the leader had decided them: not journaled.",
+        )
+        self.adopted = counter(
+            "adopted",
+            "Journaled onion messages this leader decided that only a standby had read.",
+        )
+        self.leader = gauge(
+            "leader", "1 while this daemon leads the node (decides, stores, delivers), else 0."
+        )
 
         self.queued_messages = gauge("queued_messages", "Onion messages stored right now.")
         self.queued_bytes = gauge("queued_bytes", "Bytes of onion messages stored right now.")
@@ -236,6 +291,9 @@ class Metrics:
         for why in RESCUED_WHY:
             self.rescued.labels(why=why)
 
+        self.role = "starting"
+        """This daemon's role, for the health endpoint: ``starting``, ``standby``, ``leader``."""
+        self.role_details: dict[str, str | float | bool] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -252,6 +310,11 @@ class Metrics:
         return Histogram(
             name, doc, labels, namespace=PREFIX, registry=self.registry, buckets=buckets
         )
+
+    def set_role(self, role: str, **details: str | float | bool) -> None:
+        """This daemon is ``role`` now (``standby`` or ``leader``): what the health
+        endpoint answers, with ``details`` (owner, since) in its body."""
+        self.role, self.role_details = role, dict(details)
 
     def observe_rpc(self, rpc: str, seconds: float) -> None:
         """Record one lnd RPC's latency; fits ``LndClient(on_rpc=metrics.observe_rpc)``."""
@@ -283,7 +346,7 @@ class Metrics:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError(f"metrics already served on {self.address}")
-            server = _make_server(host, port, self.registry)
+            server = _make_server(host, port, _with_health(self, make_wsgi_app(self.registry)))
             thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": _POLL_INTERVAL},

@@ -1,19 +1,31 @@
-"""One daemon per lnd node: a lock in Redis with a lease, renewed with a heartbeat.
+"""One leader per lnd node: a lock in Redis with a short lease, renewed several times a lease.
 
-Rules that hold:
+Every daemon of a node (on one host or on several) reads lnd and journals; the one that
+holds this lock is the leader, which decides, stores, delivers and answers
+(``daemon/roles.py``). Rules that hold:
 
-- A daemon serves a node only while it holds the node's lock. A second daemon waits for
-  the first to stop or for its lease (``LOCK_LEASE`` seconds) to run out.
-- The holder renews the lease every ``HEARTBEAT_INTERVAL`` seconds and writes a heartbeat
-  beside it (pid, host, version, start time) for ``mailboxctl status``.
-- A Redis outage does not cost the holder the node: it keeps serving while Redis is away,
+- A daemon leads only while it holds the node's lock. The others wait for the leader to
+  stop or for its lease (:data:`LOCK_LEASE` seconds) to run out, looking every
+  :data:`POLL` seconds.
+- The leader renews the lease every :data:`RENEW_INTERVAL` seconds and writes a heartbeat
+  beside it (pid, host, version, start time) every :data:`HEARTBEAT_INTERVAL` seconds
+  for ``mailboxctl status``.
+- The figures are chosen for a takeover within 2 s: a leader that dies (SIGKILL, its host
+  gone) leaves a lease of at most :data:`LOCK_LEASE` (it was renewed at most
+  :data:`RENEW_INTERVAL` before), which a standby sees run out within :data:`POLL`, and
+  on the same host a lock whose owner's process is gone is taken over at the next look,
+  without waiting out the lease. A leader misses its lease only when no renewal gets
+  through for ``LOCK_LEASE - RENEW_INTERVAL`` seconds.
+- A Redis outage does not cost the holder the node: it keeps leading while Redis is away,
   and a lock whose lease ran out meanwhile (nobody else holds it) it simply takes again.
-  The renewal also works while Redis refuses writes for memory (its script may).
-- A holder that finds the lock held by another daemon stops at once: two daemons must
-  never serve one node. The stop is a fault (:class:`NodeLockLostError`, exit 1), so a
-  supervisor restarts it, and the new one waits its turn for the lock.
-- A lock left by a process of this host that no longer runs (a crash) is taken over at
-  once, instead of waiting out the whole lease.
+  The renewal, the release and the take (a standby's too) work while Redis refuses writes
+  for memory (their scripts may).
+- A leader that finds the lock held by another daemon (its lease ran out and a standby
+  took over) steps down: its term ends (:attr:`Term.ended`, :attr:`Term.lost`) and the
+  daemon stands by again. Two daemons lead one node for at most a renewal interval then,
+  which may cost duplicates, never a loss (both journal).
+- A term's end releases the lock: at a stop (SIGTERM), as soon as what the leader read
+  is decided (:meth:`Term.hand_over`), so a rolling restart hands over at once.
 """
 
 from __future__ import annotations
@@ -28,19 +40,52 @@ import uuid
 from collections.abc import AsyncIterator
 
 from lndmailbox import __version__
-from lndmailbox.daemon.supervisor import background
 from lndmailbox.errors import MailboxError, NodeLockLostError, StoreUnavailableError
 from lndmailbox.retry import Outage, Retry, wait_or_stop
 from lndmailbox.store import Control, LockRenewal
 
 log = logging.getLogger(__name__)
 
-LOCK_LEASE = 15.0
-HEARTBEAT_INTERVAL = 5.0
+LOCK_LEASE = 1.0
+"""Seconds a leader's lock outlives its last renewal."""
+RENEW_INTERVAL = 0.25
+"""Seconds between renewals: four tries a lease."""
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between writes of the leader's heartbeat (it lives three of them)."""
+POLL = 0.15
+"""Seconds between a standby's looks at the lock another daemon holds."""
 RELEASE_WITHIN = 0.5
 """Seconds the lock's release may take at the stop before it is left to its lease."""
-_POLL = 2.0
-"""Seconds between looks at a lock another daemon holds."""
+
+
+def new_owner() -> str:
+    """A daemon's token: ``host:pid:nonce``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Term:
+    """One daemon's time as leader, from taking the lock to giving it up or losing it."""
+
+    def __init__(self, lock: NodeLock) -> None:
+        self._lock = lock
+        self.ended = asyncio.Event()
+        """Set when the daemon is told to stop, or when the lock is found taken."""
+        self.lost: NodeLockLostError | None = None
+        """Set when another daemon took the lock: the daemon steps down."""
+        self.started = time.time()
+        self._keeper: asyncio.Task[None] | None = None
+        self._released = False
+
+    async def hand_over(self) -> None:
+        """Stops renewing and releases the lock now (idempotent): what this leader read is
+        decided, and a standby may take over at once. Nothing if the lock was lost."""
+        if self._released or self.lost is not None:
+            return
+        self._released = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.wait([self._keeper])
+        await self._lock.release()
 
 
 class NodeLock:
@@ -48,13 +93,18 @@ class NodeLock:
         self,
         control: Control,
         *,
+        owner: str | None = None,
         lease: float = LOCK_LEASE,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        heartbeat_interval: float = RENEW_INTERVAL,
+        poll: float = POLL,
     ) -> None:
         self._control = control
         self._lease = lease
-        self._heartbeat_interval = heartbeat_interval
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._renew_interval = heartbeat_interval
+        self._poll = poll
+        self.owner = owner or new_owner()
+        self.started = time.time()
+        """When this daemon started (its heartbeat's ``started_at``)."""
         self._redis = Retry(
             "taking the node lock in Redis",
             log,
@@ -62,28 +112,64 @@ class NodeLock:
         )
         self._renewals = Outage("renewing the node lock", log)
         self._heartbeats = Outage("writing the daemon's heartbeat", log)
-        self._lost: NodeLockLostError | None = None
+        self._said: str | None = None
 
     @contextlib.asynccontextmanager
     async def held(self, stop: asyncio.Event) -> AsyncIterator[None]:
-        """Holds the lock (renewed, with a heartbeat) for as long as the block runs.
+        """Waits for the lock and holds it (renewed, with a heartbeat) while the block runs.
 
         The block runs at once, without the lock, if ``stop`` is set while waiting for it.
         Another daemon taking the lock sets ``stop``, and the block's end then raises
-        :class:`NodeLockLostError`; a failing lease task, its error."""
-        if not await self._acquire(stop):
+        :class:`NodeLockLostError`."""
+        if not await self.acquire(stop):
             yield
             return
-        with background(self._keep_lease(stop, time.time()), stop):
+        async with self.leading(stop) as term:
+
+            def lost() -> None:
+                if term.lost is not None:
+                    stop.set()
+
+            watcher = asyncio.ensure_future(term.ended.wait())
+            watcher.add_done_callback(lambda _: lost())
             try:
                 yield
             finally:
-                if self._lost is None:
-                    await self._release()
-        if self._lost is not None:
-            raise self._lost
+                watcher.cancel()
+        if term.lost is not None:
+            raise term.lost
 
-    async def _release(self) -> None:
+    @contextlib.asynccontextmanager
+    async def leading(self, stop: asyncio.Event) -> AsyncIterator[Term]:
+        """After :meth:`acquire`: keeps the lease while the block runs, and releases the
+        lock at its end (unless lost, or handed over already). The term ends (``ended``)
+        when ``stop`` is set or another daemon is found holding the lock (``lost``); a
+        failing lease task stops the daemon."""
+        term = Term(self)
+        stopper = asyncio.ensure_future(_set_when(stop, term.ended))
+        keeper = asyncio.ensure_future(self._keep_lease(term))
+        term._keeper = keeper
+
+        def died(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("the node lock's lease task failed; stopping", exc_info=done.exception())
+                stop.set()
+
+        keeper.add_done_callback(died)
+        try:
+            yield term
+        finally:
+            stopper.cancel()
+            keeper.remove_done_callback(died)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([keeper])
+            await term.hand_over()
+        error = keeper.exception() if keeper.done() and not keeper.cancelled() else None
+        if error is not None:
+            raise MailboxError(f"a background task failed: {error!r}") from error
+
+    async def release(self) -> None:
         """Gives the lock back, within :data:`RELEASE_WITHIN`: a Redis that hangs must not
         hold up the stop (the lease then runs out by itself)."""
         try:
@@ -92,76 +178,85 @@ class NodeLock:
         except (MailboxError, TimeoutError) as e:
             log.warning("could not release the node lock (%s); its lease will run out", e)
 
-    async def _acquire(self, stop: asyncio.Event) -> bool:
+    async def acquire(self, stop: asyncio.Event) -> bool:
         """Waits for the lock; False if stopped first."""
-        said = False
+        waited = False
         while not stop.is_set():
-            if await self._try(stop):
-                if said:
+            holder = await self._try(stop)
+            if holder == self.owner:
+                if waited:
                     log.info("took the node lock")
+                self._said = None
                 return True
-            try:
-                holder = await self._control.lock_owner()
-                if holder is not None and _died_on_this_host(holder):
-                    log.warning(
-                        "taking over the node lock from %s, which is no longer running", holder
-                    )
+            if holder is None:  # stopped while Redis was away
+                return False
+            waited = True
+            if _died_on_this_host(holder):
+                log.warning("taking over the node lock from %s, which is no longer running", holder)
+                with contextlib.suppress(StoreUnavailableError):
                     await self._control.release_lock(holder)
-                    continue
-                if not said:
-                    await self._say_who_holds_it(holder)
-                    said = True
-            except StoreUnavailableError:
-                pass  # Redis went away after the try: the next try waits for it
-            await wait_or_stop(stop, _POLL)
+                continue
+            if holder != self._said:
+                await self._say_who_holds_it(holder)
+            await wait_or_stop(stop, self._poll)
         return False
 
-    async def _say_who_holds_it(self, holder: str | None) -> None:
-        heartbeat = await self._control.read_heartbeat()
-        log.warning(
-            "another lndmailbox (%s) holds this node's lock; waiting for it to stop "
-            "or for its lease to run out (last heartbeat: %s)",
+    async def _say_who_holds_it(self, holder: str) -> None:
+        self._said = holder
+        try:
+            heartbeat = await self._control.read_heartbeat()
+        except StoreUnavailableError:
+            heartbeat = None
+        log.info(
+            "another lndmailbox (%s) leads this node; standing by until it stops or its "
+            "lease runs out (last heartbeat: %s)",
             holder,
             heartbeat or "none",
         )
 
-    async def _try(self, stop: asyncio.Event) -> bool:
-        """One try at the lock; while Redis cannot be reached, waits for it (saying so once)."""
+    async def _try(self, stop: asyncio.Event) -> str | None:
+        """One try at the lock: who holds it then; while Redis cannot be reached, waits
+        for it (saying so once); None if stopped meanwhile."""
         try:
             return await self._redis.call(
-                lambda: self._control.acquire_lock(self.owner, self._lease), stop=stop
+                lambda: self._control.take_lock(self.owner, self._lease), stop=stop
             )
         except StoreUnavailableError:
             if stop.is_set():
-                return False
+                return None
             raise
 
-    async def _keep_lease(self, stop: asyncio.Event, started: float) -> None:
-        """Renews the lease until ``stop``, or until another daemon is found holding it."""
-        while not await wait_or_stop(stop, self._heartbeat_interval):
+    async def _keep_lease(self, term: Term) -> None:
+        """Renews the lease until the term ends, or until another daemon is found holding
+        it (then the term is lost)."""
+        await self._write_heartbeat(term)
+        beat_at = time.monotonic()
+        while not await wait_or_stop(term.ended, self._renew_interval):
             try:
                 renewal = await self._control.renew_lock(self.owner, self._lease)
             except MailboxError as e:
-                self._renewals.failed(e)  # while Redis is away: keep serving, try again
+                self._renewals.failed(e)  # while Redis is away: keep leading, try again
                 continue
             self._renewals.recovered()
             if renewal is LockRenewal.TAKEN:
-                self._lost = NodeLockLostError(await self._holder())
-                stop.set()
+                term.lost = NodeLockLostError(await self._holder())
+                term.ended.set()
                 return
             if renewal is LockRenewal.RETAKEN:
                 log.warning(
                     "the node lock's lease ran out while it could not be renewed; nobody "
                     "else held the lock, so this daemon took it again"
                 )
-            await self._write_heartbeat(started)
+            if time.monotonic() - beat_at >= HEARTBEAT_INTERVAL:
+                beat_at = time.monotonic()
+                await self._write_heartbeat(term)
 
     async def _holder(self) -> str | None:
         with contextlib.suppress(MailboxError):
             return await self._control.lock_owner()
         return None
 
-    async def _write_heartbeat(self, started: float) -> None:
+    async def _write_heartbeat(self, term: Term) -> None:
         try:
             await self._control.write_heartbeat(
                 {
@@ -169,15 +264,21 @@ class NodeLock:
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
                     "version": __version__,
-                    "started_at": started,
+                    "started_at": self.started,
+                    "leading_since": term.started,
                     "at": time.time(),
                 },
-                ttl=self._lease,
+                ttl=max(3 * HEARTBEAT_INTERVAL, self._lease),
             )
         except MailboxError as e:
             self._heartbeats.failed(e)  # under memory pressure the lease holds, this fails
             return
         self._heartbeats.recovered()
+
+
+async def _set_when(stop: asyncio.Event, ended: asyncio.Event) -> None:
+    await stop.wait()
+    ended.set()
 
 
 def _died_on_this_host(owner: str) -> bool:

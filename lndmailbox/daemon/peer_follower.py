@@ -14,8 +14,13 @@ Rules that hold:
 - A peer that goes offline (either transport, event or resync) gets its unconfirmed mail
   back in its queue (:meth:`Confirmations.peer_went_offline`), and so does one online on
   both sides of a resubscription, whose connection may not have lasted
-  (:meth:`Confirmations.lost_sight`); the confirmations hear who was online at the first
-  ListPeers before anything is delivered.
+  (:meth:`Confirmations.regained_sight`, after the resync's departures).
+- The confirmations and the peer tracker hear at once that the peer events broke
+  (:meth:`Confirmations.lost_sight`, :meth:`PeerTracker.lost_sight`, the stream's
+  ``on_break``), not only at the resubscription: lnd may be away for longer than a
+  confirmation window, and what it took just before may have been lost with the
+  connections its restart dropped; and until the resync, no message is left to lnd on the
+  word of a view that may be stale.
 """
 
 from __future__ import annotations
@@ -68,10 +73,9 @@ class PeerFollower:
         await run_until_stopped(stop, self._follow())
 
     async def _follow(self) -> None:
-        events = self._lnd.peer_events()
+        events = self._lnd.peer_events(on_break=self._lost_sight)
         await events.wait_subscribed()
         await self._resync()
-        self._confirmations.started(self._peers.online)
         self._known.set()
         await self._drain_peers_with_mail()
         async for event in events:
@@ -80,6 +84,11 @@ class PeerFollower:
                 await self._resync()
                 continue
             await self._apply(event)
+
+    def _lost_sight(self) -> None:
+        """lnd's peer events broke: until the resync nobody knows who stayed."""
+        self._peers.lost_sight()
+        self._confirmations.lost_sight()
 
     async def _resync(self) -> None:
         """Rebuilds the online set from ListPeers, waiting while lnd is not ready (the
@@ -94,7 +103,7 @@ class PeerFollower:
         if self._transport is Transport.NATIVE:
             for peer in stayed:
                 await self._decider.peer_may_have_flapped(peer)
-        for peer in self._confirmations.lost_sight(stayed):
+        for peer in self._confirmations.regained_sight(stayed):
             self._delivery.kick(peer)
         for peer in came:
             self._delivery.kick(peer)

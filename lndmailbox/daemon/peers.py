@@ -40,6 +40,7 @@ class PeerTracker:
         self._clock = clock
         self._online_since: dict[bytes, float] = {}
         self._offline_since: dict[bytes, float] = {}
+        self._blind = False
 
     def is_online(self, peer: bytes) -> bool:
         return peer in self._online_since
@@ -49,8 +50,15 @@ class PeerTracker:
         return frozenset(self._online_since)
 
     def online_since(self, peer: bytes) -> float | None:
-        """Monotonic time the peer was seen coming online, if it is online."""
+        """Monotonic time the peer was seen coming online, if it is online and lnd's peer
+        events are followed (None while they are broken: the view may be stale)."""
+        if self._blind:
+            return None
         return self._online_since.get(peer)
+
+    def lost_sight(self) -> None:
+        """lnd's peer events broke: :meth:`online_since` knows nothing until :meth:`reset`."""
+        self._blind = True
 
     def offline_since(self, peer: bytes) -> float | None:
         """Monotonic time the peer was last seen going offline, if it is offline."""
@@ -77,6 +85,7 @@ class PeerTracker:
         that the peers reconnected to before this ListPeers), and a message lnd failed to
         forward to it then must not be left to lnd.
         """
+        self._blind = False
         now_online = set(online)
         came = frozenset(now_online - self._online_since.keys())
         went = frozenset(self._online_since.keys() - now_online)

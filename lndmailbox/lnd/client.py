@@ -251,11 +251,13 @@ class LndClient:
         )
         return frozenset(bytes.fromhex(p.pub_key) for p in r.peers)
 
-    def peer_events(self) -> Subscription[PeerEvent]:
+    def peer_events(self, on_break: Callable[[], None] | None = None) -> Subscription[PeerEvent]:
         """Peers going online and offline (SubscribePeerEvents, peers:read).
 
         lnd does not replay the current state: ``await sub.wait_subscribed()``, then call
-        :meth:`list_peers`, and again after every :class:`Resubscribed`.
+        :meth:`list_peers`, and again after every :class:`Resubscribed`. ``on_break`` is
+        called as soon as the stream is seen broken: peers may come and go unseen until the
+        next :class:`Resubscribed`.
         """
         lightning, _ = self._connect()
 
@@ -265,7 +267,7 @@ class LndClient:
                 ln.PeerEventSubscription(), metadata=self._metadata
             ),
         )
-        return Subscription(peer_events(raw))
+        return Subscription(peer_events(raw), on_break=on_break)
 
     async def list_channels(self) -> tuple[Channel, ...]:
         """The node's open channels (ListChannels, offchain:read)."""

@@ -10,7 +10,10 @@ re-established subscription (not after the first one) is
 :class:`~lndmailbox.lnd.values.Resubscribed`, so the caller re-reads state it may have
 missed (ListPeers). Errors that retrying cannot fix (a macaroon without the permission, an
 lnd without the RPC) end the stream by raising, and so does a break once the daemon's stop
-is set (no backoff is sat out then).
+is set (no backoff is sat out then). A caller that must know at once that an accepted
+subscription broke (nothing it says is news until the next :class:`Resubscribed`) passes
+``on_break`` to :class:`Subscription`: it is called when the break is seen, before the
+backoff.
 
 A stream given a :class:`QuietMark` also tells how stale each item may be
 (:attr:`Subscription.lag`): see :class:`QuietMark` for how a read that had to wait for
@@ -36,6 +39,7 @@ from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
 
 __all__ = [
+    "Broke",
     "Opened",
     "QuietMark",
     "Resubscriber",
@@ -59,6 +63,15 @@ QUIET_WINDOW_LONGEST = 0.25
 @dataclass(frozen=True)
 class Opened:
     """Marker inside the package: a stream subscription was (re)established."""
+
+
+@dataclass(frozen=True)
+class Broke:
+    """Marker inside the package: a subscription that was established broke (lnd ended it,
+    or the connection went); a new one is tried after the backoff."""
+
+
+Marker = Opened | Broke
 
 
 class QuietMark:
@@ -135,19 +148,26 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
     """A stream from lnd that survives lnd restarts.
 
     Iterating it yields the stream's items, and :class:`Resubscribed` first after every
-    re-established subscription. :meth:`wait_subscribed` opens the first subscription
-    without consuming an item: await it, then read the state the stream reports changes
-    of (ListPeers), and no change falls between the two. (lnd answers a subscription with
-    nothing until its first item, so "accepted" means: connected, and not refused within
-    the client's ``settle`` time.) :meth:`aclose` cancels the call.
+    re-established subscription. ``on_break``, if given, is called (while iterating, with
+    nothing yielded) as soon as an established subscription is seen broken: from then
+    until the next :class:`Resubscribed` the stream says nothing of what happens.
+    :meth:`wait_subscribed` opens the first subscription without consuming an item: await
+    it, then read the state the stream reports changes of (ListPeers), and no change falls
+    between the two. (lnd answers a subscription with nothing until its first item, so
+    "accepted" means: connected, and not refused within the client's ``settle`` time.)
+    :meth:`aclose` cancels the call.
     """
 
     def __init__(
-        self, source: AsyncGenerator[_Item | Opened, None], quiet: QuietMark | None = None
+        self,
+        source: AsyncGenerator[_Item | Marker, None],
+        quiet: QuietMark | None = None,
+        on_break: Callable[[], None] | None = None,
     ) -> None:
         self._source = source
         self._opened = False
         self._quiet = quiet
+        self._on_break = on_break
         self.lag: float | None = None
         """For the item just handed over: how many seconds before it lnd's stream was last
         known to hold nothing for us (its :class:`QuietMark`); None without a mark."""
@@ -171,6 +191,10 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
     async def __anext__(self) -> _Item | Resubscribed:
         while True:
             item = await anext(self._source)
+            if isinstance(item, Broke):
+                if self._on_break is not None:
+                    self._on_break()
+                continue
             if isinstance(item, Opened):
                 if not self._opened:
                     self._opened = True
@@ -222,7 +246,7 @@ class Resubscriber:
         rpc: str,
         open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, _Resp]],
         quiet: QuietMark | None = None,
-    ) -> AsyncGenerator[_Resp | Opened, None]:
+    ) -> AsyncGenerator[_Resp | Marker, None]:
         """The raw items of a stream, subscribed again with backoff whenever it breaks.
 
         Yields :class:`Opened` once per subscription that lnd accepted: when its first item
@@ -230,8 +254,9 @@ class Resubscriber:
         ``settle`` seconds (lnd sends no response headers before the first item, so there
         is nothing earlier to wait for; a refusal, such as a missing permission or "wallet
         locked", comes back at once). The backoff restarts once a subscription delivered an
-        item or stayed up for ``backoff.maximum`` seconds. ``quiet``, if given, is moved as
-        its docstring says.
+        item or stayed up for ``backoff.maximum`` seconds. Yields :class:`Broke` when a
+        subscription it announced breaks, before the backoff. ``quiet``, if given, is moved
+        as its docstring says.
         """
         failures = 0
         while not self._closed():
@@ -282,6 +307,8 @@ class Resubscriber:
                 failures = 0
             failures += 1
             self._outage.failed(error)
+            if announced:
+                yield Broke()
             if await wait_or_stop(self._stop, self._backoff.delay(failures)):
                 raise error
 
@@ -302,34 +329,34 @@ class Resubscriber:
 
 
 def peer_events(
-    raw: AsyncGenerator[ln.PeerEvent | Opened, None],
-) -> AsyncGenerator[PeerEvent | Opened, None]:
+    raw: AsyncGenerator[ln.PeerEvent | Marker, None],
+) -> AsyncGenerator[PeerEvent | Marker, None]:
     """SubscribePeerEvents' items as :class:`PeerEvent`."""
     return _converted(raw, _peer_event)
 
 
 def native_onion_messages(
-    raw: AsyncGenerator[ln.OnionMessageUpdate | Opened, None],
-) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Opened, None]:
+    raw: AsyncGenerator[ln.OnionMessageUpdate | Marker, None],
+) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Marker, None]:
     """SubscribeOnionMessages' items as :class:`IncomingOnionMessage`."""
     return _converted(raw, _native_onion_message)
 
 
 def custom_onion_messages(
-    raw: AsyncGenerator[ln.CustomMessage | Opened, None],
-) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Opened, None]:
+    raw: AsyncGenerator[ln.CustomMessage | Marker, None],
+) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Marker, None]:
     """SubscribeCustomMessages' type-513 items as :class:`IncomingOnionMessage`; a body
     that does not decode as :class:`IncomingMalformed`; other types dropped."""
     return _converted(raw, _custom_onion_message)
 
 
 async def _converted(
-    raw: AsyncGenerator[_Resp | Opened, None], convert: Callable[[_Resp], _Item | None]
-) -> AsyncGenerator[_Item | Opened, None]:
-    """``raw`` with each item converted (None: dropped), the :class:`Opened` markers kept."""
+    raw: AsyncGenerator[_Resp | Marker, None], convert: Callable[[_Resp], _Item | None]
+) -> AsyncGenerator[_Item | Marker, None]:
+    """``raw`` with each item converted (None: dropped), the markers kept."""
     try:
         async for item in raw:
-            if isinstance(item, Opened):
+            if isinstance(item, Opened | Broke):
                 yield item
             else:
                 value = convert(item)

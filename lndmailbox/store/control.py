@@ -1,9 +1,11 @@
-"""How the daemon and mailboxctl coordinate through Redis: one daemon per node (a lock with
-a lease), its heartbeat, and the delivery requests ``mailboxctl deliver`` leaves for it."""
+"""How the daemons and mailboxctl coordinate through Redis: one leader per node (a lock with
+a lease), the leader's heartbeat and every daemon's own (leader or standby), and the
+delivery requests ``mailboxctl deliver`` leaves for the leader."""
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -39,16 +41,24 @@ class Control:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self._acquire = redis.register_script(lua.program("acquire_lock"))
         self._renew = redis.register_script(lua.program("renew_lock"))
         self._release = redis.register_script(lua.program("release_lock"))
+        self._daemons = redis.register_script(lua.program("daemons"))
 
     # ---- one daemon per node
 
-    @redis_errors
     async def acquire_lock(self, owner: str, lease: float) -> bool:
         """Takes the node's daemon lock for ``lease`` seconds if nobody holds it."""
-        lease_ms = max(ms(lease), 1)
-        return bool(await self.redis.set(self.keys.lock_key, owner, nx=True, px=lease_ms))
+        return await self.take_lock(owner, lease) == owner
+
+    @redis_errors
+    async def take_lock(self, owner: str, lease: float) -> str:
+        """Takes the lock for ``lease`` seconds if nobody holds it (counting a change of
+        leader); returns who holds it then: ``owner``, or the daemon that leads. Works
+        while Redis is over maxmemory."""
+        keys = [self.keys.lock_key, self.keys.counters_key]
+        return as_str(await self._acquire(keys=keys, args=[owner, max(ms(lease), 1)]))
 
     @redis_errors
     async def renew_lock(self, owner: str, lease: float) -> LockRenewal:
@@ -87,6 +97,38 @@ class Control:
     async def read_heartbeat(self) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.heartbeat_key)
         return {as_str(k): as_str(v) for k, v in raw.items()} if raw else None
+
+    # ---- every daemon's own heartbeat, leader and standbys
+
+    @redis_errors
+    async def write_daemon(
+        self, owner: str, info: Mapping[str, str | int | float | None], *, stale: float, ttl: float
+    ) -> int:
+        """Writes ``owner``'s heartbeat (its role, pid, host...; ``at`` is added from
+        Redis's clock) and removes those older than ``stale`` seconds; the hash expires
+        ``ttl`` seconds after the last write. Returns how many daemons it holds."""
+        beat = json.dumps(dict(info), separators=(",", ":"))
+        args: list[str | int] = [owner, beat, max(ms(stale), 1), max(ms(ttl), 1)]
+        return int(await self._daemons(keys=[self.keys.daemons_key], args=args))
+
+    @redis_errors
+    async def remove_daemon(self, owner: str, *, stale: float, ttl: float) -> None:
+        """Removes ``owner``'s heartbeat (a daemon that stops)."""
+        args: list[str | int] = [owner, "", max(ms(stale), 1), max(ms(ttl), 1)]
+        await self._daemons(keys=[self.keys.daemons_key], args=args)
+
+    @redis_errors
+    async def read_daemons(self) -> dict[str, dict[str, Any]]:
+        """Every daemon's heartbeat by owner token (what does not parse is left out)."""
+        found: dict[str, dict[str, Any]] = {}
+        for owner, raw in (await self.redis.hgetall(self.keys.daemons_key)).items():
+            try:
+                beat = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(beat, dict):
+                found[as_str(owner)] = beat
+        return found
 
     # ---- delivery requests (mailboxctl deliver -> daemon)
 

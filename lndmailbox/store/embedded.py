@@ -12,6 +12,7 @@ Also here: what the daemon's settings say about its Redis (:func:`redis_url_for`
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -60,6 +61,12 @@ class RedisServer:
 
     With ``persist`` the server keeps an append-only file in ``data_dir`` so that what it
     held survives a restart (the daemon's embedded mode, and restart tests).
+
+    With ``lock_path`` the server process holds an exclusive lock (flock) on that file for
+    its whole life: the file descriptor is handed to it at start, and the kernel lets go
+    when the process ends, however it ends. :meth:`alive` asks the lock, not the socket, so
+    a server too busy to answer a PING in time is never taken for a dead one, and two
+    servers never run on one directory.
     """
 
     def __init__(
@@ -70,9 +77,11 @@ class RedisServer:
         persist: bool = False,
         unix_socket: Path | None = None,
         binary: Path | None = None,
+        lock_path: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.unix_socket = unix_socket
+        self.lock_path = lock_path
         # With a unix socket only (the daemon's embedded mode) no TCP port is opened.
         self.port = 0 if unix_socket and port is None else (port or free_port())
         self.persist = persist
@@ -113,11 +122,17 @@ class RedisServer:
         A daemon killed outright leaves its embedded server running (it has a session
         of its own); the next daemon takes it over rather than failing on the socket.
         """
-        if self.unix_socket is not None and self._answers_ping():
-            self._adopted = True
+        if self.unix_socket is not None and (self.alive() or self._answers_ping()):
+            self._adopt(timeout)
             return
+        self._adopted = False
+        lock = None
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = self._take_lock()
+            if lock is None and self.lock_path is not None:
+                self._adopt(timeout)  # one started just now, by another daemon
+                return
             config = self.data_dir / "redis.conf"
             config.write_text(self._config())
             self._process = subprocess.Popen(
@@ -126,10 +141,52 @@ class RedisServer:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                pass_fds=() if lock is None else (lock,),
             )
         except OSError as e:
             raise ServerStartError(f"cannot start {self.binary} in {self.data_dir}: {e}") from e
+        finally:
+            if lock is not None:
+                os.close(lock)  # the server's copy holds the lock from now on
         self._wait_until_it_answers(self._process, timeout)
+
+    def alive(self) -> bool:
+        """Whether a server started with ``lock_path`` still runs (it holds the lock)."""
+        if self.lock_path is None:
+            return False
+        lock = self._take_lock()
+        if lock is None:
+            return True
+        os.close(lock)
+        return False
+
+    def _take_lock(self) -> int | None:
+        """The lock file, open and locked (for the server to hold); None if a running
+        server holds it. Without ``lock_path``, None too (nothing to hold)."""
+        if self.lock_path is None:
+            return None
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _adopt(self, timeout: float) -> None:
+        """Uses the server that runs already, once it answers (it may be starting)."""
+        deadline = time.monotonic() + timeout
+        while not self._answers_ping():
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"the server running in {self.data_dir} did not answer within {timeout}s"
+                )
+            time.sleep(0.05)
+        self._adopted = True
 
     def _wait_until_it_answers(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -144,6 +201,18 @@ class RedisServer:
         self.stop()
         where = self.unix_socket if self.unix_socket is not None else f"port {self.port}"
         raise ServerStartError(f"{self.binary} did not answer on {where} within {timeout}s")
+
+    def answers_ping(self) -> bool:
+        """Whether a server answers on this one's socket or port (blocking, 0.5 s at most)."""
+        return self._answers_ping()
+
+    def forget(self) -> None:
+        """Leaves the server running, for others to use and stop: :meth:`stop` does nothing
+        after this (the process has a session of its own and outlives this one)."""
+        self._adopted = False
+        if self._process is not None:
+            _LEFT_RUNNING.append(self._process)  # not reaped here: another daemon stops it
+        self._process = None
 
     def _answers_ping(self) -> bool:
         try:
@@ -212,6 +281,11 @@ class RedisServer:
         self.stop()
 
 
+_LEFT_RUNNING: list[subprocess.Popen[bytes]] = []
+"""Servers this process started and left to other daemons (kept referenced, so that
+their Popen objects are not collected as if abandoned)."""
+
+
 def embedded_socket_path(datadir: Path) -> Path:
     """The unix socket the embedded server of a daemon with this ``--datadir`` listens on."""
     return datadir / "redis" / "redis.sock"
@@ -223,4 +297,5 @@ def embedded_redis(settings: Settings) -> RedisServer:
         settings.datadir / "redis",
         persist=True,
         unix_socket=embedded_socket_path(settings.datadir),
+        lock_path=settings.datadir / "redis" / "server.lock",
     )

@@ -99,6 +99,11 @@ class Keys:
         return self.prefix + "heartbeat"
 
     @property
+    def daemons_key(self) -> str:
+        """Every running daemon's own heartbeat, leader and standbys (store/control.py)."""
+        return self.prefix + "daemons"
+
+    @property
     def delivery_requests_key(self) -> str:
         return self.prefix + "delivery-requests"
 
@@ -107,6 +112,11 @@ class Keys:
         """The journal of messages read from lnd and not yet decided (named ``inbox`` in
         Redis, as docs/redis-schema.md lists it)."""
         return self.prefix + "inbox"
+
+    @property
+    def decided_key(self) -> str:
+        """The journal entries decided in the last few seconds (store/journal.py)."""
+        return self.prefix + "decided"
 
     @property
     def key_pattern(self) -> str:

@@ -26,7 +26,7 @@ SHEBANG = "#!lua flags=no-cluster\n"
 # The node lock's scripts touch one small key and must keep working while Redis refuses
 # writes for memory: a daemon that cannot renew its lease would lose the node.
 SHEBANG_ALLOW_OOM = "#!lua flags=no-cluster,allow-oom\n"
-_LOCK_SCRIPTS = frozenset({"renew_lock", "release_lock"})
+_LOCK_SCRIPTS = frozenset({"renew_lock", "release_lock", "acquire_lock"})
 
 PeerScript = Literal[
     "put", "peek", "remove", "delivered", "confirm", "requeue", "attempt", "sweep", "purge"
@@ -34,7 +34,9 @@ PeerScript = Literal[
 """The scripts that work on one peer's keys (KEYS = queue, dedup, mail, usage, counters,
 events, unconfirmed; ARGV[1] = peer hex): they run after both shared helpers."""
 
-_OtherScript = Literal["summaries", "record", "renew_lock", "release_lock"]
+_OtherScript = Literal[
+    "summaries", "record", "renew_lock", "release_lock", "acquire_lock", "journal", "daemons"
+]
 Script = PeerScript | _OtherScript
 """Every script (a file in ``lua/`` that is not a helper)."""
 

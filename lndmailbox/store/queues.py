@@ -211,16 +211,24 @@ class Queues:
 
     @redis_errors
     async def requeue(
-        self, peer: bytes, max_redeliveries: int
+        self, peer: bytes, max_redeliveries: int, *, sent_by: int | None = None
     ) -> tuple[list[StoredMessage], list[StoredMessage]]:
-        """The peer left: its unconfirmed messages go back to the front of its queue, in the
-        order lnd took them, each counted and published as ``redelivered``, but those
-        redelivered ``max_redeliveries`` times already, which are removed, counted and
-        published as ``unconfirmed``; one atomic step. Returns (put back, given up)."""
+        """The peer left: its unconfirmed messages that lnd took at or before ``sent_by``
+        (Unix ms; None: all of them) go back to the front of its queue, in the order lnd
+        took them, each counted and published as ``redelivered``, but those redelivered
+        ``max_redeliveries`` times already, which are removed, counted and published as
+        ``unconfirmed``; one atomic step. Those taken later (on a connection after the
+        departure) stay unconfirmed. Returns (put back, given up)."""
         reply = as_items(
             await self._requeue(
                 keys=self.keys.peer_keys(peer),
-                args=[peer.hex(), self.events_trim, event_time(), max_redeliveries],
+                args=[
+                    peer.hex(),
+                    self.events_trim,
+                    event_time(),
+                    max_redeliveries,
+                    "" if sent_by is None else sent_by,
+                ],
             )
         )
         back = int(reply[0])
@@ -293,8 +301,9 @@ class Queues:
                 try:
                     out.setdefault(peer, []).append(decode_unconfirmed(peer, as_bytes(entry)))
                 except RecordError as e:
-                    # Left as it is: it goes back to the queue with the peer's next
-                    # departure, or expires.
+                    # Left as it is: it goes back to the queue with the rest of the
+                    # peer's unconfirmed mail (requeue.lua moves the whole list), or
+                    # expires.
                     log.warning("an unconfirmed message of %s is unreadable: %s", peer.hex(), e)
         return out
 
