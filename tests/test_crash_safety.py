@@ -48,6 +48,7 @@ from tests.traffic import (
     Network,
     Traffic,
     held_in_redis,
+    journaled_texts,
     judge,
     received_texts,
     seeded,
@@ -109,7 +110,8 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     lives: list[Life] = []
     held_at_kills: dict[str, tuple[bytes, bytes]] = {}
     """Every message Redis held at a kill: id -> (recipient, payload)."""
-    journaled_at_kills = 0
+    journaled_at_kills: set[bytes] = set()
+    """The payloads of every message the journal held at a kill."""
     audits: list[str] = []
     store = Store.from_url(redis_url, net.node.pubkey)
     last: asyncio.subprocess.Process | None = None
@@ -136,7 +138,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
             await wait_until(net.unsubscribed, what="the node to drop the dead daemon's stream")
             # Nothing runs against Redis now: it holds what the next daemon must deliver.
             audits += [f"after kill {n}: {p}" for p in await audit(store)]
-            journaled_at_kills += len(await store.journal.pending())
+            journaled_at_kills |= await journaled_texts(store, net)
             held_at_kills.update(await held_in_redis(store, net.recipients))
 
         # The last daemon is left running: everything kept must reach its recipient.
@@ -160,11 +162,13 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     assert exit_code == 0, "the last daemon did not stop cleanly on SIGTERM"
 
     received = await received_texts(net.recipients)
-    verdict = judge(personality, traffic, received, lives, bound=IN_MEMORY_BOUND)
+    verdict = judge(
+        personality, traffic, received, lives, bound=IN_MEMORY_BOUND, journaled=journaled_at_kills
+    )
     print(verdict.summary(kills))
     print(f"losses within 1 s before a kill: {verdict.near_kills()}")
     print(
-        f"Redis held {len(held_at_kills)} messages at kills and {journaled_at_kills} "
+        f"Redis held {len(held_at_kills)} messages at kills and {len(journaled_at_kills)} "
         f"journaled ones for the next daemon; simnet kept {len(net.node.unheard)} "
         f"publications no daemon heard; counters {books.counters}"
     )

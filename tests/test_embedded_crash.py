@@ -39,6 +39,7 @@ from tests.traffic import (
     Network,
     Traffic,
     held_in_redis,
+    journaled_texts,
     judge,
     received_texts,
     seeded,
@@ -117,6 +118,7 @@ async def test_sigkill_on_embedded_redis_then_takeover(
         assert server_answers(datadir), "the embedded server died with its daemon"
         assert await audit(store) == []
         held_at_kill = await held_in_redis(store, net.recipients)
+        journaled = await journaled_texts(store, net)
         if group:
             os.kill(first_server, signal.SIGKILL)  # the rest of the group, as systemd would
             await wait_until(lambda: not server_answers(datadir), what="the server to die")
@@ -151,7 +153,9 @@ async def test_sigkill_on_embedded_redis_then_takeover(
     assert stopped_server, "the next daemon left the server it took over running"
 
     received = await received_texts([*net.recipients, net.zed])
-    verdict = judge(personality, traffic, received, lives, bound=IN_MEMORY_BOUND)
+    verdict = judge(
+        personality, traffic, received, lives, bound=IN_MEMORY_BOUND, journaled=journaled
+    )
     print(verdict.summary(kills=1))
     failures = verdict.failures() + books.disagreements()
     failures += undelivered(held_at_kill, received, books)

@@ -16,11 +16,13 @@ in one class:
   subscriber, so a lone daemon cannot have it; reported, not a failure;
 - heard only by the stream of a daemon already killed (the node had not yet noticed the
   dead connection): the same, reported;
-- heard by a live daemon: must have arrived, unless it was published within the window
+- heard by a live daemon: must have arrived, unless it was published within the bound
   before that daemon's kill (read from lnd, not journaled yet: ``in_memory``). Any other
-  loss is a failure, and is told apart: on lnd 0.21 one lnd had failed to forward whose
-  recipient came back within moments (the daemon left it to lnd: the fast-reconnect
-  race), or an unexplained one.
+  loss is a failure, and is told apart: one the journal held at a kill (the next daemon
+  did not deliver it); one published within a second before a kill but beyond the bound;
+  with no kill near, on lnd 0.21, one lnd had failed to forward whose recipient came back
+  within moments (the daemon left it to lnd: the fast-reconnect race); or an unexplained
+  one.
 
 Every message that arrived was peeled by its recipient with the recipient's own key.
 """
@@ -33,13 +35,13 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
 from simnet import IngestResult, Personality, SimNode, SimPeer
 
 from lndmailbox.config import Settings
-from lndmailbox.onion import BlindedHopSpec, Receive, message_via
+from lndmailbox.onion import BlindedHopSpec, Forward, Receive, message_via, peel
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store
@@ -56,6 +58,9 @@ SLEEP_CHANCE = 0.15
 SLEEP = (2.0, 5.0)
 """How often an offline spell is a phone's sleep instead, and how long: so that recipients
 are offline about half the time, as the stays alone would keep them online most of it."""
+NEAR_A_KILL = 1.0
+"""A loss this close before a kill and beyond the bound is reported as beyond the bound,
+whatever its shape."""
 RACE_SHAPE_WITHIN = 1.0
 """A lost message whose recipient came back this soon after lnd failed to forward it has
 the shape of the fast-reconnect race: the daemon decided after the recipient was back.
@@ -193,6 +198,21 @@ def undelivered(
         f"{id}, held in Redis at a kill, has no delivered event"
         for id in sorted(held.keys() - set(books.delivered))
     ]
+    return out
+
+
+async def journaled_texts(store: Store, net: Network) -> set[bytes]:
+    """The payloads of the messages the journal holds now (read while no daemon runs: what
+    the next daemon must decide), each peeled with the node's key, then its recipient's."""
+    out = set()
+    for entry in await store.journal.pending():
+        hop = await peel(entry.path_key, entry.onion, net.node.key)
+        if not isinstance(hop, Forward) or hop.next_node_id not in net.node.peers:
+            continue  # not one of the traffic's messages
+        peer = net.node.peers[hop.next_node_id]
+        peeled = await peer.peel(OnionMessage(hop.next_path_key, hop.next_onion))
+        if isinstance(peeled, Receive):
+            out.add(peeled.payload[PAYLOAD_TYPE])
     return out
 
 
@@ -341,8 +361,15 @@ class Verdict:
     """Of those, the ones published more than ``bound`` before any kill."""
     in_memory: list[Loss] = field(default_factory=list)
     """Lost, published within ``bound`` before the kill of the daemon that heard them."""
+    journaled: list[Loss] = field(default_factory=list)
+    """Lost, though Redis held them in the journal at a kill: the next daemon did not
+    decide them (or decided them wrongly)."""
+    beyond_bound: list[Loss] = field(default_factory=list)
+    """Lost, published more than ``bound`` but less than :data:`NEAR_A_KILL` before a
+    kill: a daemon that held them unjournaled longer than the bound, or the race below
+    (the two cannot be told apart from outside)."""
     race: list[Loss] = field(default_factory=list)
-    """Lost with the fast-reconnect shape, outside the bound: lnd failed to forward, the
+    """Lost with the fast-reconnect shape, no kill near: lnd failed to forward, the
     recipient was back within moments, and the daemon left the message to lnd."""
     unexplained: list[Loss] = field(default_factory=list)
     lost_by_lnd: list[Sent] = field(default_factory=list)
@@ -363,7 +390,7 @@ class Verdict:
         widest first: what measuring the in-memory window looks at."""
         losses = [
             loss
-            for loss in (*self.in_memory, *self.race, *self.unexplained)
+            for loss in (*self.in_memory, *self.beyond_bound, *self.race, *self.unexplained)
             if loss.before_kill <= near
         ]
         losses.sort(key=lambda loss: -loss.before_kill)
@@ -371,6 +398,21 @@ class Verdict:
 
     def failures(self) -> list[str]:
         lines = [
+            f"journaled and lost: {loss.describe()}: Redis held it in the journal at the "
+            "kill, and the next daemon did not deliver it"
+            for loss in self.journaled
+        ]
+        lines += [
+            f"beyond the bound: {loss.describe()}: more than {self.bound * 1000:.0f} ms "
+            "unjournaled in the killed daemon"
+            + (
+                " (or the fast-reconnect race: lnd failed, the recipient was back at once)"
+                if self._race_shaped(loss)
+                else ""
+            )
+            for loss in self.beyond_bound
+        ]
+        lines += [
             f"fast-reconnect race: {loss.describe()}: lnd 0.21 failed to forward it, and the "
             "daemon, seeing the recipient back, left it to lnd (left_to_lnd)"
             + (
@@ -391,6 +433,14 @@ class Verdict:
         ]
         return lines
 
+    def _race_shaped(self, loss: Loss) -> bool:
+        return (
+            self.personality.native_onion_messages
+            and loss.sent.result.drop_reason == "next_hop_offline"
+            and loss.back is not None
+            and loss.back <= RACE_SHAPE_WITHIN
+        )
+
     def summary(self, kills: int) -> str:
         windows = sorted(round(loss.before_kill * 1000, 1) for loss in self.in_memory)
         around_kills = (
@@ -399,6 +449,8 @@ class Verdict:
             f"{self.widest_in_memory * 1000:.1f} ms before its kill; all, ms: {windows}), "
             f"{self.unheard_lost} of {self.unheard} published with no daemon subscribed, "
             f"{self.to_dead_lost} of {self.to_dead} heard only by a killed daemon's stream, "
+            f"{len(self.journaled)} journaled at a kill, {len(self.beyond_bound)} beyond the "
+            "bound, "
             if kills
             else "lost: "
         )
@@ -419,10 +471,12 @@ def judge(
     lives: Sequence[Life],
     *,
     bound: float,
+    journaled: Set[bytes] = frozenset(),
 ) -> Verdict:
     """Puts every message sent in its class (the module's docstring). A loss published
     within ``bound`` seconds before the kill of the daemon that heard it was held in that
-    daemon's memory; any other loss of a message a live daemon heard is a failure."""
+    daemon's memory, unless it is among ``journaled`` (the payloads the journal held at a
+    kill); any other loss of a message a live daemon heard is a failure."""
     v = Verdict(personality, bound)
     kills = sorted(life.killed for life in lives)
     for s in traffic.sent:
@@ -455,14 +509,13 @@ def judge(
         life = next(life for life in lives if life.started <= s.at < life.killed)
         since = None if life.ready is None else s.at - life.ready
         loss = Loss(s, before_kill, traffic.back_after(s), since)
-        if before_kill <= bound:
+        if s.text in journaled:
+            v.journaled.append(loss)
+        elif before_kill <= bound:
             v.in_memory.append(loss)
-        elif (
-            personality.native_onion_messages
-            and s.result.drop_reason == "next_hop_offline"
-            and loss.back is not None
-            and loss.back <= RACE_SHAPE_WITHIN
-        ):
+        elif before_kill <= NEAR_A_KILL:
+            v.beyond_bound.append(loss)
+        elif v._race_shaped(loss):
             v.race.append(loss)
         else:
             v.unexplained.append(loss)
