@@ -170,7 +170,8 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     print(
         f"Redis held {len(held_at_kills)} messages at kills and {len(journaled_at_kills)} "
         f"journaled ones for the next daemon; simnet kept {len(net.node.unheard)} "
-        f"publications no daemon heard; counters {books.counters}"
+        f"publications no daemon heard; {sum(life.ready is not None for life in lives)} "
+        f"daemons led; counters {books.counters}"
     )
     # The sender's view of what nobody heard and simnet's own record of it agree.
     assert len(net.node.unheard) == sum(
