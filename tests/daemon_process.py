@@ -27,8 +27,11 @@ ROOM_FOR_EVERYTHING = (
 
 
 def daemon_argv(
-    rpcserver: str, cert: Path, macaroon: Path, redis_url: str, *extra: str
+    rpcserver: str, cert: Path, macaroon: Path, redis_url: str | None, *extra: str
 ) -> list[str]:
+    """The command line; ``redis_url`` None: no --redis-url, the daemon's embedded Redis
+    (in the --datadir that ``extra`` names)."""
+    redis = [] if redis_url is None else ["--redis-url", redis_url]
     return [
         sys.executable,
         "-m",
@@ -41,8 +44,7 @@ def daemon_argv(
         str(macaroon),
         "--network",
         "regtest",
-        "--redis-url",
-        redis_url,
+        *redis,
         *extra,
     ]
 

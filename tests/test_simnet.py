@@ -424,6 +424,34 @@ async def test_every_subscriber_gets_every_event(node21: SimNode) -> None:
     await asyncio.wait_for(node21.wait_until_subscribers("peer_events", lambda n: n == 0), 5)
 
 
+async def test_a_publication_records_who_heard_it_and_the_node_keeps_the_unheard(
+    node: SimNode,
+) -> None:
+    alice, bob = peers_with_channels(node)
+    alice.connect()
+    native = node.personality.native_onion_messages
+    stream = "onion_messages" if native else "custom_messages"
+
+    def subscribe(c: Rpc) -> Any:
+        if native:
+            return c.ln.SubscribeOnionMessages(ln.SubscribeOnionMessagesRequest(), metadata=c.md)
+        return c.ln.SubscribeCustomMessages(ln.SubscribeCustomMessagesRequest(), metadata=c.md)
+
+    _, unheard = message_via([node.pubkey, bob.pubkey], {TEXT: b"nobody listens"})
+    assert (await alice.send_onion_message(unheard)).subscribers == 0
+    async with rpc(node) as c:
+        calls = [subscribe(c) for _ in range(2)]
+        await asyncio.wait_for(node.wait_for_subscribers(stream, 2), 5)
+        _, heard = message_via([node.pubkey, bob.pubkey], {TEXT: b"two listen"})
+        assert (await alice.send_onion_message(heard)).subscribers == 2
+        for call in calls:
+            await read(call)
+            call.cancel()
+    # lnd keeps nothing for a subscriber that was not there: only simnet can tell.
+    assert [i.data for i in node.unheard] == [unheard.encode()]
+    assert node.unheard[0].result.published
+
+
 async def test_an_offline_peer_cannot_send(node21: SimNode) -> None:
     alice = node21.add_peer("alice")
     _, msg = message_via([node21.pubkey], {})

@@ -48,6 +48,9 @@ binaries by the itest):
 * ``Signer.DeriveSharedKey``: SHA256 of the compressed ECDH point with the node key.
 * For tests: :attr:`SimNode.calls` counts the calls of each RPC; :meth:`SimNode.stall`
   holds a unary RPC's calls unanswered, as an lnd busy on it (a slow database) does.
+  :attr:`IngestResult.subscribers` says how many subscribers heard a publication, and
+  :attr:`SimNode.unheard` keeps those nobody heard: lnd keeps nothing for a subscriber
+  that is not there (a daemon restarting), and only simnet can tell a test so.
 * Restart: :meth:`SimNode.stop` ends every stream the way a client sees lnd's shutdown end
   it (see :data:`SHUTDOWN_STATUS`): custom and onion messages with ``UNAVAILABLE``
   "Stream removed (Socket closed)"; peer events cleanly (``OK``), one of the two endings
@@ -237,11 +240,15 @@ class IngestResult:
     ``drop_reason``: why lnd dropped it or could not forward it (``no_channel``,
     ``peer_rate_limit``, ``global_rate_limit``, ``peel: <reason>``, ``unknown_scid``,
     ``cycle``, ``next_hop_offline``, ``unknown_message``).
+    ``subscribers``: how many subscribers the stream had when it was published (0: nobody
+    heard it, and lnd keeps nothing for later; a subscriber whose process just died still
+    counts until the server notices its connection is gone).
     """
 
     published: bool
     forwarded_to: bytes | None = None
     drop_reason: str | None = None
+    subscribers: int = 0
 
 
 @dataclass(frozen=True)
@@ -485,6 +492,8 @@ class SimNode:
         self.channels: list[SimChannel] = []
         # Every message a peer sent the node, with what became of it.
         self.ingested: list[Ingested] = []
+        # The published ones that no subscriber heard (IngestResult.subscribers == 0).
+        self.unheard: list[Ingested] = []
 
         self._server: grpc.aio.Server | None = None
         self._subscribers: dict[str, set[asyncio.Queue[Any]]] = {name: set() for name in STREAMS}
@@ -715,9 +724,12 @@ class SimNode:
         if stalled is not None:
             stalled.set()
 
-    def _publish(self, stream: str, item: object) -> None:
-        for queue in self._subscribers[stream]:
+    def _publish(self, stream: str, item: object) -> int:
+        """Hands ``item`` to the stream's subscribers; returns how many there were."""
+        queues = self._subscribers[stream]
+        for queue in queues:
             queue.put_nowait(item)
+        return len(queues)
 
     async def _subscription(self, stream: str) -> AsyncIterator[Any]:
         """Items published on ``stream`` from now on; ends (returns) at shutdown."""
@@ -744,15 +756,18 @@ class SimNode:
         elif msg_type >= CUSTOM_TYPE_START or (
             msg_type == ONION_MESSAGE_TYPE and self.custom_message_513
         ):
-            self._publish(
+            heard = self._publish(
                 "custom_messages", ln.CustomMessage(peer=peer.pubkey, type=msg_type, data=data)
             )
-            result = IngestResult(published=True)
+            result = IngestResult(published=True, subscribers=heard)
         else:
             # lnd does not know the type and was not told to pass it on: it notes an
             # "unknown message type" error for the peer and moves on.
             result = IngestResult(published=False, drop_reason="unknown_message")
-        self.ingested.append(Ingested(peer.pubkey, msg_type, data, result))
+        ingested = Ingested(peer.pubkey, msg_type, data, result)
+        self.ingested.append(ingested)
+        if result.published and not result.subscribers:
+            self.unheard.append(ingested)
         return result
 
     def _rate_limited(self, peer: SimPeer, size: int) -> str | None:
@@ -819,8 +834,10 @@ class SimNode:
                 reason = "next_hop_offline"
         else:
             _fill_receive(update, action)
-        self._publish("onion_messages", update)
-        return IngestResult(published=True, forwarded_to=forwarded_to, drop_reason=reason)
+        heard = self._publish("onion_messages", update)
+        return IngestResult(
+            published=True, forwarded_to=forwarded_to, drop_reason=reason, subscribers=heard
+        )
 
     # --- gRPC plumbing ----------------------------------------------------------------------
 
