@@ -110,7 +110,7 @@ class Daemon:
     async def state(self) -> tuple[str | None, bool, int]:
         """Its role, whether it is ready, and /health/leader's status."""
         _, body = await asyncio.to_thread(health, self.port)
-        code, leader = await asyncio.to_thread(health, self.port, "/health/leader")
+        code, _ = await asyncio.to_thread(health, self.port, "/health/leader")
         return body.get("role"), body.get("ready") is True, code
 
     async def leads(self) -> bool:
