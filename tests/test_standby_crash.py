@@ -82,7 +82,7 @@ GENERATIONS = pytest.mark.parametrize(
 
 
 @GENERATIONS
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900)  # about 120 s here (2 cores shared); room for a slower CI machine
 async def test_sigkills_of_the_leader_lose_nothing_with_a_standby(
     personality: Personality, redis_url: str, tmp_path: Path
 ) -> None:
