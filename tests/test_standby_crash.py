@@ -255,7 +255,8 @@ async def leader_kills(
         if not arrived:
             lost += 1
             before = next((k for k in kill_times if k >= s.at), float("inf")) - s.at
-            loss = Loss(s, before, traffic.back_after(s), None)
+            stalled = traffic.stalled(s.at, s.at + before) if before != float("inf") else 0.0
+            loss = Loss(s, before, stalled, traffic.back_after(s), None)
             failures.append(f"lost: {loss.describe()}; {near(s, kill_times)}")
     copies = sum(sum(t.values()) for t in received.values())
     delivered = sum(len(t) for t in received.values())
