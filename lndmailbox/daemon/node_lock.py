@@ -55,6 +55,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from lndmailbox import __version__
+from lndmailbox.daemon.supervisor import cancel_for_good
 from lndmailbox.errors import MailboxError, NodeLockLostError, StoreUnavailableError
 from lndmailbox.retry import Outage, Retry, wait_or_stop
 from lndmailbox.store import Control, LockRenewal
@@ -133,9 +134,9 @@ class Term:
         if self._released or self.lost is not None:
             return
         self._released = True
+        self.ended.set()
         if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.wait([self._keeper])
+            await cancel_for_good(self._keeper)
         await self._lock.release()
 
 
@@ -217,9 +218,10 @@ class NodeLock:
             stopper.cancel()
             term.close()
             keeper.remove_done_callback(died)
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([keeper])
+            # The term is over: the lease task ends by itself at its next look, should a
+            # cancellation be lost in a renewal (see cancel_for_good).
+            term.ended.set()
+            await cancel_for_good(keeper)
             await term.hand_over()
         error = keeper.exception() if keeper.done() and not keeper.cancelled() else None
         if error is not None:

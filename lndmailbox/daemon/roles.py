@@ -229,8 +229,7 @@ class Roles:
             await asyncio.wait([acquire, standing], return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not acquire.done():
-                acquire.cancel()
-                await asyncio.wait([acquire])
+                await cancel_for_good(acquire)
         if acquire.done() and not acquire.cancelled():
             return acquire.result()
         standing.result()  # raises what the standby died of

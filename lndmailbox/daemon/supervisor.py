@@ -50,7 +50,7 @@ async def run_until_stopped(stop: asyncio.Event, coro: Coroutine[Any, Any, None]
         task.result()
 
 
-async def cancel_for_good(task: asyncio.Task[None], within: float = CANCEL_WITHIN) -> None:
+async def cancel_for_good(task: asyncio.Future[Any], within: float = CANCEL_WITHIN) -> None:
     """Cancels ``task``, again every :data:`RECANCEL_EVERY` seconds, until it ends or
     ``within`` seconds have passed (then it is left behind, as :func:`cancel` does).
 
