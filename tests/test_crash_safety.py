@@ -23,12 +23,15 @@ What must hold:
   with the events; the mailbox ends empty and its indexes agree with its queues
   (``lndmailbox.store.audit``, after every kill and at the end).
 
-The seed is printed (``CRASH_SEED`` replays the test's own choices).
+The seed is printed (``CRASH_SEED`` replays the test's own choices). Each daemon logs at
+INFO into its own file under the test's ``tmp_path/logs``; a daemon that ends before its
+kill fails the test with the end of its log (the daemon exits only on a signal).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -102,7 +105,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         "--allow-channel-peers",
         *ROOM_FOR_EVERYTHING,
         "--log-level",
-        "error",
+        "info",
         "--metrics-addr",
         f"127.0.0.1:{port}",
     )
@@ -113,6 +116,10 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     journaled_at_kills: set[bytes] = set()
     """The payloads of every message the journal held at a kill."""
     audits: list[str] = []
+    early: list[str] = []
+    """Daemons that ended before their kill: the daemon exits only on a signal."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
     store = Store.from_url(redis_url, net.node.pubkey)
     last: asyncio.subprocess.Process | None = None
     exit_code = None
@@ -120,7 +127,11 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         traffic.start()
         for n in range(1, kills + 1):
             started = time.monotonic()
-            daemon = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
+            log_path = logs / f"daemon-{n}.log"
+            with log_path.open("wb") as log_file:
+                daemon = await asyncio.create_subprocess_exec(
+                    *command, stdin=subprocess.DEVNULL, stderr=log_file
+                )
             try:
                 ready = None
                 if rng.random() < START_UP_KILLS:
@@ -129,12 +140,16 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
                     await wait_until(lambda: leading(port), within=30, what="the daemon to lead")
                     ready = time.monotonic()
                     await asyncio.sleep(rng.uniform(*RUNNING))
-                daemon.send_signal(signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it ended already
+                    daemon.send_signal(signal.SIGKILL)
                 lives.append(Life(started, time.monotonic(), ready))
             finally:
-                if daemon.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
                     daemon.kill()
-                await daemon.wait()
+                code = await daemon.wait()
+            if code != -signal.SIGKILL:
+                tail = log_path.read_text(errors="replace").splitlines()[-5:]
+                early.append(f"daemon {n} exited {code} before its kill; its log ends: {tail}")
             await wait_until(net.unsubscribed, what="the node to drop the dead daemon's stream")
             # Nothing runs against Redis now: it holds what the next daemon must deliver.
             audits += [f"after kill {n}: {p}" for p in await audit(store)]
@@ -143,7 +158,10 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
 
         # The last daemon is left running: everything kept must reach its recipient.
         started = time.monotonic()
-        last = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL)
+        with (logs / "daemon-last.log").open("wb") as log_file:
+            last = await asyncio.create_subprocess_exec(
+                *command, stdin=subprocess.DEVNULL, stderr=log_file
+            )
         await wait_until(lambda: leading(port), within=30, what="the last daemon to lead")
         lives.append(Life(started, ready=time.monotonic()))
         await asyncio.sleep(LAST_RUN)
@@ -179,6 +197,6 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
     )
     assert books.counters.get("stored", 0) > 0, "the scenario stored nothing: it tests nothing"
     assert verdict.no_excuse > verdict.sent // 2, "most messages must be checked with no excuse"
-    failures = verdict.failures() + audits + books.disagreements()
+    failures = early + verdict.failures() + audits + books.disagreements()
     failures += undelivered(held_at_kills, received, books)
     assert not failures, "\n".join(failures)
