@@ -161,18 +161,30 @@ class Roles:
         beat_stop = asyncio.Event()
         beating = spawn(self.beat.run(beat_stop), "heartbeat")
         beating.add_done_callback(lambda _: stop.set())  # it only ends when it fails
+        beat_ended = False
         try:
             while not stop.is_set():
-                if not await self._one_turn(stop, transport):
-                    break
+                if not await self._one_turn(stop, transport) and not stop.is_set():
+                    raise MailboxError("a turn as standby or leader ended without a stop")
         finally:
+            beat_ended = beating.done()  # before it was told to stop: it failed
             self._metrics.leader.set(0)
             beat_stop.set()
             await asyncio.wait([beating], timeout=_STANDBY_STOPS_WITHIN)
             await cancel_for_good(beating)
             await self.beat.remove()
-        if beating.done() and not beating.cancelled() and beating.exception() is not None:
-            raise MailboxError(f"the heartbeat failed: {beating.exception()!r}")
+        if beat_ended:
+            # A daemon exits 0 only when told to stop: an end the heartbeat task did not
+            # explain (cancelled from within) must not pass for one.
+            error = None if beating.cancelled() else beating.exception()
+            why = (
+                "it was cancelled"
+                if beating.cancelled()
+                else repr(error)
+                if error
+                else "it returned"
+            )
+            raise MailboxError(f"the heartbeat task ended on its own: {why}")
 
     async def _one_turn(self, stop: asyncio.Event, transport: Transport) -> bool:
         """Stands by, then leads once; True if the lead was lost (stand by again)."""
