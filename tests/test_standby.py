@@ -46,6 +46,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from simnet import Personality, SimNode
 
 from lndmailbox.clock import SystemClock
+from lndmailbox.daemon.decision_queue import DecisionQueue
+from lndmailbox.daemon.inbox_look import InboxLook
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
@@ -134,6 +136,40 @@ async def test_a_decided_message_is_not_journaled_again(redis_client: aioredis.R
     await store.journal.write(decided=[entry_for(*other)])
     assert await store.journal.write([(entry_for(*other), point(), *other, 1.0)]) == 1
     assert await store.journal.entries() == []
+
+
+async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The inbox look reads back at most a batch a look: entries it cannot decode (a
+    newer release's) are passed over from then on, so those it can are all taken."""
+    store = Store(redis_client, NODE)
+    newer = {os.urandom(16).hex(): b"\x7f" + os.urandom(200) for _ in range(2000)}
+    await redis_client.hset(store.keys.journal_key, mapping=newer)  # type: ignore[arg-type]
+    ours = [(point(), os.urandom(300)) for _ in range(20)]
+    await store.journal.write([(entry_for(*m), point(), *m, time.time()) for m in ours])
+    reporter = Reporter(node=NODE, metrics=Metrics(), events=store.events)
+    queue = DecisionQueue()
+    ready = asyncio.Event()
+    ready.set()
+    look = InboxLook(
+        journal=store.journal,
+        writer=JournalWriter(store.journal, SystemClock(), reporter),
+        queue=queue,
+        metrics=Metrics(),
+        clock=SystemClock(),
+        ttl=3600,
+        max_in_flight_bytes=1 << 30,
+        ready=ready,
+        grace=0.0,
+    )
+    looks = 0
+    while queue.qsize() < len(ours) and looks < 20:
+        await look.look()
+        looks += 1
+    taken = {queue.get_nowait().entry for _ in range(queue.qsize())}
+    assert taken == {entry_for(*m) for m in ours}, f"taken {len(taken)} of 20 in {looks} looks"
+    assert len(await store.journal.entries()) == 2020, "a newer release's entries stay"
 
 
 async def test_the_decided_record_holds_a_few_seconds_whatever_the_traffic(

@@ -19,6 +19,9 @@ own, for :data:`GRACE` seconds. Rules that hold:
   in-flight cap (what does not fit waits for the next look). A message taken is not
   decided again when the leader's stream brings it late
   (:meth:`JournalWriter.taken_before`, the reader's check).
+- An entry read back and not decodable (of a version a newer release writes) is passed
+  over while it stays in the inbox: it is the newer daemon's, and however many there are
+  they never crowd out the entries this release can decide.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ class InboxLook:
         self._ready = ready
         self._seen: dict[str, float] = {}
         """Entries found in the inbox and not the leader's, with when first (monotonic)."""
+        self._passed: set[str] = set()
+        """Entries read back that this release cannot decode, while they stay."""
         self._outage = Outage("looking at the journal for what only a standby read", log)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,10 +100,11 @@ class InboxLook:
         """One look; returns how many entries it took."""
         names = await self._journal.entries()
         now = self._clock.monotonic()
+        self._passed.intersection_update(names)
         seen: dict[str, float] = {}
         due: list[str] = []
         for name in names:
-            if self._writer.holds(name):
+            if self._writer.holds(name) or name in self._passed:
                 continue
             first = self._seen.get(name, now)
             seen[name] = first
@@ -108,6 +114,7 @@ class InboxLook:
         if not due:
             return 0
         found = await self._journal.read(due)
+        self._passed.update(set(due).difference(item.entry for item in found))
         # Re-checked after the read: the leader's stream may have brought one meanwhile.
         fitting = []
         held = self._writer.bytes
