@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +181,34 @@ def test_docs_list_every_metric_with_its_labels() -> None:
         name = family.name + "_total" if family.type == "counter" else family.name
         exported[name] = {k for s in family.samples for k in s.labels if k != "le"}
     assert documented == exported
+
+
+def health(address: tuple[str, int], path: str) -> tuple[int, dict[str, object]]:
+    host, port = address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_leader_whose_lease_is_unconfirmed_is_not_the_leader_to_a_probe(
+    metrics: Metrics,
+) -> None:
+    address = metrics.start_http_server("127.0.0.1", 0)
+    in_lease = True
+    metrics.set_role("leader", ready=True, owner="a", since=1.0)
+    metrics.lease = lambda: in_lease
+    assert health(address, "/health/leader") == (
+        200,
+        {"role": "leader", "ready": True, "owner": "a", "since": 1.0, "in_lease": True},
+    )
+    in_lease = False
+    code, body = health(address, "/health/leader")
+    assert (code, body["in_lease"]) == (503, False)
+    assert health(address, "/health")[0] == 200, "still serving: it journals, and waits"
+    metrics.set_role("standby", ready=True, owner="a", since=2.0)
+    metrics.lease = None
+    code, body = health(address, "/health/leader")
+    assert code == 503
+    assert "in_lease" not in body

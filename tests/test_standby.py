@@ -846,7 +846,7 @@ async def test_the_health_endpoint_answers_by_role() -> None:
         assert (await probe.health())[0] == 200
         assert await probe.health("/health/leader/") == (
             200,
-            {"role": "leader", "ready": False, "owner": "me", "since": 2.0},
+            {"role": "leader", "ready": False, "owner": "me", "since": 2.0, "in_lease": True},
         )
         assert b"lndmailbox_leader " in await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2).read()

@@ -19,8 +19,10 @@ soon as it is a standby):
 
 - ``/health``: 200 while the daemon is the node's leader or a standby on lnd's stream,
   503 while it starts (not yet on lnd's stream, or waiting for lnd or Redis);
-- ``/health/leader``: 200 only while it leads the node (503 otherwise): where a load
-  balancer or a "which one leads" probe looks.
+- ``/health/leader``: 200 only while it leads the node and its lease is confirmed (503
+  otherwise): where a load balancer or a "which one leads" probe looks. A leader whose
+  lock renewals have not got through within the lease hands nothing to lnd (a standby
+  may lead), and says ``"in_lease": false``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -153,8 +155,11 @@ def _with_health(metrics: Metrics, app: WSGIApplication) -> WSGIApplication:
         path = str(environ.get("PATH_INFO", "")).rstrip("/")
         if path not in (HEALTH_PATH, LEADER_PATH):
             return app(environ, start_response)
-        role, details = metrics.role, metrics.role_details
-        healthy = role == "leader" if path == LEADER_PATH else role in SERVING_ROLES
+        role, details = metrics.role, dict(metrics.role_details)
+        if role == "leader":
+            details["in_lease"] = metrics.lease is None or metrics.lease()
+        leads = role == "leader" and bool(details["in_lease"])
+        healthy = leads if path == LEADER_PATH else role in SERVING_ROLES
         body = json.dumps({"role": role, **details}).encode()
         start_response(
             "200 OK" if healthy else "503 Service Unavailable",
@@ -294,6 +299,8 @@ class Metrics:
         self.role = "starting"
         """This daemon's role, for the health endpoint: ``starting``, ``standby``, ``leader``."""
         self.role_details: dict[str, str | float | bool] = {}
+        self.lease: Callable[[], bool] | None = None
+        """While leading: whether the node lock's lease is known to be this daemon's."""
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

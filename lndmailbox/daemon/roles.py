@@ -266,6 +266,7 @@ class Roles:
         async with self._lock.leading(stop) as term:
             self._metrics.leader_changes.inc()
             self._metrics.leader.set(1)
+            self._metrics.lease = term.in_lease.is_set
             self.beat.become("leader", ready=False)
             log.info("leading: this daemon decides, stores and delivers for the node")
             mailbox = Mailbox(
@@ -286,6 +287,7 @@ class Roles:
                 overlap.cancel()
                 self.mailbox = None
                 self._metrics.leader.set(0)
+                self._metrics.lease = None
         if term.lost is None:
             return False
         self.beat.become("standby")
