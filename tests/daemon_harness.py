@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
 from simnet import Personality, SimNode, SimPeer
 
 from lndmailbox.config import Settings
@@ -22,6 +23,27 @@ from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store, StoredMessage
 
 PAYLOAD_TYPE = 65
+GENERATIONS = pytest.mark.parametrize(
+    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
+)
+"""Runs a test against simnet as each lnd generation: 0.18-0.20 (custom messages) and
+0.21 (native onion messages)."""
+
+
+def ci_and_long(ci: float, long: float, *, timeout: int, long_timeout: int) -> pytest.MarkDecorator:
+    """Parametrizes a heavy scenario's ``size`` (kills, seconds): a form that fits the CI
+    run, and the full form under ``-m long`` (``make test-long``), each with its timeout."""
+    return pytest.mark.parametrize(
+        "size",
+        [
+            pytest.param(ci, id="ci", marks=pytest.mark.timeout(timeout)),
+            pytest.param(
+                long, id="long", marks=(pytest.mark.long, pytest.mark.timeout(long_timeout))
+            ),
+        ],
+    )
+
+
 BOB_SCID = scid(800_000, 7, 1)
 BOB_ALIAS = scid(16_000_000, 0, 1)
 """The alias of bob's channel, which confirmed before use: lnd 0.21 does not forward by it."""

@@ -28,7 +28,7 @@ from lndmailbox.onion import BlindedHopSpec, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Store
-from tests.daemon_harness import PAYLOAD_TYPE, wait_until, world
+from tests.daemon_harness import GENERATIONS, PAYLOAD_TYPE, wait_until, world
 
 PEERS = "lndmailbox.daemon.peers"
 BOB = bytes.fromhex("02" + "22" * 32)
@@ -125,9 +125,7 @@ async def test_a_refused_macaroon_ends_the_check() -> None:
 # --- the running daemon --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
+@GENERATIONS
 async def test_the_daemon_warns_at_start_on_the_native_transport_only(
     personality: Personality, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

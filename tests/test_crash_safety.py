@@ -37,12 +37,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from simnet import Personality
 
 from lndmailbox.store import Store, free_port
 from lndmailbox.store.audit import audit
-from tests.daemon_harness import wait_until
+from tests.daemon_harness import GENERATIONS, ci_and_long, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, leading
 from tests.traffic import (
     IN_MEMORY_BOUND,
@@ -70,26 +69,13 @@ second it takes to start that most messages reach a live daemon."""
 LAST_RUN = 2.0
 """Seconds of traffic the last daemon, which is not killed, gets before the end."""
 
-GENERATIONS = pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
-
 
 @GENERATIONS
-@pytest.mark.timeout(900)  # about 130 s here; room for a slower CI machine
+@ci_and_long(KILLS, LONG_KILLS, timeout=900, long_timeout=3600)  # CI: about 130 s here
 async def test_sigkill_loses_nothing_outside_the_window(
-    personality: Personality, redis_url: str, tmp_path: Path
+    personality: Personality, redis_url: str, tmp_path: Path, size: int
 ) -> None:
-    await sigkills(personality, redis_url, tmp_path, KILLS)
-
-
-@pytest.mark.long
-@GENERATIONS
-@pytest.mark.timeout(3600)
-async def test_sigkill_loses_nothing_outside_the_window_long(
-    personality: Personality, redis_url: str, tmp_path: Path
-) -> None:
-    await sigkills(personality, redis_url, tmp_path, LONG_KILLS)
+    await sigkills(personality, redis_url, tmp_path, size)
 
 
 async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kills: int) -> None:

@@ -30,7 +30,7 @@ from simnet import Personality
 
 from lndmailbox.store import RedisServer, Store, embedded_socket_path, free_port
 from lndmailbox.store.audit import audit
-from tests.daemon_harness import wait_until
+from tests.daemon_harness import GENERATIONS, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, leading
 from tests.traffic import (
     IN_MEMORY_BOUND,
@@ -67,9 +67,7 @@ def server_answers(datadir: Path) -> bool:
         return False
 
 
-@pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
+@GENERATIONS
 @pytest.mark.parametrize("group", [False, True], ids=["daemon killed", "daemon and server killed"])
 async def test_sigkill_on_embedded_redis_then_takeover(
     personality: Personality, group: bool, tmp_path: Path

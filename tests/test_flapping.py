@@ -20,11 +20,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from simnet import Personality
 
 from lndmailbox.store import Store, free_port
-from tests.daemon_harness import wait_until
+from tests.daemon_harness import GENERATIONS, ci_and_long, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, leading
 from tests.traffic import Books, Life, Network, Traffic, judge, received_texts, seeded
 
@@ -34,25 +33,13 @@ message in 2,441 on lnd 0.21 in this form and 12 in 30,002 in the long form (the
 own runs: 1 in 1,200), so this form caught the fast-reconnect race about 7 times in 10."""
 LONG_SECONDS = 300.0
 
-GENERATIONS = pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
-
 
 @GENERATIONS
+@ci_and_long(SECONDS, LONG_SECONDS, timeout=300, long_timeout=1200)
 async def test_flapping_recipients_lose_nothing(
-    personality: Personality, redis_url: str, tmp_path: Path
+    personality: Personality, redis_url: str, tmp_path: Path, size: float
 ) -> None:
-    await flapping(personality, redis_url, tmp_path, SECONDS)
-
-
-@pytest.mark.long
-@GENERATIONS
-@pytest.mark.timeout(1200)
-async def test_flapping_recipients_lose_nothing_long(
-    personality: Personality, redis_url: str, tmp_path: Path
-) -> None:
-    await flapping(personality, redis_url, tmp_path, LONG_SECONDS)
+    await flapping(personality, redis_url, tmp_path, size)
 
 
 async def flapping(

@@ -52,7 +52,7 @@ from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.store import RedisServer, Store, free_port
 from lndmailbox.store.audit import audit
-from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_harness import GENERATIONS, PAYLOAD_TYPE, wait_until
 from tests.daemon_process import daemon_argv
 
 BUFFER = 20
@@ -407,9 +407,7 @@ async def test_redis_outages_and_memory_pressure_past_the_lease(tmp_path: Path) 
 
 
 @pytest.mark.long
-@pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
+@GENERATIONS
 async def test_one_daemon_rides_out_30s_and_60s_outages_and_memory_pressure(
     personality: Personality, tmp_path: Path
 ) -> None:

@@ -69,7 +69,7 @@ from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Control, LockRenewal, Store, embedded_socket_path, free_port, lua
 from lndmailbox.store.journal import NewEntry, entry_for
-from tests.daemon_harness import PAYLOAD_TYPE, wait_until
+from tests.daemon_harness import GENERATIONS, PAYLOAD_TYPE, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, health
 from tests.traffic import seeded
 
@@ -460,9 +460,6 @@ async def test_the_standbys_stream_outlives_the_leaders_being_ready(
 # --- daemons as subprocesses ---------------------------------------------------------------
 
 READY = "ready: following lnd's peer events and onion messages"
-GENERATIONS = pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
 
 
 @dataclass

@@ -39,11 +39,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pytest
 from simnet import Personality
 
 from lndmailbox.store import Store, free_port
-from tests.daemon_harness import wait_until
+from tests.daemon_harness import GENERATIONS, ci_and_long, wait_until
 from tests.daemon_process import ROOM_FOR_EVERYTHING, daemon_argv, health
 from tests.traffic import (
     Books,
@@ -76,26 +75,13 @@ CONFIRM_AFTER = "0.5"
 """Short, so that the last messages are confirmed (and leave the mailbox) soon after the
 traffic stops: every recipient then stays online."""
 
-GENERATIONS = pytest.mark.parametrize(
-    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
-)
-
 
 @GENERATIONS
-@pytest.mark.timeout(900)  # about 120 s here (2 cores shared); room for a slower CI machine
+@ci_and_long(KILLS, LONG_KILLS, timeout=900, long_timeout=3600)  # CI: about 120 s here
 async def test_sigkills_of_the_leader_lose_nothing_with_a_standby(
-    personality: Personality, redis_url: str, tmp_path: Path
+    personality: Personality, redis_url: str, tmp_path: Path, size: int
 ) -> None:
-    await leader_kills(personality, redis_url, tmp_path, KILLS)
-
-
-@pytest.mark.long
-@GENERATIONS
-@pytest.mark.timeout(3600)
-async def test_sigkills_of_the_leader_lose_nothing_with_a_standby_long(
-    personality: Personality, redis_url: str, tmp_path: Path
-) -> None:
-    await leader_kills(personality, redis_url, tmp_path, LONG_KILLS)
+    await leader_kills(personality, redis_url, tmp_path, size)
 
 
 @dataclass
