@@ -354,16 +354,13 @@ async def test_a_signer_away_is_waited_out_and_a_stop_leaves_the_message_journal
     decider tries again past the client's own retries, until lnd answers (the message is
     kept) or the daemon stops (the message stays journaled); never a drop."""
     from lndmailbox.clock import SystemClock
-    from lndmailbox.daemon.decider import Decider
     from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
     from lndmailbox.daemon.metrics import Metrics
-    from lndmailbox.daemon.outcomes import Reporter
-    from lndmailbox.daemon.peers import ChannelMap, PeerTracker
-    from lndmailbox.daemon.policy import Policy
+    from lndmailbox.daemon.peers import PeerTracker
     from lndmailbox.daemon.race_guard import RaceGuard
     from lndmailbox.lnd import IncomingOnionMessage, Transport
     from lndmailbox.onion import CachedNodeKey, LocalNodeKey
-    from tests.test_decider import Decided, Kept, NoChannels, NothingSent
+    from tests.decider_parts import Decided, Kept, NothingSent, decider_for
 
     bob = LocalNodeKey.generate()
     clock, metrics = SystemClock(), Metrics()
@@ -375,28 +372,20 @@ async def test_a_signer_away_is_waited_out_and_a_stop_leaves_the_message_journal
         Store.from_url(redis_url, node21.pubkey) as store,
     ):
         await store.allowlist.add([bob.pubkey])
-        channels = ChannelMap(NoChannels(), clock)
-        decider = Decider(
+        decider = decider_for(
+            store,
             node_id=node21.pubkey,
             node_key=CachedNodeKey(lnd.node_key()),
             transport=Transport.CUSTOM,
-            peers=PeerTracker(clock),
-            channels=channels,
-            policy=Policy(
-                allowlist=store.allowlist,
-                channels=channels,
-                clock=clock,
-                allow_channel_peers=False,
-            ),
-            sender=NothingSent(),
-            keeper=kept,
-            journal=decided,
-            race=RaceGuard(clock, 0),
-            reporter=Reporter(node=node21.pubkey, metrics=metrics, events=store.events),
-            metrics=metrics,
             clock=clock,
+            peers=PeerTracker(clock),
+            race=RaceGuard(clock, 0),
+            sender=NothingSent(),
+            kept=kept,
+            decided=decided,
+            metrics=metrics,
+            allow_channel_peers=False,
             queue=queue,
-            workers=1,
         )
 
         def arrival(entry: str) -> Arrival:

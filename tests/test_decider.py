@@ -11,15 +11,13 @@ from lndmailbox.clock import SystemClock
 from lndmailbox.daemon.decider import Decider
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
 from lndmailbox.daemon.metrics import Metrics
-from lndmailbox.daemon.outcomes import Reporter
-from lndmailbox.daemon.outgoing import OutgoingMessage
-from lndmailbox.daemon.peers import ChannelMap, PeerTracker
-from lndmailbox.daemon.policy import Policy
+from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.errors import LndCredentialsError
-from lndmailbox.lnd import ChannelIndex, IncomingOnionMessage, Transport
+from lndmailbox.lnd import IncomingOnionMessage, Transport
 from lndmailbox.onion import BlindedHopSpec, LocalNodeKey, NodeKey, message_via
 from lndmailbox.store import Store
+from tests.decider_parts import Decided, Kept, NothingSent, decider_for
 
 
 class HangingSigner:
@@ -32,36 +30,6 @@ class HangingSigner:
         self.called.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
-
-
-class NoChannels:
-    async def channel_index(self) -> ChannelIndex:
-        return ChannelIndex((), {})
-
-
-class NothingSent:
-    async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
-        raise AssertionError("nothing is sent")
-
-
-class Kept:
-    """The store writer's part: what it was given to keep."""
-
-    def __init__(self) -> None:
-        self.messages: list[OutgoingMessage] = []
-
-    def keep(self, message: OutgoingMessage) -> None:
-        self.messages.append(message)
-
-
-class Decided:
-    """The journal's part: which entries were decided."""
-
-    def __init__(self) -> None:
-        self.entries: list[str | None] = []
-
-    def decided(self, entry: str | None) -> None:
-        self.entries.append(entry)
 
 
 def _decider(
@@ -77,23 +45,19 @@ def _decider(
 ) -> Decider:
     """A decider on the custom transport that keeps mail for any channel peer (none here)."""
     clock = SystemClock()
-    channels = ChannelMap(NoChannels(), clock)
-    return Decider(
+    return decider_for(
+        store,
         node_id=node.pubkey,
         node_key=node_key,
         transport=Transport.CUSTOM,
-        peers=PeerTracker(clock),
-        channels=channels,
-        policy=Policy(
-            allowlist=store.allowlist, channels=channels, clock=clock, allow_channel_peers=True
-        ),
-        sender=NothingSent(),
-        keeper=kept,
-        journal=decided,
-        race=RaceGuard(clock, 0),
-        reporter=Reporter(node=node.pubkey, metrics=metrics, events=store.events),
-        metrics=metrics,
         clock=clock,
+        peers=PeerTracker(clock),
+        race=RaceGuard(clock, 0),
+        sender=NothingSent(),
+        kept=kept,
+        decided=decided,
+        metrics=metrics,
+        allow_channel_peers=True,
         queue=queue,
         workers=workers,
     )

@@ -24,16 +24,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from simnet import Personality, SimNode, SimPeer
 
-from lndmailbox.daemon.decider import Decider
-from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
+from lndmailbox.daemon.decision_queue import Arrival
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
-from lndmailbox.daemon.outgoing import OutgoingMessage
-from lndmailbox.daemon.peers import ChannelMap, PeerTracker
-from lndmailbox.daemon.policy import Policy
+from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.lnd import (
-    ChannelIndex,
     IncomingMalformed,
     IncomingOnionMessage,
     LndClient,
@@ -45,6 +41,7 @@ from lndmailbox.onion.tlv import scid
 from lndmailbox.store import Store, free_port
 from lndmailbox.store.audit import audit
 from tests.daemon_harness import PAYLOAD_TYPE, World, counted, counter, wait_until, world
+from tests.decider_parts import Decided, Kept, decider_for
 
 WINDOW = 2.0
 
@@ -126,11 +123,6 @@ def test_lnd_could_forward_only_to_a_hop_online_well_before_its_try() -> None:
     assert not race.lnd_could_forward(online_since=100.0, not_before=None)  # not known
 
 
-class NoChannels:
-    async def channel_index(self) -> ChannelIndex:
-        return ChannelIndex((), {})
-
-
 class Sent:
     """The sender's part: what was sent directly."""
 
@@ -139,22 +131,6 @@ class Sent:
 
     async def send(self, peer: bytes, path_key: bytes, onion: bytes) -> None:
         self.to.append(peer)
-
-
-class Kept:
-    def __init__(self) -> None:
-        self.messages: list[OutgoingMessage] = []
-
-    def keep(self, message: OutgoingMessage) -> None:
-        self.messages.append(message)
-
-
-class Decided:
-    def __init__(self) -> None:
-        self.entries: list[str | None] = []
-
-    def decided(self, entry: str | None) -> None:
-        self.entries.append(entry)
 
 
 class Rig:
@@ -170,28 +146,20 @@ class Rig:
         self.metrics = Metrics()
         self.reporter = Reporter(node=node.pubkey, metrics=self.metrics, events=store.events)
         self.sent, self.kept, self.decided = Sent(), Kept(), Decided()
-        channels = ChannelMap(NoChannels(), self.clock)
-        self.decider = Decider(
+        self.decider = decider_for(
+            store,
             node_id=node.pubkey,
             node_key=node,
             transport=transport,
-            peers=self.peers,
-            channels=channels,
-            policy=Policy(
-                allowlist=store.allowlist,
-                channels=channels,
-                clock=self.clock,
-                allow_channel_peers=False,
-            ),
-            sender=self.sent,
-            keeper=self.kept,
-            journal=self.decided,
-            race=self.race,
-            reporter=self.reporter,
-            metrics=self.metrics,
             clock=self.clock,
-            queue=DecisionQueue(),
-            workers=1,
+            peers=self.peers,
+            race=self.race,
+            sender=self.sent,
+            kept=self.kept,
+            decided=self.decided,
+            metrics=self.metrics,
+            allow_channel_peers=False,
+            reporter=self.reporter,
         )
 
     def arrival(self, to: bytes, *, not_before: float | None, replayed: bool = False) -> Arrival:
