@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from simnet import Personality, SimNode, SimPeer
 
 from lndmailbox.daemon.node_lock import LOCK_LEASE, NodeLock
+from lndmailbox.daemon.owner_token import OwnerToken
 from lndmailbox.daemon.supervisor import background
 from lndmailbox.errors import MailboxError, NodeLockLostError
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
@@ -197,8 +198,10 @@ class Rig:
 
     async def holds_lock(self) -> bool:
         owner = await self.store.control.lock_owner()
-        return owner is not None and owner.startswith(
-            f"{socket.gethostname()}:{self.daemon.process.pid}:"
+        token = OwnerToken.parse(owner) if owner is not None else None
+        return token is not None and (token.host, token.pid) == (
+            socket.gethostname(),
+            self.daemon.process.pid,
         )
 
     async def send(self) -> bytes:

@@ -8,6 +8,7 @@ module                      holds
 :mod:`~.datadir_lock`       the data directory's embedded Redis, shared by the daemons of
                             one host (flock)
 :mod:`~.node_lock`          one leader per lnd node (a lease in Redis, with a heartbeat)
+:mod:`~.owner_token`        a daemon's token in the lock: host, boot, pid namespace, pid
 :mod:`~.roles`              one daemon's life: standby, leader while it holds the lock
 :mod:`~.standby`            task: lnd's onion stream -> the journal (a standby's only job)
 :mod:`~.mailbox`            the composition root: builds every part once, runs the tasks,

@@ -13,8 +13,9 @@ holds this lock is the leader, which decides, stores, delivers and answers
 - The figures are chosen for a takeover within 2 s: a leader that dies (SIGKILL, its host
   gone) leaves a lease of at most :data:`LOCK_LEASE` (it was renewed at most
   :data:`RENEW_INTERVAL` before), which a standby sees run out within :data:`POLL`, and
-  on the same host a lock whose owner's process is gone is taken over at the next look,
-  without waiting out the lease. A leader misses its lease only when no renewal gets
+  a lock whose owner's process is gone is taken over at the next look, without waiting
+  out the lease, when the owner shared this daemon's host, boot and pid namespace
+  (:func:`_died_on_this_host`). A leader misses its lease only when no renewal gets
   through for ``LOCK_LEASE - RENEW_INTERVAL`` seconds.
 - The lock has a connection of its own (:meth:`Control.on_own_connection`, with a socket
   timeout of :data:`LOCK_SOCKET_TIMEOUT`), so a full store pool never delays a renewal,
@@ -51,10 +52,10 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from lndmailbox import __version__
+from lndmailbox.daemon.owner_token import OwnerToken, ProcessPlace, new_owner
 from lndmailbox.daemon.supervisor import cancel_for_good
 from lndmailbox.errors import MailboxError, NodeLockLostError, StoreUnavailableError
 from lndmailbox.retry import Outage, Retry, wait_or_stop
@@ -78,11 +79,6 @@ that hangs fails while the lease still holds, and the next one may get through."
 LOCK_SOCKET_TIMEOUT = 0.5
 """The socket timeout of the lock's own connection (see :data:`RENEW_TIMEOUT`)."""
 """Seconds the lock's release may take at the stop before it is left to its lease."""
-
-
-def new_owner() -> str:
-    """A daemon's token: ``host:pid:nonce``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Term:
@@ -252,7 +248,11 @@ class NodeLock:
                 return False
             waited = True
             if _died_on_this_host(holder):
-                log.warning("taking over the node lock from %s, which is no longer running", holder)
+                log.warning(
+                    "taking over the node lock from %s, whose process is gone (same host, "
+                    "boot and pid namespace as this daemon)",
+                    holder,
+                )
                 with contextlib.suppress(StoreUnavailableError):
                     await self._control.release_lock(holder)
                 continue
@@ -358,15 +358,28 @@ async def _set_when(stop: asyncio.Event, ended: asyncio.Event) -> None:
 
 
 def _died_on_this_host(owner: str) -> bool:
-    """Whether the lock's owner ("host:pid:nonce") was a process of this host that is gone."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """Whether the lock's owner was a process that is gone, judged by its pid only when its
+    token (:class:`OwnerToken`) says it shared this process's host name, boot and pid
+    namespace: only then does its pid name the same process here.
+
+    Anything else is never judged dead, and the standby waits out the lease (1 s), which
+    is always safe: a token of the release before (``host:pid:nonce``, a daemon not yet
+    upgraded in a rolling upgrade), another container or pod of the same host name (its
+    own pid namespace), a boot before this one, or a system that does not expose its boot
+    id or pid namespace. A pid taken since by an unrelated process only makes the standby
+    wait out the lease too. A pid namespace's number is reused only once all its
+    processes are gone, so a reused one never makes a live holder look dead."""
+    token = OwnerToken.parse(owner)
+    if token is None or not token.shares_pids_with(ProcessPlace.current()):
         return False
+    return not _pid_exists(token.pid)
+
+
+def _pid_exists(pid: int) -> bool:
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:  # another user's process
+        return True
+    return True
