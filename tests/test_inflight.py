@@ -258,7 +258,7 @@ async def journal_on_own_redis(
     try:
         async with Store.from_url(redis.url, node) as store:
             reporter = Reporter(node=node, metrics=metrics, events=store.events)
-            yield redis, store, JournalWriter(store.journal, SystemClock(), reporter)
+            yield redis, store, JournalWriter(store.journal, SystemClock(), reporter, metrics)
     finally:
         redis.stop()
 
@@ -352,8 +352,9 @@ async def test_an_entry_whose_write_lost_its_reply_is_deleted_once_decided(
     tmp_path: Path,
 ) -> None:
     async with journal_on_own_redis(tmp_path, Metrics()) as (_, store, _writer):
-        reporter = Reporter(node=point(), metrics=Metrics(), events=store.events)
-        writer = JournalWriter(ReplyLost(store.journal, lose=1), SystemClock(), reporter)
+        metrics = Metrics()
+        reporter = Reporter(node=point(), metrics=metrics, events=store.events)
+        writer = JournalWriter(ReplyLost(store.journal, lose=1), SystemClock(), reporter, metrics)
         entry = writer.add(incoming(0), time.time())
         with pytest.raises(StoreUnavailableError):
             await writer.flush()  # applied, though it looks failed

@@ -173,7 +173,7 @@ async def test_a_decision_takes_a_standbys_copy_out_of_the_inbox(
     """The leader decides a message before its own journal write went out: it never
     writes it, but a standby did, and the decision removes that copy."""
     store = Store(redis_client, NODE)
-    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store))
+    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store), Metrics())
     message = IncomingOnionMessage(point(), point(), os.urandom(1366))
     entry = writer.add(message, time.time())
     assert entry == entry_for(message.path_key, message.onion)
@@ -190,7 +190,7 @@ async def test_the_same_message_read_twice_is_held_until_both_are_decided(
     redis_client: aioredis.Redis,
 ) -> None:
     store = Store(redis_client, NODE)
-    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store))
+    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store), Metrics())
     message = IncomingOnionMessage(point(), point(), os.urandom(1366))
     first = writer.add(message, time.time())
     second = writer.add(message, time.time())
