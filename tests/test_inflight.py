@@ -11,8 +11,10 @@ and a decision, in its memory and in Redis's journal, stays under it.
 - The journal writer: a batch Redis did not take is written with the next one; one it
   never could (Redis away at shutdown, or hung and the last write cancelled) is counted
   as lost; an entry whose write Redis applied but whose reply was lost is deleted once
-  decided; and no write sends Redis more than ``_WRITE_BYTES`` of messages (Redis's own
-  record of its largest client input buffer).
+  decided; no write sends Redis more than ``_WRITE_BYTES`` of messages (Redis's own
+  record of its largest client input buffer); and over maxmemory, where Redis refuses
+  the write, decisions still take their entries out of the journal (printed: the memory
+  they free).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from lndmailbox.onion import BlindedHopSpec, message_via
 from lndmailbox.onion.tlv import scid
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import Journal, NewEntry, RedisServer, Store, free_port
+from lndmailbox.store.journal import entry_for
 from tests.daemon_harness import PAYLOAD_TYPE, wait_until
 
 CAP = 256 * 1024
@@ -258,7 +261,7 @@ async def journal_on_own_redis(
     try:
         async with Store.from_url(redis.url, node) as store:
             reporter = Reporter(node=node, metrics=metrics, events=store.events)
-            yield redis, store, JournalWriter(store.journal, SystemClock(), reporter)
+            yield redis, store, JournalWriter(store.journal, SystemClock(), reporter, metrics)
     finally:
         redis.stop()
 
@@ -352,8 +355,9 @@ async def test_an_entry_whose_write_lost_its_reply_is_deleted_once_decided(
     tmp_path: Path,
 ) -> None:
     async with journal_on_own_redis(tmp_path, Metrics()) as (_, store, _writer):
-        reporter = Reporter(node=point(), metrics=Metrics(), events=store.events)
-        writer = JournalWriter(ReplyLost(store.journal, lose=1), SystemClock(), reporter)
+        metrics = Metrics()
+        reporter = Reporter(node=point(), metrics=metrics, events=store.events)
+        writer = JournalWriter(ReplyLost(store.journal, lose=1), SystemClock(), reporter, metrics)
         entry = writer.add(incoming(0), time.time())
         with pytest.raises(StoreUnavailableError):
             await writer.flush()  # applied, though it looks failed
@@ -361,3 +365,61 @@ async def test_an_entry_whose_write_lost_its_reply_is_deleted_once_decided(
         await writer.flush()
         assert await store.journal.pending() == [], "a decided message stays journaled"
         assert writer.bytes == 0
+
+
+async def test_decisions_leave_the_journal_while_redis_is_over_maxmemory(tmp_path: Path) -> None:
+    """Redis full (over maxmemory, noeviction) refuses the journal's write, and with it the
+    decisions: they go out all the same, deletes only, and free what they held; what is
+    not decided stays journaled, and what was read meanwhile is journaled once Redis has
+    room. Nothing is recorded as decided meanwhile (that would add memory)."""
+    metrics = Metrics()
+    async with journal_on_own_redis(tmp_path, metrics) as (_, store, writer):
+        redis = store.journal.redis
+        journal_key, decided_key = store.keys.journal_key, store.keys.decided_key
+        added = [writer.add(incoming(n), time.time()) for n in range(40)]
+        entries = [entry for entry in added if entry is not None]
+        assert len(entries) == 40
+        await writer.flush()
+        full = int((await redis.info("memory"))["used_memory"])
+        held = await redis.memory_usage(journal_key, samples=0)
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", full - 1024 * 1024)
+        try:
+            late = incoming(99)
+            with pytest.raises(StoreUnavailableError, match="maxmemory"):
+                await store.journal.write(
+                    [(entry_for(late.path_key, late.onion), *fields_of(late))], entries[:1]
+                )
+            assert await redis.hlen(journal_key) == 40, "the refused write deleted nothing"
+
+            for entry in entries[:30]:
+                writer.decided(entry)
+            read_meanwhile = writer.add(late, time.time())
+            with pytest.raises(StoreUnavailableError, match="maxmemory"):
+                await writer.flush()
+            after = int((await redis.info("memory"))["used_memory"])
+            held_after = await redis.memory_usage(journal_key, samples=0)
+            remaining = set(await store.journal.entries())
+            assert remaining == set(entries[30:]), "the decided left, the undecided stayed"
+            assert await redis.zcard(decided_key) == 0, "nothing recorded as decided"
+            assert read_meanwhile is not None
+            assert writer.holds(read_meanwhile), "not journaled, still held"
+            assert writer.bytes == 11 * SIZE, "the decided entries' bytes are free"
+        finally:
+            await redis.config_set("maxmemory", 0)
+        print(
+            f"\nover maxmemory ({full - 1024 * 1024} bytes): used {full} bytes, the journal "
+            f"{held}, with 40 entries; {after} and {held_after} after deleting 30"
+        )
+        assert held is not None
+        assert held_after is not None
+        assert held - held_after > 30 * ONION
+        assert metrics.registry.get_sample_value("lndmailbox_decided_over_memory_total") == 30
+
+        await writer.flush()  # Redis has room again: what was read meanwhile is journaled
+        pending = {e.entry for e in await store.journal.pending()}
+        assert pending == {*entries[30:], read_meanwhile}, "nothing lost"
+
+
+def fields_of(message: IncomingOnionMessage) -> tuple[bytes, bytes, bytes, float]:
+    return message.peer, message.path_key, message.onion, time.time()

@@ -2,7 +2,8 @@
 
 - The journal (a real Redis): entries named by the message, v1 values of the release
   before still read, the decided record that keeps a standby's late copy out and holds
-  a few seconds of decisions only.
+  a few seconds of decisions only; over maxmemory, the deletes-only script that still
+  takes decided entries out.
 - Real daemons as subprocesses on simnet, both lnd generations where lnd matters: a
   SIGKILLed leader's standby takes over and delivers (bob peels each message with his
   own key) a message stored before the kill and one that arrived while only the standby
@@ -25,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -62,7 +64,7 @@ from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import LeaseGatedSender
 from lndmailbox.daemon.roles import Roles
 from lndmailbox.daemon.standby import Standby, StandbyJournal
-from lndmailbox.errors import StoreError
+from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.lnd import IncomingOnionMessage, LndClient, NodeInfo, Transport
 from lndmailbox.onion import BlindedHopSpec, Receive, message_via
 from lndmailbox.onion.tlv import scid
@@ -199,6 +201,34 @@ async def test_a_value_of_an_unknown_version_is_left_alone(redis_client: aioredi
     assert await redis_client.hgetall(store.keys.journal_key) == {b"newer": newer}
 
 
+async def test_over_maxmemory_the_journal_only_deletes(redis_client: aioredis.Redis) -> None:
+    """Redis over maxmemory refuses the journal's script, decisions included; the
+    deletes-only one still takes decided entries out and trims old decisions, and records
+    none (it adds nothing)."""
+    store = Store(redis_client, NODE)
+    store.journal.decided_for = 0.2
+    messages = [(point(), os.urandom(100)) for _ in range(3)]
+    journaled: list[NewEntry] = [(entry_for(*m), point(), *m, 1.0) for m in messages]
+    await store.journal.write(journaled, decided=["an old decision"])
+    await asyncio.sleep(0.3)
+    decided, *kept = (entry_for(*m) for m in messages)
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreUnavailableError, match="maxmemory"):
+            await store.journal.write(decided=[decided])
+        assert await store.journal.forget([decided, "never journaled"]) == 1
+    finally:
+        await redis_client.config_set("maxmemory", 0)
+    assert sorted(await store.journal.entries()) == sorted(kept)
+    assert await redis_client.zcard(store.keys.decided_key) == 0, "trimmed, nothing added"
+
+
+def test_the_journal_script_redis_runs_over_maxmemory_adds_nothing() -> None:
+    program = lua.program("journal_forget")
+    assert program.startswith(lua.SHEBANG_ALLOW_OOM)
+    assert set(re.findall(r"redis\.call\('(\w+)'", program)) == {"TIME", "HDEL", "ZREMRANGEBYSCORE"}
+
+
 def reporter_for(store: Store) -> Reporter:
     return Reporter(node=NODE, metrics=Metrics(), events=store.events)
 
@@ -209,7 +239,7 @@ async def test_a_decision_takes_a_standbys_copy_out_of_the_inbox(
     """The leader decides a message before its own journal write went out: it never
     writes it, but a standby did, and the decision removes that copy."""
     store = Store(redis_client, NODE)
-    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store))
+    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store), Metrics())
     message = IncomingOnionMessage(point(), point(), os.urandom(1366))
     entry = writer.add(message, time.time())
     assert entry == entry_for(message.path_key, message.onion)
@@ -226,7 +256,7 @@ async def test_the_same_message_read_twice_is_held_until_both_are_decided(
     redis_client: aioredis.Redis,
 ) -> None:
     store = Store(redis_client, NODE)
-    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store))
+    writer = JournalWriter(store.journal, SystemClock(), reporter_for(store), Metrics())
     message = IncomingOnionMessage(point(), point(), os.urandom(1366))
     first = writer.add(message, time.time())
     second = writer.add(message, time.time())

@@ -19,6 +19,17 @@ be written with the next one: its messages are not journaled until Redis takes i
 failed write may still have been applied (a reply lost to a timeout), so each of its
 entries is deleted once decided, even when that is before it was written again.
 
+Redis over ``maxmemory`` refuses the write (its script journals), and with it the
+decisions, which would free memory: the inbox would never shrink, and its decided
+messages would be decided again after a takeover. So when a write is refused for memory
+the decisions still go out, deletes only (:meth:`~lndmailbox.store.Journal.forget`,
+which Redis runs over ``maxmemory``), while the messages to journal wait for the next
+try, as in an outage. Those decisions are not recorded as decided (that record would add
+memory): a standby's copy of such a message journaled later would be decided again, a
+duplicate, never a loss; and while Redis is over ``maxmemory`` it refuses the standbys'
+journaling too. They are counted (``decided_over_memory``), with one WARNING when it
+starts and one INFO when decisions are recorded again.
+
 :attr:`JournalWriter.bytes` counts the messages journaled (or to be) and not yet
 deleted from it, which is what the journal holds in Redis: the message reader turns
 messages away rather than let it pass ``--max-in-flight-bytes``. A decided message's
@@ -48,15 +59,17 @@ in every daemon of the node, so a standby's copy of a message is this daemon's t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from lndmailbox.clock import Clock, wait_either
 from lndmailbox.daemon.decision_queue import Arrival
+from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
-from lndmailbox.store import Journal, JournalEntry
+from lndmailbox.store import Journal, JournalEntry, refused_for_memory
 from lndmailbox.store.journal import DECIDED_FOR, entry_for
 
 log = logging.getLogger(__name__)
@@ -82,10 +95,13 @@ def _batch_end(to_write: list[tuple[str, _Fields]], start: int) -> int:
 
 
 class JournalWriter:
-    def __init__(self, journal: Journal, clock: Clock, reporter: Reporter) -> None:
+    def __init__(
+        self, journal: Journal, clock: Clock, reporter: Reporter, metrics: Metrics
+    ) -> None:
         self._journal = journal
         self._clock = clock
         self._reporter = reporter
+        self._metrics = metrics
         self._to_write: dict[str, _Fields] = {}
         self._sizes: dict[str, int] = {}
         self.bytes = 0
@@ -108,6 +124,11 @@ class JournalWriter:
         """Entries taken from the journal (:meth:`take`), with when (monotonic)."""
         self._paused_until = 0.0
         self._outage = Outage("journaling messages in Redis", log)
+        self._unrecorded_decisions = Outage(
+            "recording decisions (Redis is over maxmemory: decided entries are only deleted "
+            "from the journal)",
+            log,
+        )
         self._backoff = Backoff()
         self._wakeup = asyncio.Event()
 
@@ -219,7 +240,33 @@ class JournalWriter:
     async def flush(self) -> None:
         """Journals what was read and forgets what was decided, in one round trip per
         ``_WRITE_BYTES`` of messages (the first also forgets): neither Redis nor the
-        daemon holds more than that of one write beside the journal itself."""
+        daemon holds more than that of one write beside the journal itself. Refused for
+        memory, the decisions still go out, deletes only."""
+        try:
+            await self._write()
+        except StoreUnavailableError as e:
+            if refused_for_memory(e):
+                with contextlib.suppress(StoreError):
+                    await self._forget_decided(e)
+            raise
+        self._unrecorded_decisions.recovered()
+
+    async def _forget_decided(self, refusal: StoreError) -> None:
+        """Deletes the decided entries from the journal, unrecorded: Redis refused the
+        whole write (``refusal``) for memory."""
+        decided, self._decided = self._decided, []
+        if not decided:
+            return
+        try:
+            await self._journal.forget(decided)
+        except BaseException:
+            self._decided[:0] = decided
+            raise
+        self._deleted(decided)
+        self._metrics.decided_over_memory.inc(len(decided))
+        self._unrecorded_decisions.failed(refusal)
+
+    async def _write(self) -> None:
         to_write = list(self._to_write.items())
         self._to_write = {}
         decided, self._decided = self._decided, []

@@ -217,7 +217,7 @@ class Mailbox:
         reporter = Reporter(
             node=node, metrics=metrics, events=store.events, notifier=self._notifier
         )
-        journal = JournalWriter(store.journal, clock, reporter)
+        journal = JournalWriter(store.journal, clock, reporter, metrics)
         # Read before this daemon journals anything of its own.
         left_over = await journal.left_over(ttl=store.limits.ttl)
         confirmations = Confirmations(

@@ -185,7 +185,8 @@ class Metrics:
     ``delivered``, ``confirmed``, ``redelivered``, ``unconfirmed``, ``expired``, ``duplicate``,
     ``evicted``, ``lost`` and ``dropped`` (label ``reason`` each; every reason of ``lost`` is
     exported from the start), ``notify_failed``, ``rescued`` (label ``why``, both exported from
-    the start), ``leader_changes``, ``standby_journaled``, ``journal_skipped``, ``adopted``.
+    the start), ``leader_changes``, ``standby_journaled``, ``journal_skipped``,
+    ``decided_over_memory``, ``adopted``.
     Gauges: ``queued_messages``, ``queued_bytes``, ``peers_with_mail``, ``online_peers``,
     ``leader``. Histograms (seconds): ``peel_seconds``, ``store_seconds``,
     ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``), ``stream_lag_seconds``.
@@ -252,6 +253,11 @@ class Metrics:
         self.journal_skipped = counter(
             "journal_skipped",
             "Onion messages a standby read after the leader had decided them: not journaled.",
+        )
+        self.decided_over_memory = counter(
+            "decided_over_memory",
+            "Decided onion messages whose journal entries were deleted while Redis refused "
+            "writes for memory, without being recorded as decided.",
         )
         self.adopted = counter(
             "adopted",

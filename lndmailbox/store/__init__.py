@@ -23,6 +23,7 @@ and ``audit`` (the tests' invariant check).
 from __future__ import annotations
 
 from lndmailbox.store.allowlist import Allowlist
+from lndmailbox.store.client import refused_for_memory
 from lndmailbox.store.control import Control, LockRenewal
 from lndmailbox.store.embedded import (
     RedisServer,
@@ -92,4 +93,5 @@ __all__ = [
     "limits_for",
     "new_message_id",
     "redis_url_for",
+    "refused_for_memory",
 ]

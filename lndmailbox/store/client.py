@@ -52,6 +52,15 @@ def redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any,
     return wrapper
 
 
+def refused_for_memory(error: BaseException) -> bool:
+    """Whether ``error`` (a :class:`StoreUnavailableError` from :func:`redis_errors`) is
+    Redis refusing a write because it is over ``maxmemory``."""
+    cause = error.__cause__
+    return isinstance(cause, rexc.OutOfMemoryError) or (
+        isinstance(cause, rexc.ResponseError) and str(cause).startswith("OOM")
+    )
+
+
 def connect(url: str, *, max_connections: int, **redis_kwargs: Any) -> aioredis.Redis:
     """A client on its own blocking connection pool (see :meth:`Store.from_url`)."""
     redis_kwargs.setdefault("socket_connect_timeout", 5.0)

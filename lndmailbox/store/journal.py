@@ -14,7 +14,9 @@ Rules that hold:
   set) for :data:`DECIDED_FOR` seconds: a copy journaled later by a standby that was
   slower to read it is not journaled again, so a decided message never comes back. The
   record is trimmed on every decision: it holds a few seconds of decisions, whatever the
-  traffic. Both are one script (``lua/journal.lua``).
+  traffic. Both are one script (``lua/journal.lua``), which Redis refuses while over
+  ``maxmemory``; then decided entries can still leave the inbox, unrecorded
+  (:meth:`Journal.forget`, ``lua/journal_forget.lua``, which only deletes).
 - Values carry a version. v2: ``0x02`` ‖ received_at (u64, ms) ‖ sender (33) ‖ path_key
   (33) ‖ onion. v1, written by releases before it under a random entry name, has no
   version byte: it starts with received_at, whose first byte is 0 (a time in ms is below
@@ -100,6 +102,7 @@ class Journal:
         self.limits = limits
         self.decided_for = DECIDED_FOR
         self._script = redis.register_script(lua.program("journal"))
+        self._forget_script = redis.register_script(lua.program("journal_forget"))
 
     @redis_errors
     async def write(self, added: Sequence[NewEntry] = (), decided: Sequence[str] = ()) -> int:
@@ -119,6 +122,17 @@ class Journal:
         args += decided
         keys = [self.keys.journal_key, self.keys.decided_key]
         return int(await self._script(keys=keys, args=args))
+
+    @redis_errors
+    async def forget(self, decided: Sequence[str]) -> int:
+        """Deletes the entries ``decided`` from the inbox without recording them as decided
+        (and trims the record of older decisions): the one journal write Redis runs while
+        over ``maxmemory``, since it adds nothing. Returns how many were in the inbox."""
+        if not decided:
+            return 0
+        keys = [self.keys.journal_key, self.keys.decided_key]
+        args: list[Any] = [max(ms(self.decided_for), 1), *decided]
+        return int(await self._forget_script(keys=keys, args=args))
 
     @redis_errors
     async def pending(self) -> list[JournalEntry]:

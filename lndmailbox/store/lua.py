@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 # (rather than at its first write), and refuse it outright on Redis Cluster, where the
 # scripts' mix of one peer's keys and the node's keys would cross slots.
 SHEBANG = "#!lua flags=no-cluster\n"
-# The node lock's scripts touch one small key and must keep working while Redis refuses
-# writes for memory: a daemon that cannot renew its lease would lose the node.
+# Scripts Redis runs while it refuses writes for memory. The node lock's touch one small
+# key: a daemon that cannot renew its lease would lose the node. ``journal_forget`` only
+# deletes: it is how decisions leave the journal, and free memory, while Redis is full.
 SHEBANG_ALLOW_OOM = "#!lua flags=no-cluster,allow-oom\n"
-_LOCK_SCRIPTS = frozenset({"renew_lock", "release_lock", "acquire_lock"})
+_ALLOW_OOM_SCRIPTS = frozenset({"renew_lock", "release_lock", "acquire_lock", "journal_forget"})
 
 PeerScript = Literal[
     "put", "peek", "remove", "delivered", "confirm", "requeue", "attempt", "sweep", "purge"
@@ -35,7 +36,14 @@ PeerScript = Literal[
 events, unconfirmed; ARGV[1] = peer hex): they run after both shared helpers."""
 
 _OtherScript = Literal[
-    "summaries", "record", "renew_lock", "release_lock", "acquire_lock", "journal", "daemons"
+    "summaries",
+    "record",
+    "renew_lock",
+    "release_lock",
+    "acquire_lock",
+    "journal",
+    "journal_forget",
+    "daemons",
 ]
 Script = PeerScript | _OtherScript
 """Every script (a file in ``lua/`` that is not a helper)."""
@@ -67,6 +75,6 @@ def program(name: Script) -> str:
         return SHEBANG + source("event") + source("peer") + body
     if name == "record":
         return SHEBANG + source("event") + body
-    if name in _LOCK_SCRIPTS:
+    if name in _ALLOW_OOM_SCRIPTS:
         return SHEBANG_ALLOW_OOM + body
     return SHEBANG + body
