@@ -156,7 +156,7 @@ async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
     ready.set()
     look = InboxLook(
         journal=store.journal,
-        writer=JournalWriter(store.journal, SystemClock(), reporter),
+        writer=JournalWriter(store.journal, SystemClock(), reporter, Metrics()),
         queue=queue,
         metrics=Metrics(),
         clock=SystemClock(),
