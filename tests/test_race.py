@@ -270,19 +270,29 @@ async def test_a_left_message_whose_hop_goes_offline_is_rescued_went_offline(rig
     assert counters.get("rescued:went_offline") == 1
 
 
-async def test_what_was_left_to_lnd_for_a_peer_online_across_a_resync_is_rescued(
+async def test_what_was_left_to_lnd_just_before_its_peer_events_broke_is_rescued(
     rig: Rig,
 ) -> None:
+    rig.clock.mono = 900.0
     rig.peers.reset({BOB.pubkey})
+    rig.clock.mono = 1000.0
+    await rig.decider.decide(rig.arrival(BOB.pubkey, not_before=995.0))  # before the window
     rig.clock.mono = 1010.0
     await rig.decider.decide(rig.arrival(BOB.pubkey, not_before=1009.0))
     assert rig.kept.messages == []  # bob was online long enough: lnd's to forward
-    # lnd's peer events broke and came back with bob online: he may have flapped unseen.
-    rig.clock.mono = 1011.0
+    # lnd's peer events broke (lnd restarts: every connection drops) and come back, far
+    # longer than the window later, with bob online: he may have lost what lnd forwarded.
+    rig.clock.mono = 1010.5
+    rig.peers.lost_sight()
+    rig.decider.lost_sight()
+    rig.clock.mono = 1040.0
+    rig.race.prune()  # the sweeper, meanwhile
     rig.peers.reset({BOB.pubkey})
-    await rig.decider.peer_may_have_flapped(BOB.pubkey)
-    assert len(rig.kept.messages) == 1
+    await rig.decider.regained_sight()
+    assert len(rig.kept.messages) == 1, "what lnd forwarded in the window before the break"
     assert rig.rescued("went_offline") == 1
+    await rig.decider.regained_sight()
+    assert len(rig.kept.messages) == 1, "rescued once"
     # And what comes next is kept too, until he has been online a whole window again.
     await rig.decider.decide(rig.arrival(BOB.pubkey, not_before=1011.0))
     assert len(rig.kept.messages) == 2
@@ -501,3 +511,39 @@ async def test_settled_recipients_are_left_to_lnd_and_the_went_offline_guard_hol
         assert await counter(w, "rescued") == 1
         assert await counter(w, "rescued:came_online") == 0
         assert len(w.bob.received) == 1
+
+
+async def test_what_lnd_forwarded_just_before_it_restarted_reaches_the_recipient_again(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """lnd 0.21 forwards bob's message itself and restarts a moment later: the connection
+    the forward went out on is gone, perhaps unread, and bob is back before the daemon's
+    peer events are. lnd stays away three times the race window, so only what was set
+    aside at the break can bring the message back: it is stored at the resync and
+    delivered again (a duplicate if bob had read it)."""
+    port = free_port()
+    async with world(
+        Personality.LND_0_21,
+        redis_url,
+        tmp_path,
+        metrics_addr=f"127.0.0.1:{port}",
+        race_window=1.0,
+    ) as w:
+        w.bob.connect()
+        await w.start_daemon()
+        await _daemon_sees_online(port, 2)
+        await asyncio.sleep(2.0)  # bob settled: lnd's forward is trusted
+        await w.alice.send_onion_message(w.message_for_bob(b"just before lnd restarts"))
+        await counted(w, "left_to_lnd", 1)
+        assert await w.payloads_received(w.bob) == [b"just before lnd restarts"]
+        w.bob.received.clear()  # lost with the connection lnd's restart dropped
+
+        await w.node.stop()
+        await asyncio.sleep(3.0)
+        await w.node.start()  # bob reconnects at once, as lnd's persistent peers do
+        w.alice.connect()
+        await counted(w, "rescued:went_offline", 1)
+        await wait_until(lambda: len(w.bob.received) == 1, within=30, what="delivery again")
+        assert await w.payloads_received(w.bob) == [b"just before lnd restarts"]
+        assert await counter(w, "rescued") == 1
+        assert await audit(w.store) == []

@@ -125,6 +125,8 @@ class Decider:
         self._keeper = keeper
         self._journal = journal
         self._race = race
+        self._at_risk: list[OutgoingMessage] = []
+        """Left to lnd just before its peer events broke (:meth:`lost_sight`)."""
         self._reporter = reporter
         self._metrics = metrics
         self._clock = clock
@@ -324,11 +326,19 @@ class Decider:
         if offline_since is not None:
             await self._rescue(peer, offline_since)
 
-    async def peer_may_have_flapped(self, peer: bytes) -> None:
-        """Native transport, lnd's peer events resubscribed with ``peer`` online on both
-        sides of the gap: it may have left and come back unseen, so what was left to lnd
-        for it is stored as if it had gone offline now."""
-        await self._rescue(peer, self._clock.monotonic())
+    def lost_sight(self) -> None:
+        """Native transport, lnd's peer events broke: any next hop may drop (an lnd restart
+        drops them all) and come back unseen, so what was left to lnd just before is set
+        aside now, to be stored at :meth:`regained_sight`."""
+        self._at_risk.extend(self._race.take_all())
+
+    async def regained_sight(self) -> None:
+        """lnd's peer events are back and the online set rebuilt: what was set aside at the
+        break is stored (the deliverer sends it to whoever is online)."""
+        at_risk, self._at_risk = self._at_risk, []
+        for message in at_risk:
+            if await self._keep_if_allowed(message):
+                self._reporter.rescued(message.peer, message.size, why="went_offline")
 
     async def _rescue(self, peer: bytes, offline_since: float) -> None:
         for message in self._race.take(peer, offline_since):

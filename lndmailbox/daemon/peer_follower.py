@@ -15,12 +15,14 @@ Rules that hold:
   back in its queue (:meth:`Confirmations.peer_went_offline`), and so does one online on
   both sides of a resubscription, whose connection may not have lasted
   (:meth:`Confirmations.regained_sight`, after the resync's departures).
-- The confirmations and the peer tracker hear at once that the peer events broke
-  (:meth:`Confirmations.lost_sight`, :meth:`PeerTracker.lost_sight`, the stream's
-  ``on_break``), not only at the resubscription: lnd may be away for longer than a
-  confirmation window, and what it took just before may have been lost with the
+- The confirmations, the peer tracker and the decider hear at once that the peer events
+  broke (:meth:`Confirmations.lost_sight`, :meth:`PeerTracker.lost_sight`,
+  :meth:`Decider.lost_sight`, the stream's ``on_break``), not only at the
+  resubscription: lnd may be away for longer than a confirmation window or the race
+  window, and what it took or forwarded just before may have been lost with the
   connections its restart dropped; and until the resync, no message is left to lnd on the
-  word of a view that may be stale.
+  word of a view that may be stale. What lnd forwarded in the race window before the
+  break is stored at the resync (:meth:`Decider.regained_sight`).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class PeerFollower:
         """lnd's peer events broke: until the resync nobody knows who stayed."""
         self._peers.lost_sight()
         self._confirmations.lost_sight()
+        self._decider.lost_sight()
 
     async def _resync(self) -> None:
         """Rebuilds the online set from ListPeers, waiting while lnd is not ready (the
@@ -99,10 +102,8 @@ class PeerFollower:
         for peer in went:
             self._confirmations.peer_went_offline(peer)
             await self._decider.peer_went_offline(peer)
+        await self._decider.regained_sight()
         stayed = self._peers.online - came
-        if self._transport is Transport.NATIVE:
-            for peer in stayed:
-                await self._decider.peer_may_have_flapped(peer)
         for peer in self._confirmations.regained_sight(stayed):
             self._delivery.kick(peer)
         for peer in came:

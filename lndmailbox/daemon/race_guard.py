@@ -14,6 +14,12 @@ who is online can lag lnd's, either way:
 - the next hop went away just now: messages left to lnd are remembered for ``window``
   seconds per next hop; if that hop's PEER_OFFLINE arrives inside the window, they are
   stored after all (:meth:`Decider.peer_went_offline`; rescued, ``went_offline``).
+- lnd's peer events broke (an lnd restart drops every connection, and its peers may be
+  back before the daemon hears of anything): everything left to lnd in the ``window``
+  before the break is at risk whoever it was for, taken at once
+  (:meth:`RaceGuard.take_all`) and stored once the daemon knows who is online again
+  (:meth:`Decider.regained_sight`; rescued, ``went_offline``). However long lnd stays
+  away, what it took just before is not forgotten meanwhile.
 
 ``window`` (``--race-window``) covers what the stamps cannot see: the skew between lnd's
 two streams, and lnd's own sending. A duplicate is better than a loss.
@@ -65,6 +71,13 @@ class RaceGuard:
         if not queue:
             return []
         return [message for at, message in queue if at >= offline_since - self._window]
+
+    def take_all(self) -> list[OutgoingMessage]:
+        """Every message left to lnd in the last ``window`` seconds, whoever it was for."""
+        now = self._clock.monotonic()
+        taken = [m for peer in list(self._recent) for m in self.take(peer, now)]
+        self._recent.clear()
+        return taken
 
     def _forget_old(self, peer: bytes) -> None:
         queue = self._recent[peer]
