@@ -547,3 +547,34 @@ async def test_what_lnd_forwarded_just_before_it_restarted_reaches_the_recipient
         assert await w.payloads_received(w.bob) == [b"just before lnd restarts"]
         assert await counter(w, "rescued") == 1
         assert await audit(w.store) == []
+
+
+async def test_what_is_set_aside_at_a_break_is_counted_lost_if_the_daemon_stops_first(
+    rig: Rig,
+) -> None:
+    rig.clock.mono = 900.0
+    rig.peers.reset({BOB.pubkey, CAROL.pubkey})
+    rig.clock.mono = 1010.0
+    await rig.decider.decide(rig.arrival(BOB.pubkey, not_before=1009.0))
+    await rig.decider.decide(rig.arrival(CAROL.pubkey, not_before=1009.0))  # not allowed
+    rig.peers.lost_sight()
+    rig.decider.lost_sight()
+    stop = asyncio.Event()
+    stop.set()
+    await rig.decider.run(stop)  # the daemon stops before lnd's peer events are back
+    counters = await rig.counters()
+    assert counters.get("lost") == 2
+    await rig.decider.regained_sight()
+    assert rig.kept.messages == [], "nothing is left to store"
+
+
+async def test_a_peer_the_policy_does_not_serve_is_left_to_lnd_across_a_break(rig: Rig) -> None:
+    rig.clock.mono = 900.0
+    rig.peers.reset({CAROL.pubkey})
+    rig.clock.mono = 1010.0
+    await rig.decider.decide(rig.arrival(CAROL.pubkey, not_before=1009.0))
+    rig.decider.lost_sight()
+    await rig.decider.regained_sight()
+    assert rig.kept.messages == []
+    counters = await rig.counters()
+    assert counters.get("dropped", 0) == 0, "left to lnd, as it was: not a drop"

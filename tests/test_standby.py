@@ -407,6 +407,24 @@ async def test_a_term_ends_at_once_however_its_renewals_take_the_cancellation(
     assert slowest < RELEASE_WITHIN + 1.0, "a term's end waited on a lease task that ran on"
 
 
+async def test_a_term_handed_over_no_longer_leads_to_a_probe(
+    redis_client: aioredis.Redis,
+) -> None:
+    """After the hand-over at a stop the standby may lead at once: the old leader's
+    /health/leader must say 503 from then on, while its pipeline winds down."""
+    lock = NodeLock(Store(redis_client, NODE).control)
+    stop = asyncio.Event()
+    assert await lock.acquire(stop)
+    metrics = Metrics()
+    metrics.set_role("leader", ready=True, owner=lock.owner, since=1.0)
+    async with lock.leading(stop) as term:
+        metrics.lease = term.leads
+        assert metrics.lease()
+        await term.hand_over()
+        assert not metrics.lease()
+    assert not metrics.lease(), "still not, once the term is over"
+
+
 async def test_the_lock_has_its_own_connection_that_fails_within_the_lease(redis_url: str) -> None:
     """The lock's renewals do not queue behind the store's 64 connections, and a lost
     connection fails before the lease can run out."""

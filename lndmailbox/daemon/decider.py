@@ -144,13 +144,16 @@ class Decider:
         queued or in hand then stays journaled, undecided.
         """
         self._stop = stop
-        async with asyncio.TaskGroup() as group:
-            workers = [group.create_task(self._work()) for _ in range(self._workers)]
-            await _first(stop.wait(), self._failed.wait())
-            if self._failure is None:
-                await _first(self._queue.join(), self._failed.wait())
-            for worker in workers:
-                worker.cancel()
+        try:
+            async with asyncio.TaskGroup() as group:
+                workers = [group.create_task(self._work()) for _ in range(self._workers)]
+                await _first(stop.wait(), self._failed.wait())
+                if self._failure is None:
+                    await _first(self._queue.join(), self._failed.wait())
+                for worker in workers:
+                    worker.cancel()
+        finally:
+            self._lose_at_risk()
         if self._failure is not None:
             log.warning("lnd refused the macaroon; stopping once lnd's stream is quiet")
             await self._set_aside()
@@ -334,11 +337,28 @@ class Decider:
 
     async def regained_sight(self) -> None:
         """lnd's peer events are back and the online set rebuilt: what was set aside at the
-        break is stored (the deliverer sends it to whoever is online)."""
-        at_risk, self._at_risk = self._at_risk, []
-        for message in at_risk:
-            if await self._keep_if_allowed(message):
+        break is stored (the deliverer sends it to whoever is online); a peer the policy
+        does not serve is left to lnd, as it was."""
+        while self._at_risk:
+            message = self._at_risk[0]
+            if await self._policy.is_allowed(message.peer):
+                self._keeper.keep(message)
                 self._reporter.rescued(message.peer, message.size, why="went_offline")
+            self._at_risk.pop(0)
+
+    def _lose_at_risk(self) -> None:
+        """At the stop, lnd's peer events still away: what was set aside at their break
+        was meant to be kept, and it cannot be without knowing whom the policy serves."""
+        if not self._at_risk:
+            return
+        log.warning(
+            "stopping while lnd's peer events are away: %d messages lnd forwarded just "
+            "before they broke are not stored again (lnd's restart may have lost them)",
+            len(self._at_risk),
+        )
+        for message in self._at_risk:
+            self._reporter.lost(message.peer, message.size, "shutdown")
+        self._at_risk = []
 
     async def _rescue(self, peer: bytes, offline_since: float) -> None:
         for message in self._race.take(peer, offline_since):

@@ -242,6 +242,8 @@ class JournalWriter:
         ``_WRITE_BYTES`` of messages (the first also forgets): neither Redis nor the
         daemon holds more than that of one write beside the journal itself. Refused for
         memory, the decisions still go out, deletes only."""
+        if not self._to_write and not self._decided:
+            return  # nothing asked of Redis: nothing learnt of it either
         try:
             await self._write()
         except StoreUnavailableError as e:
@@ -258,12 +260,12 @@ class JournalWriter:
         if not decided:
             return
         try:
-            await self._journal.forget(decided)
+            deleted = await self._journal.forget(decided)
         except BaseException:
             self._decided[:0] = decided
             raise
         self._deleted(decided)
-        self._metrics.decided_over_memory.inc(len(decided))
+        self._metrics.decided_over_memory.inc(deleted)
         self._unrecorded_decisions.failed(refusal)
 
     async def _write(self) -> None:
@@ -329,7 +331,10 @@ class JournalWriter:
         try:
             await self.flush()
         except StoreError:
-            log.warning("could not clear the journal at shutdown; it is decided again at start")
+            log.warning(
+                "could not write the journal at shutdown; what it still holds is decided "
+                "again at start"
+            )
             self._lose_unwritten()
 
     def _lose_unwritten(self) -> None:

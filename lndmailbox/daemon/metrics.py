@@ -155,9 +155,9 @@ def _with_health(metrics: Metrics, app: WSGIApplication) -> WSGIApplication:
         path = str(environ.get("PATH_INFO", "")).rstrip("/")
         if path not in (HEALTH_PATH, LEADER_PATH):
             return app(environ, start_response)
-        role, details = metrics.role, dict(metrics.role_details)
+        role, details, lease = metrics.role, dict(metrics.role_details), metrics.lease
         if role == "leader":
-            details["in_lease"] = metrics.lease is None or metrics.lease()
+            details["in_lease"] = lease is None or lease()
         leads = role == "leader" and bool(details["in_lease"])
         healthy = leads if path == LEADER_PATH else role in SERVING_ROLES
         body = json.dumps({"role": role, **details}).encode()
@@ -306,7 +306,8 @@ class Metrics:
         """This daemon's role, for the health endpoint: ``starting``, ``standby``, ``leader``."""
         self.role_details: dict[str, str | float | bool] = {}
         self.lease: Callable[[], bool] | None = None
-        """While leading: whether the node lock's lease is known to be this daemon's."""
+        """While leading: whether the node lock's lease is known to be this daemon's
+        (:meth:`Term.leads`; read from the server's thread)."""
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

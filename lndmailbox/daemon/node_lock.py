@@ -99,6 +99,11 @@ class Term:
         self._released = False
         self._lapse: asyncio.TimerHandle | None = None
 
+    def leads(self) -> bool:
+        """Whether this daemon still acts as the node's leader: its lease confirmed, and the
+        lock neither handed over nor lost."""
+        return self.in_lease.is_set() and not self._released and self.lost is None
+
     def confirmed(self, sent_at: float, lease: float) -> None:
         """A renewal (or the take) sent at ``sent_at`` (the loop's clock) got through: the
         lease holds until ``sent_at + lease``."""
@@ -305,6 +310,8 @@ class NodeLock:
                 # lease lapses by itself (Term.in_lease) if none gets through in time.
                 self._renewals.failed(e if isinstance(e, MailboxError) else _timed_out())
                 continue
+            if term.ended.is_set():
+                return  # over while the renewal was out (its cancellation lost in redis-py)
             self._renewals.recovered()
             if renewal is LockRenewal.TAKEN:
                 term.in_lease.clear()

@@ -19,7 +19,8 @@ who is online can lag lnd's, either way:
   before the break is at risk whoever it was for, taken at once
   (:meth:`RaceGuard.take_all`) and stored once the daemon knows who is online again
   (:meth:`Decider.regained_sight`; rescued, ``went_offline``). However long lnd stays
-  away, what it took just before is not forgotten meanwhile.
+  away, what it took just before is not forgotten meanwhile, in memory: a daemon that
+  stops first counts it lost (``shutdown``).
 
 ``window`` (``--race-window``) covers what the stamps cannot see: the skew between lnd's
 two streams, and lnd's own sending. A duplicate is better than a loss.

@@ -242,9 +242,15 @@ class Roles:
         finally:
             if not acquire.done():
                 await cancel_for_good(acquire)
-        if acquire.done() and not acquire.cancelled():
-            return acquire.result()
-        standing.result()  # raises what the standby died of
+        took = acquire.done() and not acquire.cancelled() and acquire.result()
+        if standing.done():
+            # Also when the lock came in the same turn: a standby that failed (lnd refused
+            # the macaroon) must not be passed over for the lead.
+            if took:
+                await self._lock.release()
+            standing.result()
+        elif took:
+            return True
         if stop.is_set():
             return False
         raise MailboxError("the standby task ended on its own")
@@ -266,7 +272,7 @@ class Roles:
         async with self._lock.leading(stop) as term:
             self._metrics.leader_changes.inc()
             self._metrics.leader.set(1)
-            self._metrics.lease = term.in_lease.is_set
+            self._metrics.lease = term.leads
             self.beat.become("leader", ready=False)
             log.info("leading: this daemon decides, stores and delivers for the node")
             mailbox = Mailbox(
@@ -287,7 +293,6 @@ class Roles:
                 overlap.cancel()
                 self.mailbox = None
                 self._metrics.leader.set(0)
-                self._metrics.lease = None
         if term.lost is None:
             return False
         self.beat.become("standby")
