@@ -113,6 +113,7 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
         traffic.start()
         for n in range(1, kills + 1):
             started = time.monotonic()
+            killed = False
             log_path = logs / f"daemon-{n}.log"
             with log_path.open("wb") as log_file:
                 daemon = await asyncio.create_subprocess_exec(
@@ -128,10 +129,14 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
                     await asyncio.sleep(rng.uniform(*RUNNING))
                 with contextlib.suppress(ProcessLookupError):  # it ended already
                     daemon.send_signal(signal.SIGKILL)
+                    killed = True
                 lives.append(Life(started, time.monotonic(), ready))
             finally:
-                with contextlib.suppress(ProcessLookupError):
-                    daemon.kill()
+                if not killed:
+                    # Once only: Popen's send_signal polls first, and that poll may reap
+                    # the killed daemon before asyncio's watcher, which then reports 255.
+                    with contextlib.suppress(ProcessLookupError):
+                        daemon.kill()
                 code = await daemon.wait()
             if code != -signal.SIGKILL:
                 tail = log_path.read_text(errors="replace").splitlines()[-5:]
