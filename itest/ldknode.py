@@ -161,6 +161,22 @@ class LdkNode:
         popen.wait()
         self._finish()
 
+    def freeze(self) -> None:
+        """SIGSTOP to the node's process group: its TCP connections stay open and nothing
+        answers on them (the kernel still acknowledges segments), a silently broken
+        connection as a phone that vanished from the network leaves behind."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the frozen node runs again (a no-op on a node that is not frozen)."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        popen = self._popen
+        if popen is not None and popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, sig)
+
     def _finish(self) -> None:
         popen = self._popen
         if popen is None:
@@ -274,12 +290,13 @@ class LdkNode:
 
     # The protocol's commands -----------------------------------------------------------------
 
-    def connect(self, lnd: LndNode) -> None:
-        """Dials ``lnd`` over BOLT 8; returns once both sides exchanged init."""
+    def connect(self, lnd: LndNode, addr: str | None = None) -> None:
+        """Dials ``lnd`` (at ``addr``, its IPv4 address unless given) over BOLT 8; returns once
+        both sides exchanged init."""
         self.request(
             "connect",
             node_id=lnd.pubkey_hex,
-            addr=lnd.p2p_address,
+            addr=addr or lnd.p2p_address,
             timeout=PEER_REQUEST_TIMEOUT,
         )
 

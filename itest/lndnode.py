@@ -73,6 +73,14 @@ class LndNode:
         return f"127.0.0.1:{self.p2p_port}"
 
     @property
+    def p2p_address_ipv6(self) -> str:
+        """The same port on IPv6 loopback. lnd takes a peer whose address contains
+        "127.0.0.1" for one that came through a local Tor proxy and triples its ping interval
+        and pong timeout (peer/brontide.go, isTorConnection); over ``[::1]`` a peer gets the
+        timeouts of a clearnet one."""
+        return f"[::1]:{self.p2p_port}"
+
+    @property
     def tls_cert_path(self) -> Path:
         return self.lnddir / "tls.cert"
 
@@ -127,7 +135,7 @@ class LndNode:
             "--protocol.zero-conf",
         ]
         if self.listen:
-            argv.append(f"--listen={self.p2p_address}")
+            argv += [f"--listen={self.p2p_address}", f"--listen={self.p2p_address_ipv6}"]
         else:
             argv.append("--nolisten")
         if self.generation is Generation.CUSTOM:

@@ -32,10 +32,16 @@ CONFIRM_AFTER = 90.0
 """Seconds a peer must stay connected after lnd accepted a message for it before the
 message counts as confirmed (``--confirm-after``), unless the peer speaks first. lnd
 pings each peer every minute and disconnects it when no pong comes within 30 s
-(peer/brontide.go: pingInterval, pingTimeout; no jitter), and a peer that connects anew
-replaces its old connection at once (a PEER_OFFLINE, then a PEER_ONLINE): so 90 s is the
-longest a silently broken clearnet connection passes for connected, and no such break
-escapes this window. Over Tor lnd scales its timeouts by 3 (270 s). A phone's visit is
+(peer/brontide.go: pingInterval, pingTimeout; no jitter; a write that times out is retried,
+not a disconnect), and a peer that connects anew replaces its old connection at once (a
+PEER_OFFLINE, then a PEER_ONLINE): so about 90 s is the longest a silently broken clearnet
+connection passes for connected. Measured (``make itest-long``, itest/test_frozen_peer.py:
+an LDK peer frozen with SIGSTOP as it connects, a whole interval before lnd's first ping,
+the slowest moment): PEER_OFFLINE 90.1 s after the freeze on lnd 0.20.2 and 0.21.3. So in
+the slowest case the window is 0.1 s short: a break less than 0.1 s before lnd took the
+message, just as lnd's ping interval began, outlasts it. lnd triples both timeouts for
+peers it takes for Tor ones, and those include every peer whose address contains
+"127.0.0.1" (an lnd behind a proxy on its own host): measured 270.1 s. A phone's visit is
 shorter; what a wallet answers (a ``release_held_htlc`` to a ``held_htlc_available``, an
 invoice to an ``invoice_request``) confirms at once, and mail that gets no answer is sent
 again on the next wake, at most ``MAX_REDELIVERIES`` times (daemon/confirmations.py)."""
