@@ -15,6 +15,7 @@ peels the message with its own key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -418,6 +419,20 @@ async def _daemon_sees_online(port: int, count: int) -> None:
     await wait_until(seen, what=f"the daemon to count {count} online peers")
 
 
+@contextlib.asynccontextmanager
+async def _native_world(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[World, int]]:
+    """lnd 0.21 with a race window of 1 s, and the daemon's metrics port."""
+    port = free_port()
+    async with world(
+        Personality.LND_0_21,
+        redis_url,
+        tmp_path,
+        metrics_addr=f"127.0.0.1:{port}",
+        race_window=1.0,
+    ) as w:
+        yield w, port
+
+
 async def _no_mail(w: World) -> bool:
     return await w.stored_for(w.bob) == []
 
@@ -472,14 +487,7 @@ async def test_settled_recipients_are_left_to_lnd_and_the_went_offline_guard_hol
 
     Timing enters only as margins: both online 3 s before the messages, with a 1 s window
     (the stream's bound is at most about half a second old on a quiet stream)."""
-    port = free_port()
-    async with world(
-        Personality.LND_0_21,
-        redis_url,
-        tmp_path,
-        metrics_addr=f"127.0.0.1:{port}",
-        race_window=1.0,
-    ) as w:
+    async with _native_world(redis_url, tmp_path) as (w, port):
         carol = w.node.add_peer("carol")
         w.node.open_channel(carol, scid(800_000, 9, 1))
         w.bob.connect()
@@ -521,14 +529,7 @@ async def test_what_lnd_forwarded_just_before_it_restarted_reaches_the_recipient
     peer events are. lnd stays away three times the race window, so only what was set
     aside at the break can bring the message back: it is stored at the resync and
     delivered again (a duplicate if bob had read it)."""
-    port = free_port()
-    async with world(
-        Personality.LND_0_21,
-        redis_url,
-        tmp_path,
-        metrics_addr=f"127.0.0.1:{port}",
-        race_window=1.0,
-    ) as w:
+    async with _native_world(redis_url, tmp_path) as (w, port):
         w.bob.connect()
         await w.start_daemon()
         await _daemon_sees_online(port, 2)
