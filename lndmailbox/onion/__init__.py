@@ -10,8 +10,10 @@ module                        holds
 :mod:`~.primitives`           HMAC-SHA256, the ChaCha20 stream, point checks and tweaks,
                               the keys derived from a shared secret
 :mod:`~.reader`               what the daemon runs: :func:`peel` (one layer, every
-                              reader rule), :class:`NodeKey`, :class:`CachedNodeKey`,
-                              :class:`Forward` / :class:`Receive`, the error family
+                              reader rule), :func:`read_next_hop` (the next hop from
+                              encrypted_recipient_data alone), :class:`NodeKey`,
+                              :class:`CachedNodeKey`, :class:`Forward` /
+                              :class:`Receive` / :class:`NextHop`, the error family
 :mod:`~.build`                what tools, tests, simnet and the bench run: blinded paths,
                               Sphinx packets, whole messages, :class:`LocalNodeKey`
 ============================  ==========================================================
@@ -40,6 +42,7 @@ from lndmailbox.onion.reader import (
     HmacError,
     MissingNextHopError,
     MultiplePayloadsError,
+    NextHop,
     NodeKey,
     PathIdNotFinalError,
     PayloadLengthError,
@@ -52,6 +55,7 @@ from lndmailbox.onion.reader import (
     next_path_key,
     open_packet,
     peel,
+    read_next_hop,
 )
 from lndmailbox.onion.tlv import BigSizeError, LengthError, PointError, TlvError, WireError
 from lndmailbox.onion.wire import (
@@ -81,6 +85,7 @@ __all__ = [
     "LocalNodeKey",
     "MissingNextHopError",
     "MultiplePayloadsError",
+    "NextHop",
     "NodeKey",
     "OnionMessage",
     "OnionMessagePayload",
@@ -104,4 +109,5 @@ __all__ = [
     "open_packet",
     "peel",
     "random_secret",
+    "read_next_hop",
 ]

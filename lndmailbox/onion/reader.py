@@ -1,10 +1,17 @@
-"""Reading BOLT 4 onion messages: take one layer off, as the daemon does for every message.
+"""Reading BOLT 4 onion messages: take one layer off, or only learn where it goes next.
 
     result = await peel(path_key, onion, node)   # Forward | Receive
+    hop = await read_next_hop(path_key, encrypted_recipient_data, node)   # NextHop
 
 ``node`` is a :class:`NodeKey`: its ``ecdh`` is the only way to the node's private key and
 ``peel`` calls it exactly twice (first with the path key, then with the onion's ephemeral
-key tweaked by ``HMAC256("blinded_node_id", ss)``). Everything else (HMAC-SHA256, the
+key tweaked by ``HMAC256("blinded_node_id", ss)``). ``read_next_hop`` needs the first of
+the two only: given this hop's ``encrypted_recipient_data`` (lnd 0.21 publishes it with
+every message), it names the next hop exactly as ``peel`` would, without opening the
+onion. Path keys repeat (every message sent over one blinded path arrives with the same),
+onion keys never do, so ``peel`` takes a second key, ``path_node``, for the path key's
+ECDH alone: a :class:`CachedNodeKey` there pays, and the onion's points never crowd it.
+Everything else (HMAC-SHA256, the
 ChaCha20 stream, ChaCha20-Poly1305 for ``encrypted_recipient_data``, point tweaks) runs
 locally with ``cryptography`` and ``coincurve``.
 
@@ -102,6 +109,7 @@ __all__ = [
     "HmacError",
     "MissingNextHopError",
     "MultiplePayloadsError",
+    "NextHop",
     "NodeKey",
     "PathIdNotFinalError",
     "PayloadLengthError",
@@ -114,6 +122,7 @@ __all__ = [
     "next_path_key",
     "open_packet",
     "peel",
+    "read_next_hop",
 ]
 
 
@@ -214,6 +223,15 @@ class CachedNodeKey:
 
 
 @dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where a message goes next: exactly one of the two is set (when the encrypted data
+    names both, ``next_node_id`` wins, as BOLT 4 says)."""
+
+    next_node_id: bytes | None
+    short_channel_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Forward:
     """We are an intermediate hop: send ``next_onion`` with ``next_path_key`` onwards.
 
@@ -234,6 +252,10 @@ class Forward:
     def message(self) -> OnionMessage:
         """The ``onion_message`` to hand the next peer."""
         return OnionMessage(self.next_path_key, self.next_onion)
+
+    @property
+    def next_hop(self) -> NextHop:
+        return NextHop(self.next_node_id, self.short_channel_id)
 
 
 @dataclass(frozen=True)
@@ -326,14 +348,18 @@ def _open_layer(onion: bytes, ephemeral: PublicKey, ss: bytes, associated_data: 
 # --- reading -----------------------------------------------------------------------------
 
 
-async def peel(path_key: bytes, onion: bytes, node: NodeKey) -> Forward | Receive:
+async def peel(
+    path_key: bytes, onion: bytes, node: NodeKey, *, path_node: NodeKey | None = None
+) -> Forward | Receive:
     """Take one layer off an onion message received with ``path_key``.
 
-    Raises an :class:`~lndmailbox.errors.OnionError` subclass for any invalid input.
+    ``path_node`` (default ``node``) does the path key's ECDH: the node's key too, through
+    a cache of path keys. Raises an :class:`~lndmailbox.errors.OnionError` subclass for any
+    invalid input.
     """
     ephemeral = _check_packet(onion)
     path_point = point(path_key, "path_key")
-    path_ss = await node.ecdh(path_key)
+    path_ss = await (path_node or node).ecdh(path_key)
     tweaked = tweak(ephemeral, blinding_tweak(path_ss), "onion public_key")
     layer = _open_layer(onion, ephemeral, await node.ecdh(tweaked), b"")
 
@@ -348,22 +374,43 @@ async def peel(path_key: bytes, onion: bytes, node: NodeKey) -> Forward | Receiv
     if layer.final:
         return _receive(records, data_records, data)
 
-    if data.path_id is not None:
-        raise PathIdNotFinalError("path_id at a non-final hop")
-    next_node_id = data.next_node_id
-    short_channel_id = data.short_channel_id
-    if next_node_id is not None:
-        point(next_node_id, "next_node_id")
-        short_channel_id = None
-    elif short_channel_id is None:
-        raise MissingNextHopError("neither next_node_id nor short_channel_id")
+    hop = _next_hop(data)
     override = data.next_path_key_override
     if override is not None:
         point(override, "next_path_key_override")
         next_key = override
     else:
         next_key = tweak(path_point, next_key_tweak(path_key, path_ss), "path_key")
-    return Forward(next_node_id, short_channel_id, next_key, layer.next_packet(), encrypted)
+    return Forward(hop.next_node_id, hop.short_channel_id, next_key, layer.next_packet(), encrypted)
+
+
+async def read_next_hop(path_key: bytes, encrypted_recipient_data: bytes, node: NodeKey) -> NextHop:
+    """The next hop this hop's ``encrypted_recipient_data`` names, with the path key's ECDH
+    alone: what :func:`peel` of the same message would return as ``Forward.next_hop``.
+
+    The onion itself is not read: its HMAC and payload rules are for whoever peels it (lnd
+    has checked them before publishing the message). Raises :class:`EncryptedDataError`
+    when the data does not decrypt under ``path_key`` or is not valid ``encrypted_data_tlv``,
+    :class:`~lndmailbox.onion.tlv.PointError` for a bad path key or ``next_node_id``, and
+    the errors of :func:`peel`'s next-hop rules (a final hop's data names no next hop:
+    :class:`MissingNextHopError`, or :class:`PathIdNotFinalError` when it has a path_id).
+    """
+    point(path_key, "path_key")
+    path_ss = await node.ecdh(path_key)
+    _, data = _encrypted_data(path_ss, encrypted_recipient_data)
+    return _next_hop(data)
+
+
+def _next_hop(data: EncryptedData) -> NextHop:
+    """A non-final hop's next hop, by BOLT 4's rules for its encrypted data."""
+    if data.path_id is not None:
+        raise PathIdNotFinalError("path_id at a non-final hop")
+    if data.next_node_id is not None:
+        point(data.next_node_id, "next_node_id")
+        return NextHop(data.next_node_id, None)
+    if data.short_channel_id is None:
+        raise MissingNextHopError("neither next_node_id nor short_channel_id")
+    return NextHop(None, data.short_channel_id)
 
 
 def _encrypted_data(path_ss: bytes, encrypted: bytes) -> tuple[dict[int, bytes], EncryptedData]:
