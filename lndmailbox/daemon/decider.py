@@ -47,7 +47,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import Any
 
 from lndmailbox.clock import Clock
@@ -58,10 +57,10 @@ from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import OutgoingMessage
 from lndmailbox.daemon.peers import ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
-from lndmailbox.daemon.race_guard import RaceGuard
+from lndmailbox.daemon.race_guard import LeftToLnd, RaceGuard
 from lndmailbox.errors import LndCredentialsError, LndError, OnionError, PeerOfflineError
 from lndmailbox.lnd import IncomingOnionMessage, Transport
-from lndmailbox.onion import Forward, NodeKey, Receive, peel
+from lndmailbox.onion import Forward, NextHop, NodeKey, peel, read_next_hop
 from lndmailbox.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,15 @@ SET_ASIDE_FOR = 2.0
 class _Undecided(Exception):
     """Internal: lnd's signer stayed away until the daemon stopped; the message stays
     journaled for the next daemon."""
+
+
+class _Mismatch(Exception):
+    """Internal: the full peel of a message named another next hop than the encrypted data
+    lnd published with it; the peel's is the one lnd acted on, so it decides."""
+
+    def __init__(self, forward: Forward) -> None:
+        super().__init__("next hop mismatch")
+        self.forward = forward
 
 
 def _passing(error: BaseException) -> bool:
@@ -101,6 +109,7 @@ class Decider:
         *,
         node_id: bytes,
         node_key: NodeKey,
+        path_keys: NodeKey,
         transport: Transport,
         peers: PeerTracker,
         channels: ChannelMap,
@@ -117,6 +126,7 @@ class Decider:
     ) -> None:
         self._node_id = node_id
         self._node_key = node_key
+        self._path_keys = path_keys
         self._transport = transport
         self._peers = peers
         self._channels = channels
@@ -125,7 +135,7 @@ class Decider:
         self._keeper = keeper
         self._journal = journal
         self._race = race
-        self._at_risk: list[OutgoingMessage] = []
+        self._at_risk: list[LeftToLnd] = []
         """Left to lnd just before its peer events broke (:meth:`lost_sight`)."""
         self._reporter = reporter
         self._metrics = metrics
@@ -213,31 +223,54 @@ class Decider:
     async def _decide(self, arrival: Arrival) -> bool:
         """True when the message went to the keeper (which then owns its journal entry)."""
         message = arrival.message
-        result = await self._peel(message)
-        if result is None:
-            return False
-        peer = await self._next_hop(result, message.peer)
-        if peer is None:
-            return False
-        outgoing = OutgoingMessage(
-            peer,
-            message.peer,
-            result.next_path_key,
-            result.next_onion,
-            arrival.received_at if arrival.received_at is not None else self._clock.now(),
-            arrival.entry,
-        )
-        if self._peers.is_online(peer):
-            return await self._hand_to_online_peer(outgoing, arrival)
-        return await self._keep_if_allowed(outgoing)
+        self._reporter.received(message.peer, len(message.path_key) + len(message.onion))
+        hop = await self._read_next_hop(message)
+        try:
+            if hop is not None:
+                return await self._route(arrival, hop, None)
+            forward = await self._peel(message)
+            return forward is not None and await self._route(arrival, forward.next_hop, forward)
+        except _Mismatch as e:
+            return await self._route(arrival, e.forward.next_hop, e.forward)
+
+    async def _read_next_hop(self, message: IncomingOnionMessage) -> NextHop | None:
+        """Native transport: the next hop, from the encrypted data lnd published, with the
+        path key's ECDH (cached) alone; None (counted) when it must come from a full peel."""
+        if self._transport is not Transport.NATIVE:
+            return None
+        encrypted = message.encrypted_recipient_data
+        if not encrypted:
+            self._metrics.peel_fallbacks.labels(reason="missing").inc()
+            return None
+        try:
+            hop = await self._signer.call(
+                lambda: read_next_hop(message.path_key, encrypted, self._path_keys),
+                stop=self._stop,
+            )
+        except OnionError as e:
+            self._metrics.peel_fallbacks.labels(reason=e.reason).inc()
+            log.debug("next hop not read from lnd's encrypted data (%s); peeling in full", e)
+            return None
+        except LndCredentialsError:
+            raise
+        except LndError as e:
+            if e.retryable:
+                raise _Undecided from e
+            return None  # the full peel meets the same answer, and reports it
+        self._metrics.next_hops_read.inc()
+        return hop
 
     async def _peel(self, message: IncomingOnionMessage) -> Forward | None:
         """The next hop's part, or None (reported) when there is nothing to pass on."""
         sender = message.peer
-        self._reporter.received(sender, len(message.path_key) + len(message.onion))
         started = time.perf_counter()
         try:
-            result = await self._signer.call(lambda: self._peel_once(message), stop=self._stop)
+            result = await self._signer.call(
+                lambda: peel(
+                    message.path_key, message.onion, self._node_key, path_node=self._path_keys
+                ),
+                stop=self._stop,
+            )
         except OnionError as e:
             self._reporter.dropped(e.reason, sender=sender)
             return None
@@ -257,15 +290,73 @@ class Decider:
             return None
         return result
 
-    async def _peel_once(self, message: IncomingOnionMessage) -> Forward | Receive:
-        return await peel(message.path_key, message.onion, self._node_key)
-
-    async def _next_hop(self, forward: Forward, sender: bytes) -> bytes | None:
-        peer = forward.next_node_id
+    async def _route(self, arrival: Arrival, hop: NextHop, forward: Forward | None) -> bool:
+        """Decides a message whose next hop is ``hop``; ``forward`` is its peeled layer, or
+        None while it was not needed: a message left to lnd or dropped is never peeled.
+        Raises :class:`_Mismatch` when the peel, done late, names another next hop."""
+        sender = arrival.message.peer
+        peer = await self._next_hop(hop, sender)
         if peer is None:
-            assert forward.short_channel_id is not None
+            return False
+        if self._peers.is_online(peer):
+            if self._transport is Transport.NATIVE and not arrival.replayed:
+                online_since = self._peers.online_since(peer)
+                if self._race.lnd_could_forward(
+                    online_since, arrival.not_before
+                ) or not await self._policy.is_allowed(peer):
+                    self._leave_to_lnd(arrival, peer)
+                    return False
+                # The hop came online too late to be sure lnd found it there: kept, and
+                # the deliverer sends it at once.
+                outgoing = await self._outgoing(arrival, peer, hop, forward)
+                if outgoing is None:
+                    return False
+                self._keeper.keep(outgoing)
+                self._reporter.rescued(peer, outgoing.size, why="came_online")
+                return True
+            outgoing = await self._outgoing(arrival, peer, hop, forward)
+            return outgoing is not None and await self._send_now(outgoing)
+        if not await self._policy.is_allowed(peer):
+            self._reporter.dropped("not_allowed", sender=sender, peer=peer, size=arrival.size)
+            return False
+        outgoing = await self._outgoing(arrival, peer, hop, forward)
+        if outgoing is None:
+            return False
+        self._keeper.keep(outgoing)
+        return True
+
+    async def _outgoing(
+        self, arrival: Arrival, peer: bytes, hop: NextHop, forward: Forward | None
+    ) -> OutgoingMessage | None:
+        """What ``peer`` must receive, peeled now if it was not yet; None when the peel
+        drops it (reported)."""
+        if forward is None:
+            forward = await self._peel(arrival.message)
+            if forward is None:
+                return None
+            if forward.next_hop != hop:
+                self._metrics.peel_fallbacks.labels(reason="mismatch").inc()
+                log.error(
+                    "the encrypted data lnd published for a message from %s names another "
+                    "next hop than its onion does; deciding it by the onion",
+                    arrival.message.peer.hex(),
+                )
+                raise _Mismatch(forward)
+        return OutgoingMessage(
+            peer,
+            arrival.message.peer,
+            forward.next_path_key,
+            forward.next_onion,
+            arrival.received_at if arrival.received_at is not None else self._clock.now(),
+            arrival.entry,
+        )
+
+    async def _next_hop(self, hop: NextHop, sender: bytes) -> bytes | None:
+        peer = hop.next_node_id
+        if peer is None:
+            assert hop.short_channel_id is not None
             try:
-                peer = await self._channels.peer_for(forward.short_channel_id)
+                peer = await self._channels.peer_for(hop.short_channel_id)
             except LndCredentialsError:
                 raise
             except LndError as e:
@@ -282,9 +373,9 @@ class Decider:
             return None
         return peer
 
-    async def _hand_to_online_peer(self, message: OutgoingMessage, arrival: Arrival) -> bool:
-        if self._transport is Transport.NATIVE and not arrival.replayed:
-            return await self._leave_to_lnd_or_rescue(message, arrival.not_before)
+    async def _send_now(self, message: OutgoingMessage) -> bool:
+        """The custom transport's forward (and a replayed message's): lnd is handed it now;
+        kept if lnd finds the peer gone."""
         try:
             await self._sender.send(message.peer, message.path_key, message.onion)
         except PeerOfflineError:
@@ -298,21 +389,12 @@ class Decider:
         self._reporter.forwarded(message.sender, message.peer, message.size)
         return False
 
-    async def _leave_to_lnd_or_rescue(
-        self, message: OutgoingMessage, not_before: float | None
-    ) -> bool:
-        """Native transport, next hop online: lnd forwards it, unless the hop came online
-        too late to be sure lnd found it there; then it is kept (the deliverer sends it
-        at once), if the policy allows."""
-        online_since = self._peers.online_since(message.peer)
-        settled = self._race.lnd_could_forward(online_since, not_before)
-        if not settled and await self._policy.is_allowed(message.peer):
-            self._keeper.keep(message)
-            self._reporter.rescued(message.peer, message.size, why="came_online")
-            return True
-        self._race.remember(replace(message, entry=None))
-        self._reporter.left_to_lnd(message.sender, message.peer, message.size)
-        return False
+    def _leave_to_lnd(self, arrival: Arrival, peer: bytes) -> None:
+        """Native transport, next hop online since well before lnd's try: lnd forwarded it.
+        Remembered, unpeeled, for the race window, in case the hop was leaving."""
+        received_at = arrival.received_at if arrival.received_at is not None else self._clock.now()
+        self._race.remember(LeftToLnd(peer, arrival.message, received_at))
+        self._reporter.left_to_lnd(arrival.message.peer, peer, arrival.size)
 
     async def _keep_if_allowed(self, message: OutgoingMessage) -> bool:
         if not await self._policy.is_allowed(message.peer):
@@ -340,10 +422,9 @@ class Decider:
         break is stored (the deliverer sends it to whoever is online); a peer the policy
         does not serve is left to lnd, as it was."""
         while self._at_risk:
-            message = self._at_risk[0]
-            if await self._policy.is_allowed(message.peer):
-                self._keeper.keep(message)
-                self._reporter.rescued(message.peer, message.size, why="went_offline")
+            left = self._at_risk[0]
+            if await self._policy.is_allowed(left.peer):
+                await self._store_after_all(left)
             self._at_risk.pop(0)
 
     def _lose_at_risk(self) -> None:
@@ -356,11 +437,29 @@ class Decider:
             "before they broke are not stored again (lnd's restart may have lost them)",
             len(self._at_risk),
         )
-        for message in self._at_risk:
-            self._reporter.lost(message.peer, message.size, "shutdown")
+        for left in self._at_risk:
+            self._reporter.lost(left.peer, left.size, "shutdown")
         self._at_risk = []
 
     async def _rescue(self, peer: bytes, offline_since: float) -> None:
-        for message in self._race.take(peer, offline_since):
-            if await self._keep_if_allowed(message):
-                self._reporter.rescued(message.peer, message.size, why="went_offline")
+        for left in self._race.take(peer, offline_since):
+            if await self._policy.is_allowed(left.peer):
+                await self._store_after_all(left)
+
+    async def _store_after_all(self, left: LeftToLnd) -> None:
+        """Keeps a message that was left to lnd, peeled now (rescued, ``went_offline``). It
+        is in memory only: a peel that cannot finish (lnd's signer away until the stop, or
+        refusing the macaroon, which stops the daemon) loses it, counted."""
+        arrival = Arrival(left.message, None, received_at=left.received_at)
+        try:
+            forward = await self._peel(left.message)
+        except (_Undecided, LndCredentialsError) as e:
+            log.warning("could not peel a message left to lnd to store it after all: %s", e)
+            self._reporter.lost(left.peer, left.size, "shutdown")
+            return
+        if forward is None:
+            return
+        outgoing = await self._outgoing(arrival, left.peer, forward.next_hop, forward)
+        if outgoing is not None:
+            self._keeper.keep(outgoing)
+            self._reporter.rescued(outgoing.peer, outgoing.size, why="went_offline")
