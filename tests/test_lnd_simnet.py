@@ -161,7 +161,8 @@ async def test_incoming_onion_messages(node: SimNode, lnd: LndClient) -> None:
     # lnd 0.21 hands over this hop's encrypted_recipient_data too, still encrypted; the
     # custom transport's bytes are the bare onion_message.
     forward = await peel(msg.path_key, msg.onion, node.key)
-    assert isinstance(forward, Forward) and forward.next_node_id == bob.pubkey
+    assert isinstance(forward, Forward)
+    assert forward.next_node_id == bob.pubkey
     native = node.personality is Personality.LND_0_21
     assert await next_item(messages) == IncomingOnionMessage(
         alice.pubkey,

@@ -140,7 +140,7 @@ async def test_a_value_carries_the_encrypted_data_and_a_v2_one_is_still_read(
     )
     # What the release before wrote: v2, no encrypted data (the decider peels it in full).
     older = entry_for(point(), onion)
-    v2 = b"\x02" + int(2000 * 1000).to_bytes(8, "big") + sender + path_key + onion
+    v2 = b"\x02" + (2000 * 1000).to_bytes(8, "big") + sender + path_key + onion
     await redis_client.hset(store.keys.journal_key, older, v2)
     by_name = {e.entry: e for e in await store.journal.pending()}
     assert (by_name[older].path_key, by_name[older].onion) == (path_key, onion)
