@@ -1,14 +1,22 @@
-"""The decider: peel each incoming onion message once and decide what becomes of it.
+"""The decider: learn where each incoming onion message goes, and decide what becomes of it.
 
 The rules, in order, for a message that arrived from ``sender``:
 
-1. It must peel (one layer, ECDH through lnd's signer). If not: drop, reason from the
-   typed :class:`~lndmailbox.errors.OnionError`.
-2. If we are its final hop: not the mailbox's business (drop ``final_hop``).
-3. The next hop is named by node id, or by short_channel_id resolved through lnd's
+1. Its next hop. On lnd 0.21 it is read from the ``encrypted_recipient_data`` lnd published
+   with the message (:func:`~lndmailbox.onion.read_next_hop`: one ECDH, on the path key,
+   answered from a cache of path keys when its blinded path was seen before), and the
+   message is peeled (the onion's ECDH, and the next packet) only if it is to be kept or
+   sent: lnd checked the packet before publishing it, and forwards what it can itself.
+   Otherwise (lnd 0.20, whose custom messages carry the bare packet, or data missing or
+   unreadable: counted by reason in ``peel_fallbacks``) it is peeled at once. A peel that
+   fails drops the message, reason from the typed
+   :class:`~lndmailbox.errors.OnionError`; if we are its final hop it is not the
+   mailbox's business (drop ``final_hop``). A late peel naming another next hop than the
+   published data decides by the peel (``mismatch``).
+2. The next hop is named by node id, or by short_channel_id resolved through lnd's
    channels and aliases (unknown: drop ``unknown_scid``). A next hop equal to the sender
    (``loopback``) or to our own node (``next_hop_is_self``) is dropped.
-4. Next hop online: the custom transport sends it now. The native transport leaves it to
+3. Next hop online: the custom transport sends it now. The native transport leaves it to
    lnd, which forwards it itself, if the hop has been online since ``--race-window``
    before the earliest moment lnd may have tried (:meth:`RaceGuard.lnd_could_forward
    <lndmailbox.daemon.race_guard.RaceGuard.lnd_could_forward>`), and remembers it for the
@@ -17,7 +25,7 @@ The rules, in order, for a message that arrived from ``sender``:
    reported ``rescued`` (``came_online``), a duplicate whenever lnd's try worked; a peer
    the policy does not allow is left to lnd all the same. A message a previous daemon
    left (replayed) is sent now, lnd's try long past.
-5. Next hop offline: stored if the peer is allowed (:class:`~lndmailbox.daemon.policy.Policy`),
+4. Next hop offline: stored if the peer is allowed (:class:`~lndmailbox.daemon.policy.Policy`),
    else dropped ``not_allowed``.
 
 A message is rescued once at most: one kept because its hop came online is not left to
@@ -101,8 +109,9 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
 
 
 class Decider:
-    """Decides what the decision queue holds, ``workers`` messages at a time (each peel
-    is two ECDH round trips to lnd)."""
+    """Decides what the decision queue holds, ``workers`` messages at a time (each ECDH is
+    a round trip to lnd's signer). ``path_keys`` does the path keys' ECDH: ``node_key``
+    behind a cache."""
 
     def __init__(
         self,
