@@ -145,6 +145,13 @@ async def test_a_value_carries_the_encrypted_data_and_a_v2_one_is_still_read(
     by_name = {e.entry: e for e in await store.journal.pending()}
     assert (by_name[older].path_key, by_name[older].onion) == (path_key, onion)
     assert (by_name[older].received_at, by_name[older].encrypted_recipient_data) == (2000.0, b"")
+    # Data too long for its length field is left out: the decider then peels in full.
+    huge = entry_for(path_key, b"another onion")
+    await store.journal.write(
+        [NewEntry(huge, sender, path_key, b"another onion", 1000.0, bytes(70_000))]
+    )
+    (long_one,) = await store.journal.read([huge])
+    assert (long_one.onion, long_one.encrypted_recipient_data) == (b"another onion", b"")
     # A v3 value whose length runs past its end is damage: removed, never decided.
     broken = entry_for(point(), onion)
     await redis_client.hset(

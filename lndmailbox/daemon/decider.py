@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -146,6 +147,10 @@ class Decider:
         self._race = race
         self._at_risk: list[LeftToLnd] = []
         """Left to lnd just before its peer events broke (:meth:`lost_sight`)."""
+        self._to_store: deque[LeftToLnd] = deque()
+        """Left to lnd, and to be stored after all (:meth:`store_rescued`)."""
+        self._rescue_wanted = asyncio.Event()
+        self._rescuing = asyncio.Lock()
         self._reporter = reporter
         self._metrics = metrics
         self._clock = clock
@@ -166,13 +171,16 @@ class Decider:
         try:
             async with asyncio.TaskGroup() as group:
                 workers = [group.create_task(self._work()) for _ in range(self._workers)]
+                workers.append(group.create_task(self._rescuer()))
                 await _first(stop.wait(), self._failed.wait())
                 if self._failure is None:
                     await _first(self._queue.join(), self._failed.wait())
+                if self._failure is None:
+                    await _first(self.store_rescued(), self._failed.wait())
                 for worker in workers:
                     worker.cancel()
         finally:
-            self._lose_at_risk()
+            self._lose_unstored()
         if self._failure is not None:
             log.warning("lnd refused the macaroon; stopping once lnd's stream is quiet")
             await self._set_aside()
@@ -313,7 +321,7 @@ class Decider:
                 if self._race.lnd_could_forward(
                     online_since, arrival.not_before
                 ) or not await self._policy.is_allowed(peer):
-                    self._leave_to_lnd(arrival, peer)
+                    self._leave_to_lnd(arrival, peer, hop, forward)
                     return False
                 # The hop came online too late to be sure lnd found it there: kept, and
                 # the deliverer sends it at once.
@@ -343,14 +351,23 @@ class Decider:
             forward = await self._peel(arrival.message)
             if forward is None:
                 return None
-            if forward.next_hop != hop:
-                self._metrics.peel_fallbacks.labels(reason="mismatch").inc()
-                log.error(
-                    "the encrypted data lnd published for a message from %s names another "
-                    "next hop than its onion does; deciding it by the onion",
-                    arrival.message.peer.hex(),
-                )
+            if not self._peel_agrees(hop, forward, arrival.message.peer):
                 raise _Mismatch(forward)
+        return self._message_for(arrival, peer, forward)
+
+    def _peel_agrees(self, hop: NextHop, forward: Forward, sender: bytes) -> bool:
+        """Whether a late peel names the next hop the published data did (else counted)."""
+        if forward.next_hop == hop:
+            return True
+        self._metrics.peel_fallbacks.labels(reason="mismatch").inc()
+        log.error(
+            "the encrypted data lnd published for a message from %s names another next hop "
+            "than its onion does; deciding it by the onion",
+            sender.hex(),
+        )
+        return False
+
+    def _message_for(self, arrival: Arrival, peer: bytes, forward: Forward) -> OutgoingMessage:
         return OutgoingMessage(
             peer,
             arrival.message.peer,
@@ -398,11 +415,14 @@ class Decider:
         self._reporter.forwarded(message.sender, message.peer, message.size)
         return False
 
-    def _leave_to_lnd(self, arrival: Arrival, peer: bytes) -> None:
+    def _leave_to_lnd(
+        self, arrival: Arrival, peer: bytes, hop: NextHop, forward: Forward | None
+    ) -> None:
         """Native transport, next hop online since well before lnd's try: lnd forwarded it.
-        Remembered, unpeeled, for the race window, in case the hop was leaving."""
+        Remembered as it came (peeled only if it was already) for the race window, in case
+        the hop was leaving."""
         received_at = arrival.received_at if arrival.received_at is not None else self._clock.now()
-        self._race.remember(LeftToLnd(peer, arrival.message, received_at))
+        self._race.remember(LeftToLnd(peer, hop, arrival.message, received_at, forward))
         self._reporter.left_to_lnd(arrival.message.peer, peer, arrival.size)
 
     async def _keep_if_allowed(self, message: OutgoingMessage) -> bool:
@@ -414,11 +434,13 @@ class Decider:
         self._keeper.keep(message)
         return True
 
-    async def peer_went_offline(self, peer: bytes) -> None:
-        """Native transport: store what was left to lnd for ``peer`` just before it left."""
+    def peer_went_offline(self, peer: bytes) -> None:
+        """Native transport: what was left to lnd for ``peer`` just before it left is to be
+        stored after all (by the decider's rescuer, :meth:`store_rescued`: its peels must
+        not hold up the caller, which follows lnd's peer events)."""
         offline_since = self._peers.offline_since(peer)
         if offline_since is not None:
-            await self._rescue(peer, offline_since)
+            self._store_later(self._race.take(peer, offline_since))
 
     def lost_sight(self) -> None:
         """Native transport, lnd's peer events broke: any next hop may drop (an lnd restart
@@ -426,19 +448,73 @@ class Decider:
         aside now, to be stored at :meth:`regained_sight`."""
         self._at_risk.extend(self._race.take_all())
 
-    async def regained_sight(self) -> None:
+    def regained_sight(self) -> None:
         """lnd's peer events are back and the online set rebuilt: what was set aside at the
-        break is stored (the deliverer sends it to whoever is online); a peer the policy
-        does not serve is left to lnd, as it was."""
-        while self._at_risk:
-            left = self._at_risk[0]
-            if await self._policy.is_allowed(left.peer):
-                await self._store_after_all(left)
-            self._at_risk.pop(0)
+        break is to be stored (the deliverer sends it to whoever is online); a peer the
+        policy does not serve is left to lnd, as it was."""
+        at_risk, self._at_risk = self._at_risk, []
+        self._store_later(at_risk)
 
-    def _lose_at_risk(self) -> None:
-        """At the stop, lnd's peer events still away: what was set aside at their break
-        was meant to be kept, and it cannot be without knowing whom the policy serves."""
+    def _store_later(self, messages: list[LeftToLnd]) -> None:
+        if messages:
+            self._to_store.extend(messages)
+            self._rescue_wanted.set()
+
+    async def _rescuer(self) -> None:
+        while self._failure is None:
+            await self._rescue_wanted.wait()
+            self._rescue_wanted.clear()
+            await self.store_rescued()
+
+    async def store_rescued(self) -> None:
+        """Stores, one by one and each peeled now, what was left to lnd and must be stored
+        after all, until none is left (rescued, ``went_offline``). Those are in memory
+        only: one whose peel cannot finish (lnd's signer away until the stop, or refusing
+        the macaroon, which stops the daemon) is lost, counted."""
+        async with self._rescuing:
+            while self._to_store and self._failure is None:
+                left = self._to_store[0]
+                try:
+                    await self._store_after_all(left)
+                except (_Undecided, LndCredentialsError) as e:
+                    log.warning("a message left to lnd could not be stored after all: %s", e)
+                    self._reporter.lost(left.peer, left.size, "shutdown")
+                    if isinstance(e, LndCredentialsError) and self._failure is None:
+                        self._failure = e
+                        self._failed.set()
+                except Exception:
+                    log.exception("unexpected error while storing a message left to lnd")
+                    self._reporter.dropped("internal_error", sender=left.message.peer)
+                self._to_store.popleft()
+
+    async def _store_after_all(self, left: LeftToLnd) -> None:
+        if not await self._policy.is_allowed(left.peer):
+            return  # left to lnd, as for any peer the policy does not serve
+        sender = left.message.peer
+        forward = left.forward or await self._peel(left.message)
+        if forward is None:
+            return
+        peer = left.peer
+        if not self._peel_agrees(left.hop, forward, sender):
+            named = await self._next_hop(forward.next_hop, sender)
+            if named is None:
+                return
+            peer = named
+            if not await self._policy.is_allowed(peer):
+                self._reporter.dropped("not_allowed", sender=sender, peer=peer, size=left.size)
+                return
+        arrival = Arrival(left.message, None, received_at=left.received_at)
+        outgoing = self._message_for(arrival, peer, forward)
+        self._keeper.keep(outgoing)
+        self._reporter.rescued(outgoing.peer, outgoing.size, why="went_offline")
+
+    def _lose_unstored(self) -> None:
+        """At the stop: what was to be stored after all and is not, counted lost; so is what
+        was set aside at a break of lnd's peer events that are still away, as it cannot be
+        stored without knowing whom the policy serves."""
+        for left in self._to_store:
+            self._reporter.lost(left.peer, left.size, "shutdown")
+        self._to_store.clear()
         if not self._at_risk:
             return
         log.warning(
@@ -449,26 +525,3 @@ class Decider:
         for left in self._at_risk:
             self._reporter.lost(left.peer, left.size, "shutdown")
         self._at_risk = []
-
-    async def _rescue(self, peer: bytes, offline_since: float) -> None:
-        for left in self._race.take(peer, offline_since):
-            if await self._policy.is_allowed(left.peer):
-                await self._store_after_all(left)
-
-    async def _store_after_all(self, left: LeftToLnd) -> None:
-        """Keeps a message that was left to lnd, peeled now (rescued, ``went_offline``). It
-        is in memory only: a peel that cannot finish (lnd's signer away until the stop, or
-        refusing the macaroon, which stops the daemon) loses it, counted."""
-        arrival = Arrival(left.message, None, received_at=left.received_at)
-        try:
-            forward = await self._peel(left.message)
-        except (_Undecided, LndCredentialsError) as e:
-            log.warning("could not peel a message left to lnd to store it after all: %s", e)
-            self._reporter.lost(left.peer, left.size, "shutdown")
-            return
-        if forward is None:
-            return
-        outgoing = await self._outgoing(arrival, left.peer, forward.next_hop, forward)
-        if outgoing is not None:
-            self._keeper.keep(outgoing)
-            self._reporter.rescued(outgoing.peer, outgoing.size, why="went_offline")

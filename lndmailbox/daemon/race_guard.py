@@ -33,18 +33,22 @@ from dataclasses import dataclass
 
 from lndmailbox.clock import Clock
 from lndmailbox.lnd import IncomingOnionMessage
+from lndmailbox.onion import Forward, NextHop
 
 
 @dataclass(frozen=True)
 class LeftToLnd:
     """A message left to lnd for ``peer``, as lnd handed it over: it is peeled only if it
-    has to be stored after all."""
+    has to be stored after all (unless it was peeled already: ``forward``)."""
 
     peer: bytes
+    hop: NextHop
+    """Its next hop as the decision read it (``peer`` is its node)."""
     message: IncomingOnionMessage
     received_at: float
     """When lnd handed it to the mailbox (wall clock): a stored message's expiry counts
     from here."""
+    forward: Forward | None = None
 
     @property
     def size(self) -> int:
