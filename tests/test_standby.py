@@ -200,6 +200,7 @@ async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
         ttl=3600,
         max_in_flight_bytes=1 << 30,
         ready=ready,
+        caught_up=SystemClock().monotonic,  # the leader's stream always caught up
         grace=0.0,
     )
     looks = 0
@@ -209,6 +210,42 @@ async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
     taken = {queue.get_nowait().entry for _ in range(queue.qsize())}
     assert taken == {entry_for(*m) for m in ours}, f"taken {len(taken)} of 20 in {looks} looks"
     assert len(await store.journal.entries()) == 2020, "a newer release's entries stay"
+
+
+async def test_a_leader_behind_its_stream_leaves_the_standbys_entries_to_its_stream(
+    redis_client: aioredis.Redis,
+) -> None:
+    # The leader's decider is behind: lnd's stream to it holds what the standby journaled
+    # long ago. Taking those would decide them twice (a duplicate of every one lnd
+    # forwarded); once its stream is found empty, what is still only the standby's is
+    # taken.
+    store = Store(redis_client, NODE)
+    messages = [(point(), os.urandom(300)) for _ in range(5)]
+    await store.journal.write([NewEntry(entry_for(*m), point(), *m, time.time()) for m in messages])
+    clock = SystemClock()
+    caught_up: list[float | None] = [None]
+    queue = DecisionQueue()
+    ready = asyncio.Event()
+    ready.set()
+    reporter = Reporter(node=NODE, metrics=Metrics(), events=store.events)
+    look = InboxLook(
+        journal=store.journal,
+        writer=JournalWriter(store.journal, clock, reporter, Metrics()),
+        queue=queue,
+        metrics=Metrics(),
+        clock=clock,
+        ttl=3600,
+        max_in_flight_bytes=1 << 30,
+        ready=ready,
+        caught_up=lambda: caught_up[0],
+        grace=0.05,
+    )
+    caught_up[0] = clock.monotonic()  # quiet once, before the entries were first seen
+    assert await look.look() == 0
+    await asyncio.sleep(0.1)
+    assert await look.look() == 0, "past the grace, but the stream was not caught up since"
+    caught_up[0] = clock.monotonic()
+    assert await look.look() == len(messages)
 
 
 async def test_the_decided_record_holds_a_few_seconds_whatever_the_traffic(

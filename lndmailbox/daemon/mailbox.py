@@ -292,6 +292,20 @@ class Mailbox:
         store, p = self._store, pipeline
         gauges = QueueGauges(store.queues, self._metrics)
         peers_known = asyncio.Event()
+        reader = MessageReader(
+            lnd=self._lnd,
+            transport=transport,
+            journal=p.journal,
+            queue=p.queue,
+            reporter=p.reporter,
+            hearing=p.confirmations,
+            metrics=self._metrics,
+            clock=self._clock,
+            left_over=p.left_over,
+            peers_known=peers_known,
+            ready=self.ready,
+            max_in_flight_bytes=self._options.max_in_flight_bytes,
+        )
         services: dict[str, Stoppable] = {
             "peer-follower": PeerFollower(
                 lnd=self._lnd,
@@ -305,20 +319,7 @@ class Mailbox:
                 metrics=self._metrics,
                 known=peers_known,
             ),
-            "message-reader": MessageReader(
-                lnd=self._lnd,
-                transport=transport,
-                journal=p.journal,
-                queue=p.queue,
-                reporter=p.reporter,
-                hearing=p.confirmations,
-                metrics=self._metrics,
-                clock=self._clock,
-                left_over=p.left_over,
-                peers_known=peers_known,
-                ready=self.ready,
-                max_in_flight_bytes=self._options.max_in_flight_bytes,
-            ),
+            "message-reader": reader,
             "sweeper": Sweeper(
                 queues=store.queues,
                 race=p.race,
@@ -341,6 +342,7 @@ class Mailbox:
                 ttl=store.limits.ttl,
                 max_in_flight_bytes=self._options.max_in_flight_bytes,
                 ready=self.ready,
+                caught_up=reader.caught_up_at,
             ),
         }
         if transport is Transport.NATIVE:
