@@ -160,7 +160,8 @@ def table(
                     ceiling,
                     mix.ratio,
                     mix_target,
-                    _cpu_per_message(mix.cpu.daemon, mix.messages),
+                    _cpu_per_message(mix.cpu.daemon, mix.messages)
+                    + ("  CHECKS FAILED" if mix.problems else ""),
                 )
             )
         if r.alone is not None:
@@ -261,6 +262,7 @@ def _mix_details(r: mailbox.Figures) -> list[str]:
             f"{m.received} and peeled the last {m.peeled}/{m.checked} to distinct payloads; "
             f"{m.queued} queued offline"
             + (f"; the standby read {m.standby_read}" if m.standby else ""),
+            *(f"           CHECK FAILED: {problem}" for problem in m.problems),
         ]
         if r.alone is not None and not m.standby:
             a = r.alone
@@ -376,7 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  (the daemon wrote {log_lines} log lines at level {args.log_level})")
     print()
     print("\n".join(table(peel_figures, results)))
-    return 0
+    failed = [
+        (r.personality.value, problem) for r in results for m in r.mixes for problem in m.problems
+    ]
+    for version, problem in failed:
+        print(f"CHECK FAILED (lnd {version}): {problem}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
         [False, True] if personality is Personality.LND_0_21 else [False]
     )
     for mix in figures.mixes:
+        assert mix.problems == ()
         assert (mix.messages, mix.paths, mix.offline, mix.online) == (12, 4, 1, 11)
         assert mix.received == 11
         assert mix.queued == 1
