@@ -65,7 +65,7 @@ async def test_mailbox_bench_runs_end_to_end(personality: Personality, redis_url
         assert mix.cpu.daemon > 0
     if personality is Personality.LND_0_21:
         assert figures.mixes[1].standby_read >= 15
-        assert figures.mixes[1].cpu.standby > 0
+        assert figures.mixes[1].cpu.standby >= 0  # /proc counts 10 ms ticks: 0 is possible
 
     printed = table((303.4, 273.6, 1.11), [figures]) + details(figures)
     assert any("crypto floor 273.6 us" in line for line in printed)
