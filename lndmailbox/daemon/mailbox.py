@@ -255,9 +255,11 @@ class Mailbox:
         await policy.say_who()
         race = RaceGuard(clock, options.race_window)
         queue = DecisionQueue(maxsize=options.workers * 4)
+        node_key = self._lnd.node_key()
         decider = Decider(
             node_id=node,
-            node_key=CachedNodeKey(self._lnd.node_key()),
+            node_key=node_key,
+            path_keys=CachedNodeKey(node_key),
             transport=transport,
             peers=peers,
             channels=channels,

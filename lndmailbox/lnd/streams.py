@@ -380,7 +380,7 @@ def _peer_event(item: ln.PeerEvent) -> PeerEvent:
 
 
 def _native_onion_message(item: ln.OnionMessageUpdate) -> IncomingOnionMessage:
-    return IncomingOnionMessage(item.peer, item.path_key, item.onion)
+    return IncomingOnionMessage(item.peer, item.path_key, item.onion, item.encrypted_recipient_data)
 
 
 def _custom_onion_message(

@@ -359,7 +359,7 @@ async def peel(
     """
     ephemeral = _check_packet(onion)
     path_point = point(path_key, "path_key")
-    path_ss = await (path_node or node).ecdh(path_key)
+    path_ss = await (node if path_node is None else path_node).ecdh(path_key)
     tweaked = tweak(ephemeral, blinding_tweak(path_ss), "onion public_key")
     layer = _open_layer(onion, ephemeral, await node.ecdh(tweaked), b"")
 
