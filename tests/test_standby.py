@@ -239,6 +239,7 @@ async def test_a_leader_behind_its_stream_leaves_the_standbys_entries_to_its_str
         ready=ready,
         caught_up=lambda: caught_up[0],
         grace=0.05,
+        caught_up_wait=0.3,  # 10 s in production
     )
     caught_up[0] = clock.monotonic()  # quiet once, before the entries were first seen
     assert await look.look() == 0
@@ -246,6 +247,14 @@ async def test_a_leader_behind_its_stream_leaves_the_standbys_entries_to_its_str
     assert await look.look() == 0, "past the grace, but the stream was not caught up since"
     caught_up[0] = clock.monotonic()
     assert await look.look() == len(messages)
+    # Under steady traffic the stream is never found empty: past the wait's bound, taken.
+    more = [(point(), os.urandom(300)) for _ in range(3)]
+    await store.journal.write([NewEntry(entry_for(*m), point(), *m, time.time()) for m in more])
+    assert await look.look() == 0
+    await asyncio.sleep(0.1)
+    assert await look.look() == 0
+    await asyncio.sleep(0.3)
+    assert await look.look() == len(more)
 
 
 async def test_the_decided_record_holds_a_few_seconds_whatever_the_traffic(

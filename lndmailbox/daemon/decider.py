@@ -184,6 +184,7 @@ class Decider:
         if self._failure is not None:
             log.warning("lnd refused the macaroon; stopping once lnd's stream is quiet")
             await self._set_aside()
+            self._lose_unstored()  # what lnd's peer events brought meanwhile
             raise self._failure
 
     async def _set_aside(self) -> None:
@@ -484,7 +485,9 @@ class Decider:
                         self._failed.set()
                 except Exception:
                     log.exception("unexpected error while storing a message left to lnd")
-                    self._reporter.dropped("internal_error", sender=left.message.peer)
+                    self._reporter.dropped(
+                        "internal_error", sender=left.message.peer, size=left.size
+                    )
                 self._to_store.popleft()
 
     async def _store_after_all(self, left: LeftToLnd) -> None:

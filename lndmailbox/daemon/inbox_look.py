@@ -16,11 +16,15 @@ own, for :data:`GRACE` seconds. Rules that hold:
   the leader's own clock, so no host's clock skew moves it.
 - ... and only once the leader's own stream has been caught up since the first of those
   looks (``caught_up``: lnd's stream to the leader was found holding nothing, the
-  reader's :class:`~lndmailbox.lnd.streams.QuietMark`). A leader behind lnd by more than
-  the grace (its decider busy, lnd's messages waiting in its stream) still has to read
-  what the standby read long ago: taking it would decide it twice, and send a duplicate
-  of every message lnd forwarded. A leader whose stream is down takes what the standby
-  journaled once its stream is back (the new subscription is a quiet point).
+  reader's :class:`~lndmailbox.lnd.streams.QuietMark`), or :data:`CAUGHT_UP_WAIT`
+  seconds after it. A leader behind lnd by more than the grace (its decider busy, lnd's
+  messages waiting in its stream) still has to read what the standby read long ago:
+  taking it would decide it twice, and send a duplicate of every message lnd forwarded.
+  Every attempt to subscribe again moves the mark (what a broken call held is gone), so
+  a leader whose stream broke takes what the standby journaled meanwhile. Under steady
+  traffic (a message every few ms) the mark moves only in pauses: the wait's bound keeps
+  a missed message from waiting longer, at the cost of a duplicate if the leader is that
+  far behind.
 - What is taken is decided like what a dead daemon left: replayed, so sent at once when
   its next hop is online (lnd may not have forwarded it), kept otherwise, within the
   in-flight cap (what does not fit waits for the next look). A message taken is not
@@ -53,6 +57,10 @@ GRACE = 1.0
 """Seconds an entry must stay in the inbox, not the leader's, before the leader takes it:
 well above the lag between two daemons' streams of one lnd, and short next to a phone's
 wake-up."""
+CAUGHT_UP_WAIT = 10.0
+"""Seconds after which an entry is taken even though the leader's stream has not been
+found empty since it was first seen: within :data:`~lndmailbox.store.journal.DECIDED_FOR`,
+so a copy the leader then reads late is still known decided."""
 _TAKE_AT_ONCE = 256
 """Entries read back in one look at most."""
 
@@ -72,6 +80,7 @@ class InboxLook:
         caught_up: Callable[[], float | None],
         interval: float = LOOK_EVERY,
         grace: float = GRACE,
+        caught_up_wait: float = CAUGHT_UP_WAIT,
     ) -> None:
         self._journal = journal
         self._writer = writer
@@ -83,6 +92,7 @@ class InboxLook:
         self._interval = interval
         self._grace = grace
         self._caught_up = caught_up
+        self._caught_up_wait = caught_up_wait
         self._ready = ready
         self._seen: dict[str, float] = {}
         """Entries found in the inbox and not the leader's, with when first (monotonic)."""
@@ -119,10 +129,11 @@ class InboxLook:
                 continue
             first = self._seen.get(name, now)
             seen[name] = first
+            waited = now - first
+            caught_up_since = caught_up is not None and caught_up >= first
             if (
-                now - first >= self._grace
-                and caught_up is not None
-                and caught_up >= first
+                waited >= self._grace
+                and (caught_up_since or waited >= self._caught_up_wait)
                 and len(due) < _TAKE_AT_ONCE
             ):
                 due.append(name)
