@@ -471,7 +471,8 @@ class Config:
     lead: float = 2.0
     """Seconds' worth of messages decided before the timed interval (its lead-in)."""
     tail: float = 1.5
-    """Seconds' worth of messages sent after it, so the load lasts to its end."""
+    """Seconds' worth of messages held back: if the built ones run short, the interval ends
+    that many before the last, so that the load lasts to its end."""
     most: int = 40_000
     """Messages built for the timed interval at most, whatever the rate."""
     in_flight: int = 16
