@@ -5,7 +5,10 @@ fixed default ceiling), printed with the raw numbers and the target:
 
 1. peel vs the bare crypto floor (:mod:`bench.peel`);
 2. sustained ingest through simnet (own process, ECDH over gRPC) and Redis, vs lnd's
-   default global onion-message ceiling;
+   default global onion-message ceiling: the worst case (a fresh blinded path per message,
+   every message stored), the realistic mix (a handful of reused paths, 90% to online
+   peers, 10% stored), its floor (simnet alone) and, on lnd 0.21, the mix with a hot
+   standby journaling; each with the CPU per message of every process;
 3. draining queued messages to a reconnecting peer, vs the same number of bare sends;
 4. Redis memory per stored message, vs the message's size.
 
@@ -29,6 +32,7 @@ from pathlib import Path
 from simnet import Personality
 
 from bench import mailbox, peel
+from lndmailbox.lnd import Transport
 from lndmailbox.logs import configure_logging
 
 
@@ -68,9 +72,18 @@ def _peel_figures() -> tuple[str, float | None, float | None, float | None]:
     )
 
 
-def _row(figure: str, lnd: str, measured: str, baseline: str, ratio: float, target: str) -> str:
+def _row(
+    figure: str, lnd: str, measured: str, baseline: str, ratio: float, target: str, cpu: str = ""
+) -> str:
     ok = _meets(ratio, target) if target else ""
-    return f"{figure:<33} {lnd:<5} {measured:>12}  {baseline:<34} {ratio:6.2f}x  {target:<7} {ok}"
+    line = (
+        f"{figure:<33} {lnd:<5} {measured:>12}  {baseline:<34} {ratio:6.2f}x  {target:<7} {ok:<6}"
+    )
+    return f"{line} {cpu}".rstrip()
+
+
+def _cpu_per_message(cpu: float, messages: int) -> str:
+    return f"{cpu * 1e6 / messages:.0f} us"
 
 
 def _meets(ratio: float, target: str) -> str:
@@ -86,8 +99,9 @@ def table(
 ) -> list[str]:
     lines = [
         f"{'figure':<33} {'lnd':<5} {'measured':>12}  {'baseline (same run)':<34} "
-        f"{'ratio':>7}  {'target':<7}",
+        f"{'ratio':>7}  {'target':<7} {'':<6} daemon CPU/msg",
     ]
+    ceiling = f"lnd global ceiling {mailbox.LND_CEILING_MSGS:.0f} msg/s"
     per_peel, floor, ratio = peel_figures
     if per_peel is not None and floor is not None and ratio is not None:
         lines.append(
@@ -107,9 +121,10 @@ def table(
                 "ingest: peel, decide, store",
                 lnd,
                 f"{r.ingest.rate:.0f} msg/s",
-                f"lnd global ceiling {mailbox.LND_CEILING_MSGS:.0f} msg/s",
+                ceiling,
                 r.ingest.ratio,
                 f">= {mailbox.INGEST_TARGET:g}x",
+                _cpu_per_message(r.ingest.cpu.daemon, r.ingest.messages),
             )
         )
         lines.append(
@@ -132,6 +147,34 @@ def table(
                 "",
             )
         )
+        mix_target = f">= {mailbox.MIX_TARGET:g}x" if r.transport is Transport.NATIVE else ""
+        for mix in r.mixes:
+            label = (
+                "  the same, hot standby on" if mix.standby else f"mix: {mix.paths} paths, 10% kept"
+            )
+            lines.append(
+                _row(
+                    label,
+                    lnd,
+                    f"{mix.rate:.0f} msg/s",
+                    ceiling,
+                    mix.ratio,
+                    mix_target,
+                    _cpu_per_message(mix.cpu.daemon, mix.messages)
+                    + ("  CHECKS FAILED" if mix.problems else ""),
+                )
+            )
+        if r.alone is not None:
+            lines.append(
+                _row(
+                    "  its floor: simnet alone",
+                    lnd,
+                    f"{r.alone.rate:.0f} msg/s",
+                    ceiling,
+                    r.alone.rate / mailbox.LND_CEILING_MSGS,
+                    "",
+                )
+            )
         lines.append(
             _row(
                 f"drain {r.drain.messages} to returning peer",
@@ -185,11 +228,50 @@ def details(r: mailbox.Figures) -> list[str]:
         f" us, bare send {d.bare_cpu * 1e6 / d.messages:.0f} us; bob peeled "
         f"{d.peeled}/{d.received} ({d.distinct} distinct payloads)",
     ]
+    lines += _mix_details(r)
     for m in r.memory:
         lines.append(
             f"  memory   {m.what}: {m.messages} messages, queue {m.queue_bytes} B + dedup "
             f"{m.dedup_bytes} B = {m.per_message:.0f} B/message"
         )
+    return lines
+
+
+def _mix_details(r: mailbox.Figures) -> list[str]:
+    lines = []
+    for m in r.mixes:
+        per = 1e6 / m.messages
+        standby = f", standby {m.cpu.standby * per:.0f} us" if m.standby else ""
+        busy = {"daemon": m.cpu.daemon, "simnet": m.cpu.simnet, "Redis": m.cpu.redis}
+        if m.standby:
+            busy["standby"] = m.cpu.standby
+        busiest = max(busy, key=lambda k: busy[k])
+        others = ", ".join(f"{k} {v / m.seconds:.2f}" for k, v in busy.items() if k != busiest)
+        lines += [
+            f"  {'standby' if m.standby else 'mix':<8} {m.messages} messages over {m.paths} "
+            f"blinded paths ({m.online} to online peers, {m.offline} stored) decided in "
+            f"{m.seconds:.3f}s; simnet accepted them in {m.inject_seconds:.3f}s; outcomes at "
+            f"simnet {m.outcomes}",
+            f"           CPU per message: daemon {m.cpu.daemon * per:.0f} us, simnet "
+            f"{m.cpu.simnet * per:.0f} us, Redis {m.cpu.redis * per:.0f} us{standby} "
+            f"(wall {m.seconds * per:.0f} us)",
+            f"           one core each would allow: daemon {_per_second(m.messages, m.cpu.daemon)}"
+            f", simnet {_per_second(m.messages, m.cpu.simnet)} msg/s; busiest: {busiest} at "
+            f"{busy[busiest] / m.seconds:.2f} of a core ({others})",
+            f"           checked: counters moved {m.decided}; online recipients received "
+            f"{m.received} and peeled the last {m.peeled}/{m.checked} to distinct payloads; "
+            f"{m.queued} queued offline"
+            + (f"; the standby read {m.standby_read}" if m.standby else ""),
+            *(f"           CHECK FAILED: {problem}" for problem in m.problems),
+        ]
+        if r.alone is not None and not m.standby:
+            a = r.alone
+            lines.append(
+                f"  alone    simnet took {a.count} mix messages, a bare reader here counting "
+                f"them, in {a.seconds:.3f}s = {a.rate:.0f}/s; CPU per message here "
+                f"{a.cpu.daemon * 1e6 / a.count:.0f} us, simnet {a.cpu.simnet * 1e6 / a.count:.0f}"
+                f" us; the mix reaches {m.rate / a.rate:.2f}x of it"
+            )
     return lines
 
 
@@ -208,6 +290,9 @@ async def _mailbox(args: argparse.Namespace) -> list[mailbox.Figures]:
             drain=args.drain,
             redis_url=args.redis_url,
             reuse_paths=args.reuse_paths,
+            mix=not args.no_mix,
+            mix_paths=args.mix_paths,
+            standby=not args.no_mix and version in args.standby,
             profile=args.profile,
         )
         results.append(await mailbox.run(config, say=lambda s: print(f"  {s}", flush=True)))
@@ -233,6 +318,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="messages to one recipient share its blinded path, as with an offer's paths "
         "(default: a fresh path per message, the costlier case)",
     )
+    parser.add_argument(
+        "--mix-paths",
+        type=int,
+        default=20,
+        help="blinded paths (one per recipient) in the realistic mix; one in ten to an "
+        "offline peer, at least one (default: 20)",
+    )
+    parser.add_argument(
+        "--standby",
+        nargs="*",
+        metavar="LND",
+        choices=[p.value for p in Personality],
+        default=["0.21"],
+        help="personalities whose mix is measured again with a hot standby journaling "
+        "(default: 0.21; none: --standby alone)",
+    )
+    parser.add_argument(
+        "--no-mix", action="store_true", help="leave out the mix rows (and the standby's)"
+    )
     parser.add_argument("--skip-peel", action="store_true", help="leave out the peel figure")
     parser.add_argument("--redis-url", help="use this (empty) Redis instead of starting one")
     parser.add_argument(
@@ -243,9 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goes to a file, its cost is part of the figures",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="print a cProfile of the daemon during ingest"
+        "--profile",
+        action="store_true",
+        help="print cProfiles: the daemon during ingest, the drain and the mix; simnet during "
+        "ingest, the mix and its floor",
     )
     args = parser.parse_args(argv)
+    if args.mix_paths < 2:
+        parser.error("--mix-paths must be at least 2 (an online and an offline recipient)")
 
     print(f"lndmailbox bench on {machine()}")
     print("shared machines are noisy: compare ratios from several runs, not one figure\n")
@@ -269,7 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  (the daemon wrote {log_lines} log lines at level {args.log_level})")
     print()
     print("\n".join(table(peel_figures, results)))
-    return 0
+    failed = [
+        (r.personality.value, problem) for r in results for m in r.mixes for problem in m.problems
+    ]
+    for version, problem in failed:
+        print(f"CHECK FAILED (lnd {version}): {problem}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

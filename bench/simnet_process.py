@@ -25,8 +25,10 @@ version; then it answers each request line, in order, with ``{"ok": true, ...}``
 * ``wait_received name count within connect`` -> ``seconds``, ``received``: optionally
   connects ``name``, then waits until it holds ``count`` onion messages; ``seconds`` runs
   from the connection (or the request) to the last one arriving;
-* ``peel_check name payload_type`` -> ``received``, ``peeled``, ``distinct``: ``name``
-  peels everything it received with its own key;
+* ``received_counts names`` -> ``counts`` (name -> how many onion messages it holds);
+* ``peel_check name payload_type last`` -> ``received``, ``checked``, ``peeled``,
+  ``distinct``: ``name`` peels what it received (the ``last`` ones only, if given) with
+  its own key;
 * ``wait_subscribers streams count within``: until each stream has ``count`` subscribers;
 * ``cpu`` -> ``seconds``: the child's CPU time so far;
 * ``profile_start`` / ``profile_stop`` -> ``stats``: cProfile of the child in between;
@@ -148,8 +150,12 @@ class _Child:
             return await self._wait_received(
                 request["name"], request["count"], request["within"], request["connect"]
             )
+        if cmd == "received_counts":
+            return {"counts": {n: len(self.node.peer(n).received) for n in request["names"]}}
         if cmd == "peel_check":
-            return await self._peel_check(request["name"], request["payload_type"])
+            return await self._peel_check(
+                request["name"], request["payload_type"], request.get("last")
+            )
         if cmd == "wait_subscribers":
             async with asyncio.timeout(request["within"]):
                 for stream in request["streams"]:
@@ -207,11 +213,12 @@ class _Child:
             await peer.wait_received(count)
         return {"seconds": time.perf_counter() - started, "received": len(peer.received)}
 
-    async def _peel_check(self, name: str, payload_type: int) -> dict[str, Any]:
+    async def _peel_check(self, name: str, payload_type: int, last: int | None) -> dict[str, Any]:
         peer = self.node.peer(name)
         peeled = 0
         payloads = set()
-        for message in peer.received:
+        checked = peer.received if last is None else peer.received[-last:] if last else []
+        for message in checked:
             try:
                 result = await peer.peel(message)
             except OnionError:
@@ -219,7 +226,12 @@ class _Child:
             if isinstance(result, Receive) and payload_type in result.payload:
                 peeled += 1
                 payloads.add(result.payload[payload_type])
-        return {"received": len(peer.received), "peeled": peeled, "distinct": len(payloads)}
+        return {
+            "received": len(peer.received),
+            "checked": len(checked),
+            "peeled": peeled,
+            "distinct": len(payloads),
+        }
 
 
 def _write(obj: dict[str, Any]) -> None:
@@ -287,6 +299,17 @@ class InjectReport:
     published: int
     seconds: float
     outcomes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PeelCheck:
+    """A peer peeled ``checked`` of the ``received`` messages it holds: ``peeled`` reached a
+    bench payload, ``distinct`` different ones."""
+
+    received: int
+    checked: int
+    peeled: int
+    distinct: int
 
 
 class SimnetProcess:
@@ -404,11 +427,29 @@ class SimnetProcess:
 
     async def peel_check(self, name: str) -> tuple[int, int, int]:
         """(received, peeled to a payload, distinct payloads) for ``name``."""
-        reply = await self.call("peel_check", name=name, payload_type=PAYLOAD_TYPE)
-        return int(reply["received"]), int(reply["peeled"]), int(reply["distinct"])
+        check = await self.peel_last(name, None)
+        return check.received, check.peeled, check.distinct
 
-    async def wait_subscribers(self, streams: Sequence[str], *, within: float = 30.0) -> None:
-        await self.call("wait_subscribers", streams=list(streams), count=1, within=within)
+    async def peel_last(self, name: str, last: int | None) -> PeelCheck:
+        """``name`` peels the ``last`` messages it received (None: all) to their payloads."""
+        reply = await self.call("peel_check", name=name, payload_type=PAYLOAD_TYPE, last=last)
+        return PeelCheck(
+            int(reply["received"]),
+            int(reply["checked"]),
+            int(reply["peeled"]),
+            int(reply["distinct"]),
+        )
+
+    async def received_counts(self, names: Sequence[str]) -> dict[str, int]:
+        """How many onion messages each of ``names`` holds."""
+        reply = await self.call("received_counts", names=list(names))
+        return {str(k): int(v) for k, v in reply["counts"].items()}
+
+    async def wait_subscribers(
+        self, streams: Sequence[str], *, count: int = 1, within: float = 30.0
+    ) -> None:
+        """Until each of ``streams`` has at least ``count`` subscribers."""
+        await self.call("wait_subscribers", streams=list(streams), count=count, within=within)
 
     async def profile_start(self) -> None:
         await self.call("profile_start")

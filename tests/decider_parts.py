@@ -14,7 +14,7 @@ from lndmailbox.daemon.peers import ChannelMap, PeerTracker
 from lndmailbox.daemon.policy import Policy
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.lnd import ChannelIndex, Transport
-from lndmailbox.onion import NodeKey
+from lndmailbox.onion import CachedNodeKey, NodeKey
 from lndmailbox.store import Store
 
 
@@ -65,12 +65,14 @@ def decider_for(
     queue: DecisionQueue | None = None,
     workers: int = 1,
     reporter: Reporter | None = None,
+    path_keys: NodeKey | None = None,
 ) -> Decider:
     """A decider with no channels, whose policy reads ``store``'s allowlist."""
     channels = ChannelMap(NoChannels(), clock)
     return Decider(
         node_id=node_id,
         node_key=node_key,
+        path_keys=path_keys or CachedNodeKey(node_key),
         transport=transport,
         peers=peers,
         channels=channels,

@@ -388,7 +388,7 @@ async def test_decisions_leave_the_journal_while_redis_is_over_maxmemory(tmp_pat
             late = incoming(99)
             with pytest.raises(StoreUnavailableError, match="maxmemory"):
                 await store.journal.write(
-                    [(entry_for(late.path_key, late.onion), *fields_of(late))], entries[:1]
+                    [NewEntry(entry_for(late.path_key, late.onion), *fields_of(late))], entries[:1]
                 )
             assert await redis.hlen(journal_key) == 40, "the refused write deleted nothing"
 

@@ -223,7 +223,8 @@ async def test_a_hop_that_came_online_late_is_kept_and_rescued_once(rig: Rig, si
     assert rig.sent.to == []  # the deliverer sends it, from the store
     # bob leaves at once: the message was not left to lnd, so it is not rescued again.
     rig.peers.mark(BOB.pubkey, False)
-    await rig.decider.peer_went_offline(BOB.pubkey)
+    rig.decider.peer_went_offline(BOB.pubkey)
+    await rig.decider.store_rescued()
     assert len(rig.kept.messages) == 1
     assert rig.rescued("came_online") == 1
     assert rig.rescued("went_offline") == 0
@@ -261,8 +262,10 @@ async def test_a_left_message_whose_hop_goes_offline_is_rescued_went_offline(rig
     assert rig.kept.messages == []
     rig.clock.mono = 1010.5
     rig.peers.mark(BOB.pubkey, False)
-    await rig.decider.peer_went_offline(BOB.pubkey)
-    await rig.decider.peer_went_offline(BOB.pubkey)  # told twice: rescued once
+    rig.decider.peer_went_offline(BOB.pubkey)
+    await rig.decider.store_rescued()
+    rig.decider.peer_went_offline(BOB.pubkey)  # told twice: rescued once
+    await rig.decider.store_rescued()
     assert len(rig.kept.messages) == 1
     assert rig.rescued("went_offline") == 1
     assert rig.rescued("came_online") == 0
@@ -289,10 +292,12 @@ async def test_what_was_left_to_lnd_just_before_its_peer_events_broke_is_rescued
     rig.clock.mono = 1040.0
     rig.race.prune()  # the sweeper, meanwhile
     rig.peers.reset({BOB.pubkey})
-    await rig.decider.regained_sight()
+    rig.decider.regained_sight()
+    await rig.decider.store_rescued()
     assert len(rig.kept.messages) == 1, "what lnd forwarded in the window before the break"
     assert rig.rescued("went_offline") == 1
-    await rig.decider.regained_sight()
+    rig.decider.regained_sight()
+    await rig.decider.store_rescued()
     assert len(rig.kept.messages) == 1, "rescued once"
     # And what comes next is kept too, until he has been online a whole window again.
     await rig.decider.decide(rig.arrival(BOB.pubkey, not_before=1011.0))
@@ -565,7 +570,8 @@ async def test_what_is_set_aside_at_a_break_is_counted_lost_if_the_daemon_stops_
     await rig.decider.run(stop)  # the daemon stops before lnd's peer events are back
     counters = await rig.counters()
     assert counters.get("lost") == 2
-    await rig.decider.regained_sight()
+    rig.decider.regained_sight()
+    await rig.decider.store_rescued()
     assert rig.kept.messages == [], "nothing is left to store"
 
 
@@ -575,7 +581,8 @@ async def test_a_peer_the_policy_does_not_serve_is_left_to_lnd_across_a_break(ri
     rig.clock.mono = 1010.0
     await rig.decider.decide(rig.arrival(CAROL.pubkey, not_before=1009.0))
     rig.decider.lost_sight()
-    await rig.decider.regained_sight()
+    rig.decider.regained_sight()
+    await rig.decider.store_rescued()
     assert rig.kept.messages == []
     counters = await rig.counters()
     assert counters.get("dropped", 0) == 0, "left to lnd, as it was: not a drop"

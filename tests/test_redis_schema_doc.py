@@ -16,6 +16,7 @@ from lndmailbox.store import (
     HEADER_SIZE,
     RECORD_VERSION,
     Limits,
+    NewEntry,
     Store,
     StoredMessage,
     encode_record,
@@ -99,7 +100,10 @@ async def scenario(client: aioredis.Redis) -> Store:
     await store.control.write_daemon("daemon-2", {"role": "standby", "pid": 2}, stale=5, ttl=10)
     await store.control.request_delivery(carol)
     await store.journal.write(
-        [("e1", alice, pubkey(), os.urandom(1366), NOW), ("e2", alice, pubkey(), b"x", NOW)]
+        [
+            NewEntry("e1", alice, pubkey(), os.urandom(1366), NOW),
+            NewEntry("e2", alice, pubkey(), b"x", NOW),
+        ]
     )
     await store.journal.write(decided=["e1"])  # e2 is left undecided
     assert len(await store.journal.pending()) == 1

@@ -578,6 +578,35 @@ async def test_0_21_forwards_to_an_online_next_hop(node21: SimNode) -> None:
     assert (update.peer, update.path_key, update.onion) == (alice.pubkey, msg.path_key, msg.onion)
 
 
+async def test_0_21_forwards_messages_that_share_a_blinded_path(node21: SimNode) -> None:
+    """Every message over one blinded path comes with its path key, whose ECDH simnet
+    remembers: each still reaches bob as its own, and one sent before bob is back is
+    published for the mailbox, as the rest are."""
+    alice, bob = peers_with_channels(node21)
+    alice.connect()
+    bob.connect()
+    path_secret = random_secret()
+    sent = [
+        message_via(
+            [node21.pubkey, bob.pubkey], {TEXT: f"{i}".encode()}, path_session_key=path_secret
+        )[1]
+        for i in range(3)
+    ]
+    assert len({m.path_key for m in sent}) == 1
+    bob.disconnect()
+    offline = await alice.send_onion_message(sent[0])
+    bob.connect()
+    results = [await alice.send_onion_message(m) for m in sent[1:]]
+    assert (offline.drop_reason, offline.published) == ("next_hop_offline", True)
+    assert [r.forwarded_to for r in results] == [bob.pubkey, bob.pubkey]
+    payloads = []
+    for message in bob.received:
+        action = await bob.peel(message)
+        assert isinstance(action, Receive)
+        payloads.append(action.payload[TEXT])
+    assert payloads == [b"1", b"2"]
+
+
 async def test_0_21_publishes_the_incoming_message_when_the_next_hop_is_offline(
     node21: SimNode,
 ) -> None:

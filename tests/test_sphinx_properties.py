@@ -23,6 +23,7 @@ from lndmailbox.onion import (
     final_payload_room,
     message_via,
     peel,
+    read_next_hop,
 )
 from lndmailbox.onion.tlv import encode_tlv_stream, scid
 from lndmailbox.onion.wire import OnionMessage
@@ -139,6 +140,9 @@ async def _walk(plan: Plan, message: OnionMessage, nodes: list[bytes]) -> Receiv
             return result
         assert isinstance(result, Forward)
         assert len(result.next_onion) == len(onion)
+        # What lnd 0.21 publishes names the same next hop, with the path-key ECDH alone.
+        shortcut = await read_next_hop(path_key, result.encrypted_recipient_data, BY_PUBKEY[node])
+        assert shortcut == result.next_hop
         route_pos = position - n_intro
         if route_pos < 0 or plan.kinds[route_pos] in ("node", "both"):
             assert result.next_node_id == nodes[position + 1]

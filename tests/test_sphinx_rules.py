@@ -36,6 +36,7 @@ from lndmailbox.onion import (
     final_payload_room,
     message_via,
     peel,
+    read_next_hop,
 )
 from lndmailbox.onion.tlv import (
     LengthError,
@@ -476,3 +477,86 @@ async def test_cached_node_key_answers_like_the_key_and_asks_once_per_point() ->
         assert await cached.ecdh(point) == await key.ecdh(point)
     # a's second use refreshes it, so c pushes b out, and b is asked again.
     assert inner.asked == [a, b, c, b]
+
+
+# --- read_next_hop: the next hop from encrypted_recipient_data alone ------------------------
+
+
+class CountingKey:
+    """NODE's key, counting the points it is asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+
+    async def ecdh(self, point: bytes) -> bytes:
+        self.asked.append(point)
+        return await NODE.ecdh(point)
+
+
+async def read_shortcut(data: EncryptedData | bytes, *, node: LocalNodeKey = NODE) -> Forward:
+    """A crafted non-final layer: its peel, after checking read_next_hop agrees with it."""
+    raw = data.encode() if isinstance(data, EncryptedData) else data
+    path_key, onion = craft(raw, final=False, node=node)
+    result = await peel(path_key, onion, node)
+    assert isinstance(result, Forward)
+    key = CountingKey()
+    assert await read_next_hop(path_key, encrypt_for(node, raw), key) == result.next_hop
+    assert key.asked == [path_key], "one ECDH, on the path key"
+    return result
+
+
+async def test_the_shortcut_names_the_peels_next_hop() -> None:
+    await read_shortcut(FORWARD)
+    assert (await read_shortcut(EncryptedData(short_channel_id=1729))).short_channel_id == 1729
+    both = await read_shortcut(EncryptedData(short_channel_id=1729, next_node_id=NEXT.pubkey))
+    assert (both.next_node_id, both.short_channel_id) == (NEXT.pubkey, None)
+    override = EncryptedData(next_node_id=NEXT.pubkey, next_path_key_override=_pub(b"\x77" * 32))
+    await read_shortcut(override)
+    await read_shortcut(encode_tlv_stream({4: NEXT.pubkey, 1: b"pad", 99: b"unknown odd"}))
+
+
+@pytest.mark.parametrize(
+    ("encrypted", "error"),
+    [
+        (b"", EncryptedDataError),  # shorter than its tag
+        (bytes(40), EncryptedDataError),  # does not authenticate
+        (encrypt_for(NEXT, FORWARD.encode()), EncryptedDataError),  # sealed for another node
+        (encrypt_for(NODE, b"\x04\x21" + bytes(10)), EncryptedDataError),  # not valid TLV
+        (encrypt_for(NODE, EncryptedData(padding=bytes(4)).encode()), MissingNextHopError),
+        (encrypt_for(NODE, EncryptedData(path_id=b"mine").encode()), PathIdNotFinalError),
+        (encrypt_for(NODE, EncryptedData(next_node_id=NOT_ON_CURVE).encode()), PointError),
+        (
+            encrypt_for(
+                NODE,
+                EncryptedData(
+                    next_node_id=NEXT.pubkey, payment_relay=PaymentRelay(1, 2, 3)
+                ).encode(),
+            ),
+            ForbiddenFieldError,
+        ),
+    ],
+)
+async def test_the_shortcut_refuses_what_the_peel_refuses(
+    encrypted: bytes, error: type[OnionError]
+) -> None:
+    with pytest.raises(error):
+        await read_next_hop(_pub(PATH_SECRET), encrypted, NODE)
+
+
+async def test_the_shortcut_needs_the_path_key_the_data_was_sealed_under() -> None:
+    encrypted = encrypt_for(NODE, FORWARD.encode())
+    with pytest.raises(EncryptedDataError):
+        await read_next_hop(_pub(bytes([0x61]) * 32), encrypted, NODE)
+    with pytest.raises(PointError):
+        await read_next_hop(NOT_ON_CURVE, encrypted, NODE)
+
+
+async def test_peel_asks_path_node_for_the_path_key_only() -> None:
+    path_key, onion = craft(FORWARD, final=False)
+    path_keys, onion_keys = CountingKey(), CountingKey()
+    result = await peel(path_key, onion, onion_keys, path_node=path_keys)
+    assert isinstance(result, Forward)
+    assert result.next_node_id == NEXT.pubkey
+    assert path_keys.asked == [path_key]
+    assert len(onion_keys.asked) == 1
+    assert onion_keys.asked[0] != path_key

@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from coincurve import PrivateKey
 
 from lndmailbox.onion import (
     BlindedHopSpec,
     Forward,
     LocalNodeKey,
+    PathIdNotFinalError,
     Receive,
     build_onion_message,
     build_packet,
@@ -26,6 +28,7 @@ from lndmailbox.onion import (
     open_packet,
     peel,
     primitives,
+    read_next_hop,
     tlv,
     wire,
 )
@@ -155,6 +158,11 @@ async def test_onion_message_is_peeled_hop_by_hop() -> None:
             assert result.next_node_id == h(hop["next_node_id"])
             assert result.short_channel_id is None
             assert result.encrypted_recipient_data == h(generate[i]["encrypted_recipient_data"])
+            # The shortcut (path-key ECDH alone, on what lnd 0.21 publishes) agrees.
+            shortcut = await read_next_hop(
+                message.path_key, h(generate[i]["encrypted_recipient_data"]), node
+            )
+            assert shortcut == result.next_hop
             after = OnionMessage.decode_with_type(h(decrypt[i + 1]["onion_message"]))
             assert result.next_path_key == after.path_key
             assert result.next_onion == after.onion
@@ -166,6 +174,8 @@ async def test_onion_message_is_peeled_hop_by_hop() -> None:
             assert result.payload[1] == h(tlvs["unknown_tag_1"])
             assert result.payload[4] == h(tlvs["encrypted_recipient_data"])
             assert result.path_id == h(generate[i]["tlvs"]["path_id"])
+            with pytest.raises(PathIdNotFinalError):  # a final hop's data names no next hop
+                await read_next_hop(message.path_key, result.payload[4], node)
             assert result.reply_path is None
             assert tlv.encode_tlv_stream(result.encrypted_data) == h(
                 generate[i]["encrypted_data_tlv"]

@@ -115,28 +115,65 @@ async def test_a_message_is_one_entry_however_many_daemons_journal_it(
     path_key, onion = point(), os.urandom(1366)
     entry = entry_for(path_key, onion)
     first, second = point(), point()
-    await store.journal.write([(entry, first, path_key, onion, 1000.0)])
-    await store.journal.write([(entry, second, path_key, onion, 1001.0)])
+    await store.journal.write([NewEntry(entry, first, path_key, onion, 1000.0)])
+    await store.journal.write([NewEntry(entry, second, path_key, onion, 1001.0)])
     (held,) = await store.journal.pending()
     assert (held.entry, held.sender, held.received_at) == (entry, first, 1000.0)
     raw = await redis_client.hget(store.keys.journal_key, entry)
     assert raw is not None
-    assert raw[0] == 2, "a v2 value, its version first"
+    assert raw[0] == 3, "a v3 value, its version first"
+
+
+async def test_a_value_carries_the_encrypted_data_and_a_v2_one_is_still_read(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, NODE)
+    sender, path_key, onion, encrypted = point(), point(), os.urandom(1366), os.urandom(51)
+    entry = entry_for(path_key, onion)
+    await store.journal.write([NewEntry(entry, sender, path_key, onion, 1000.0, encrypted)])
+    (held,) = await store.journal.pending()
+    assert (held.sender, held.path_key, held.onion, held.encrypted_recipient_data) == (
+        sender,
+        path_key,
+        onion,
+        encrypted,
+    )
+    # What the release before wrote: v2, no encrypted data (the decider peels it in full).
+    older = entry_for(point(), onion)
+    v2 = b"\x02" + (2000 * 1000).to_bytes(8, "big") + sender + path_key + onion
+    await redis_client.hset(store.keys.journal_key, older, v2)
+    by_name = {e.entry: e for e in await store.journal.pending()}
+    assert (by_name[older].path_key, by_name[older].onion) == (path_key, onion)
+    assert (by_name[older].received_at, by_name[older].encrypted_recipient_data) == (2000.0, b"")
+    # Data too long for its length field is left out: the decider then peels in full.
+    huge = entry_for(path_key, b"another onion")
+    await store.journal.write(
+        [NewEntry(huge, sender, path_key, b"another onion", 1000.0, bytes(70_000))]
+    )
+    (long_one,) = await store.journal.read([huge])
+    assert (long_one.onion, long_one.encrypted_recipient_data) == (b"another onion", b"")
+    # A v3 value whose length runs past its end is damage: removed, never decided.
+    broken = entry_for(point(), onion)
+    await redis_client.hset(
+        store.keys.journal_key, broken, b"\x03" + bytes(8) + sender + path_key + b"\xff\xff" + b"x"
+    )
+    assert broken not in {e.entry for e in await store.journal.pending()}
+    assert not await redis_client.hexists(store.keys.journal_key, broken)
 
 
 async def test_a_decided_message_is_not_journaled_again(redis_client: aioredis.Redis) -> None:
     store = Store(redis_client, NODE)
     path_key, onion = point(), os.urandom(1366)
     entry = entry_for(path_key, onion)
-    await store.journal.write([(entry, point(), path_key, onion, 1000.0)])
+    await store.journal.write([NewEntry(entry, point(), path_key, onion, 1000.0)])
     assert await store.journal.write(decided=[entry]) == 0
     # A standby that read it later journals it now: it stays out.
-    assert await store.journal.write([(entry, point(), path_key, onion, 1000.0)]) == 1
+    assert await store.journal.write([NewEntry(entry, point(), path_key, onion, 1000.0)]) == 1
     assert await store.journal.pending() == []
     # Decided before anyone journaled it: the same.
     other = (point(), os.urandom(100))
     await store.journal.write(decided=[entry_for(*other)])
-    assert await store.journal.write([(entry_for(*other), point(), *other, 1.0)]) == 1
+    assert await store.journal.write([NewEntry(entry_for(*other), point(), *other, 1.0)]) == 1
     assert await store.journal.entries() == []
 
 
@@ -149,7 +186,7 @@ async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
     newer = {os.urandom(16).hex(): b"\x7f" + os.urandom(200) for _ in range(2000)}
     await redis_client.hset(store.keys.journal_key, mapping=newer)  # type: ignore[arg-type]
     ours = [(point(), os.urandom(300)) for _ in range(20)]
-    await store.journal.write([(entry_for(*m), point(), *m, time.time()) for m in ours])
+    await store.journal.write([NewEntry(entry_for(*m), point(), *m, time.time()) for m in ours])
     reporter = Reporter(node=NODE, metrics=Metrics(), events=store.events)
     queue = DecisionQueue()
     ready = asyncio.Event()
@@ -163,6 +200,7 @@ async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
         ttl=3600,
         max_in_flight_bytes=1 << 30,
         ready=ready,
+        caught_up=SystemClock().monotonic,  # the leader's stream always caught up
         grace=0.0,
     )
     looks = 0
@@ -172,6 +210,42 @@ async def test_entries_of_a_newer_release_never_crowd_out_the_leaders_look(
     taken = {queue.get_nowait().entry for _ in range(queue.qsize())}
     assert taken == {entry_for(*m) for m in ours}, f"taken {len(taken)} of 20 in {looks} looks"
     assert len(await store.journal.entries()) == 2020, "a newer release's entries stay"
+
+
+async def test_a_leader_behind_its_stream_leaves_the_standbys_entries_to_its_stream(
+    redis_client: aioredis.Redis,
+) -> None:
+    # The leader's decider is behind: lnd's stream to it holds what the standby journaled
+    # long ago. Taking those would decide them twice (a duplicate of every one lnd
+    # forwarded); once its stream is found empty, what is still only the standby's is
+    # taken.
+    store = Store(redis_client, NODE)
+    messages = [(point(), os.urandom(300)) for _ in range(5)]
+    await store.journal.write([NewEntry(entry_for(*m), point(), *m, time.time()) for m in messages])
+    clock = SystemClock()
+    caught_up: list[float | None] = [None]
+    queue = DecisionQueue()
+    ready = asyncio.Event()
+    ready.set()
+    reporter = Reporter(node=NODE, metrics=Metrics(), events=store.events)
+    look = InboxLook(
+        journal=store.journal,
+        writer=JournalWriter(store.journal, clock, reporter, Metrics()),
+        queue=queue,
+        metrics=Metrics(),
+        clock=clock,
+        ttl=3600,
+        max_in_flight_bytes=1 << 30,
+        ready=ready,
+        caught_up=lambda: caught_up[0],
+        grace=0.05,
+    )
+    caught_up[0] = clock.monotonic()  # quiet once, before the entries were first seen
+    assert await look.look() == 0
+    await asyncio.sleep(0.1)
+    assert await look.look() == 0, "past the grace, but the stream was not caught up since"
+    caught_up[0] = clock.monotonic()
+    assert await look.look() == len(messages)
 
 
 async def test_the_decided_record_holds_a_few_seconds_whatever_the_traffic(
@@ -190,7 +264,7 @@ async def test_the_decided_record_holds_a_few_seconds_whatever_the_traffic(
     # ...and the next decision trims what is older: the record holds the last 0.2 s only.
     assert await redis_client.zrange(store.keys.decided_key, 0, -1) == [late.encode()]
     assert 0 < await redis_client.pttl(store.keys.decided_key) <= 200
-    assert await store.journal.write([(old[0], point(), point(), b"x", 1.0)]) == 0
+    assert await store.journal.write([NewEntry(old[0], point(), point(), b"x", 1.0)]) == 0
 
 
 async def test_a_value_of_an_unknown_version_is_left_alone(redis_client: aioredis.Redis) -> None:
@@ -208,7 +282,7 @@ async def test_over_maxmemory_the_journal_only_deletes(redis_client: aioredis.Re
     store = Store(redis_client, NODE)
     store.journal.decided_for = 0.2
     messages = [(point(), os.urandom(100)) for _ in range(3)]
-    journaled: list[NewEntry] = [(entry_for(*m), point(), *m, 1.0) for m in messages]
+    journaled: list[NewEntry] = [NewEntry(entry_for(*m), point(), *m, 1.0) for m in messages]
     await store.journal.write(journaled, decided=["an old decision"])
     await asyncio.sleep(0.3)
     decided, *kept = (entry_for(*m) for m in messages)
@@ -243,7 +317,7 @@ async def test_a_decision_takes_a_standbys_copy_out_of_the_inbox(
     message = IncomingOnionMessage(point(), point(), os.urandom(1366))
     entry = writer.add(message, time.time())
     assert entry == entry_for(message.path_key, message.onion)
-    await store.journal.write([(entry, message.peer, message.path_key, message.onion, 1.0)])
+    await store.journal.write([NewEntry(entry, message.peer, message.path_key, message.onion, 1.0)])
     writer.decided(entry)
     assert writer.holds(entry), "its decision is not written yet"
     await writer.flush()

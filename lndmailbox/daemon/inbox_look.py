@@ -14,6 +14,13 @@ own, for :data:`GRACE` seconds. Rules that hold:
   than the standby's is the leader's own, and one the leader just decided has left the
   inbox by the second look (its decided record keeps it out). The grace is measured on
   the leader's own clock, so no host's clock skew moves it.
+- ... and only once the leader's own stream has been caught up since the first of those
+  looks (``caught_up``: lnd's stream to the leader was found holding nothing, the
+  reader's :class:`~lndmailbox.lnd.streams.QuietMark`). A leader behind lnd by more than
+  the grace (its decider busy, lnd's messages waiting in its stream) still has to read
+  what the standby read long ago: taking it would decide it twice, and send a duplicate
+  of every message lnd forwarded. A leader whose stream is down takes what the standby
+  journaled once its stream is back (the new subscription is a quiet point).
 - What is taken is decided like what a dead daemon left: replayed, so sent at once when
   its next hop is online (lnd may not have forwarded it), kept otherwise, within the
   in-flight cap (what does not fit waits for the next look). A message taken is not
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from lndmailbox.clock import Clock, wait_either
 from lndmailbox.daemon.decision_queue import DecisionQueue
@@ -61,6 +69,7 @@ class InboxLook:
         ttl: float,
         max_in_flight_bytes: int,
         ready: asyncio.Event,
+        caught_up: Callable[[], float | None],
         interval: float = LOOK_EVERY,
         grace: float = GRACE,
     ) -> None:
@@ -73,6 +82,7 @@ class InboxLook:
         self._cap = max_in_flight_bytes
         self._interval = interval
         self._grace = grace
+        self._caught_up = caught_up
         self._ready = ready
         self._seen: dict[str, float] = {}
         """Entries found in the inbox and not the leader's, with when first (monotonic)."""
@@ -100,6 +110,7 @@ class InboxLook:
         """One look; returns how many entries it took."""
         names = await self._journal.entries()
         now = self._clock.monotonic()
+        caught_up = self._caught_up()
         self._passed.intersection_update(names)
         seen: dict[str, float] = {}
         due: list[str] = []
@@ -108,7 +119,12 @@ class InboxLook:
                 continue
             first = self._seen.get(name, now)
             seen[name] = first
-            if now - first >= self._grace and len(due) < _TAKE_AT_ONCE:
+            if (
+                now - first >= self._grace
+                and caught_up is not None
+                and caught_up >= first
+                and len(due) < _TAKE_AT_ONCE
+            ):
                 due.append(name)
         self._seen = seen
         if not due:

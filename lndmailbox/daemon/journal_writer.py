@@ -69,25 +69,21 @@ from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.lnd import IncomingOnionMessage
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
-from lndmailbox.store import Journal, JournalEntry, refused_for_memory
+from lndmailbox.store import Journal, JournalEntry, NewEntry, refused_for_memory
 from lndmailbox.store.journal import DECIDED_FOR, entry_for
 
 log = logging.getLogger(__name__)
-
-_Fields = tuple[bytes, bytes, bytes, float]
-"""A message to journal: sender, path_key, onion, received_at."""
 
 _WRITE_INTERVAL = 0.002
 _WRITE_BYTES = 1024 * 1024
 """Message bytes journaled in one round trip, at most (one message more when it is larger)."""
 
 
-def _batch_end(to_write: list[tuple[str, _Fields]], start: int) -> int:
+def _batch_end(to_write: list[NewEntry], start: int) -> int:
     """Where the write starting at ``start`` ends: ``_WRITE_BYTES`` of messages, at least one."""
     end, size = start, 0
     while end < len(to_write):
-        _, path_key, onion, _ = to_write[end][1]
-        size += len(path_key) + len(onion)
+        size += to_write[end].size
         if size > _WRITE_BYTES and end > start:
             break
         end += 1
@@ -102,7 +98,7 @@ class JournalWriter:
         self._clock = clock
         self._reporter = reporter
         self._metrics = metrics
-        self._to_write: dict[str, _Fields] = {}
+        self._to_write: dict[str, NewEntry] = {}
         self._sizes: dict[str, int] = {}
         self.bytes = 0
         """Bytes of the messages journaled here (or to be) and not deleted from Redis yet:
@@ -138,7 +134,14 @@ class JournalWriter:
             return None
         entry = entry_for(message.path_key, message.onion)
         if self._hold(entry, len(message.path_key) + len(message.onion)):
-            self._to_write[entry] = (message.peer, message.path_key, message.onion, now)
+            self._to_write[entry] = NewEntry(
+                entry,
+                message.peer,
+                message.path_key,
+                message.onion,
+                now,
+                message.encrypted_recipient_data,
+            )
             self._wakeup.set()
         return entry
 
@@ -230,7 +233,7 @@ class JournalWriter:
                 self.decided(item.entry)
                 continue
             message = IncomingOnionMessage(
-                peer=item.sender, path_key=item.path_key, onion=item.onion
+                item.sender, item.path_key, item.onion, item.encrypted_recipient_data
             )
             arrivals.append(
                 Arrival(message, item.entry, replayed=True, received_at=item.received_at)
@@ -269,18 +272,16 @@ class JournalWriter:
         self._unrecorded_decisions.failed(refusal)
 
     async def _write(self) -> None:
-        to_write = list(self._to_write.items())
+        to_write = list(self._to_write.values())
         self._to_write = {}
         decided, self._decided = self._decided, []
         start = 0
         try:
             while True:
                 end = _batch_end(to_write, start)
-                await self._journal.write(
-                    [(entry, *fields) for entry, fields in to_write[start:end]], decided
-                )
+                await self._journal.write(to_write[start:end], decided)
                 self._deleted(decided)
-                self._maybe_written.difference_update(entry for entry, _ in to_write[start:end])
+                self._maybe_written.difference_update(m.entry for m in to_write[start:end])
                 decided, start = [], end
                 if start >= len(to_write):
                     break
@@ -291,13 +292,13 @@ class JournalWriter:
             # applied: its entries are deleted once decided.
             self._decided[:0] = decided
             self._maybe_written.update(
-                entry for entry, _ in to_write[start : _batch_end(to_write, start)]
+                m.entry for m in to_write[start : _batch_end(to_write, start)]
             )
             # The ones decided meanwhile are gone from _sizes and need no writing.
             self._to_write = {
-                entry: fields
-                for entry, fields in (*to_write[start:], *self._to_write.items())
-                if entry in self._sizes
+                m.entry: m
+                for m in (*to_write[start:], *self._to_write.values())
+                if m.entry in self._sizes
             }
             self._wakeup.set()
             if isinstance(e, StoreError):

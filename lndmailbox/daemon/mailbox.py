@@ -255,9 +255,11 @@ class Mailbox:
         await policy.say_who()
         race = RaceGuard(clock, options.race_window)
         queue = DecisionQueue(maxsize=options.workers * 4)
+        node_key = self._lnd.node_key()
         decider = Decider(
             node_id=node,
-            node_key=CachedNodeKey(self._lnd.node_key()),
+            node_key=node_key,
+            path_keys=CachedNodeKey(node_key),
             transport=transport,
             peers=peers,
             channels=channels,
@@ -290,6 +292,20 @@ class Mailbox:
         store, p = self._store, pipeline
         gauges = QueueGauges(store.queues, self._metrics)
         peers_known = asyncio.Event()
+        reader = MessageReader(
+            lnd=self._lnd,
+            transport=transport,
+            journal=p.journal,
+            queue=p.queue,
+            reporter=p.reporter,
+            hearing=p.confirmations,
+            metrics=self._metrics,
+            clock=self._clock,
+            left_over=p.left_over,
+            peers_known=peers_known,
+            ready=self.ready,
+            max_in_flight_bytes=self._options.max_in_flight_bytes,
+        )
         services: dict[str, Stoppable] = {
             "peer-follower": PeerFollower(
                 lnd=self._lnd,
@@ -303,20 +319,7 @@ class Mailbox:
                 metrics=self._metrics,
                 known=peers_known,
             ),
-            "message-reader": MessageReader(
-                lnd=self._lnd,
-                transport=transport,
-                journal=p.journal,
-                queue=p.queue,
-                reporter=p.reporter,
-                hearing=p.confirmations,
-                metrics=self._metrics,
-                clock=self._clock,
-                left_over=p.left_over,
-                peers_known=peers_known,
-                ready=self.ready,
-                max_in_flight_bytes=self._options.max_in_flight_bytes,
-            ),
+            "message-reader": reader,
             "sweeper": Sweeper(
                 queues=store.queues,
                 race=p.race,
@@ -339,6 +342,7 @@ class Mailbox:
                 ttl=store.limits.ttl,
                 max_in_flight_bytes=self._options.max_in_flight_bytes,
                 ready=self.ready,
+                caught_up=reader.caught_up_at,
             ),
         }
         if transport is Transport.NATIVE:

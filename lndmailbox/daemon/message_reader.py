@@ -44,7 +44,14 @@ from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.supervisor import run_until_stopped
-from lndmailbox.lnd import IncomingOnionMessage, LndClient, Resubscribed, Transport
+from lndmailbox.lnd import (
+    IncomingMalformed,
+    IncomingOnionMessage,
+    LndClient,
+    Resubscribed,
+    Subscription,
+    Transport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,14 @@ class MessageReader:
         self._cap = max_in_flight_bytes
         self._turned_away = 0
         """Messages turned away since the cap was reached (0 while messages fit)."""
+        self._messages: Subscription[IncomingOnionMessage | IncomingMalformed] | None = None
+
+    def caught_up_at(self) -> float | None:
+        """``clock.monotonic()`` when lnd's stream was last known to hold nothing for this
+        daemon: it had read everything lnd published to it before then. None before the
+        stream is open."""
+        quiet_for = None if self._messages is None else self._messages.quiet_for()
+        return None if quiet_for is None else self._clock.monotonic() - quiet_for
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reads lnd's stream until ``stop`` is set."""
@@ -89,6 +104,7 @@ class MessageReader:
         await self._peers_known.wait()
         messages = self._lnd.onion_messages(self._transport)
         await messages.wait_subscribed()
+        self._messages = messages
         await self._queue_left_over()
         self._ready.set()
         log.info("ready: following lnd's peer events and onion messages")

@@ -176,6 +176,10 @@ RESCUED_WHY = ("came_online", "went_offline")
 LOST_REASONS = ("buffer_full", "store_error", "shutdown")
 """Why a message meant to be kept was lost: the store writer's buffer was full while Redis
 was away, Redis refused the write, or the daemon stopped before Redis took it."""
+PEEL_FALLBACK_REASONS = ("missing", "bad_encrypted_data", "bad_point", "missing_next_hop")
+"""Why the next hop of a native message was not read from its encrypted data: lnd sent
+none (``missing``), or it did not decrypt or hold a next hop (an ``OnionError``'s reason;
+those listed are exported from the start), or the full peel named another (``mismatch``)."""
 
 
 class Metrics:
@@ -186,7 +190,8 @@ class Metrics:
     ``evicted``, ``lost`` and ``dropped`` (label ``reason`` each; every reason of ``lost`` is
     exported from the start), ``notify_failed``, ``rescued`` (label ``why``, both exported from
     the start), ``leader_changes``, ``standby_journaled``, ``journal_skipped``,
-    ``decided_over_memory``, ``adopted``.
+    ``decided_over_memory``, ``adopted``, ``next_hops_read``, ``peel_fallbacks`` (label
+    ``reason``, its usual values exported from the start).
     Gauges: ``queued_messages``, ``queued_bytes``, ``peers_with_mail``, ``online_peers``,
     ``leader``. Histograms (seconds): ``peel_seconds``, ``store_seconds``,
     ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``), ``stream_lag_seconds``.
@@ -275,6 +280,18 @@ class Metrics:
         self.peel_seconds = histogram(
             "peel_seconds", "Time to peel one onion layer (including lnd's ECDH).", FAST_BUCKETS
         )
+        self.next_hops_read = counter(
+            "next_hops_read",
+            "Native transport: messages whose next hop was read from the "
+            "encrypted_recipient_data lnd published (one ECDH, on the path key), before "
+            "any peel.",
+        )
+        self.peel_fallbacks = counter(
+            "peel_fallbacks",
+            "Native transport: messages whose next hop could not be read from the "
+            "encrypted_recipient_data lnd published, peeled in full instead, by reason.",
+            ("reason",),
+        )
         self.store_seconds = histogram(
             "store_seconds",
             "Time of one Redis write of messages (a batch under load).",
@@ -301,6 +318,8 @@ class Metrics:
             self.lost.labels(reason=reason)
         for why in RESCUED_WHY:
             self.rescued.labels(why=why)
+        for reason in PEEL_FALLBACK_REASONS:
+            self.peel_fallbacks.labels(reason=reason)
 
         self.role = "starting"
         """This daemon's role, for the health endpoint: ``starting``, ``standby``, ``leader``."""

@@ -101,8 +101,8 @@ class PeerFollower:
         self._metrics.online_peers.set(len(self._peers.online))
         for peer in went:
             self._confirmations.peer_went_offline(peer)
-            await self._decider.peer_went_offline(peer)
-        await self._decider.regained_sight()
+            self._decider.peer_went_offline(peer)
+        self._decider.regained_sight()
         stayed = self._peers.online - came
         for peer in self._confirmations.regained_sight(stayed):
             self._delivery.kick(peer)
@@ -118,7 +118,7 @@ class PeerFollower:
             return
         self._confirmations.peer_went_offline(event.pubkey)
         if self._transport is Transport.NATIVE:
-            await self._decider.peer_went_offline(event.pubkey)
+            self._decider.peer_went_offline(event.pubkey)
 
     async def _drain_peers_with_mail(self) -> None:
         try:

@@ -29,9 +29,30 @@ two streams, and lnd's own sending. A duplicate is better than a loss.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from lndmailbox.clock import Clock
-from lndmailbox.daemon.outgoing import OutgoingMessage
+from lndmailbox.lnd import IncomingOnionMessage
+from lndmailbox.onion import Forward, NextHop
+
+
+@dataclass(frozen=True)
+class LeftToLnd:
+    """A message left to lnd for ``peer``, as lnd handed it over: it is peeled only if it
+    has to be stored after all (unless it was peeled already: ``forward``)."""
+
+    peer: bytes
+    hop: NextHop
+    """Its next hop as the decision read it (``peer`` is its node)."""
+    message: IncomingOnionMessage
+    received_at: float
+    """When lnd handed it to the mailbox (wall clock): a stored message's expiry counts
+    from here."""
+    forward: Forward | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.message.path_key) + len(self.message.onion)
 
 
 class RaceGuard:
@@ -41,7 +62,7 @@ class RaceGuard:
         self._clock = clock
         self._window = window
         self._per_peer = per_peer
-        self._recent: dict[bytes, deque[tuple[float, OutgoingMessage]]] = {}
+        self._recent: dict[bytes, deque[tuple[float, LeftToLnd]]] = {}
         self._remembered = 0
 
     @property
@@ -56,7 +77,7 @@ class RaceGuard:
             return False
         return online_since <= not_before - self._window
 
-    def remember(self, message: OutgoingMessage) -> None:
+    def remember(self, message: LeftToLnd) -> None:
         if self._window <= 0:
             return
         queue = self._recent.setdefault(message.peer, deque(maxlen=self._per_peer))
@@ -66,14 +87,14 @@ class RaceGuard:
         if self._remembered % 1024 == 0:
             self.prune()
 
-    def take(self, peer: bytes, offline_since: float) -> list[OutgoingMessage]:
+    def take(self, peer: bytes, offline_since: float) -> list[LeftToLnd]:
         """Messages for ``peer`` left to lnd no earlier than ``window`` before it went offline."""
         queue = self._recent.pop(peer, None)
         if not queue:
             return []
         return [message for at, message in queue if at >= offline_since - self._window]
 
-    def take_all(self) -> list[OutgoingMessage]:
+    def take_all(self) -> list[LeftToLnd]:
         """Every message left to lnd in the last ``window`` seconds, whoever it was for."""
         now = self._clock.monotonic()
         taken = [m for peer in list(self._recent) for m in self.take(peer, now)]

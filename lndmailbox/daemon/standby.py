@@ -69,13 +69,20 @@ class StandbyJournal:
         entry = entry_for(message.path_key, message.onion)
         if entry in self._pending or entry in self._in_flight:
             return
-        self._pending[entry] = (entry, message.peer, message.path_key, message.onion, now)
-        self._bytes += _size(self._pending[entry])
+        self._pending[entry] = NewEntry(
+            entry,
+            message.peer,
+            message.path_key,
+            message.onion,
+            now,
+            message.encrypted_recipient_data,
+        )
+        self._bytes += self._pending[entry].size
         # Only pending messages give way (the oldest first, never the one just read): the
         # batch in flight is already on its way to Redis.
         while self._bytes > self._max_bytes and len(self._pending) > 1:
             oldest = next(iter(self._pending))
-            self._bytes -= _size(self._pending.pop(oldest))
+            self._bytes -= self._pending.pop(oldest).size
             self._given_way += 1
         self._wakeup.set()
 
@@ -85,14 +92,14 @@ class StandbyJournal:
             batch: list[NewEntry] = []
             size = 0
             for item in self._pending.values():
-                size += _size(item)
+                size += item.size
                 if size > _WRITE_BYTES and batch:
                     break
                 batch.append(item)
             # The batch leaves ``_pending`` before the write: what ``add`` does meanwhile
             # (new messages, older ones giving way) never touches it.
             for item in batch:
-                self._in_flight[item[0]] = self._pending.pop(item[0])
+                self._in_flight[item.entry] = self._pending.pop(item.entry)
             try:
                 skipped = await self._journal.write(batch)
             except BaseException:
@@ -101,9 +108,9 @@ class StandbyJournal:
                 self._in_flight.clear()
                 raise
             for item in batch:
-                written = self._in_flight.pop(item[0], None)
+                written = self._in_flight.pop(item.entry, None)
                 if written is not None:
-                    self._bytes -= _size(written)
+                    self._bytes -= written.size
             self._metrics.standby_journaled.inc(len(batch) - skipped)
             self._metrics.journal_skipped.inc(skipped)
         self._outage.recovered()
@@ -135,10 +142,6 @@ class StandbyJournal:
                 len(self._pending) + len(self._in_flight),
                 e,
             )
-
-
-def _size(entry: NewEntry) -> int:
-    return len(entry[2]) + len(entry[3])
 
 
 class Standby:

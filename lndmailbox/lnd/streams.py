@@ -213,9 +213,14 @@ class Subscription(AsyncIterator[_Item | Resubscribed]):
             self._measure_lag()
             return item
 
-    def _measure_lag(self) -> None:
+    def quiet_for(self) -> float | None:
+        """Seconds since lnd's stream was last known to hold nothing for us, now (the
+        :class:`QuietMark`, moved while a read waits); None without a mark."""
         quiet = None if self._quiet is None else self._quiet.at
-        self.lag = None if quiet is None else max(time.monotonic() - quiet, 0.0)
+        return None if quiet is None else max(time.monotonic() - quiet, 0.0)
+
+    def _measure_lag(self) -> None:
+        self.lag = self.quiet_for()
 
     async def aclose(self) -> None:
         await self._source.aclose()
@@ -380,7 +385,7 @@ def _peer_event(item: ln.PeerEvent) -> PeerEvent:
 
 
 def _native_onion_message(item: ln.OnionMessageUpdate) -> IncomingOnionMessage:
-    return IncomingOnionMessage(item.peer, item.path_key, item.onion)
+    return IncomingOnionMessage(item.peer, item.path_key, item.onion, item.encrypted_recipient_data)
 
 
 def _custom_onion_message(

@@ -117,6 +117,10 @@ class IncomingOnionMessage:
     """The peer it came from, 33 bytes."""
     path_key: bytes
     onion: bytes
+    encrypted_recipient_data: bytes = b""
+    """This hop's ``encrypted_recipient_data`` as lnd 0.21 publishes it (still encrypted,
+    lnd having checked the packet's HMAC): the next hop is in it. Empty on the custom
+    transport, whose bytes are the bare ``onion_message``."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,14 @@ Rules that hold:
   traffic. Both are one script (``lua/journal.lua``), which Redis refuses while over
   ``maxmemory``; then decided entries can still leave the inbox, unrecorded
   (:meth:`Journal.forget`, ``lua/journal_forget.lua``, which only deletes).
-- Values carry a version. v2: ``0x02`` ‖ received_at (u64, ms) ‖ sender (33) ‖ path_key
-  (33) ‖ onion. v1, written by releases before it under a random entry name, has no
+- Values carry a version. v3: ``0x03`` ‖ received_at (u64, ms) ‖ sender (33) ‖ path_key
+  (33) ‖ length (u16) ‖ encrypted_recipient_data (what lnd 0.21 publishes with the
+  message; empty on the custom transport) ‖ onion. v2 is the same without the length and
+  the encrypted data. v1, written by releases before it under a random entry name, has no
   version byte: it starts with received_at, whose first byte is 0 (a time in ms is below
-  2**56 for another two million years); it is still read, and decided like any other.
-  A value of a version this release does not know (a newer one's) is left alone.
+  2**56 for another two million years). v1 and v2 are still read, and decided like any
+  other, by a full peel. A value of a version this release does not know (a newer one's)
+  is left alone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -40,15 +43,34 @@ from lndmailbox.store.records import PUBKEY_SIZE, JournalEntry, Limits, ms
 
 log = logging.getLogger(__name__)
 
-NewEntry = tuple[str, bytes, bytes, bytes, float]
-"""A message to journal: (entry, sender, path_key, onion, received_at)."""
 
-JOURNAL_VERSION = 2
+class NewEntry(NamedTuple):
+    """A message to journal."""
+
+    entry: str
+    """Its name, normally :func:`entry_for` of the message."""
+    sender: bytes
+    path_key: bytes
+    onion: bytes
+    received_at: float
+    encrypted_recipient_data: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """The message bytes it holds, as the in-flight caps count them."""
+        return len(self.path_key) + len(self.onion)
+
+
+JOURNAL_VERSION = 3
 """The version byte of the values this release writes."""
 _V1 = 0
 """The first byte of a v1 value: the top byte of its u64 receipt time in ms."""
+_V2 = 2
 _TIME = 8
-_SHORTEST = {_V1: _TIME + 2 * PUBKEY_SIZE + 1, JOURNAL_VERSION: 1 + _TIME + 2 * PUBKEY_SIZE + 1}
+_LENGTH = 2
+_HEADER = {_V1: _TIME + 2 * PUBKEY_SIZE, _V2: 1 + _TIME + 2 * PUBKEY_SIZE}
+_HEADER[JOURNAL_VERSION] = _HEADER[_V2] + _LENGTH
+_MAX_ENCRYPTED_DATA = 2**16 - 1
 
 DECIDED_FOR = 15.0
 """Seconds a decided message's entry is remembered as decided: three of the default race
@@ -62,33 +84,56 @@ def entry_for(path_key: bytes, onion: bytes) -> str:
     return hashlib.sha256(path_key + onion).hexdigest()[:32]
 
 
-def encode_entry(sender: bytes, path_key: bytes, onion: bytes, received_at: float) -> bytes:
-    """A v2 journal value."""
-    return (
-        bytes((JOURNAL_VERSION,)) + ms(received_at).to_bytes(8, "big") + sender + path_key + onion
+def encode_entry(message: NewEntry) -> bytes:
+    """A v3 journal value. Encrypted data too long for its u16 length (lnd's packets are
+    at most 65535 bytes, and the data lies inside one) is left out: the decider then
+    peels the message in full, as it does any message without it."""
+    encrypted = message.encrypted_recipient_data
+    if len(encrypted) > _MAX_ENCRYPTED_DATA:
+        encrypted = b""
+    return b"".join(
+        (
+            bytes((JOURNAL_VERSION,)),
+            ms(message.received_at).to_bytes(_TIME, "big"),
+            message.sender,
+            message.path_key,
+            len(encrypted).to_bytes(_LENGTH, "big"),
+            encrypted,
+            message.onion,
+        )
     )
 
 
 def decode_entry(entry: str, raw: bytes) -> JournalEntry | None:
-    """The message of a journal value (v1 or v2); None when the value is of a version this
-    release does not know. Raises ValueError for a value too short to hold a message."""
+    """The message of a journal value (v1, v2 or v3); None when the value is of a version
+    this release does not know. Raises ValueError for a value too short to hold a message."""
     if not raw:
         raise ValueError("an empty journal value")
     version = raw[0]
-    if version not in _SHORTEST:
+    if version not in _HEADER:
         return None
-    if len(raw) < _SHORTEST[version]:
+    header = _HEADER[version]
+    if len(raw) <= header:
         raise ValueError(f"a v{version or 1} journal value of {len(raw)} bytes")
     start = 0 if version == _V1 else 1
     sender = start + _TIME
     path_key = sender + PUBKEY_SIZE
-    onion = path_key + PUBKEY_SIZE
+    after_keys = path_key + PUBKEY_SIZE
+    encrypted = b""
+    onion = after_keys
+    if version == JOURNAL_VERSION:
+        length = int.from_bytes(raw[after_keys:header], "big")
+        onion = header + length
+        if len(raw) <= onion:
+            raise ValueError(f"a v{version} journal value of {len(raw)} bytes")
+        encrypted = raw[header:onion]
     return JournalEntry(
         entry=entry,
         received_at=int.from_bytes(raw[start:sender], "big") / 1000,
         sender=raw[sender:path_key],
-        path_key=raw[path_key:onion],
+        path_key=raw[path_key:after_keys],
         onion=raw[onion:],
+        encrypted_recipient_data=encrypted,
     )
 
 
@@ -111,14 +156,12 @@ class Journal:
         :attr:`decided_for` seconds is not journaled again. Returns how many of ``added``
         were not journaled for that reason.
 
-        ``added``: (entry, sender, path_key, onion, received_at), ``entry`` normally
-        :func:`entry_for` of the message.
         """
         if not added and not decided:
             return 0
         args: list[Any] = [max(ms(self.limits.ttl), 1), max(ms(self.decided_for), 1), len(added)]
-        for entry, sender, path_key, onion, at in added:
-            args += [entry, encode_entry(sender, path_key, onion, at)]
+        for message in added:
+            args += [message.entry, encode_entry(message)]
         args += decided
         keys = [self.keys.journal_key, self.keys.decided_key]
         return int(await self._script(keys=keys, args=args))

@@ -265,6 +265,8 @@ class JournalEntry:
     sender: bytes
     path_key: bytes
     onion: bytes
+    encrypted_recipient_data: bytes = b""
+    """As lnd 0.21 published it with the message (journal v3); empty before."""
 
 
 @dataclass(frozen=True)

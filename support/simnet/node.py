@@ -81,7 +81,7 @@ from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
 from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnd.lnrpc import signer_pb2 as signrpc
-from lndmailbox.onion import Forward, LocalNodeKey, Receive, peel
+from lndmailbox.onion import CachedNodeKey, Forward, LocalNodeKey, Receive, peel
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from simnet.macaroons import MacaroonError, MacaroonService, Op
 from simnet.tls import TlsPair, generate_tls_pair
@@ -466,6 +466,10 @@ class SimNode:
         self.secret = node_secret if node_secret is not None else _secret_from_seed(os.urandom(32))
         self.key = LocalNodeKey(self.secret)
         self.pubkey: bytes = self.key.pubkey
+        # The path key's ECDH of each peel, remembered: messages over one blinded path all
+        # come with its path key (a sender reusing an offer's paths), and the answer is the
+        # same every time, so only the cost changes (lnd's own is in Go).
+        self._path_key_ecdh = CachedNodeKey(self.key)
         self.tls = tls if tls is not None else generate_tls_pair()
         self.macaroons = MacaroonService(macaroon_root_key)
         self.admin_macaroon = self.macaroons.bake_admin()
@@ -800,7 +804,7 @@ class SimNode:
         if limited:
             return IngestResult(published=False, drop_reason=limited)
         try:
-            action = await peel(msg.path_key, msg.onion, self.key)
+            action = await peel(msg.path_key, msg.onion, self.key, path_node=self._path_key_ecdh)
         except OnionError as e:
             return IngestResult(published=False, drop_reason=f"peel: {e.reason}")
 
