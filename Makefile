@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOURCES := lndmailbox support/simnet tests bench itest scripts
 
-.PHONY: all venv test test-long lint bench demo protos protos-check itest itest-long clean
+.PHONY: all venv test test-long lint bench bench-lnd demo protos protos-check itest itest-long clean
 
 all: test
 
@@ -36,6 +36,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Ingest against the itest's real lnd 0.21 and 0.20 (regtest, the LSP's onion-message rate
+# limits raised, lnd's signer doing the ECDH), as multiples of lnd's default ceiling; the
+# binaries come from the itest's cache (itest/build.py), built there on first use.
+bench-lnd: $(STAMP)
+	$(BIN)/python -m bench.lnd $(BENCH_LND_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m simnet.demo $(DEMO_ARGS)

@@ -92,9 +92,15 @@ class LndBinaries:
 
 
 @dataclass(frozen=True)
-class Binaries:
+class ChainBinaries:
+    """What a regtest network of lnd nodes needs (itest/network.py; ``make bench-lnd``)."""
+
     btcd: BtcdBinaries
     lnd: Mapping[Generation, LndBinaries]
+
+
+@dataclass(frozen=True)
+class Binaries(ChainBinaries):
     ldk: Path
     """The ``lndmailbox-ldk`` binary."""
 
@@ -297,16 +303,26 @@ def ensure_ldk(root: Path, crate: Path = LDK_CRATE) -> Path:
     return target / LDK_BINARY
 
 
+def _ensure_chain(root: Path) -> ChainBinaries:
+    btcd = ensure_btcd(root)
+    lnd = {generation: ensure_lnd(root, version) for generation, version in LND_VERSIONS.items()}
+    return ChainBinaries(btcd, lnd)
+
+
+def ensure_chain(root: Path | None = None) -> ChainBinaries:
+    """btcd and both lnds, built on first use: all that a network without LDK needs."""
+    root = root or cache_root()
+    with _locked(root):
+        return _ensure_chain(root)
+
+
 def ensure_all(root: Path | None = None) -> Binaries:
     """Every binary the itest needs, built on first use; seconds when all are cached."""
     root = root or cache_root()
     with _locked(root):
-        btcd = ensure_btcd(root)
-        lnd = {
-            generation: ensure_lnd(root, version) for generation, version in LND_VERSIONS.items()
-        }
+        chain = _ensure_chain(root)
         ldk = ensure_ldk(root)
-    return Binaries(btcd, lnd, ldk)
+    return Binaries(chain.btcd, chain.lnd, ldk)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,11 +13,12 @@ channel-presence gate), so no ``protocol.onion-msg-relay-all`` is needed.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from itest.btcd import Btcd
-from itest.build import Binaries, Generation
+from itest.build import ChainBinaries, Generation
 from itest.lndnode import LndNode
 from itest.process import wait_for
 
@@ -34,25 +35,41 @@ class Channel:
 
 
 class Network:
-    def __init__(self, binaries: Binaries, generation: Generation, workdir: Path) -> None:
+    """``node_args`` adds lnd flags to the node of that name (``sender``, ``lsp``, ``recipient``)."""
+
+    def __init__(
+        self,
+        binaries: ChainBinaries,
+        generation: Generation,
+        workdir: Path,
+        *,
+        node_args: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.generation = generation
         self.workdir = workdir
         self.log_dir = workdir / "logs"
         lnd = binaries.lnd[generation]
         self.btcd = Btcd(binaries.btcd, workdir / "btcd", self.log_dir)
-        self.sender = LndNode(
-            "sender", lnd, generation, self.btcd, workdir / "sender", self.log_dir
-        )
-        self.lsp = LndNode("lsp", lnd, generation, self.btcd, workdir / "lsp", self.log_dir)
-        self.recipient = LndNode(
-            "recipient",
-            lnd,
-            generation,
-            self.btcd,
-            workdir / "recipient",
-            self.log_dir,
-            listen=False,
-        )
+        args = node_args or {}
+
+        def node(name: str, *, listen: bool = True) -> LndNode:
+            return LndNode(
+                name,
+                lnd,
+                generation,
+                self.btcd,
+                workdir / name,
+                self.log_dir,
+                listen=listen,
+                extra_args=args.get(name, ()),
+            )
+
+        unknown = set(args) - {"sender", "lsp", "recipient"}
+        if unknown:
+            raise ValueError(f"no such node in the network: {sorted(unknown)}")
+        self.sender = node("sender")
+        self.lsp = node("lsp")
+        self.recipient = node("recipient", listen=False)
         self.sender_channel: Channel | None = None
         self.recipient_channel: Channel | None = None
         self.timings: dict[str, float] = {}

@@ -90,20 +90,23 @@ async def write_letter(
 async def send_to_lsp(network: Network, message: OnionMessage) -> None:
     """The sender's lnd hands ``message`` to the LSP: SendCustomMessage 513 or SendOnionMessage."""
     async with network.sender.rpc() as rpc:
-        if network.generation is Generation.CUSTOM:
-            await rpc.lightning.SendCustomMessage(
-                ln.SendCustomMessageRequest(
-                    peer=network.lsp.pubkey, type=ONION_MESSAGE_TYPE, data=message.encode()
-                ),
-                timeout=20,
-            )
-        else:
-            await rpc.lightning.SendOnionMessage(
-                ln.SendOnionMessageRequest(
-                    peer=network.lsp.pubkey, path_key=message.path_key, onion=message.onion
-                ),
-                timeout=20,
-            )
+        await send_onion_message(rpc, network.generation, network.lsp.pubkey, message)
+
+
+async def send_onion_message(
+    rpc: NodeRpc, generation: Generation, peer: bytes, message: OnionMessage
+) -> None:
+    """The lnd behind ``rpc`` sends ``message`` to its peer ``peer``, the generation's way."""
+    if generation is Generation.CUSTOM:
+        await rpc.lightning.SendCustomMessage(
+            ln.SendCustomMessageRequest(peer=peer, type=ONION_MESSAGE_TYPE, data=message.encode()),
+            timeout=20,
+        )
+    else:
+        await rpc.lightning.SendOnionMessage(
+            ln.SendOnionMessageRequest(peer=peer, path_key=message.path_key, onion=message.onion),
+            timeout=20,
+        )
 
 
 def inbox_stream(network: Network, rpc: NodeRpc) -> Any:
