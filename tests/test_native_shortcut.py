@@ -124,6 +124,15 @@ async def published(
     return incoming, payload
 
 
+async def customer(world: World, *, online: bool) -> LocalNodeKey:
+    """A user of the LSP: on the allowlist, online or not."""
+    key = LocalNodeKey.generate()
+    await world.store.allowlist.add([key.pubkey])
+    if online:
+        world.peers.mark(key.pubkey, True)
+    return key
+
+
 async def read_by(recipient: LocalNodeKey, kept: OutgoingMessage) -> bytes:
     """What ``recipient`` finds in a kept message, peeling it with its own key."""
     assert kept.peer == recipient.pubkey
@@ -149,8 +158,7 @@ async def test_messages_left_to_lnd_cost_one_cached_ecdh_and_no_peel(world: Worl
 async def test_a_message_kept_is_peeled_once_and_its_recipient_finds_the_payload(
     world: World,
 ) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
+    bob = await customer(world, online=False)
     incoming, payload = await published(world, bob.pubkey)
     await world.decider.decide(world.settled(incoming))
     (kept,) = world.kept.messages
@@ -182,8 +190,7 @@ async def test_an_offline_peer_not_allowed_is_dropped_unpeeled(world: World) -> 
 async def test_encrypted_data_that_cannot_be_read_falls_back_to_the_full_peel(
     world: World, damage: str, reason: str, bob_online: bool
 ) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
+    bob = await customer(world, online=False)
     if bob_online:
         world.peers.mark(bob.pubkey, True)
     incoming, payload = await published(world, bob.pubkey)
@@ -239,9 +246,7 @@ async def test_a_next_hop_the_onion_contradicts_is_decided_by_the_onion(world: W
 async def test_a_message_left_to_lnd_is_peeled_when_its_hop_leaves_in_the_window(
     world: World,
 ) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
-    world.peers.mark(bob.pubkey, True)
+    bob = await customer(world, online=True)
     incoming, payload = await published(world, bob.pubkey)
     await world.decider.decide(world.settled(incoming))
     assert world.kept.messages == []
@@ -255,8 +260,7 @@ async def test_a_message_left_to_lnd_is_peeled_when_its_hop_leaves_in_the_window
 
 
 async def test_a_hop_that_came_online_late_is_peeled_and_kept(world: World) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
+    bob = await customer(world, online=False)
     incoming, payload = await published(world, bob.pubkey)
     lnd_tried = world.clock.monotonic()
     world.peers.mark(bob.pubkey, True)  # just after lnd's try: he may have been away
@@ -296,9 +300,7 @@ async def test_a_replayed_message_with_encrypted_data_is_peeled_and_sent(world: 
 async def test_what_is_set_aside_at_a_break_is_peeled_when_lnds_peer_events_are_back(
     world: World,
 ) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
-    world.peers.mark(bob.pubkey, True)
+    bob = await customer(world, online=True)
     incoming, payload = await published(world, bob.pubkey)
     await world.decider.decide(world.settled(incoming))
     assert world.signer.asked == [incoming.path_key], "left to lnd unpeeled"
@@ -314,9 +316,7 @@ async def test_what_is_set_aside_at_a_break_is_peeled_when_lnds_peer_events_are_
 async def test_a_message_peeled_before_it_was_left_to_lnd_is_not_peeled_again(
     world: World,
 ) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
-    world.peers.mark(bob.pubkey, True)
+    bob = await customer(world, online=True)
     incoming, payload = await published(world, bob.pubkey)
     unreadable = IncomingOnionMessage(incoming.peer, incoming.path_key, incoming.onion, b"")
     await world.decider.decide(world.settled(unreadable))  # peeled in full: no data
@@ -352,9 +352,7 @@ async def test_a_rescue_whose_onion_names_another_hop_is_stored_for_the_onions(
 
 
 async def test_a_rescue_that_fails_is_counted_and_the_next_one_goes_on(world: World) -> None:
-    bob = LocalNodeKey.generate()
-    await world.store.allowlist.add([bob.pubkey])
-    world.peers.mark(bob.pubkey, True)
+    bob = await customer(world, online=True)
     path = os.urandom(32)
     first, _ = await published(world, bob.pubkey, path_secret=path)
     second, payload = await published(world, bob.pubkey, path_secret=path)
