@@ -190,9 +190,7 @@ async def test_an_offline_peer_not_allowed_is_dropped_unpeeled(world: World) -> 
 async def test_encrypted_data_that_cannot_be_read_falls_back_to_the_full_peel(
     world: World, damage: str, reason: str, bob_online: bool
 ) -> None:
-    bob = await customer(world, online=False)
-    if bob_online:
-        world.peers.mark(bob.pubkey, True)
+    bob = await customer(world, online=bob_online)
     incoming, payload = await published(world, bob.pubkey)
     other, _ = await published(world, bob.pubkey)
     encrypted = {
