@@ -119,9 +119,9 @@ def test_doc_key_table_is_parsed() -> None:
     assert len(keys) >= 10
     assert {k.type for k in keys} <= {"list", "hash", "sorted set", "set", "stream", "string"}
     assert {k.pattern for k in keys if k.persistent} == {
-        "lndmailbox:<node>:allow",
-        "lndmailbox:<node>:counters",
-        "lndmailbox:<node>:events",
+        "lndmailbox:{<node>}:allow",
+        "lndmailbox:{<node>}:counters",
+        "lndmailbox:{<node>}:events",
     }
 
 

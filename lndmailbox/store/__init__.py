@@ -2,12 +2,12 @@
 
 What lives where (the full table, TTLs and redis-cli recipes are in docs/redis-schema.md):
 
-* one list per peer, ``lndmailbox:<node>:peer:{<peer>}:queue``, oldest message first, each
+* one list per peer, ``lndmailbox:{<node>}:peer:<peer>:queue``, oldest message first, each
   element a compact binary record (:func:`encode_record`: version byte, id, expiry,
   attempts, sender, path_key, onion);
-* beside it ``...:{<peer>}:dedup``, a hash from a digest of (path_key, onion) to the id, so
+* beside it ``...:peer:<peer>:dedup``, a hash from a digest of (path_key, onion) to the id, so
   the same message is queued once;
-* node-wide: ``lndmailbox:<node>:mail`` (a sorted set of the peers with mail, scored by the
+* node-wide: ``lndmailbox:{<node>}:mail`` (a sorted set of the peers with mail, scored by the
   earliest expiry, which the sweep walks), ``:usage`` (message and byte totals, per peer and
   for the node, which the caps read), the allowlist, the counters, the event stream, the
   daemon's lock and heartbeat, the journal and the delivery requests.

@@ -19,9 +19,9 @@ Rules that hold across the parts:
 * The store counts nothing on its own behalf except messages whose keys Redis expired
   before any sweep saw them (added to the ``expired`` counter by the sweep that notices);
   everything else is counted by the caller from the results.
-* The scripts touch one peer's keys and the node's keys together: that is atomic on one
-  Redis (standalone, or a primary with replicas/Sentinel), not on Redis Cluster (see
-  docs/redis-schema.md for the trade-off).
+* The scripts touch one peer's keys and the node's keys together: every key of a node
+  carries the node's hash tag (store/keys.py), so that is atomic on one Redis and on a
+  Redis Cluster alike.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The names of the store's Redis keys: the only place they are spelled.
 
-Every key of a node starts with ``lndmailbox:<node hex>:``; a peer's queue, dedup hash and
-unconfirmed list carry the peer in braces (``peer:{<peer hex>}:queue``), its hash tag. The
-table of keys, types and TTLs is docs/redis-schema.md.
+Every key of a node starts with ``lndmailbox:{<node hex>}:``: the node in braces is the keys'
+hash tag, so all of one node's keys share one Redis Cluster slot and every script, which
+touches a peer's keys and the node's together, runs on a Cluster as on one Redis. A peer's
+keys follow as ``peer:<peer hex>:queue``. The table of keys, types and TTLs is
+docs/redis-schema.md.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 
 log = logging.getLogger(__name__)
 
-_NODE_KEY = re.compile(r"lndmailbox:((?:02|03)[0-9a-f]{64}):(?:counters|heartbeat)")
+_NODE_KEY = re.compile(r"lndmailbox:\{((?:02|03)[0-9a-f]{64})\}:(?:counters|heartbeat)")
 """Keys only a node with a mailbox has: how tools find the nodes a Redis serves."""
 
 ALL_MAILBOXES = "lndmailbox:*"
@@ -29,10 +31,10 @@ class Keys:
     """The key names of one node's mailbox."""
 
     def __init__(self, node: bytes) -> None:
-        self.prefix = f"lndmailbox:{node.hex()}:"
+        self.prefix = f"lndmailbox:{{{node.hex()}}}:"
 
     def _peer_prefix(self, peer: bytes) -> str:
-        return f"{self.prefix}peer:{{{peer.hex()}}}:"
+        return f"{self.prefix}peer:{peer.hex()}:"
 
     def queue_key(self, peer: bytes) -> str:
         return self._peer_prefix(peer) + "queue"
@@ -52,7 +54,7 @@ class Keys:
 
     def peer_of_queue(self, key: str) -> bytes:
         """The peer whose queue ``key`` (one :attr:`queue_pattern` matched) is."""
-        start, end = self.prefix + "peer:{", "}:queue"
+        start, end = self.prefix + "peer:", ":queue"
         return bytes.fromhex(key[len(start) : -len(end)])
 
     @property
@@ -62,7 +64,7 @@ class Keys:
 
     def peer_of_unconfirmed(self, key: str) -> bytes:
         """The peer whose unconfirmed list ``key`` (one :attr:`unconfirmed_pattern` matched) is."""
-        start, end = self.prefix + "peer:{", "}:unconfirmed"
+        start, end = self.prefix + "peer:", ":unconfirmed"
         return bytes.fromhex(key[len(start) : -len(end)])
 
     @property

@@ -4,8 +4,8 @@ Each file opens with a comment block for its reader (KEYS, ARGV, the reply); the
 Redis runs starts at the first line that is not a ``--`` comment. The part that runs a
 script registers the composed text with ``redis.register_script`` (which runs it by SHA).
 
-Composition: every script but ``summaries`` (which has flags of its own) starts with the
-``no-cluster`` shebang; ``event.lua`` (one entry of the event stream) comes before every
+Composition: every script but ``summaries`` (which has flags of its own) starts with a
+shebang; ``event.lua`` (one entry of the event stream) comes before every
 script that appends events, and ``peer.lua`` (a peer's keys, the record readers, repair
 and accounting) before every per-peer script.
 """
@@ -20,13 +20,13 @@ from typing import Literal, get_args
 log = logging.getLogger(__name__)
 
 # The shebang makes Redis refuse a script before it starts when memory is over maxmemory
-# (rather than at its first write), and refuse it outright on Redis Cluster, where the
-# scripts' mix of one peer's keys and the node's keys would cross slots.
-SHEBANG = "#!lua flags=no-cluster\n"
+# (rather than at its first write). The scripts run on Redis Cluster too: every key they
+# are given carries the node's hash tag (store/keys.py), so they never cross slots.
+SHEBANG = "#!lua\n"
 # Scripts Redis runs while it refuses writes for memory. The node lock's touch one small
 # key: a daemon that cannot renew its lease would lose the node. ``journal_forget`` only
 # deletes: it is how decisions leave the journal, and free memory, while Redis is full.
-SHEBANG_ALLOW_OOM = "#!lua flags=no-cluster,allow-oom\n"
+SHEBANG_ALLOW_OOM = "#!lua flags=allow-oom\n"
 _ALLOW_OOM_SCRIPTS = frozenset({"renew_lock", "release_lock", "acquire_lock", "journal_forget"})
 
 PeerScript = Literal[

@@ -3,7 +3,7 @@
 -- bytes of the oldest record (the first unconfirmed, else the queue's head), of the newest
 -- record (the queue's tail, else the last unconfirmed), unconfirmed messages}.
 -- Runs on its own (no shared helpers), with the flags of the shebang below.
-#!lua flags=no-writes,no-cluster
+#!lua flags=no-writes
 local out = {}
 for i, peer in ipairs(ARGV) do
   local q, uq = KEYS[2 * i], KEYS[2 * i + 1]
