@@ -49,7 +49,7 @@ from lndmailbox.store.records import (
 
 log = logging.getLogger(__name__)
 
-PAGE = 200
+PAGE = 32
 """Peers one call reads when a read walks the mail index (the sweep, the daemon's start,
 ``mailboxctl peers`` and ``status``): each call is bounded, however many peers have mail,
 so none holds Redis up for longer than a delivery batch (``python -m bench.scale``)."""
