@@ -13,15 +13,18 @@ sweep below); the rest lives the default 24 hours.
   as the deliverer drains (``peek`` 16, ``move_delivered`` those 16) and confirmed. The
   figure is the wall time per message, median of the rounds, full over empty; a delivery
   batch is one ``peek`` + ``move_delivered`` of 16, its median wall time the bound below.
-* At size, on the full server: the daemon's start-up store work (what ``Confirmations``
-  and ``PeerFollower`` call: every peer's unconfirmed mail, each such peer's requeue, the
-  peers with mail, the totals), ``mailboxctl peers`` and ``mailboxctl status`` (the real
-  command in its own process, lnd unreachable, ``--node`` given), then the sweep of the
-  due peers. Each is timed, and Redis's SLOWLOG (``slowlog-log-slower-than 0``) gives the
-  longest single call each made; that must stay below a delivery batch. A call that reads
-  the whole mail index or every peer's usage (``ZRANGE 0 -1``, ``ZRANGEBYSCORE`` without
-  ``LIMIT``, ``HGETALL`` of ``usage``) or names more keys than two pages of peers is
-  reported as a whole read and fails the check.
+* At size, on the full server: ``mailboxctl peers`` and ``mailboxctl status`` (the real
+  command in its own process, lnd unreachable, ``--node`` given), the real daemon's
+  start-up (``python -m lndmailbox`` on simnet, timed from the spawn until it leads and
+  until it has put every unconfirmed message back in its queue, then stopped), and the
+  sweep of the due peers (:meth:`Queues.sweep_expired`, as the sweeper calls it). Each is
+  timed against the same on the empty server, and Redis's SLOWLOG
+  (``slowlog-log-slower-than 0``; a script's own commands are logged too) gives every call
+  it made: the heaviest kind of call (the largest median) must stay below a delivery
+  batch, and a call that reads the whole mail index or every peer's usage (``ZRANGE 0
+  -1``, ``ZRANGEBYSCORE`` without ``LIMIT``, ``HGETALL`` of ``usage``) or names more keys
+  than a page of peers does is reported as a whole read and fails the check. The longest
+  single run is printed too: on a shared machine one run may be descheduled mid-call.
 """
 
 from __future__ import annotations
@@ -31,19 +34,22 @@ import contextlib
 import hashlib
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import coincurve
-from simnet import generate_tls_pair
+from simnet import Personality, generate_tls_pair
 
+from bench.simnet_process import SimnetProcess
 from lndmailbox.store import NewMessage, RedisServer, Store, free_port, lua
 
 SIZE_TARGET = 1.2
@@ -63,7 +69,7 @@ class Config:
     peers: int = 10_000
     workload_peers: int = 20
     workload_messages: int = 2_000
-    rounds: int = 5
+    rounds: int = 7
     seed: int | None = None
 
 
@@ -132,7 +138,7 @@ def _calls(raw: Sequence[object]) -> list[Call]:
         text = [w.decode(errors="replace") for w in words[:4]]
         if text and text[0].upper() == "EVALSHA" and len(text) > 1:
             text[1] = _SCRIPT_NAMES.get(text[1], text[1][:8])
-        out.append(Call(micros, " ".join(text), args))
+        out.append(Call(micros, " ".join(" ".join(text).split()), args))
     return out
 
 
@@ -279,19 +285,6 @@ async def _workload(
     return seconds / len(messages), batches
 
 
-async def _start_up(store: Store) -> str:
-    """The store work of the daemon's start (Confirmations, PeerFollower, the gauges)."""
-    held = await store.queues.unconfirmed_by_peer()
-    for peer in held:
-        await store.queues.requeue(peer, 3)
-    with_mail = await store.queues.peers_with_mail()
-    peers, messages, _ = await store.queues.totals()
-    return (
-        f"{sum(len(v) for v in held.values())} unconfirmed of {len(held)} peers requeued; "
-        f"{len(with_mail)} peers with mail; totals {peers} peers, {messages} messages"
-    )
-
-
 def _mailboxctl(url: str, node: bytes, lnd: list[str], *command: str) -> tuple[float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LNDMAILBOX_")}
     argv = [sys.executable, "-m", "lndmailbox.cli", "--redis-url", url, "--node", node.hex()]
@@ -303,6 +296,75 @@ def _mailboxctl(url: str, node: bytes, lnd: list[str], *command: str) -> tuple[f
     if done.returncode != 0:
         raise RuntimeError(f"mailboxctl {' '.join(command)}: {done.stderr.decode()}")
     return seconds, done.stdout.decode()
+
+
+@dataclass(frozen=True)
+class _Lnd:
+    """simnet in its own process (the node whose mailbox is filled), as the daemon sees it."""
+
+    rpcserver: str
+    cert: Path
+    macaroon: Path
+
+
+async def _daemon_start(lnd: _Lnd, url: str, store: Store, workdir: Path, requeued: int) -> str:
+    """Starts the real daemon (``python -m lndmailbox``) on ``url`` and stops it once it
+    leads (``/health/leader``) and has put back all ``requeued`` unconfirmed messages (its
+    ``redelivered`` counter); how long each took from the spawn."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "lndmailbox",
+        "--rpcserver",
+        lnd.rpcserver,
+        "--tlscertpath",
+        str(lnd.cert),
+        "--macaroonpath",
+        str(lnd.macaroon),
+        "--network",
+        "regtest",
+        "--redis-url",
+        url,
+        "--datadir",
+        str(workdir / "datadir"),
+        "--metrics-addr",
+        f"127.0.0.1:{port}",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LNDMAILBOX_")}
+    log_path = workdir / "daemon.log"
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    before = int((await store.events.counters()).get("redelivered", 0))
+    start = time.perf_counter()
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env
+        )
+    leads = done = None
+    try:
+        async with asyncio.timeout(300):
+            while leads is None or done is None:
+                if process.returncode is not None:
+                    raise RuntimeError(f"the daemon exited:\n{log_path.read_text()[-4000:]}")
+                if leads is None and await asyncio.to_thread(_leads, port):
+                    leads = time.perf_counter() - start
+                counters = await store.events.counters()
+                if done is None and counters.get("redelivered", 0) - before >= requeued:
+                    done = time.perf_counter() - start
+                await asyncio.sleep(0.02)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    return f"leads after {leads:.2f}s, {requeued} unconfirmed put back after {done:.2f}s"
+
+
+def _leads(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/leader", timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 @contextlib.asynccontextmanager
@@ -319,7 +381,6 @@ async def run(config: Config, *, say: Callable[[str], None] = print) -> Figures:
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "big")
     say(f"scale: seed {seed}")
     rng = random.Random(seed)
-    node = _pubkey(rng)
     with tempfile.TemporaryDirectory(prefix="lndmailbox-scale-") as tmp:
         workdir = Path(tmp)
         cert = workdir / "tls.cert"
@@ -333,14 +394,20 @@ async def run(config: Config, *, say: Callable[[str], None] = print) -> Figures:
             "00ff",
         ]
         async with (
+            SimnetProcess(Personality.LND_0_21) as sim,
             _server(workdir, "empty") as empty_server,
             _server(workdir, "full") as full_server,
         ):
-            empty = Store.from_url(empty_server.url, node)
-            full = Store.from_url(full_server.url, node)
+            lnd = _Lnd(sim.target, workdir / "lnd.cert", workdir / "admin.macaroon")
+            lnd.cert.write_bytes(sim.tls_cert)
+            lnd.macaroon.write_bytes(sim.macaroon)
+            empty = Store.from_url(empty_server.url, sim.pubkey)
+            full = Store.from_url(full_server.url, sim.pubkey)
             try:
                 urls = (empty_server.url, full_server.url)
-                return await _measure(config, seed, rng, (empty, full), urls, closed_lnd, say)
+                return await _measure(
+                    config, seed, rng, (empty, full), urls, (closed_lnd, lnd), workdir, say
+                )
             finally:
                 await empty.aclose()
                 await full.aclose()
@@ -352,9 +419,11 @@ async def _measure(
     rng: random.Random,
     stores: tuple[Store, Store],
     urls: tuple[str, str],
-    closed_lnd: list[str],
+    lnds: tuple[list[str], _Lnd],
+    workdir: Path,
     say: Callable[[str], None],
 ) -> Figures:
+    closed_lnd, lnd = lnds
     (empty, full), (empty_url, full_url) = stores, urls
     say(f"scale: filling {config.messages} messages over {config.peers} peers")
     start = time.perf_counter()
@@ -409,13 +478,25 @@ async def _measure(
 
     await phase("mailboxctl peers", ctl("peers"))
     await phase("mailboxctl status", ctl("status"))
-    await phase("daemon start-up, store work", lambda: _start_up(full))
+    requeued = 2 * len(range(0, config.peers, 5))
+    await phase(
+        "daemon start-up",
+        lambda: _daemon_start(lnd, full_url, full, workdir / "daemon-full", requeued),
+    )
 
     async def sweep() -> str:
         swept = await full.queues.sweep_expired(BASE + SHORT_TTL + config.messages / 1000 + 1)
         return f"{len(swept)} expired messages removed (of {due} due)"
 
     await phase("sweep", sweep)
+    await slowlog.reset()
+    start = time.perf_counter()
+    note = await _daemon_start(lnd, empty_url, empty, workdir / "daemon-empty", 0)
+    phases.append(
+        Phase(
+            "daemon start-up, empty store", time.perf_counter() - start, 0, _NONE, _NONE, (), note
+        )
+    )
     for command in ("peers", "status"):
         seconds, _ = await asyncio.to_thread(
             _mailboxctl, empty_url, empty.node, closed_lnd, command
