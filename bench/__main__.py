@@ -413,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--skip-scale", action="store_true", help="leave out the figures at size (bench.scale)"
     )
     parser.add_argument(
+        "--only-scale", action="store_true", help="only the figures at size (bench.scale)"
+    )
+    parser.add_argument(
         "--scale-messages",
         type=int,
         default=scale.Config.messages,
@@ -449,12 +452,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with log_path.open("w") as log_file:
             configure_logging(args.log_level, "text", stream=log_file)
             peel_figures: tuple[float | None, float | None, float | None] = (None, None, None)
-            if not args.skip_peel:
+            if not args.skip_peel and not args.only_scale:
                 text, *numbers = _peel_figures()
                 print(text)
                 peel_figures = (numbers[0], numbers[1], numbers[2])
-            print("mailbox (daemon in this process; simnet in its own; real Redis)")
-            results = asyncio.run(_mailbox(args))
+            if not args.only_scale:
+                print("mailbox (daemon in this process; simnet in its own; real Redis)")
+            results = [] if args.only_scale else asyncio.run(_mailbox(args))
             at_size = None
             if not args.skip_scale:
                 print("at size (the store in this process; two real Redis servers)")

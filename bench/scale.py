@@ -11,7 +11,7 @@ sweep below); the rest lives the default 24 hours.
   servers, in alternating rounds (so the machine's noise falls on both): every message put
   alone (one ``put_many`` each, as the daemon writes a lone message), then each peer drained
   as the deliverer drains (``peek`` 16, ``move_delivered`` those 16) and confirmed. The
-  figure is the wall time per message, median of the rounds, full over empty; a delivery
+  figure is the wall time per message, full over empty, the median of the rounds; a delivery
   batch is one ``peek`` + ``move_delivered`` of 16, its median wall time the bound below.
 * At size, on the full server: ``mailboxctl peers`` and ``mailboxctl status`` (the real
   command in its own process, lnd unreachable, ``--node`` given), the real daemon's
@@ -67,9 +67,9 @@ BASE = 1_800_000_000.0
 class Config:
     messages: int = 100_000
     peers: int = 10_000
-    workload_peers: int = 20
-    workload_messages: int = 2_000
-    rounds: int = 7
+    workload_peers: int = 10
+    workload_messages: int = 1_000
+    rounds: int = 15
     seed: int | None = None
 
 
