@@ -257,7 +257,7 @@ def scale_details(f: scale.Figures) -> list[str]:
     ]
     for p in f.phases:
         if p.calls == 0:
-            lines.append(f"  {p.what:<34} {p.seconds:.2f}s")
+            lines.append(f"  {p.what:<34} {p.seconds:.2f}s{'; ' + p.note if p.note else ''}")
             continue
         lines.append(f"  {p.what:<34} {p.seconds:.2f}s, {p.calls} Redis calls; {p.note}")
         lines.append(
