@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 PAGE = 32
 """Peers one call reads when a read walks the mail index (the sweep, the daemon's start,
 ``mailboxctl peers`` and ``status``): each call is bounded, however many peers have mail,
-so none holds Redis up for longer than a delivery batch (``python -m bench.scale``)."""
+so none holds Redis up for longer than a delivery batch (``python -m bench --only-scale``:
+at 64 the summaries script took about as long as one)."""
 
 
 def decode(peer: bytes, data: object) -> StoredMessage:
