@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -95,3 +96,41 @@ async def test_the_sweep_in_pages_removes_every_expired_message(
         assert await store.queues.held(p) == [m for m in before[p] if m.expires_at > NOW + 61]
     assert await audit(store) == []
     assert await store.queues.sweep_expired(NOW + 61) == []
+
+
+async def test_no_read_takes_the_whole_index_in_one_call(
+    filled: tuple[Store, list[bytes]], redis_client: aioredis.Redis
+) -> None:
+    """What the reads send Redis (its SLOWLOG, every call logged): pages of 7 peers, not
+    the 150 at once."""
+    store, _ = filled
+    store.queues.page = 7
+    old = (await redis_client.config_get("slowlog-log-slower-than"))["slowlog-log-slower-than"]
+    await redis_client.config_set("slowlog-log-slower-than", 0)
+    await redis_client.config_set("slowlog-max-len", 100_000)
+    await redis_client.slowlog_reset()
+    try:
+        await store.queues.peers_with_mail()
+        await store.queues.peer_summaries()
+        await store.queues.unconfirmed_by_peer()
+        await store.queues.stats()
+        await store.queues.sweep_expired(NOW + 61)
+        command: Any = redis_client.execute_command
+        log = await command("SLOWLOG", "GET", "-1")
+    finally:
+        await redis_client.config_set("slowlog-log-slower-than", old)
+    mail = store.keys.mail_key.encode()
+    calls = [[bytes(w) for w in entry[3]] for entry in log]
+    widest = 0
+    for words in calls:
+        more = words[-1].split()[1].lstrip(b"(") if words[-1].startswith(b"... (") else b"0"
+        widest = max(widest, len(words) + int(more))
+        name = words[0].upper()
+        if name == b"ZRANGEBYSCORE":
+            assert b"LIMIT" in [w.upper() for w in words], words
+        assert not (name == b"ZRANGE" and words[1] == mail), words
+        assert name not in (b"HGETALL", b"KEYS"), words
+    assert any(w[0].upper() == b"ZSCAN" for w in calls)
+    # The widest call is a summaries run of one page: its usage key, 2 keys and 1 peer
+    # each (EVALSHA, sha, numkeys in front); all 150 peers would be 450 and more.
+    assert widest == 3 + 1 + 3 * 7
