@@ -106,6 +106,7 @@ async def test_no_read_takes_the_whole_index_in_one_call(
     store, _ = filled
     store.queues.page = 7
     old = (await redis_client.config_get("slowlog-log-slower-than"))["slowlog-log-slower-than"]
+    assert old is not None
     await redis_client.config_set("slowlog-log-slower-than", 0)
     await redis_client.config_set("slowlog-max-len", 100_000)
     await redis_client.slowlog_reset()
