@@ -10,7 +10,10 @@ fixed default ceiling), printed with the raw numbers and the target:
    peers, 10% stored), its floor (simnet alone) and, on lnd 0.21, the mix with a hot
    standby journaling; each with the CPU per message of every process;
 3. draining queued messages to a reconnecting peer, vs the same number of bare sends;
-4. Redis memory per stored message, vs the message's size.
+4. Redis memory per stored message, vs the message's size;
+5. the mailbox at size (:mod:`bench.scale`): store and deliver with 100,000 messages queued
+   over 10,000 peers vs an empty store, and the sweep, the daemon's start-up, ``mailboxctl
+   peers`` and ``status`` at that size, each one's longest Redis call vs a delivery batch.
 
 These machines are shared and noisy: run it several times before trusting a figure.
 """
@@ -24,6 +27,7 @@ import io
 import os
 import platform
 import re
+import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from simnet import Personality
 
-from bench import mailbox, peel
+from bench import mailbox, peel, scale
 from lndmailbox.lnd import Transport
 from lndmailbox.logs import configure_logging
 
@@ -96,6 +100,7 @@ def _meets(ratio: float, target: str) -> str:
 def table(
     peel_figures: tuple[float | None, float | None, float | None],
     results: Sequence[mailbox.Figures],
+    at_size: scale.Figures | None = None,
 ) -> list[str]:
     lines = [
         f"{'figure':<33} {'lnd':<5} {'measured':>12}  {'baseline (same run)':<34} "
@@ -196,6 +201,72 @@ def table(
                     f"<= {mailbox.MEMORY_TARGET:g}x",
                 )
             )
+    if at_size is not None:
+        lines += scale_rows(at_size)
+    return lines
+
+
+def scale_rows(f: scale.Figures) -> list[str]:
+    c = f.config
+    size = (
+        f"{c.messages // 1000}k msgs/{c.peers // 1000}k peers"
+        if c.peers >= 1000
+        else (f"{c.messages} msgs/{c.peers} peers")
+    )
+    lines = [
+        _row(
+            f"store+deliver, {size}",
+            "-",
+            f"{statistics.median(f.full_per_message) * 1e6:.0f} us/msg",
+            f"empty store {statistics.median(f.empty_per_message) * 1e6:.0f} us/msg",
+            f.ratio,
+            f"<= {scale.SIZE_TARGET:g}x",
+        )
+    ]
+    batch = f"delivery batch {f.batch_seconds * 1e6:.0f} us"
+    for p in f.phases:
+        if p.calls == 0:
+            continue
+        lines.append(
+            _row(
+                f"  {p.what}: heaviest call",
+                "-",
+                f"{p.heaviest.micros} us",
+                batch,
+                p.heaviest.micros / 1e6 / f.batch_seconds,
+                "<= 1x",
+            )
+        )
+    return lines
+
+
+def scale_details(f: scale.Figures) -> list[str]:
+    c = f.config
+    lines = [
+        f"at size (seed {f.seed}): {c.messages} messages over {c.peers} peers filled in "
+        f"{f.fill_seconds:.1f}s; store+deliver+confirm of {c.workload_messages} messages for "
+        f"{c.workload_peers} fresh peers, {c.rounds} rounds each",
+        "           per message: empty store "
+        + ", ".join(f"{x * 1e6:.0f}" for x in f.empty_per_message)
+        + " us; full store "
+        + ", ".join(f"{x * 1e6:.0f}" for x in f.full_per_message)
+        + " us",
+        f"           delivery batch (peek + move_delivered of {scale.BATCH}): median "
+        f"{f.batch_seconds * 1e6:.0f} us wall; its longest delivered script "
+        f"{f.batch_redis.micros} us in Redis",
+    ]
+    for p in f.phases:
+        if p.calls == 0:
+            lines.append(f"  {p.what:<34} {p.seconds:.2f}s{'; ' + p.note if p.note else ''}")
+            continue
+        lines.append(f"  {p.what:<34} {p.seconds:.2f}s, {p.calls} Redis calls; {p.note}")
+        lines.append(
+            f"           heaviest kind {p.heaviest.command[:70]}: median {p.heaviest.micros} us"
+            f" ({p.heaviest.args} arguments); longest single run {p.longest.micros} us "
+            f"({p.longest.command[:70]})"
+        )
+        lines += [f"           WHOLE READ: {w[:120]}" for w in p.whole_reads]
+    lines += [f"           CHECK FAILED: {problem[:200]}" for problem in f.problems]
     return lines
 
 
@@ -338,6 +409,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-mix", action="store_true", help="leave out the mix rows (and the standby's)"
     )
     parser.add_argument("--skip-peel", action="store_true", help="leave out the peel figure")
+    parser.add_argument(
+        "--skip-scale", action="store_true", help="leave out the figures at size (bench.scale)"
+    )
+    parser.add_argument(
+        "--only-scale", action="store_true", help="only the figures at size (bench.scale)"
+    )
+    parser.add_argument(
+        "--scale-messages",
+        type=int,
+        default=scale.Config.messages,
+        help="messages queued for the figures at size (default: 100000)",
+    )
+    parser.add_argument(
+        "--scale-peers",
+        type=int,
+        default=scale.Config.peers,
+        help="peers they are queued for (default: 10000)",
+    )
     parser.add_argument("--redis-url", help="use this (empty) Redis instead of starting one")
     parser.add_argument(
         "--log-level",
@@ -363,24 +452,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         with log_path.open("w") as log_file:
             configure_logging(args.log_level, "text", stream=log_file)
             peel_figures: tuple[float | None, float | None, float | None] = (None, None, None)
-            if not args.skip_peel:
+            if not args.skip_peel and not args.only_scale:
                 text, *numbers = _peel_figures()
                 print(text)
                 peel_figures = (numbers[0], numbers[1], numbers[2])
-            print("mailbox (daemon in this process; simnet in its own; real Redis)")
-            results = asyncio.run(_mailbox(args))
+            if not args.only_scale:
+                print("mailbox (daemon in this process; simnet in its own; real Redis)")
+            results = [] if args.only_scale else asyncio.run(_mailbox(args))
+            at_size = None
+            if not args.skip_scale:
+                print("at size (the store in this process; two real Redis servers)")
+                config = scale.Config(messages=args.scale_messages, peers=args.scale_peers)
+                at_size = asyncio.run(scale.run(config, say=lambda s: print(f"  {s}", flush=True)))
             log_lines = log_path.read_text().count("\n")
     print()
     for r in results:
         print("\n".join(details(r)))
         if r.profile:
             print(r.profile)
+    if at_size is not None:
+        print("\n".join(scale_details(at_size)))
     print(f"  (the daemon wrote {log_lines} log lines at level {args.log_level})")
     print()
-    print("\n".join(table(peel_figures, results)))
+    print("\n".join(table(peel_figures, results, at_size)))
     failed = [
         (r.personality.value, problem) for r in results for m in r.mixes for problem in m.problems
     ]
+    failed += [("-", problem) for problem in (at_size.problems if at_size else ())]
     for version, problem in failed:
         print(f"CHECK FAILED (lnd {version}): {problem}")
     return 1 if failed else 0

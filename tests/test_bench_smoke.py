@@ -9,10 +9,12 @@ journaling), and the table that prints them.
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 from simnet import Personality
 
-from bench import mailbox
-from bench.__main__ import details, table
+from bench import mailbox, scale
+from bench.__main__ import details, scale_details, scale_rows, table
+from lndmailbox.store import Store
 
 
 @pytest.mark.parametrize("personality", list(Personality))
@@ -90,3 +92,59 @@ def test_mix_plan_sends_one_in_ten_offline_over_few_paths() -> None:
     assert plan.most_per_offline_peer == 50
     # Round robin in each group: every online recipient gets its share.
     assert {plan.sequence.count(name) for name in plan.online} == {50}
+
+
+async def test_the_scale_bench_runs_end_to_end() -> None:
+    """bench.scale in a tiny size: both servers, the fill, the rounds, every phase at size
+    (mailboxctl in its own process), SLOWLOG read, the rows printed."""
+    lines: list[str] = []
+    config = scale.Config(messages=300, peers=30, workload_peers=3, workload_messages=48, rounds=1)
+    f = await scale.run(config, say=lines.append)
+
+    assert lines[0] == f"scale: seed {f.seed}"
+    assert len(f.empty_per_message) == len(f.full_per_message) == 1
+    assert f.batch_seconds > 0
+    assert f.batch_redis.command.startswith("EVALSHA delivered")
+    assert [p.what for p in f.phases] == [
+        "mailboxctl peers",
+        "mailboxctl status",
+        "daemon start-up",
+        "sweep",
+        "daemon start-up, empty store",
+        "mailboxctl peers, empty store",
+        "mailboxctl status, empty store",
+    ]
+    peers, status, start_up, sweep = f.phases[:4]
+    assert peers.note == "31 lines of output"  # the header and one line a peer
+    assert start_up.note.startswith("leads after ")
+    assert "12 unconfirmed put back after " in start_up.note
+    assert sweep.note == "30 expired messages removed (of 30 due)"
+    for p in (peers, status, start_up, sweep):
+        assert p.calls > 0
+        assert p.whole_reads == ()
+    assert all("read everything" not in problem for problem in f.problems)
+
+    rows = scale_rows(f) + scale_details(f)
+    assert any(row.startswith("store+deliver, 300 msgs/30 peers") for row in rows)
+    assert any(row.startswith("  sweep: heaviest call") for row in rows)
+
+
+def test_a_whole_read_of_the_mail_index_is_caught() -> None:
+    """The check that fails the bench when one call reads every peer."""
+    store = Store(aioredis.Redis(), bytes.fromhex("02" + "11" * 32))
+    mail, usage = store.keys.mail_key, store.keys.usage_key
+    calls = [
+        scale.Call(10, f"ZRANGE {mail} 0 -1", 4),
+        scale.Call(10, f"ZRANGEBYSCORE {mail} -inf 5", 4),
+        scale.Call(10, f"ZRANGEBYSCORE {mail} -inf 5 LIMIT 0 32", 7),
+        scale.Call(10, f"HGETALL {usage}", 2),
+        scale.Call(10, f"HMGET {usage} messages bytes", 4),
+        scale.Call(10, "EVALSHA summaries 65 x", 3 * 32 + 4),
+        scale.Call(10, "EVALSHA summaries 20001 x", 30_004),
+    ]
+    assert [w.split(" (")[0] for w in scale._whole_reads(calls, store, 32)] == [
+        f"ZRANGE {mail} 0 -1",
+        f"ZRANGEBYSCORE {mail} -inf 5",
+        f"HGETALL {usage}",
+        "EVALSHA summaries 20001 x",
+    ]

@@ -959,3 +959,14 @@ async def test_settings_come_from_the_config_file(
     r = await run_main(capsys, ["--config", str(config), "--node", NODE.hex(), "peers", "--json"])
     assert r.code == 0, r.err
     assert r.json()["node"] == NODE.hex()
+
+
+async def test_peers_limit_shows_the_first_peers_by_expiry(ctl: Ctl, store: Store) -> None:
+    for i, peer in enumerate((ALICE, BOB, key(7).pubkey)):
+        await put(store, peer, 30, ttl=600 + 60 * i)
+    r = await ctl("peers", "--json", "--limit", "2")
+    assert r.code == 0
+    assert [p["peer"] for p in r.json()["peers"]] == [ALICE.hex(), BOB.hex()]
+    r = await ctl("peers", "--limit", "0")
+    assert r.code == 2
+    assert "must be at least 1" in r.err

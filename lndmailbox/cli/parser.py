@@ -75,6 +75,14 @@ def count_arg(text: str) -> int:
     return n
 
 
+def limit_arg(text: str) -> int:
+    """A limit argument: a whole number, one or more."""
+    n = count_arg(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return n
+
+
 def hex_arg(text: str) -> str:
     """HEX or ``-`` (read stdin); the hex itself is checked by :func:`parse_hex`."""
     if text != "-":
@@ -147,7 +155,14 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         return sub.add_parser(name, parents=[late], help=help_text, description=help_text)
 
     command("status", "Redis, lnd, the daemon and what is queued, at a glance")
-    command("peers", "every peer with mail: online, messages, bytes, ages, allowed")
+    p = command("peers", "every peer with mail: online, messages, bytes, ages, allowed")
+    p.add_argument(
+        "--limit",
+        type=limit_arg,
+        default=None,
+        metavar="N",
+        help="only the N peers whose mail expires first (default: every peer)",
+    )
 
     p = command("show", "the messages held for one peer: unconfirmed, then queued")
     p.add_argument("peer", type=pubkey_arg, metavar="PEER", help="the peer's pubkey (hex)")
@@ -190,7 +205,7 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument(
         "--exit-after",
-        type=count_arg,
+        type=limit_arg,
         default=None,
         metavar="N",
         help="with --follow: stop after N new events",

@@ -1,4 +1,5 @@
-"""``mailboxctl peers``: every peer with mail, the one whose mail expires first first.
+"""``mailboxctl peers``: every peer with mail (or the first ``--limit``), the one whose mail
+expires first first.
 
 Online status comes from lnd (ListPeers) when lnd is reachable and serves the node shown;
 otherwise it is unknown (``?``, JSON ``null``) and a note on stderr says why.
@@ -25,7 +26,7 @@ _HEADERS = ["PEER", "ONLINE", "MSGS", "BYTES", "OLDEST", "NEWEST", "NEXT EXPIRY"
 async def run_peers(s: Session, args: argparse.Namespace) -> int:
     now = s.now()
     store = await s.store()
-    summaries = await store.queues.peer_summaries()
+    summaries = await store.queues.peer_summaries(limit=args.limit)
     allowed = set(await store.allowlist.members())
     online = await s.online_peers(store.node) if summaries else frozenset[bytes]()
     if isinstance(online, MailboxError):

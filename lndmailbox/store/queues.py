@@ -16,7 +16,7 @@ expiry count both lists: a message is held until it is confirmed or given up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -49,6 +49,12 @@ from lndmailbox.store.records import (
 
 log = logging.getLogger(__name__)
 
+PAGE = 32
+"""Peers one call reads when a read walks the mail index (the sweep, the daemon's start,
+``mailboxctl peers`` and ``status``): each call is bounded, however many peers have mail,
+so none holds Redis up for longer than a delivery batch (``python -m bench --only-scale``:
+at 64 the summaries script took about as long as one)."""
+
 
 def decode(peer: bytes, data: object) -> StoredMessage:
     """The message in a record Redis returned for ``peer``."""
@@ -66,10 +72,12 @@ class Queues:
         *,
         events_maxlen: int,
         events_keep: float | None = None,
+        page: int = PAGE,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits
+        self.page = max(page, 1)
         self.events_maxlen = events_maxlen
         keep = limits.ttl if events_keep is None else events_keep
         self.events_trim = trim_argument(events_maxlen, keep)
@@ -250,14 +258,26 @@ class Queues:
     async def sweep_expired(self, now: float) -> list[StoredMessage]:
         """Removes every expired message, queued or unconfirmed, of every peer whose earliest
         expiry has passed; each peer is one atomic step. Returns the removed messages for
-        the caller to count."""
-        peers = await self.redis.zrangebyscore(self.keys.mail_key, "-inf", ms(now))
+        the caller to count. The due peers are read :attr:`page` at a time: a swept peer
+        leaves the range (its earliest expiry is now later), so each page starts over at
+        the front, past any peer the sweep left due."""
         out: list[StoredMessage] = []
-        for member in peers:
-            peer = _peer(member)
-            reply = await self._sweep(keys=self.keys.peer_keys(peer), args=[peer.hex(), ms(now)])
-            out.extend(decode(peer, r) for r in reply)
-        return out
+        swept: set[bytes] = set()
+        stuck = 0
+        while True:
+            members = await self.redis.zrangebyscore(
+                self.keys.mail_key, "-inf", ms(now), start=stuck, num=self.page
+            )
+            due = [p for p in map(_peer, members) if p not in swept]
+            stuck += len(members) - len(due)
+            for peer in due:
+                reply = await self._sweep(
+                    keys=self.keys.peer_keys(peer), args=[peer.hex(), ms(now)]
+                )
+                out.extend(decode(peer, r) for r in reply)
+                swept.add(peer)
+            if len(members) < self.page:
+                return out
 
     @redis_errors
     async def purge(self, peer: bytes, id: str | None = None) -> int:
@@ -283,28 +303,26 @@ class Queues:
 
     @redis_errors
     async def unconfirmed_by_peer(self) -> dict[bytes, list[Unconfirmed]]:
-        """Every peer's unconfirmed messages (peers without any left out): one round trip
-        over the peers with mail, for the daemon's start."""
-        peers = await self.peers_with_mail()
-        if not peers:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for peer in peers:
-                pipe.lrange(self.keys.unconfirmed_key(peer), 0, -1)
-            replies = await pipe.execute(raise_on_error=False)
+        """Every peer's unconfirmed messages (peers without any left out), for the daemon's
+        start: one round trip per :attr:`page` of peers with mail."""
         out: dict[bytes, list[Unconfirmed]] = {}
-        for peer, entries in zip(peers, replies, strict=True):
-            if isinstance(entries, Exception):  # a key of the wrong type: left alone
-                log.warning("the unconfirmed list of %s is unreadable: %s", peer.hex(), entries)
-                continue
-            for entry in entries:
-                try:
-                    out.setdefault(peer, []).append(decode_unconfirmed(peer, as_bytes(entry)))
-                except RecordError as e:
-                    # Left as it is: it goes back to the queue with the rest of the
-                    # peer's unconfirmed mail (requeue.lua moves the whole list), or
-                    # expires.
-                    log.warning("an unconfirmed message of %s is unreadable: %s", peer.hex(), e)
+        async for page in self._mail_pages():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for peer, _ in page:
+                    pipe.lrange(self.keys.unconfirmed_key(peer), 0, -1)
+                replies = await pipe.execute(raise_on_error=False)
+            for (peer, _), entries in zip(page, replies, strict=True):
+                if isinstance(entries, Exception):  # a key of the wrong type: left alone
+                    log.warning("the unconfirmed list of %s is unreadable: %s", peer.hex(), entries)
+                    continue
+                for entry in entries:
+                    try:
+                        out.setdefault(peer, []).append(decode_unconfirmed(peer, as_bytes(entry)))
+                    except RecordError as e:
+                        # Left as it is: it goes back to the queue with the rest of the
+                        # peer's unconfirmed mail (requeue.lua moves the whole list), or
+                        # expires.
+                        log.warning("an unconfirmed message of %s is unreadable: %s", peer.hex(), e)
         return out
 
     @redis_errors
@@ -315,14 +333,21 @@ class Queues:
     @redis_errors
     async def peers_with_mail(self) -> list[bytes]:
         """Peers with messages held (queued or unconfirmed), earliest expiry first."""
-        return [_peer(m) for m in await self.redis.zrange(self.keys.mail_key, 0, -1)]
+        return [peer for peer, _ in await self._by_expiry()]
 
     @redis_errors
-    async def peer_summaries(self) -> list[PeerSummary]:
-        """One summary per peer with mail, earliest expiry first (one round trip for all)."""
-        peers = [_peer(m) for m in await self.redis.zrange(self.keys.mail_key, 0, -1)]
-        if not peers:
-            return []
+    async def peer_summaries(self, limit: int | None = None) -> list[PeerSummary]:
+        """One summary per peer with mail, earliest expiry first; the first ``limit`` only
+        if given. One script run per :attr:`page` of peers."""
+        peers = [peer for peer, _ in await self._by_expiry()]
+        out: list[PeerSummary] = []
+        for start in range(0, len(peers), self.page):
+            if limit is not None and len(out) >= limit:
+                break
+            out += await self._summaries_of(peers[start : start + self.page])
+        return out if limit is None else out[:limit]
+
+    async def _summaries_of(self, peers: Sequence[bytes]) -> list[PeerSummary]:
         keys = [self.keys.usage_key]
         for p in peers:
             keys += (self.keys.queue_key(p), self.keys.unconfirmed_key(p))
@@ -345,6 +370,30 @@ class Queues:
                     unconfirmed=int(unconfirmed),
                 )
             )
+        return out
+
+    async def _mail_pages(self) -> AsyncIterator[list[tuple[bytes, float]]]:
+        """The mail index, (peer, earliest expiry ms) about :attr:`page` at a time, in no
+        order, each peer once: ZSCAN returns every peer that stays in the index throughout
+        at least once, whatever changes meanwhile, which a cursor by rank or score would
+        not (a peer leaving shifts the ranks; peers share scores)."""
+        seen: set[bytes] = set()
+        cursor = 0
+        while True:
+            cursor, items = await self.redis.zscan(self.keys.mail_key, cursor, count=self.page)
+            page = [(p, float(score)) for p, score in ((_peer(m), s) for m, s in items)]
+            page = [(p, score) for p, score in page if p not in seen]
+            seen.update(p for p, _ in page)
+            if page:
+                yield page
+            if not cursor:
+                return
+
+    async def _by_expiry(self) -> list[tuple[bytes, float]]:
+        """The whole mail index read in pages, earliest expiry first (ties by peer, as
+        ZRANGE orders them)."""
+        out = [item async for page in self._mail_pages() for item in page]
+        out.sort(key=lambda item: (item[1], item[0].hex()))
         return out
 
     @redis_errors
