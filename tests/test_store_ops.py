@@ -13,6 +13,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from redis.asyncio.cluster import RedisCluster
 
 from lndmailbox.errors import RecordError, StoreError, StoreUnavailableError
 from lndmailbox.store import (
@@ -32,11 +34,18 @@ from lndmailbox.store import (
     free_port,
 )
 from lndmailbox.store.audit import audit
+from lndmailbox.store.client import RedisClient
 from tests.daemon_harness import wait_until
-from tests.store_helpers import put_one
+from tests.store_helpers import put_one, set_maxmemory
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("03" + "22" * 32)
+
+
+@pytest.fixture
+def redis_client(server_or_cluster: RedisClient) -> RedisClient:
+    """Each test on one server and on a Cluster."""
+    return server_or_cluster
 
 
 def pubkey() -> bytes:
@@ -179,7 +188,7 @@ async def test_a_lock_whose_lease_ran_out_is_taken_again_even_out_of_memory(
     assert await store.control.renew_lock("one", lease=10) is LockRenewal.RETAKEN
     assert await store.control.lock_owner() == "one"
     assert 9_000 < await redis_client.pttl(store.keys.lock_key) <= 10_000
-    await redis_client.config_set("maxmemory", 1)
+    await set_maxmemory(redis_client, 1)
     try:
         with pytest.raises(StoreUnavailableError):
             await store.control.write_heartbeat({"pid": 1})  # an ordinary write is refused
@@ -188,7 +197,7 @@ async def test_a_lock_whose_lease_ran_out_is_taken_again_even_out_of_memory(
         assert await store.control.renew_lock("one", lease=20) is LockRenewal.RETAKEN
         assert await store.control.release_lock("one")
     finally:
-        await redis_client.config_set("maxmemory", 0)
+        await set_maxmemory(redis_client, 0)
 
 
 async def test_heartbeat(store: Store, redis_client: aioredis.Redis) -> None:
@@ -307,29 +316,39 @@ async def test_redis_stopping_under_the_store(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def acl_user(client: aioredis.Redis, name: str, password: str) -> AsyncIterator[None]:
-    """The user docs/redis-schema.md tells operators to create."""
+async def acl_user(client: RedisClient, name: str, password: str) -> AsyncIterator[None]:
+    """The user docs/redis-schema.md tells operators to create (on every node of a
+    Cluster: each node has its own users)."""
+    nodes: dict[str, Any] = (
+        {"target_nodes": RedisCluster.ALL_NODES} if isinstance(client, RedisCluster) else {}
+    )
     await client.acl_setuser(
         name,
         enabled=True,
         passwords=[f"+{password}"],
         keys=["lndmailbox:*"],
         categories=["+@all", "-@dangerous"],
-        commands=["+info", "+memory"],
+        commands=["+info", "+memory", "+cluster|slots", "+cluster|shards"],
         reset_keys=True,
         reset_channels=True,
+        **nodes,
     )
     try:
         yield
     finally:
-        await client.acl_deluser(name)
+        await client.acl_deluser(name, **nodes)
+
+
+def with_credentials(url: str, credentials: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{credentials}@{rest}"
 
 
 async def test_acl_user_and_password_url(
-    redis_client: aioredis.Redis, redis_server: RedisServer
+    redis_client: RedisClient, server_or_cluster_url: str
 ) -> None:
     async with acl_user(redis_client, "mailbox", "s3cr%t"):
-        url = f"redis://mailbox:s3cr%25t@127.0.0.1:{redis_server.port}/0"
+        url = with_credentials(server_or_cluster_url, "mailbox:s3cr%25t")
         async with Store.from_url(url, NODE) as store:
             peer = pubkey()
             put = await put_one(store, peer, pubkey(), pubkey(), b"\x00" * 100, NOW)
@@ -356,7 +375,7 @@ async def test_acl_user_and_password_url(
             assert (await store.queues.stats()).messages == 0
             assert await store.queues.peer_summaries() == []
             assert await audit(store) == []
-        wrong = f"redis://mailbox:nope@127.0.0.1:{redis_server.port}/0"
+        wrong = with_credentials(server_or_cluster_url, "mailbox:nope")
         async with Store.from_url(wrong, NODE, retry=None) as store:
             with pytest.raises(StoreError, match="credentials") as info:
                 await store.control.lock_owner()

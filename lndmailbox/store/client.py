@@ -64,6 +64,14 @@ def redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any,
             raise StoreUnavailableError(
                 f"the Redis Cluster cannot take {fn.__name__} now: {e}"
             ) from e
+        except rexc.RedisClusterException as e:
+            # The slot map could not be read from any node: why is the last node's error.
+            cause = e.__cause__
+            if isinstance(cause, rexc.AuthenticationError | rexc.AuthorizationError):
+                raise StoreError(f"Redis refused the credentials: {cause}") from e
+            if isinstance(cause, rexc.ConnectionError | rexc.TimeoutError | OSError):
+                raise StoreUnavailableError(f"the Redis Cluster is unavailable: {e}") from e
+            raise StoreError(f"the Redis Cluster refused {fn.__name__}: {e}") from e
         except rexc.RedisError as e:
             if isinstance(e, rexc.OutOfMemoryError) or str(e).startswith(_PASSING_REFUSALS):
                 # Redis will take the command again once memory, a failover or a busy

@@ -32,6 +32,7 @@ class Server:
 
     async def _info(self, section: str) -> dict[str, Any]:
         if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()  # the slot map, on a client's first call
             shard = self.redis.get_node_from_key(self.keys.counters_key)
             found: dict[str, Any] = await self.redis.info(section, target_nodes=shard)
             return found
