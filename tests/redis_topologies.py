@@ -194,13 +194,15 @@ class LocalCluster:
                         return next(n for n in self.nodes if n.port == port)
         raise AssertionError("no running node")
 
-    def fail_over(self, key: str, *, before_restart: Callable[[], None] | None = None) -> int:
-        """Kills the primary of ``key``'s slot, waits for its replica to be promoted,
-        then brings the dead one back as a replica, in sync. Returns the seconds from the
-        kill until the slot had a primary again (for the test's log)."""
+    def kill_primary(self, key: str) -> Process:
+        """SIGKILLs the primary of ``key``'s slot; returns it."""
         old = self.primary_for(key)
         old.kill()
-        killed = time.monotonic()
+        return old
+
+    def wait_for_failover(self, key: str, old: Process) -> Process:
+        """Waits until a replica has taken ``key``'s slot over from ``old`` and the
+        cluster is ok again; returns the new primary."""
 
         def promoted() -> bool:
             new = self.primary_for(key)
@@ -210,12 +212,13 @@ class LocalCluster:
                 return b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
 
         wait_for(f"a replica to take over from {old.port}", promoted, _FAILOVER_TIMEOUT)
-        took = time.monotonic() - killed
-        if before_restart is not None:
-            before_restart()
+        return self.primary_for(key)
+
+    def restore(self, old: Process) -> None:
+        """Brings a killed node back (it rejoins as a replica) and waits until every shard
+        has a primary and a replica in sync again."""
         old.start()
         self.wait_healthy()
-        return round(took)
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -305,13 +308,15 @@ class SentinelGroup:
 
         wait_for("the sentinel group to be healthy", healthy, _STARTUP_TIMEOUT)
 
-    def fail_over(self, *, before_restart: Callable[[], None] | None = None) -> int:
-        """Kills the primary, waits for the sentinels to announce the replica as the new
-        one, then brings the old primary back (the sentinels make it a replica). Returns
-        the seconds from the kill to the announcement."""
+    def kill_primary(self) -> Process:
+        """SIGKILLs the primary the sentinels name; returns it."""
         old = self.primary()
         old.kill()
-        killed = time.monotonic()
+        return old
+
+    def wait_for_failover(self, old: Process) -> Process:
+        """Waits until the sentinels announce another primary than ``old`` and it has
+        taken the role; returns it."""
         wait_for(
             "the sentinels to announce a new primary",
             lambda: (
@@ -320,12 +325,13 @@ class SentinelGroup:
             ),
             _FAILOVER_TIMEOUT,
         )
-        took = time.monotonic() - killed
-        if before_restart is not None:
-            before_restart()
+        return self.primary()
+
+    def restore(self, old: Process) -> None:
+        """Brings the old primary back (the sentinels make it a replica) and waits for it
+        to be in sync."""
         old.start()
         self.wait_healthy()
-        return round(took)
 
     def flush(self) -> None:
         with self.primary().client() as c:

@@ -1,0 +1,216 @@
+"""The store on a real Redis Cluster (3 primaries, 3 replicas) and a real Sentinel group (a
+primary, a replica, 3 sentinels): every kind of operation, scripts reloaded after
+NOSCRIPT, and a primary killed mid-use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from lndmailbox.errors import StoreUnavailableError
+from lndmailbox.store import Limits, LockRenewal, PutStatus, Store
+from lndmailbox.store.audit import audit
+from lndmailbox.store.journal import NewEntry, entry_for
+from tests.redis_topologies import LocalCluster, Process, SentinelGroup
+from tests.store_helpers import put_one
+
+log = logging.getLogger(__name__)
+
+NOW = 1_700_000_000.0
+NODE = bytes.fromhex("02" + "33" * 32)
+
+
+def pubkey() -> bytes:
+    return b"\x02" + os.urandom(32)
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def topology_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+async def test_every_operation(topology_url: str) -> None:
+    """put, peek, deliver, confirm, requeue, sweep, purge, journal, lock, heartbeat,
+    allowlist, counters and stats through the URL's client."""
+    async with Store.from_url(topology_url, NODE, Limits(ttl=100.0)) as store:
+        bob, carol = pubkey(), pubkey()
+        ids = [(await put_one(store, bob, pubkey(), pubkey(), os.urandom(500), NOW)).message_id]
+        ids.append((await put_one(store, bob, pubkey(), pubkey(), os.urandom(500), NOW)).message_id)
+        short = await put_one(store, carol, pubkey(), pubkey(), os.urandom(200), NOW, ttl=5.0)
+        assert short.status is PutStatus.STORED
+        ready, expired = await store.queues.peek(bob, NOW + 1, limit=10)
+        assert ([m.id for m in ready], expired) == (ids, [])
+        assert await store.queues.move_delivered(ready, 1000) == 2
+        assert len((await store.queues.unconfirmed_by_peer())[bob]) == 2
+        back, given_up = await store.queues.requeue(bob, 3)
+        assert ([m.id for m in back], given_up) == (ids, [])
+        ready, _ = await store.queues.peek(bob, NOW + 1, limit=10)
+        assert await store.queues.move_delivered(ready, 2000) == 2
+        confirmed = await store.queues.confirm(bob, [(ids[0], 2000)])
+        assert [m.id for m in confirmed] == [ids[0]]
+        assert [m.id for m in await store.queues.sweep_expired(NOW + 10)] == [short.message_id]
+        assert await store.queues.purge(bob) == 1
+        assert (await store.queues.stats()).messages == 0
+
+        path_key, onion = pubkey(), os.urandom(300)
+        entry = NewEntry(entry_for(path_key, onion), pubkey(), path_key, onion, NOW)
+        assert await store.journal.write([entry]) == 0
+        assert [e.entry for e in await store.journal.pending()] == [entry.entry]
+        assert await store.journal.write(decided=[entry.entry]) == 0
+        assert await store.journal.pending() == []
+
+        assert await store.control.acquire_lock("me", 5)
+        assert await store.control.renew_lock("me", 5) is LockRenewal.RENEWED
+        await store.control.write_heartbeat({"pid": 1})
+        assert await store.control.read_heartbeat() == {"pid": "1"}
+        await store.control.request_delivery(carol)
+        assert await store.control.wait_delivery_requests(0.1) == [carol]
+        assert await store.control.release_lock("me")
+        await store.allowlist.add([carol])
+        assert await store.allowlist.members() == [carol]
+        await store.events.record(counters={"stored": 3})
+        assert (await store.events.counters())["stored"] >= 3
+        assert (await store.server.info()).used_memory > 0
+        assert await store.server.memory_usage() > 0
+        assert await Store.nodes_at(topology_url) == [NODE]
+        assert await audit(store) == []
+
+
+async def _flush_scripts(store: Store) -> None:
+    if isinstance(store.redis, RedisCluster):
+        await store.redis.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await store.redis.script_flush()
+
+
+async def test_scripts_are_loaded_again_after_script_flush(topology_url: str) -> None:
+    """After SCRIPT FLUSH (what a failover to a replica that never ran a script looks
+    like) the next call gets NOSCRIPT, loads the script again and succeeds."""
+    async with Store.from_url(topology_url, NODE) as store:
+        peer = pubkey()
+        first = await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+        await _flush_scripts(store)
+        assert not any(await store.redis.script_exists(store.queues._put.sha))
+        second = await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+        assert {first.status, second.status} == {PutStatus.STORED}
+        assert all(await store.redis.script_exists(store.queues._put.sha))
+        assert [m.id for m in await store.queues.messages(peer)] == [
+            first.message_id,
+            second.message_id,
+        ]
+
+
+async def _wait_replicated(store: Store) -> None:
+    """WAIT until the primary holding the node's keys has a replica with every write."""
+    if isinstance(store.redis, RedisCluster):
+        node = store.redis.get_node_from_key(store.keys.counters_key)
+        acked = await store.redis.execute_command("WAIT", 1, 10_000, target_nodes=node)
+    else:
+        acked = await store.redis.execute_command("WAIT", 1, 10_000)  # type: ignore[no-untyped-call]
+    assert int(acked) >= 1, "a replica has the writes"
+
+
+async def _through_failover(
+    store: Store, kill: Callable[[], Process], wait: Callable[[Process], Process]
+) -> tuple[list[str], int, Process, Process]:
+    """Kills the primary, then puts one message after another until the failover is
+    over and five more went through; returns (ids acknowledged, calls that failed,
+    the old primary, the new one). Every failure must be StoreUnavailableError."""
+    peer = bytes.fromhex("02" + "44" * 32)
+    old = kill()
+    done = asyncio.get_running_loop().create_future()
+    waiter = asyncio.create_task(asyncio.to_thread(wait, old))
+    waiter.add_done_callback(lambda t: done.set_result(None))
+    acked: list[str] = []
+    failed = after = 0
+    while after < 5:
+        try:
+            put = await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+        except StoreUnavailableError as e:
+            failed += 1
+            log.info("during the failover: %s", e)
+            await asyncio.sleep(0.1)
+            continue
+        assert put.status is PutStatus.STORED
+        acked.append(put.message_id)
+        if done.done():
+            after += 1
+        else:
+            await asyncio.sleep(0.05)
+    return acked, failed, old, await waiter
+
+
+async def _check_failover(
+    url: str,
+    kill: Callable[[], Process],
+    wait: Callable[[Process], Process],
+    restore: Callable[[Process], None],
+    points_at: Callable[[Store], Awaitable[int]],
+) -> None:
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    async with Store.from_url(url, NODE, Limits(ttl=3600.0, max_messages_per_peer=10_000)) as store:
+        peers = [b"\x02" + rng.randbytes(32) for _ in range(5)]
+        before = [
+            (await put_one(store, p, pubkey(), pubkey(), rng.randbytes(400), NOW)).message_id
+            for p in peers
+            for _ in range(4)
+        ]
+        await _wait_replicated(store)
+        acked, failed, old, new = await _through_failover(store, kill, wait)
+        print(f"{len(acked)} puts acknowledged around the failover, {failed} failed")
+        assert failed > 0, "the calls during the failover failed"
+        assert await points_at(store) == new.port, "the client found the new primary"
+        try:
+            held = {m.id for p in peers for m in await store.queues.messages(p)}
+            assert set(before) <= held, "nothing replicated before the kill was lost"
+            peer = bytes.fromhex("02" + "44" * 32)
+            assert [m.id for m in await store.queues.messages(peer)] == acked
+            assert await audit(store) == []
+        finally:
+            await asyncio.to_thread(restore, old)
+        assert (await store.queues.stats()).messages == len(before) + len(acked)
+
+
+async def test_a_cluster_failover_is_an_outage_and_loses_nothing_replicated(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    key = f"lndmailbox:{{{NODE.hex()}}}:counters"
+
+    async def points_at(store: Store) -> int:
+        assert isinstance(store.redis, RedisCluster)
+        node = store.redis.get_node_from_key(key)
+        assert node is not None
+        return int(node.port)
+
+    await _check_failover(
+        cluster_url,
+        lambda: redis_cluster.kill_primary(key),
+        lambda old: redis_cluster.wait_for_failover(key, old),
+        redis_cluster.restore,
+        points_at,
+    )
+
+
+async def test_a_sentinel_failover_is_an_outage_and_loses_nothing_replicated(
+    redis_sentinel: SentinelGroup, sentinel_url: str
+) -> None:
+    async def points_at(store: Store) -> int:
+        address = await store.redis.connection_pool.get_master_address()  # type: ignore[union-attr]
+        return int(address[1])
+
+    await _check_failover(
+        sentinel_url,
+        redis_sentinel.kill_primary,
+        redis_sentinel.wait_for_failover,
+        redis_sentinel.restore,
+        points_at,
+    )
