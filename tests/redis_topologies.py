@@ -194,6 +194,63 @@ class LocalCluster:
                         return next(n for n in self.nodes if n.port == port)
         raise AssertionError("no running node")
 
+    def primaries(self) -> list[Process]:
+        return [
+            n for n in self.nodes if n.running and _info(n, "replication").get("role") == "master"
+        ]
+
+    @staticmethod
+    def node_id(node: Process) -> str:
+        with node.client() as c:
+            found: bytes = c.execute_command("CLUSTER", "MYID")
+            return found.decode()
+
+    def begin_moving(self, key: str) -> tuple[Process, Process]:
+        """Marks ``key``'s slot as moving from its primary to another (MIGRATING and
+        IMPORTING); returns (from, to)."""
+        source = self.primary_for(key)
+        target = next(n for n in self.primaries() if n is not source)
+        with source.client() as c:
+            slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+        with target.client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        with source.client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source, target
+
+    @staticmethod
+    def move_keys(source: Process, target: Process, keys: list[bytes]) -> None:
+        with source.client() as c:
+            c.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+    def finish_moving(self, key: str, source: Process, target: Process) -> None:
+        """Moves the slot's remaining keys and gives the slot to ``target`` on every
+        primary; waits until every node agrees."""
+        with source.client() as c:
+            slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+            left = c.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10_000)
+        if left:
+            self.move_keys(source, target, left)
+        owner = self.node_id(target)
+        for node in [target, source, *(p for p in self.primaries() if p not in (source, target))]:
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner)
+        wait_for(
+            f"every node to give slot {slot} to {target.port}",
+            lambda: all(
+                self._owner_seen_by(n, slot) == target.port for n in self.nodes if n.running
+            ),
+            _STARTUP_TIMEOUT,
+        )
+
+    @staticmethod
+    def _owner_seen_by(node: Process, slot: int) -> int | None:
+        with node.client() as c:
+            for first, last, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return int(primary[1])
+        return None
+
     def kill_primary(self, key: str) -> Process:
         """SIGKILLs the primary of ``key``'s slot; returns it."""
         old = self.primary_for(key)

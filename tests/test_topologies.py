@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, TryAgainError
 
 from lndmailbox.errors import StoreUnavailableError
 from lndmailbox.store import Limits, LockRenewal, PutStatus, Store
@@ -105,6 +106,42 @@ async def test_scripts_are_loaded_again_after_script_flush(topology_url: str) ->
             first.message_id,
             second.message_id,
         ]
+
+
+async def test_the_cluster_client_follows_ask_and_moved(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    """The node's slot moves to another shard under a running store: a key already moved
+    is read through ASK, a script over half-moved keys is refused as unavailable
+    (TRYAGAIN) rather than run on part of them, and once the slot has moved MOVED sends
+    the client to the new shard, where everything is."""
+    async with Store.from_url(cluster_url, NODE) as store:
+        peer, other = pubkey(), pubkey()
+        ids = [
+            (await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)).message_id
+            for _ in range(3)
+        ]
+        await put_one(store, other, pubkey(), pubkey(), os.urandom(300), NOW)
+        queue = store.keys.queue_key(peer)
+        source, target = await asyncio.to_thread(redis_cluster.begin_moving, queue)
+        try:
+            await asyncio.to_thread(redis_cluster.move_keys, source, target, [queue.encode()])
+            assert [m.id for m in await store.queues.messages(peer)] == ids, "ASK followed"
+            with pytest.raises(StoreUnavailableError) as refused:
+                await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+            print(f"a script over half-moved keys: {refused.value!r}")
+            assert isinstance(refused.value.__cause__, ClusterError | TryAgainError)
+        finally:
+            await asyncio.to_thread(redis_cluster.finish_moving, queue, source, target)
+        assert [m.id for m in await store.queues.messages(peer)] == ids, "MOVED followed"
+        assert isinstance(store.redis, RedisCluster)
+        node = store.redis.get_node_from_key(queue)
+        assert node is not None
+        assert node.port == target.port, "the slot map was updated"
+        put = await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+        assert put.status is PutStatus.STORED
+        assert (await store.queues.stats()).messages == 5
+        assert await audit(store) == []
 
 
 async def _wait_replicated(store: Store) -> None:
