@@ -108,10 +108,15 @@ def _info(process: Process, section: str) -> dict[str, object]:
 
 
 class LocalCluster:
-    """Three primaries with one replica each, slots split evenly."""
+    """Three primaries with one replica each (or none), slots split evenly."""
 
-    def __init__(self, directory: Path) -> None:
-        self.bus_ports = [free_port() for _ in range(6)]
+    def __init__(
+        self, directory: Path, *, replicas: bool = True, client_ports: list[int] | None = None
+    ) -> None:
+        """``client_ports``: the ports each node tells clients to use (MOVED, CLUSTER
+        SLOTS) instead of its own, for a TLS terminator in front of each."""
+        count = 6 if replicas else 3
+        self.bus_ports = [free_port() for _ in range(count)]
         self.nodes = [
             Process(
                 directory / f"node{i}",
@@ -126,9 +131,10 @@ class LocalCluster:
                     "cluster-replica-validity-factor 0",
                     "appendonly no",
                     'save ""',
+                    *([f"cluster-announce-client-port {client_ports[i]}"] if client_ports else []),
                 ],
             )
-            for i, port in enumerate(free_port() for _ in range(6))
+            for i, port in enumerate(free_port() for _ in range(count))
         ]
 
     @property
@@ -149,7 +155,7 @@ class LocalCluster:
         with primaries[0].client() as c:
             for node, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
                 c.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
-        for replica, primary in zip(replicas, primaries, strict=True):
+        for replica, primary in zip(replicas, primaries, strict=False):
 
             def knows(replica: Process = replica, primary: Process = primary) -> bool:
                 with replica.client() as c:

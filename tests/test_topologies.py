@@ -5,21 +5,24 @@ NOSCRIPT, and a primary killed mid-use."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError, TryAgainError
 
 from lndmailbox.errors import StoreUnavailableError
-from lndmailbox.store import Limits, LockRenewal, PutStatus, Store
+from lndmailbox.store import Limits, LockRenewal, PutStatus, Store, free_port
 from lndmailbox.store.audit import audit
 from lndmailbox.store.journal import NewEntry, entry_for
 from tests.redis_topologies import LocalCluster, Process, SentinelGroup
 from tests.store_helpers import put_one
+from tests.tls_terminator import self_signed, tls_terminator
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,35 @@ async def test_the_cluster_client_follows_ask_and_moved(
         assert put.status is PutStatus.STORED
         assert (await store.queues.stats()).messages == 5
         assert await audit(store) == []
+
+
+async def test_rediss_cluster_url(tmp_path: Path) -> None:
+    """rediss+cluster:// to a Cluster whose nodes sit behind TLS terminators (the valkey
+    build has no TLS) and name the terminators' ports to clients: the slot map and every
+    node's connection go over TLS, verified against the given CA."""
+    cert, key = self_signed(tmp_path)
+    tls_ports = [free_port() for _ in range(3)]
+    cluster = LocalCluster(tmp_path / "cluster", replicas=False, client_ports=tls_ports)
+    try:
+        await asyncio.to_thread(cluster.start)
+        async with contextlib.AsyncExitStack() as stack:
+            for node, port in zip(cluster.nodes, tls_ports, strict=True):
+                await stack.enter_async_context(tls_terminator(node.port, cert, key, port=port))
+            url = f"rediss+cluster://127.0.0.1:{tls_ports[0]}?ssl_ca_certs={cert}"
+            async with Store.from_url(url, NODE) as store:
+                peers = [pubkey() for _ in range(3)]
+                for peer in peers:
+                    await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+                assert isinstance(store.redis, RedisCluster)
+                assert {n.port for n in store.redis.get_nodes()} == set(tls_ports)
+                assert sorted(await store.queues.peers_with_mail()) == sorted(peers)
+                assert await Store.nodes_at(url) == [NODE]
+                assert await audit(store) == []
+            async with Store.from_url(url.partition("?")[0], NODE) as store:
+                with pytest.raises(StoreUnavailableError):
+                    await store.control.lock_owner()  # the certificate is not trusted
+    finally:
+        cluster.stop()
 
 
 async def _wait_replicated(store: Store) -> None:
