@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError, TryAgainError
+from simnet import Personality
 
 from lndmailbox.errors import StoreUnavailableError
 from lndmailbox.store import Limits, LockRenewal, PutStatus, Store, free_port
 from lndmailbox.store.audit import audit
 from lndmailbox.store.journal import NewEntry, entry_for
+from tests.daemon_harness import World, stored_count, wait_until, world
 from tests.redis_topologies import LocalCluster, Process, SentinelGroup
 from tests.store_helpers import put_one
 from tests.tls_terminator import self_signed, tls_terminator
@@ -283,3 +285,54 @@ async def test_a_sentinel_failover_is_an_outage_and_loses_nothing_replicated(
         redis_sentinel.restore,
         points_at,
     )
+
+
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+async def test_the_daemon_rides_out_a_failover(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The daemon (lnd 0.21) on a Cluster or Sentinel: a message stored before the
+    primary dies and one that arrives while it fails over are both delivered when bob
+    comes back; the daemon's own retrying (no code of this test) carries it through."""
+    url: str = request.getfixturevalue(f"{kind}_url")
+    deployment: LocalCluster | SentinelGroup = request.getfixturevalue(f"redis_{kind}")
+    async with world(Personality.LND_0_21, url, tmp_path, confirm_after=0.2) as w:
+        key = w.store.keys.counters_key
+        await w.start_daemon()
+        await w.alice.send_onion_message(w.message_for_bob(b"before"))
+        await stored_count(w, 1)
+        await asyncio.to_thread(_wait_replicated_sync, deployment, key)
+        if isinstance(deployment, LocalCluster):
+            old = deployment.kill_primary(key)
+        else:
+            old = deployment.kill_primary()
+        await w.alice.send_onion_message(w.message_for_bob(b"during"))
+        try:
+            if isinstance(deployment, LocalCluster):
+                await asyncio.to_thread(deployment.wait_for_failover, key, old)
+            else:
+                await asyncio.to_thread(deployment.wait_for_failover, old)
+            await wait_until(lambda: _held(w, 2), within=30.0, what="both stored")
+            w.bob.connect()
+            await wait_until(lambda: len(w.bob.received) == 2, within=30.0, what="delivery")
+            assert await w.payloads_received(w.bob) == [b"before", b"during"]
+            await wait_until(lambda: _held(w, 0), within=30.0, what="confirmed")
+        finally:
+            await asyncio.to_thread(deployment.restore, old)
+
+
+async def _held(w: World, count: int) -> bool:
+    try:
+        return len(await w.held_for(w.bob)) == count
+    except StoreUnavailableError:
+        return False
+
+
+def _wait_replicated_sync(deployment: LocalCluster | SentinelGroup, key: str) -> None:
+    primary = (
+        deployment.primary_for(key)
+        if isinstance(deployment, LocalCluster)
+        else deployment.primary()
+    )
+    with primary.client() as c:
+        assert int(c.execute_command("WAIT", 1, 10_000)) >= 1
