@@ -9,6 +9,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from lndmailbox.config import Settings
+from lndmailbox.daemon import run
 from lndmailbox.errors import ConfigError
 from lndmailbox.logs import scrub_text
 from lndmailbox.store.client import connect
@@ -128,3 +129,9 @@ def test_logs_and_settings_hide_every_password_of_a_url() -> None:
         assert "pw1" not in shown
         assert "pw2" not in shown
         assert "s1:1,s2:2/m" in shown
+
+
+async def test_the_daemon_refuses_a_bad_url_before_it_asks_lnd() -> None:
+    settings = Settings(redis_url="redis+sentinel://127.0.0.1:1", rpcserver="127.0.0.1:1")
+    with pytest.raises(ConfigError, match="ends in /<service>"):
+        await run(settings)

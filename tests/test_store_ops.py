@@ -322,7 +322,7 @@ async def acl_user(client: RedisClient, name: str, password: str) -> AsyncIterat
         passwords=[f"+{password}"],
         keys=["lndmailbox:*"],
         categories=["+@all", "-@dangerous"],
-        commands=["+info", "+memory", "+cluster|slots", "+cluster|shards"],
+        commands=["+info", "+memory"],
         reset_keys=True,
         reset_channels=True,
         **nodes,
