@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -13,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from coincurve import PrivateKey
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError, TryAgainError
 from simnet import Personality
 
+from lndmailbox.cli import main as mailboxctl
 from lndmailbox.errors import StoreUnavailableError
 from lndmailbox.store import Limits, LockRenewal, PutStatus, Store, free_port
 from lndmailbox.store.audit import audit
@@ -336,3 +339,39 @@ def _wait_replicated_sync(deployment: LocalCluster | SentinelGroup, key: str) ->
     )
     with primary.client() as c:
         assert int(c.execute_command("WAIT", 1, 10_000)) >= 1
+
+
+async def test_mailboxctl_on_the_url(
+    topology_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mailboxctl finds the only mailbox there, lists its peers, purges one."""
+    async with Store.from_url(topology_url, NODE) as store:
+        bob, carol = (PrivateKey().public_key.format() for _ in range(2))
+        for peer in (bob, carol, carol):
+            await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+    (tmp_path / "empty.toml").write_text("")
+    flags = ["--config", str(tmp_path / "empty.toml"), "--redis-url", topology_url]
+    flags += ["--rpcserver", f"127.0.0.1:{free_port()}", "--tlscertpath", str(tmp_path / "no")]
+
+    async def ctl(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(mailboxctl, [*flags, "--json", *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return code, out
+
+    code, out = await ctl("peers")
+    assert code == 0
+    assert {(p["peer"], p["messages"]) for p in json.loads(out)["peers"]} == {
+        (bob.hex(), 1),
+        (carol.hex(), 2),
+    }
+    code, out = await ctl("status")
+    assert code == 0
+    status = json.loads(out)
+    assert (status["node"], status["mail"]["messages"]) == (NODE.hex(), 3)
+    assert status["redis"]["reachable"]
+    assert status["redis"]["mailbox_memory"] > 0
+    assert (await ctl("purge", carol.hex(), "--yes"))[0] == 0
+    code, out = await ctl("peers")
+    assert [p["peer"] for p in json.loads(out)["peers"]] == [bob.hex()]
