@@ -205,6 +205,11 @@ class LocalCluster:
             n for n in self.nodes if n.running and _info(n, "replication").get("role") == "master"
         ]
 
+    def replicas(self) -> list[Process]:
+        return [
+            n for n in self.nodes if n.running and _info(n, "replication").get("role") == "slave"
+        ]
+
     @staticmethod
     def node_id(node: Process) -> str:
         with node.client() as c:
@@ -370,6 +375,10 @@ class SentinelGroup:
             return True
 
         wait_for("the sentinel group to be healthy", healthy, _STARTUP_TIMEOUT)
+
+    def replicas(self) -> list[Process]:
+        primary = self.primary()
+        return [s for s in self.servers if s is not primary and s.running]
 
     def kill_primary(self) -> Process:
         """SIGKILLs the primary the sentinels name; returns it."""

@@ -64,6 +64,7 @@ async def test_every_operation(topology_url: str) -> None:
         assert await store.queues.move_delivered(ready, 2000) == 2
         confirmed = await store.queues.confirm(bob, [(ids[0], 2000)])
         assert [m.id for m in confirmed] == [ids[0]]
+        assert await store.queues.totals() == (2, 2, 500 + 33 + 200 + 33)  # one confirmed
         assert [m.id for m in await store.queues.sweep_expired(NOW + 10)] == [short.message_id]
         assert await store.queues.purge(bob) == 1
         assert (await store.queues.stats()).messages == 0
@@ -221,7 +222,13 @@ async def _through_failover(
     return acked, failed, old, await waiter
 
 
+def _has_script(server: Process, sha: str) -> bool:
+    with server.client() as c:
+        return bool(c.script_exists(sha)[0])
+
+
 async def _check_failover(
+    deployment: LocalCluster | SentinelGroup,
     url: str,
     kill: Callable[[], Process],
     wait: Callable[[Process], Process],
@@ -239,6 +246,10 @@ async def _check_failover(
             for _ in range(4)
         ]
         await _wait_replicated(store)
+        sha = store.queues._put.sha
+        assert not any(_has_script(r, sha) for r in deployment.replicas()), (
+            "the replica to be promoted never ran the scripts: its first put is NOSCRIPT"
+        )
         acked, failed, old, new = await _through_failover(store, kill, wait)
         print(f"{len(acked)} puts acknowledged around the failover, {failed} failed")
         assert failed > 0, "the calls during the failover failed"
@@ -266,6 +277,7 @@ async def test_a_cluster_failover_is_an_outage_and_loses_nothing_replicated(
         return int(node.port)
 
     await _check_failover(
+        redis_cluster,
         cluster_url,
         lambda: redis_cluster.kill_primary(key),
         lambda old: redis_cluster.wait_for_failover(key, old),
@@ -282,6 +294,7 @@ async def test_a_sentinel_failover_is_an_outage_and_loses_nothing_replicated(
         return int(address[1])
 
     await _check_failover(
+        redis_sentinel,
         sentinel_url,
         redis_sentinel.kill_primary,
         redis_sentinel.wait_for_failover,
