@@ -388,3 +388,14 @@ async def test_mailboxctl_on_the_url(
     assert (await ctl("purge", carol.hex(), "--yes"))[0] == 0
     code, out = await ctl("peers")
     assert [p["peer"] for p in json.loads(out)["peers"]] == [bob.hex()]
+
+
+async def test_on_sentinel_more_concurrent_calls_than_connections_wait(sentinel_url: str) -> None:
+    """Sentinel's pool waits for a free connection, as the one-server pool does."""
+    async with Store.from_url(sentinel_url, NODE, max_connections=4) as store:
+        peer = pubkey()
+        results = await asyncio.gather(
+            *(put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW + i) for i in range(40))
+        )
+        assert {r.status for r in results} == {PutStatus.STORED}
+        assert len(await store.queues.messages(peer)) == 40
