@@ -77,7 +77,11 @@ class Process:
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(f"port {self.port} to answer", lambda: self.client().ping() is True, 10.0)
+        wait_for(f"port {self.port} to answer", self.answers, 10.0)
+
+    def answers(self) -> bool:
+        with self.client() as c:
+            return c.ping() is True
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2.0, socket_connect_timeout=2.0)
