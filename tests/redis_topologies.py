@@ -409,9 +409,11 @@ class SentinelGroup:
         return self.primary()
 
     def restore(self, old: Process) -> None:
-        """Brings the old primary back (the sentinels make it a replica) and waits for it
-        to be in sync."""
+        """Brings the old primary back as a replica of the new one (what the sentinels
+        would tell it, some seconds later) and waits for it to be in sync."""
         old.start()
+        with old.client() as c:
+            c.execute_command("REPLICAOF", "127.0.0.1", self.primary().port)
         self.wait_healthy()
 
     def flush(self) -> None:
