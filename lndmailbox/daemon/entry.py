@@ -37,7 +37,14 @@ from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
 from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
 from lndmailbox.logs import configure_logging
-from lndmailbox.store import Control, Store, embedded_redis, limits_for, redis_url_for
+from lndmailbox.store import (
+    Control,
+    Store,
+    embedded_redis,
+    limits_for,
+    parse_redis_url,
+    redis_url_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Runs the daemon until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
+    if settings.redis_url:
+        parse_redis_url(settings.redis_url)  # a bad URL is refused before lnd is asked
     stop = stop or _stop_on_signals()
     log.info("lndmailbox %s starting: %s", __version__, settings.redacted())
     endpoint = endpoint_for(settings)

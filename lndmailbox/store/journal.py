@@ -34,10 +34,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import redis.asyncio as aioredis
-
 from lndmailbox.store import lua
-from lndmailbox.store.client import as_items, as_str, redis_errors
+from lndmailbox.store.client import RedisClient, as_items, as_str, redis_errors
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import PUBKEY_SIZE, JournalEntry, Limits, ms
 
@@ -141,7 +139,7 @@ class Journal:
     """One hash of entry name to message; it expires with the TTL of mail. Beside it, the
     entries decided in the last :attr:`decided_for` seconds."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, limits: Limits) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, limits: Limits) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits
