@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from simnet import Personality, SimNode
 
 from lndmailbox.store import RedisServer
+from lndmailbox.store.client import RedisClient, connect
 from tests.http_endpoint import MakeEndpoint, endpoints
+from tests.redis_topologies import LocalCluster, SentinelGroup, running
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +74,55 @@ async def node20() -> AsyncIterator[SimNode]:
 async def node21() -> AsyncIterator[SimNode]:
     async with SimNode(Personality.LND_0_21) as sim:
         yield sim
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Cluster of 3 primaries and 3 replicas for the whole session (a failover test
+    leaves it as it found it: 3 primaries, each with a replica in sync)."""
+    cluster = LocalCluster(Path(tmp_path_factory.mktemp("cluster")))
+    with running(cluster):
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A primary, a replica and 3 sentinels for the whole session."""
+    group = SentinelGroup(Path(tmp_path_factory.mktemp("sentinel")))
+    with running(group):
+        yield group
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """The session's Cluster, emptied before each test."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinel: SentinelGroup) -> str:
+    """The session's Sentinel group, emptied before each test."""
+    redis_sentinel.flush()
+    return redis_sentinel.url
+
+
+@pytest.fixture(params=["server", "cluster"])
+def server_or_cluster_url(request: pytest.FixtureRequest) -> str:
+    """The session's server, then its Cluster, emptied first."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("cluster_url")
+        return url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    with redis.Redis.from_url(server.url) as client:
+        client.flushall()
+    return server.url
+
+
+@pytest.fixture
+async def server_or_cluster(server_or_cluster_url: str) -> AsyncIterator[RedisClient]:
+    """A client on the session's server, then on its Cluster: a module whose tests should
+    hold on both names it ``redis_client``."""
+    client = connect(server_or_cluster_url, max_connections=16)
+    yield client
+    await client.aclose()

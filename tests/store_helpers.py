@@ -1,8 +1,11 @@
-"""Store helpers for the tests: one message through the production path."""
+"""Store helpers for the tests: one message through the production path, and maxmemory."""
 
 from __future__ import annotations
 
+from redis.asyncio.cluster import RedisCluster
+
 from lndmailbox.store import NewMessage, PutResult, Store
+from lndmailbox.store.client import RedisClient
 
 
 async def put_one(
@@ -20,3 +23,12 @@ async def put_one(
         [NewMessage(peer, sender, path_key, onion, now)], ttl=ttl
     )
     return result
+
+
+async def set_maxmemory(redis: RedisClient, value: int) -> None:
+    """CONFIG SET maxmemory on the server, or on every node of a Cluster (redis-py sends
+    CONFIG SET to one node of a Cluster)."""
+    if isinstance(redis, RedisCluster):
+        await redis.config_set("maxmemory", value, target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await redis.config_set("maxmemory", value)

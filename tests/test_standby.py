@@ -513,6 +513,7 @@ async def test_the_lock_has_its_own_connection_that_fails_within_the_lease(redis
     connection fails before the lease can run out."""
     assert LOCK_SOCKET_TIMEOUT < LOCK_LEASE - RENEW_INTERVAL
     control = Control.on_own_connection(redis_url, NODE, timeout=LOCK_SOCKET_TIMEOUT)
+    assert isinstance(control.redis, aioredis.Redis)
     kwargs = control.redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == LOCK_SOCKET_TIMEOUT
     assert control.redis.connection_pool.max_connections <= 2

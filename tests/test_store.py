@@ -26,10 +26,17 @@ from lndmailbox.store import (
     new_message_id,
 )
 from lndmailbox.store.audit import audit
-from tests.store_helpers import put_one
+from lndmailbox.store.client import RedisClient
+from tests.store_helpers import put_one, set_maxmemory
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("02" + "11" * 32)
+
+
+@pytest.fixture
+def redis_client(server_or_cluster: RedisClient) -> RedisClient:
+    """Each test on one server and on a Cluster."""
+    return server_or_cluster
 
 
 def pubkey() -> bytes:
@@ -631,12 +638,12 @@ async def test_out_of_memory_refuses_the_whole_put(
     peer = pubkey()
     await put(store, peer)
     before = (await store.queues.stats(), await store.queues.messages(peer))
-    await redis_client.config_set("maxmemory", 1)
+    await set_maxmemory(redis_client, 1)
     try:
         with pytest.raises(StoreError, match="maxmemory"):
             await put_one(store, peer, pubkey(), pubkey(), onion(), NOW + 1)
     finally:
-        await redis_client.config_set("maxmemory", 0)
+        await set_maxmemory(redis_client, 0)
     assert (await store.queues.stats(), await store.queues.messages(peer)) == before
     await assert_consistent(store)
 

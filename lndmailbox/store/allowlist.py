@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import redis.asyncio as aioredis
-
 from lndmailbox.errors import StoreError
-from lndmailbox.store.client import as_str, redis_errors
+from lndmailbox.store.client import RedisClient, as_str, redis_errors
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import check_pubkey
 
@@ -18,7 +16,7 @@ log = logging.getLogger(__name__)
 class Allowlist:
     """A set of peer pubkeys (hex) under the node's ``allow`` key."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
 

@@ -10,11 +10,16 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from lndmailbox.errors import StoreError
 from lndmailbox.store import lua
-from lndmailbox.store.client import as_items, as_str, connect, redis_errors, socket_timeout
+from lndmailbox.store.client import (
+    RedisClient,
+    as_items,
+    as_str,
+    connect,
+    redis_errors,
+    socket_timeout,
+)
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import PUBKEY_SIZE, check_pubkey, ms
 
@@ -38,7 +43,7 @@ class LockRenewal(enum.Enum):
 class Control:
     """The node's daemon lock, heartbeat and delivery requests."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
         self._acquire = redis.register_script(lua.program("acquire_lock"))

@@ -33,10 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
+
+from lndmailbox.store.client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ OFF = ReplicaWait(replicas=0)
 class DurableWrites:
     """Runs a store script, then waits for the replicas (see the module's rules)."""
 
-    def __init__(self, redis: aioredis.Redis, wait: ReplicaWait = OFF) -> None:
+    def __init__(self, redis: RedisClient, wait: ReplicaWait = OFF) -> None:
         self.redis = redis
         self.wait = wait
         self.short = 0
@@ -107,8 +108,7 @@ class DurableWrites:
 
     def _node_of(self, keys: Sequence[Any]) -> ClusterNode | None:
         if isinstance(self.redis, RedisCluster) and keys:
-            node: ClusterNode = self.redis.get_node_from_key(keys[0])
-            return node
+            return self.redis.get_node_from_key(keys[0])
         return None
 
     def _wait_command(self, replicas: int) -> tuple[Any, ...]:

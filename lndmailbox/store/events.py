@@ -18,11 +18,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from lndmailbox.errors import RecordError
 from lndmailbox.store import lua
-from lndmailbox.store.client import as_items, as_str, redis_errors
+from lndmailbox.store.client import RedisClient, as_items, as_str, redis_errors
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import Event, Limits, event_time
 
@@ -78,7 +76,7 @@ class Events:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         events_maxlen: int,

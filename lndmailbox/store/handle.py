@@ -29,10 +29,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from lndmailbox.store.allowlist import Allowlist
-from lndmailbox.store.client import as_str, check_binary, connect, redis_errors
+from lndmailbox.store.client import RedisClient, as_str, check_binary, connect, redis_errors
 from lndmailbox.store.control import Control
 from lndmailbox.store.durability import OFF, DurableWrites, ReplicaWait
 from lndmailbox.store.events import Events, stream_bound
@@ -49,14 +47,14 @@ _NEVER = 10**15
 
 
 class Store:
-    """One node's mailbox in one Redis.
+    """One node's mailbox in one Redis (a server, a Sentinel group's primary or a Cluster).
 
     ``redis`` must return bytes (``decode_responses=False``, the default): records are binary.
     """
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         node: bytes,
         limits: Limits | None = None,
         *,
@@ -106,8 +104,10 @@ class Store:
     ) -> Store:
         """A store on its own connection pool: ``redis://[[user]:password@]host:port/db``,
         ``rediss://`` for TLS (``ssl_*`` keyword arguments, or ``?ssl_ca_certs=...`` in the
-        URL), ``unix://path?db=0``. At most ``max_connections`` are opened; more concurrent
-        calls wait for one (up to ``pool_timeout`` seconds, default 20) instead of failing.
+        URL), ``unix://path?db=0``, ``redis+cluster://`` and ``redis+sentinel://``
+        (store/urls.py). At most ``max_connections`` are opened (per Cluster node); more
+        concurrent calls wait for one (up to ``pool_timeout`` seconds, default 20) on a
+        server or Sentinel's primary, and fail as unavailable on a Cluster.
         :meth:`aclose` closes the pool. ``wait``: what the writes that matter wait for."""
         client = connect(url, max_connections=max_connections, **redis_kwargs)
         store = cls(client, node, limits, wait=wait)
@@ -118,9 +118,9 @@ class Store:
     @redis_errors
     async def nodes_at(url: str) -> list[bytes]:
         """The lnd nodes with a mailbox in the Redis at ``url`` (those with counters or a
-        running daemon's heartbeat), sorted. One SCAN over the keyspace: for tools, not for
-        the daemon."""
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
+        running daemon's heartbeat), sorted. One SCAN over the keyspace (every primary's on a
+        Cluster): for tools, not for the daemon."""
+        client = connect(url, max_connections=2)
         nodes: set[bytes] = set()
         try:
             async for key in client.scan_iter(match=ALL_MAILBOXES, count=1000):

@@ -34,10 +34,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import redis.asyncio as aioredis
-
 from lndmailbox.store import lua
-from lndmailbox.store.client import as_items, as_str, redis_errors
+from lndmailbox.store.client import RedisClient, as_items, as_str, redis_errors
 from lndmailbox.store.durability import DurableWrites
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import PUBKEY_SIZE, JournalEntry, Limits, ms
@@ -144,7 +142,7 @@ class Journal:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         limits: Limits,
         durable: DurableWrites | None = None,

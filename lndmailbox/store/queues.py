@@ -19,11 +19,9 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from lndmailbox.errors import RecordError, StoreError
 from lndmailbox.store import lua
-from lndmailbox.store.client import as_bytes, as_items, as_str, redis_errors
+from lndmailbox.store.client import RedisClient, as_bytes, as_items, as_str, redis_errors
 from lndmailbox.store.durability import DurableWrites
 from lndmailbox.store.events import trim_argument, wake_argument
 from lndmailbox.store.keys import Keys
@@ -61,7 +59,7 @@ class Queues:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         limits: Limits,
         *,
