@@ -94,7 +94,7 @@ class DurableWrites:
         """The script's reply, once the wait is over (or at once when nothing is waited for)."""
         if self.wait.off:
             return await script(keys=keys, args=args)
-        node = self._node_of(keys)
+        node = await self._node_of(keys)
         replicas = await self._replicas(node)
         if replicas == 0 and not self.wait.aof:
             return await script(keys=keys, args=args)
@@ -106,8 +106,11 @@ class DurableWrites:
         self._check(waited, replicas)
         return reply
 
-    def _node_of(self, keys: Sequence[Any]) -> ClusterNode | None:
+    async def _node_of(self, keys: Sequence[Any]) -> ClusterNode | None:
+        """On a Cluster, the primary that holds the slot of ``keys`` (one slot: they all
+        carry the node's hash tag), as the client's slot map says now."""
         if isinstance(self.redis, RedisCluster) and keys:
+            await self.redis.initialize()  # the slot map, once (later calls return at once)
             return self.redis.get_node_from_key(keys[0])
         return None
 
@@ -127,7 +130,8 @@ class DurableWrites:
         """(the script's reply, the wait's), or (None, None) when Redis lacked the script."""
         target = {} if node is None else {"target_nodes": node}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # Not pipe.evalsha, which a Cluster pipeline refuses; the command is the same.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             pipe.execute_command(*self._wait_command(replicas), **target)
             reply, waited = await pipe.execute(raise_on_error=False)
         if isinstance(reply, rexc.NoScriptError):
