@@ -109,7 +109,11 @@ async def _follow(primary: aioredis.Redis, replica: aioredis.Redis, port: int) -
 
 
 async def measure(
-    *, messages: int = 500, rounds: int = 5, say: Callable[[str], None] = print
+    *,
+    messages: int = 500,
+    rounds: int = 5,
+    modes: Sequence[Mode] = MODES,
+    say: Callable[[str], None] = print,
 ) -> list[Figure]:
     with (
         tempfile.TemporaryDirectory(prefix="lndmailbox-bench-durability-") as tmp,
@@ -120,11 +124,11 @@ async def measure(
         replica_client = aioredis.Redis.from_url(replica.url)
         try:
             await _follow(client, replica_client, primary.port)
-            times: dict[str, list[float]] = {mode.name: [] for mode in MODES}
-            counts = {mode.name: mode.messages or messages for mode in MODES}
+            times: dict[str, list[float]] = {mode.name: [] for mode in modes}
+            counts = {mode.name: mode.messages or messages for mode in modes}
             first = 1
             for r in range(rounds):
-                for mode in MODES:
+                for mode in modes:
                     if mode.once and r:
                         continue
                     for c in (client, replica_client):

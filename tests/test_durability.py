@@ -32,7 +32,7 @@ from lndmailbox.store import (
     free_port,
     replica_wait_for,
 )
-from tests.redis_topologies import LocalCluster, Process
+from tests.redis_topologies import LocalCluster, Process, SentinelGroup
 from tests.store_helpers import put_one
 
 NOW = 1_700_000_000.0
@@ -340,3 +340,17 @@ async def test_on_a_cluster_a_confirmed_write_survives_its_primary(
             await asyncio.to_thread(redis_cluster.restore, old)
     finally:
         await store.aclose()
+
+
+async def test_through_sentinel_the_wait_covers_the_primarys_replica(
+    redis_sentinel: SentinelGroup, sentinel_url: str
+) -> None:
+    async with Store.from_url(sentinel_url, NODE, wait=LONG) as store:
+        primary = redis_sentinel.primary()
+        replica = next(s for s in redis_sentinel.servers if s is not primary)
+        before = _wait_calls(primary)
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        assert _wait_calls(primary) >= before + 1
+        assert store.durable.short == 0
+        with replica.client() as c:
+            assert c.llen(store.keys.queue_key(peer(1))) == 1
