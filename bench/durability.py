@@ -5,7 +5,9 @@ A primary and one replica (two valkey-server processes, both ``appendonly yes``,
 takes the path of one that arrives alone (its own batch, the dearest case), through the
 store's calls: journaled, stored, its journal entry decided, read for delivery, moved to
 unconfirmed and confirmed. Five of those six calls are writes that matter and wait
-(journal twice, put, delivered, confirm). WAITAOF is measured with both servers syncing
+(journal twice, put, delivered, confirm). The same in batches of 64 to one peer (what
+load brings: the writers take what arrived while the last write was on its way), eight
+waits a batch. WAITAOF is measured with both servers syncing
 every second (``everysec``, what the embedded server runs) and on every write
 (``always``), each against wait off on the same policy. The modes run in turns, several rounds, so that the machine's noise
 falls on each alike; the figure is the median round.
@@ -34,6 +36,8 @@ NODE = bytes.fromhex("02" + "66" * 32)
 SENDER = bytes.fromhex("03" + "77" * 32)
 PATH_KEY = bytes.fromhex("02" + "88" * 32)
 PACKET = 1366
+DRAIN_GROUP = 16
+"""What a drain moves to unconfirmed in one call (daemon/deliverer.py)."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,17 @@ class Mode:
     """Messages a round (None: the bench's number)."""
     once: bool = False
     """Measured in the first round only (a slow mode)."""
+    batch: int = 1
+    """Messages a batch (to one peer): 1, each alone, the dearest case; 64, under load."""
 
 
 MODES = (
     Mode("off", ReplicaWait(replicas=0), "everysec"),
     Mode("WAIT 1 (auto)", ReplicaWait(replicas=None, timeout=1.0), "everysec"),
+    Mode("off, batches of 64", ReplicaWait(replicas=0), "everysec", 2048, batch=64),
+    Mode(
+        "WAIT, batches of 64", ReplicaWait(replicas=None, timeout=1.0), "everysec", 2048, batch=64
+    ),
     # A WAITAOF waits about a second for the replica's sync to be acknowledged (on either
     # policy): a few messages, once, tell its cost.
     Mode("WAITAOF 1 1", ReplicaWait(replicas=None, timeout=5.0, aof=True), "everysec", 2, True),
@@ -68,28 +78,39 @@ class Figure:
     rounds: tuple[float, ...]
 
 
-async def _one_message(store: Store, n: int, now: float) -> None:
-    peer = bytes.fromhex("02" + (n % 1000).to_bytes(32, "big").hex())
-    onion = n.to_bytes(8, "big") * (PACKET // 8) + bytes(PACKET % 8)
-    entry = f"{n:032x}"
-    await store.journal.write([NewEntry(entry, SENDER, PATH_KEY, onion, now)])
-    (result,) = await store.queues.put_many([NewMessage(peer, SENDER, PATH_KEY, onion, now)])
-    await store.journal.write(decided=[entry])
-    ready, _ = await store.queues.peek(peer, now, limit=1)
+async def _batch(store: Store, first: int, size: int, now: float) -> None:
+    """Messages ``first`` .. ``first + size - 1``, all to one peer, through the calls the
+    daemon makes for a batch: journaled, stored, decided, read, moved to unconfirmed 16 at
+    a time (as a drain does), confirmed."""
+    peer = bytes.fromhex("02" + (first % 1000).to_bytes(32, "big").hex())
+    numbers = range(first, first + size)
+    onions = [n.to_bytes(8, "big") * (PACKET // 8) + bytes(PACKET % 8) for n in numbers]
+    entries = [f"{n:032x}" for n in numbers]
+    await store.journal.write(
+        [NewEntry(e, SENDER, PATH_KEY, o, now) for e, o in zip(entries, onions, strict=True)]
+    )
+    results = await store.queues.put_many(
+        [NewMessage(peer, SENDER, PATH_KEY, o, now) for o in onions]
+    )
+    await store.journal.write(decided=entries)
+    ready, _ = await store.queues.peek(peer, now, limit=size)
     sent_ms = int(now * 1000)
-    await store.queues.move_delivered(ready, sent_ms)
-    confirmed = await store.queues.confirm(peer, [(result.message_id, sent_ms)])
-    if len(confirmed) != 1:
-        raise RuntimeError(f"message {n} was not confirmed: {result}")
+    for i in range(0, len(ready), DRAIN_GROUP):
+        await store.queues.move_delivered(ready[i : i + DRAIN_GROUP], sent_ms)
+    confirmed = await store.queues.confirm(peer, [(r.message_id, sent_ms) for r in results])
+    if len(confirmed) != size:
+        raise RuntimeError(f"{len(confirmed)} of messages {first}.. were confirmed: {results}")
 
 
-async def _round(client: aioredis.Redis, wait: ReplicaWait, first: int, messages: int) -> float:
+async def _round(
+    client: aioredis.Redis, wait: ReplicaWait, first: int, messages: int, batch: int
+) -> float:
     store = Store(client, NODE, wait=wait)
     now = time.time()
-    await _one_message(store, first - 1, now)  # scripts loaded, auto has looked
+    await _batch(store, first - batch, batch, now)  # scripts loaded, auto has looked
     start = time.perf_counter()
-    for n in range(first, first + messages):
-        await _one_message(store, n, now)
+    for n in range(first, first + messages, batch):
+        await _batch(store, n, batch, now)
     seconds = time.perf_counter() - start
     if store.durable.short:
         raise RuntimeError(f"{store.durable.short} waits came back short")
@@ -125,8 +146,11 @@ async def measure(
         try:
             await _follow(client, replica_client, primary.port)
             times: dict[str, list[float]] = {mode.name: [] for mode in modes}
-            counts = {mode.name: mode.messages or messages for mode in modes}
-            first = 1
+            counts = {
+                mode.name: -(-(mode.messages or messages) // mode.batch) * mode.batch
+                for mode in modes
+            }
+            first = 64
             for r in range(rounds):
                 for mode in modes:
                     if mode.once and r:
@@ -134,8 +158,10 @@ async def measure(
                     for c in (client, replica_client):
                         await c.config_set("appendfsync", mode.fsync)
                     count = counts[mode.name]
-                    times[mode.name].append(await _round(client, mode.wait, first, count))
-                    first += count + 1
+                    times[mode.name].append(
+                        await _round(client, mode.wait, first, count, mode.batch)
+                    )
+                    first += count + mode.batch
                 await client.flushall()
                 say(f"round {r + 1}/{rounds} done")
         finally:
