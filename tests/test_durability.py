@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from simnet import Personality
 
 from lndmailbox.config import Settings
 from lndmailbox.store import (
@@ -32,8 +33,10 @@ from lndmailbox.store import (
     free_port,
     replica_wait_for,
 )
+from tests.daemon_harness import stored_count, wait_until, world
 from tests.redis_topologies import LocalCluster, Process, SentinelGroup
 from tests.store_helpers import put_one
+from tests.test_mailbox_observability import scrape
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("02" + "33" * 32)
@@ -354,3 +357,31 @@ async def test_through_sentinel_the_wait_covers_the_primarys_replica(
         assert store.durable.short == 0
         with replica.client() as c:
             assert c.llen(store.keys.queue_key(peer(1))) == 1
+
+
+async def test_the_daemon_waits_and_counts_what_its_replica_did_not_confirm(
+    pair: Pair, tmp_path: Path
+) -> None:
+    port = free_port()
+    async with world(
+        Personality.LND_0_21,
+        pair.primary.url,
+        tmp_path,
+        metrics_addr=f"127.0.0.1:{port}",
+        redis_wait_replicas=1,
+        redis_wait_timeout=0.05,
+    ) as w:
+        await w.start_daemon()
+        with pair.replica_frozen():
+            await w.alice.send_onion_message(w.message_for_bob(b"while the replica sleeps"))
+            await stored_count(w, 1)
+
+            async def counted_short() -> bool:
+                samples = await asyncio.to_thread(scrape, port)
+                # the journal write and the put, at least
+                return samples.get("lndmailbox_replica_wait_short_total{}", 0) >= 2
+
+            await wait_until(counted_short, what="the short waits in the metrics")
+        w.bob.connect()
+        await wait_until(lambda: len(w.bob.received) == 1, what="delivery to bob")
+        assert await w.payloads_received(w.bob) == [b"while the replica sleeps"]

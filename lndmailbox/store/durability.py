@@ -152,7 +152,12 @@ class DurableWrites:
         info = await self.redis.info("replication", **target)
         count = int(info.get("connected_slaves", 0))
         if looked is None or looked[1] != count:
-            log.info("the Redis primary has %d replicas: writes that matter wait for them", count)
+            if count:
+                log.info(
+                    "the Redis primary has %d replicas: writes that matter wait for them", count
+                )
+            else:
+                log.info("the Redis primary has no replica: writes wait for none")
         self._connected[name] = (now, count)
         return count
 
