@@ -77,7 +77,11 @@ class Process:
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(f"port {self.port} to answer", lambda: self.client().ping() is True, 10.0)
+        wait_for(f"port {self.port} to answer", self.answers, 10.0)
+
+    def answers(self) -> bool:
+        with self.client() as c:
+            return c.ping() is True
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -116,6 +120,7 @@ class LocalCluster:
         """``client_ports``: the ports each node tells clients to use (MOVED, CLUSTER
         SLOTS) instead of its own, for a TLS terminator in front of each."""
         count = 6 if replicas else 3
+        self._ids: dict[str, Process] = {}
         self.bus_ports = [free_port() for _ in range(count)]
         self.nodes = [
             Process(
@@ -164,6 +169,7 @@ class LocalCluster:
             wait_for(f"node {replica.port} to know {primary.port}", knows, _STARTUP_TIMEOUT)
             with replica.client() as c:
                 c.execute_command("CLUSTER", "REPLICATE", ids[primary.port])
+        self._ids = {self.node_id(n): n for n in self.nodes}  # kept across restarts (nodes.conf)
         self.wait_healthy()
 
     def wait_healthy(self) -> None:
@@ -196,13 +202,22 @@ class LocalCluster:
                 slot = c.execute_command("CLUSTER", "KEYSLOT", key)
                 for first, last, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
                     if first <= slot <= last:
-                        port = int(primary[1])
-                        return next(n for n in self.nodes if n.port == port)
+                        return self._by_id(primary[2].decode())
         raise AssertionError("no running node")
+
+    def _by_id(self, node_id: str) -> Process:
+        """The node of ``node_id`` (by id: the port in CLUSTER SLOTS may be the one the
+        node announces to clients)."""
+        return self._ids[node_id]
 
     def primaries(self) -> list[Process]:
         return [
             n for n in self.nodes if n.running and _info(n, "replication").get("role") == "master"
+        ]
+
+    def replicas(self) -> list[Process]:
+        return [
+            n for n in self.nodes if n.running and _info(n, "replication").get("role") == "slave"
         ]
 
     @staticmethod
@@ -249,12 +264,11 @@ class LocalCluster:
             _STARTUP_TIMEOUT,
         )
 
-    @staticmethod
-    def _owner_seen_by(node: Process, slot: int) -> int | None:
+    def _owner_seen_by(self, node: Process, slot: int) -> int | None:
         with node.client() as c:
             for first, last, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
                 if first <= slot <= last:
-                    return int(primary[1])
+                    return self._by_id(primary[2].decode()).port
         return None
 
     def kill_primary(self, key: str) -> Process:
@@ -371,6 +385,10 @@ class SentinelGroup:
 
         wait_for("the sentinel group to be healthy", healthy, _STARTUP_TIMEOUT)
 
+    def replicas(self) -> list[Process]:
+        primary = self.primary()
+        return [s for s in self.servers if s is not primary and s.running]
+
     def kill_primary(self) -> Process:
         """SIGKILLs the primary the sentinels name; returns it."""
         old = self.primary()
@@ -391,9 +409,11 @@ class SentinelGroup:
         return self.primary()
 
     def restore(self, old: Process) -> None:
-        """Brings the old primary back (the sentinels make it a replica) and waits for it
-        to be in sync."""
+        """Brings the old primary back as a replica of the new one (what the sentinels
+        would tell it, some seconds later) and waits for it to be in sync."""
         old.start()
+        with old.client() as c:
+            c.execute_command("REPLICAOF", "127.0.0.1", self.primary().port)
         self.wait_healthy()
 
     def flush(self) -> None:
