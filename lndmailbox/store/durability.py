@@ -103,6 +103,8 @@ class DurableWrites:
             # The script was not loaded: it did not run, so running it again is safe.
             await self.redis.script_load(script.script)
             reply, waited = await self._write_and_wait(script, keys, args, replicas, node)
+            if waited is None:
+                raise rexc.NoScriptError("the script went again as soon as it was loaded")
         self._check(waited, replicas)
         return reply
 
