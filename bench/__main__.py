@@ -14,6 +14,8 @@ fixed default ceiling), printed with the raw numbers and the target:
 5. the mailbox at size (:mod:`bench.scale`): store and deliver with 100,000 messages queued
    over 10,000 peers vs an empty store, and the sweep, the daemon's start-up, ``mailboxctl
    peers`` and ``status`` at that size, each one's longest Redis call vs a delivery batch.
+6. store and deliver per message on a primary with a replica, waiting for it (WAIT,
+   WAITAOF) vs not (:mod:`bench.durability`).
 
 These machines are shared and noisy: run it several times before trusting a figure.
 """
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from simnet import Personality
 
-from bench import mailbox, peel, scale
+from bench import durability, mailbox, peel, scale
 from lndmailbox.lnd import Transport
 from lndmailbox.logs import configure_logging
 
@@ -270,6 +272,27 @@ def scale_details(f: scale.Figures) -> list[str]:
     return lines
 
 
+def durability_rows(figures: Sequence[durability.Figure]) -> list[str]:
+    """One row per wait mode, each against wait off on the same fsync policy."""
+    rows = []
+    base = figures[0]
+    for f in figures:
+        if f.mode.startswith("off"):
+            base = f
+            continue
+        rows.append(
+            _row(
+                f"store+deliver, {f.mode}",
+                "-",
+                f"{f.per_message * 1e6:.0f} us/msg",
+                f"{base.mode}: {base.per_message * 1e6:.0f} us/msg",
+                f.per_message / base.per_message,
+                "",
+            )
+        )
+    return rows
+
+
 def details(r: mailbox.Figures) -> list[str]:
     i, d = r.ingest, r.drain
     per = 1e6 / i.messages
@@ -427,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=scale.Config.peers,
         help="peers they are queued for (default: 10000)",
     )
+    parser.add_argument(
+        "--skip-durability", action="store_true", help="leave out the replica wait's rows"
+    )
     parser.add_argument("--redis-url", help="use this (empty) Redis instead of starting one")
     parser.add_argument(
         "--log-level",
@@ -464,6 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("at size (the store in this process; two real Redis servers)")
                 config = scale.Config(messages=args.scale_messages, peers=args.scale_peers)
                 at_size = asyncio.run(scale.run(config, say=lambda s: print(f"  {s}", flush=True)))
+            waits: list[durability.Figure] = []
+            if not args.skip_durability and not args.only_scale:
+                print("replica wait (primary + 1 replica, store calls in this process)")
+                waits = asyncio.run(durability.measure(say=lambda s: print(f"  {s}", flush=True)))
             log_lines = log_path.read_text().count("\n")
     print()
     for r in results:
@@ -474,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(scale_details(at_size)))
     print(f"  (the daemon wrote {log_lines} log lines at level {args.log_level})")
     print()
-    print("\n".join(table(peel_figures, results, at_size)))
+    print("\n".join(table(peel_figures, results, at_size) + durability_rows(waits)))
     failed = [
         (r.personality.value, problem) for r in results for m in r.mixes for problem in m.problems
     ]

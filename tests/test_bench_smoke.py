@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from simnet import Personality
 
-from bench import mailbox, scale
-from bench.__main__ import details, scale_details, scale_rows, table
+from bench import durability, mailbox, scale
+from bench.__main__ import details, durability_rows, scale_details, scale_rows, table
 from lndmailbox.store import Store
 
 
@@ -148,3 +148,12 @@ def test_a_whole_read_of_the_mail_index_is_caught() -> None:
         f"HGETALL {usage}",
         "EVALSHA summaries 20001 x",
     ]
+
+
+async def test_the_replica_wait_bench_runs_end_to_end() -> None:
+    off, wait = durability.MODES[:2]
+    figures = await durability.measure(messages=5, rounds=1, modes=(off, wait), say=print)
+    assert [f.mode for f in figures] == [off.name, wait.name]
+    assert all(f.per_message > 0 for f in figures)
+    (row,) = durability_rows(figures)
+    assert row.startswith(f"store+deliver, {wait.name}")

@@ -44,6 +44,7 @@ from lndmailbox.store import (
     limits_for,
     parse_redis_url,
     redis_url_for,
+    replica_wait_for,
 )
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         info = await _wait_for_lnd(lnd, stop)
         if info is None:
             return
-        store = Store.from_url(redis_url_for(settings), info.pubkey, limits_for(settings))
+        store = Store.from_url(
+            redis_url_for(settings),
+            info.pubkey,
+            limits_for(settings),
+            wait=replica_wait_for(settings),
+        )
+        store.durable.on_short = metrics.replica_wait_short.inc
         stack.push_async_callback(store.aclose)
         # The lock on a connection of its own: its renewals never queue behind the store's.
         lock_control = Control.on_own_connection(

@@ -16,7 +16,8 @@ Modules: ``records`` (value types and the record codec), ``keys`` (key names), `
 (the scripts in ``lua/*.lua``), ``urls`` (what a ``--redis-url`` names: one server, a
 Cluster, a Sentinel group), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
-``journal``, ``server``), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
+``journal``, ``server``), ``durability`` (the writes that matter waiting for the
+replicas), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
 process of our own), ``settings`` (which Redis and which limits the settings ask for)
 and ``audit`` (the tests' invariant check).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 from lndmailbox.store.allowlist import Allowlist
 from lndmailbox.store.client import refused_for_memory
 from lndmailbox.store.control import Control, LockRenewal
+from lndmailbox.store.durability import DurableWrites, ReplicaWait
 from lndmailbox.store.embedded import (
     RedisServer,
     embedded_redis,
@@ -57,7 +59,7 @@ from lndmailbox.store.records import (
     new_message_id,
 )
 from lndmailbox.store.server import Server
-from lndmailbox.store.settings import limits_for, redis_url_for
+from lndmailbox.store.settings import limits_for, redis_url_for, replica_wait_for
 from lndmailbox.store.urls import RedisTarget, parse_redis_url
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "RECORD_VERSION",
     "Allowlist",
     "Control",
+    "DurableWrites",
     "Event",
     "Events",
     "Journal",
@@ -81,6 +84,7 @@ __all__ = [
     "Queues",
     "RedisServer",
     "RedisTarget",
+    "ReplicaWait",
     "Server",
     "ServerInfo",
     "Stats",
@@ -98,4 +102,5 @@ __all__ = [
     "parse_redis_url",
     "redis_url_for",
     "refused_for_memory",
+    "replica_wait_for",
 ]
