@@ -117,6 +117,18 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def parse_wait_replicas(text: str) -> int | None:
+    """``auto`` (None: as many replicas as the primary has), or a count (0: no wait)."""
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        return None
+    if lowered == "off":
+        return 0
+    if not lowered.isdigit():
+        raise ValueError(f"not a replica count: {text!r} (auto, off, 0, 1, 2...)")
+    return int(lowered)
+
+
 def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -146,6 +158,8 @@ class Option:
         value = self.default
         if self.is_flag:
             return "off" if not value else "on"
+        if self.parse is parse_wait_replicas:
+            return "auto" if value is None else str(value)
         if value is None:
             return None
         if self.parse is parse_duration:
@@ -189,6 +203,29 @@ OPTIONS: tuple[Option, ...] = (
         "none: an embedded server with its data in --datadir",
     ),
     Option("datadir", _path, "the mailbox's own directory"),
+    Option(
+        "redis_wait_replicas",
+        parse_wait_replicas,
+        "replicas that must hold a journal write, a stored message or a removal after "
+        "delivery before the daemon goes on (Redis WAIT): auto (as many as the primary has), "
+        "off, or a count",
+        daemon_only=True,
+    ),
+    Option(
+        "redis_wait_timeout",
+        parse_duration,
+        "how long such a write waits for its replicas; past it the write stands, counted "
+        "as replica_wait_short",
+        daemon_only=True,
+    ),
+    Option(
+        "redis_wait_aof",
+        parse_bool,
+        "wait with WAITAOF instead: the primary's and the replicas' append-only files must "
+        "have synced the write (appendonly yes on each)",
+        daemon_only=True,
+        is_flag=True,
+    ),
     # the daemon
     Option(
         "transport",
@@ -275,6 +312,9 @@ class Settings:
     lndconnect: str | None = None
     redis_url: str | None = None
     datadir: Path = DEFAULT_DATADIR
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout: float = 0.1
+    redis_wait_aof: bool = False
     transport: str = "auto"
     ttl: float = 86400.0
     max_messages_per_peer: int = 64
@@ -315,6 +355,8 @@ class Settings:
         for name in ("sweep_interval", "notify_timeout", "notify_give_up"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.redis_wait_timeout <= 0:
+            problems.append("--redis-wait-timeout must be positive")
         if self.race_window < 0:
             problems.append("--race-window must not be negative")
         if self.confirm_after < 0:

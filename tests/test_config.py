@@ -17,6 +17,7 @@ from lndmailbox.config import (
     duration_text,
     parse_duration,
     parse_size,
+    parse_wait_replicas,
     settings_from_args,
     size_text,
 )
@@ -63,6 +64,18 @@ def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
+@pytest.mark.parametrize(("text", "count"), [("auto", None), ("off", 0), ("0", 0), ("2", 2)])
+def test_replica_counts(text: str, count: int | None) -> None:
+    assert parse_wait_replicas(text) == count
+
+
+def test_the_replica_wait_from_flags_and_environment() -> None:
+    s = settings(["--redis-wait-replicas", "1", "--redis-wait-aof"], {})
+    assert (s.redis_wait_replicas, s.redis_wait_aof) == (1, True)
+    s = settings([], {"LNDMAILBOX_REDIS_WAIT_TIMEOUT": "250ms"})
+    assert (s.redis_wait_replicas, s.redis_wait_timeout, s.redis_wait_aof) == (None, 0.25, False)
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "says"),
     [
@@ -71,6 +84,8 @@ def test_sizes(text: str, size: int) -> None:
         ([], {"LNDMAILBOX_MAX_BYTES_TOTAL": "lots"}, "LNDMAILBOX_MAX_BYTES_TOTAL"),
         (["--notify-url", "http://127.0.0.1:9/hook"], {}, "--notify-secret"),
         (["--max-bytes-per-peer", "2MiB", "--max-bytes-total", "1MiB"], {}, "cannot exceed"),
+        (["--redis-wait-replicas", "some"], {}, "--redis-wait-replicas"),
+        (["--redis-wait-timeout", "0"], {}, "--redis-wait-timeout must be positive"),
     ],
 )
 def test_bad_settings_say_which(argv: list[str], env: dict[str, str], says: str) -> None:

@@ -37,7 +37,14 @@ from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
 from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
 from lndmailbox.logs import configure_logging
-from lndmailbox.store import Control, Store, embedded_redis, limits_for, redis_url_for
+from lndmailbox.store import (
+    Control,
+    Store,
+    embedded_redis,
+    limits_for,
+    redis_url_for,
+    replica_wait_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +117,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         info = await _wait_for_lnd(lnd, stop)
         if info is None:
             return
-        store = Store.from_url(redis_url_for(settings), info.pubkey, limits_for(settings))
+        store = Store.from_url(
+            redis_url_for(settings),
+            info.pubkey,
+            limits_for(settings),
+            wait=replica_wait_for(settings),
+        )
+        store.durable.on_short = metrics.replica_wait_short.inc
         stack.push_async_callback(store.aclose)
         # The lock on a connection of its own: its renewals never queue behind the store's.
         lock_control = Control.on_own_connection(

@@ -190,7 +190,7 @@ class Metrics:
     ``evicted``, ``lost`` and ``dropped`` (label ``reason`` each; every reason of ``lost`` is
     exported from the start), ``notify_failed``, ``rescued`` (label ``why``, both exported from
     the start), ``leader_changes``, ``standby_journaled``, ``journal_skipped``,
-    ``decided_over_memory``, ``adopted``, ``next_hops_read``, ``peel_fallbacks`` (label
+    ``decided_over_memory``, ``adopted``, ``replica_wait_short``, ``next_hops_read``, ``peel_fallbacks`` (label
     ``reason``, its usual values exported from the start).
     Gauges: ``queued_messages``, ``queued_bytes``, ``peers_with_mail``, ``online_peers``,
     ``leader``. Histograms (seconds): ``peel_seconds``, ``store_seconds``,
@@ -267,6 +267,12 @@ class Metrics:
         self.adopted = counter(
             "adopted",
             "Journaled onion messages this leader decided that only a standby had read.",
+        )
+        self.replica_wait_short = counter(
+            "replica_wait_short",
+            "Writes that matter (journal, store, removal after delivery) whose Redis "
+            "replicas did not confirm them within --redis-wait-timeout: they stand on the "
+            "primary, and a failover right then would lose them.",
         )
         self.leader = gauge(
             "leader", "1 while this daemon leads the node (decides, stores, delivers), else 0."

@@ -15,7 +15,8 @@ What lives where (the full table, TTLs and redis-cli recipes are in docs/redis-s
 Modules: ``records`` (value types and the record codec), ``keys`` (key names), ``lua``
 (the scripts in ``lua/*.lua``), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
-``journal``, ``server``), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
+``journal``, ``server``), ``durability`` (the writes that matter waiting for the
+replicas), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
 process of our own), ``settings`` (which Redis and which limits the settings ask for)
 and ``audit`` (the tests' invariant check).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 from lndmailbox.store.allowlist import Allowlist
 from lndmailbox.store.client import refused_for_memory
 from lndmailbox.store.control import Control, LockRenewal
+from lndmailbox.store.durability import DurableWrites, ReplicaWait
 from lndmailbox.store.embedded import (
     RedisServer,
     embedded_redis,
@@ -56,13 +58,14 @@ from lndmailbox.store.records import (
     new_message_id,
 )
 from lndmailbox.store.server import Server
-from lndmailbox.store.settings import limits_for, redis_url_for
+from lndmailbox.store.settings import limits_for, redis_url_for, replica_wait_for
 
 __all__ = [
     "HEADER_SIZE",
     "RECORD_VERSION",
     "Allowlist",
     "Control",
+    "DurableWrites",
     "Event",
     "Events",
     "Journal",
@@ -78,6 +81,7 @@ __all__ = [
     "PutStatus",
     "Queues",
     "RedisServer",
+    "ReplicaWait",
     "Server",
     "ServerInfo",
     "Stats",
@@ -94,4 +98,5 @@ __all__ = [
     "new_message_id",
     "redis_url_for",
     "refused_for_memory",
+    "replica_wait_for",
 ]

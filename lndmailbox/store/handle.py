@@ -32,6 +32,7 @@ from typing import Any
 from lndmailbox.store.allowlist import Allowlist
 from lndmailbox.store.client import RedisClient, as_str, check_binary, connect, redis_errors
 from lndmailbox.store.control import Control
+from lndmailbox.store.durability import OFF, DurableWrites, ReplicaWait
 from lndmailbox.store.events import Events, stream_bound
 from lndmailbox.store.journal import Journal
 from lndmailbox.store.keys import ALL_MAILBOXES, Keys, node_of
@@ -58,6 +59,7 @@ class Store:
         limits: Limits | None = None,
         *,
         events_maxlen: int | None = None,
+        wait: ReplicaWait = OFF,
     ) -> None:
         check_pubkey("node", node)
         check_binary(redis)
@@ -73,13 +75,20 @@ class Store:
         self.keys = Keys(node)
         self.prefix = self.keys.prefix
         self._owns_client = False
+        self.durable = DurableWrites(redis, wait)
+        """The writes that matter, waiting for the replicas as ``wait`` says."""
         self.queues = Queues(
-            redis, self.keys, self.limits, events_maxlen=events_maxlen, events_keep=keep
+            redis,
+            self.keys,
+            self.limits,
+            events_maxlen=events_maxlen,
+            events_keep=keep,
+            durable=self.durable,
         )
         self.allowlist = Allowlist(redis, self.keys)
         self.events = Events(redis, self.keys, events_maxlen=events_maxlen, events_keep=keep)
         self.control = Control(redis, self.keys)
-        self.journal = Journal(redis, self.keys, self.limits)
+        self.journal = Journal(redis, self.keys, self.limits, self.durable)
         self.server = Server(redis, self.keys)
 
     @classmethod
@@ -90,6 +99,7 @@ class Store:
         limits: Limits | None = None,
         *,
         max_connections: int = 64,
+        wait: ReplicaWait = OFF,
         **redis_kwargs: Any,
     ) -> Store:
         """A store on its own connection pool: ``redis://[[user]:password@]host:port/db``,
@@ -98,8 +108,9 @@ class Store:
         (store/urls.py). At most ``max_connections`` are opened (per Cluster node); more
         concurrent calls wait for one (up to ``pool_timeout`` seconds, default 20) on a
         server or Sentinel's primary, and fail as unavailable on a Cluster.
-        :meth:`aclose` closes the pool."""
-        store = cls(connect(url, max_connections=max_connections, **redis_kwargs), node, limits)
+        :meth:`aclose` closes the pool. ``wait``: what the writes that matter wait for."""
+        client = connect(url, max_connections=max_connections, **redis_kwargs)
+        store = cls(client, node, limits, wait=wait)
         store._owns_client = True
         return store
 

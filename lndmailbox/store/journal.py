@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 from lndmailbox.store import lua
 from lndmailbox.store.client import RedisClient, as_items, as_str, redis_errors
+from lndmailbox.store.durability import DurableWrites
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import PUBKEY_SIZE, JournalEntry, Limits, ms
 
@@ -139,8 +140,16 @@ class Journal:
     """One hash of entry name to message; it expires with the TTL of mail. Beside it, the
     entries decided in the last :attr:`decided_for` seconds."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, limits: Limits) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        limits: Limits,
+        durable: DurableWrites | None = None,
+    ) -> None:
         self.redis = redis
+        self.durable = durable or DurableWrites(redis)
+        """Runs :meth:`write`, a write that matters."""
         self.keys = keys
         self.limits = limits
         self.decided_for = DECIDED_FOR
@@ -162,7 +171,7 @@ class Journal:
             args += [message.entry, encode_entry(message)]
         args += decided
         keys = [self.keys.journal_key, self.keys.decided_key]
-        return int(await self._script(keys=keys, args=args))
+        return int(await self.durable.run(self._script, keys, args))
 
     @redis_errors
     async def forget(self, decided: Sequence[str]) -> int:

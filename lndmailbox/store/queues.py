@@ -22,6 +22,7 @@ from typing import Any
 from lndmailbox.errors import RecordError, StoreError
 from lndmailbox.store import lua
 from lndmailbox.store.client import RedisClient, as_bytes, as_items, as_str, redis_errors
+from lndmailbox.store.durability import DurableWrites
 from lndmailbox.store.events import trim_argument, wake_argument
 from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import (
@@ -64,8 +65,11 @@ class Queues:
         *,
         events_maxlen: int,
         events_keep: float | None = None,
+        durable: DurableWrites | None = None,
     ) -> None:
         self.redis = redis
+        self.durable = durable or DurableWrites(redis)
+        """Runs the writes that matter: put, and the removals after delivery."""
         self.keys = keys
         self.limits = limits
         self.events_maxlen = events_maxlen
@@ -131,7 +135,7 @@ class Queues:
                     self.keys.unconfirmed_key(msg.peer),
                 )
             args += (msg.peer.hex(), encode_record(msg), key_ttl, msg.id)
-        replies = as_items(await self._put(keys=keys, args=args))
+        replies = as_items(await self.durable.run(self._put, keys, args))
         if len(replies) != len(stored):
             raise StoreError(f"Redis answered {len(replies)} puts for {len(stored)}")
         return [
@@ -163,8 +167,8 @@ class Queues:
     async def remove(self, msg: StoredMessage) -> bool:
         """Removes a queued message by id. False if it was no longer queued (evicted,
         expired or purged meanwhile)."""
-        reply = await self._remove(
-            keys=self.keys.peer_keys(msg.peer), args=[msg.peer.hex(), message_id_bytes(msg.id)]
+        reply = await self.durable.run(
+            self._remove, self.keys.peer_keys(msg.peer), [msg.peer.hex(), message_id_bytes(msg.id)]
         )
         return bool(reply)
 
@@ -184,9 +188,10 @@ class Queues:
         grace = max(ms(self.limits.key_grace), 1)
         for peer, items in by_peer.items():
             moved += int(
-                await self._delivered(
-                    keys=self.keys.peer_keys(peer),
-                    args=[peer.hex(), self.events_trim, at, sent_ms, grace, *items],
+                await self.durable.run(
+                    self._delivered,
+                    self.keys.peer_keys(peer),
+                    [peer.hex(), self.events_trim, at, sent_ms, grace, *items],
                 )
             )
         return moved
@@ -204,7 +209,7 @@ class Queues:
         args: list[str | int | bytes] = [peer.hex(), self.events_trim, event_time()]
         for message_id, sent_ms in deliveries:
             args += (message_id_bytes(message_id), sent_ms)
-        reply = await self._confirm(keys=self.keys.peer_keys(peer), args=args)
+        reply = await self.durable.run(self._confirm, self.keys.peer_keys(peer), args)
         return [decode(peer, r) for r in as_items(reply)]
 
     @redis_errors

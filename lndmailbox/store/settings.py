@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lndmailbox.config import Settings
+from lndmailbox.store.durability import ReplicaWait
 from lndmailbox.store.embedded import embedded_socket_path
 from lndmailbox.store.records import Limits
 
@@ -21,4 +22,13 @@ def limits_for(settings: Settings) -> Limits:
         max_messages_per_peer=settings.max_messages_per_peer,
         max_bytes_per_peer=settings.max_bytes_per_peer,
         max_bytes_total=settings.max_bytes_total,
+    )
+
+
+def replica_wait_for(settings: Settings) -> ReplicaWait:
+    """What the writes that matter wait for (--redis-wait-replicas, -timeout, -aof)."""
+    return ReplicaWait(
+        replicas=settings.redis_wait_replicas,
+        timeout=settings.redis_wait_timeout,
+        aof=settings.redis_wait_aof,
     )

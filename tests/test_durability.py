@@ -1,0 +1,266 @@
+"""The writes that matter wait for the replica (WAIT / WAITAOF), on a real primary and replica.
+
+Two valkey-server processes per test: a primary and a replica of it (REPLICAOF). A replica
+frozen with SIGSTOP neither reads the replication stream nor acknowledges it, so a wait
+cannot be confirmed while it is stopped; a replica pointed at a port where nothing listens
+has left the primary and holds nothing written after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from lndmailbox.config import Settings
+from lndmailbox.store import (
+    NewEntry,
+    PutStatus,
+    RedisServer,
+    ReplicaWait,
+    Store,
+    free_port,
+    replica_wait_for,
+)
+from tests.store_helpers import put_one
+
+NOW = 1_700_000_000.0
+NODE = bytes.fromhex("02" + "33" * 32)
+SENDER = bytes.fromhex("03" + "44" * 32)
+PATH_KEY = bytes.fromhex("02" + "55" * 32)
+LONG = ReplicaWait(replicas=None, timeout=60.0)
+"""Auto, with a timeout no test reaches: a write returns once the replica holds it."""
+
+
+def peer(n: int) -> bytes:
+    return bytes.fromhex("02" + f"{n:02x}" * 32)
+
+
+def onion(n: int) -> bytes:
+    return bytes([n]) * 1366
+
+
+@dataclass
+class Pair:
+    primary: RedisServer
+    replica: RedisServer
+    primary_client: aioredis.Redis
+    replica_client: aioredis.Redis
+
+    def store(self, wait: ReplicaWait) -> Store:
+        return Store(self.primary_client, NODE, wait=wait)
+
+    @contextlib.contextmanager
+    def replica_frozen(self) -> Iterator[None]:
+        assert self.replica.pid is not None
+        os.kill(self.replica.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.replica.pid, signal.SIGCONT)
+
+    async def fail_over(self) -> Store:
+        """Kills the primary (SIGKILL) and promotes the replica; a store on it."""
+        self.primary.kill()
+        await self.replica_client.replicaof("NO", "ONE")
+        return Store(self.replica_client, NODE)
+
+
+async def _until(check: object, what: str) -> None:
+    """Polls ``check`` (an async callable) until it holds; setup, not a measurement."""
+    for _ in range(500):
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+async def _replicas_of(client: aioredis.Redis) -> int:
+    return int((await client.info("replication"))["connected_slaves"])
+
+
+@contextlib.asynccontextmanager
+async def _pair(tmp_path: Path, *, persist: bool = False) -> AsyncIterator[Pair]:
+    with (
+        RedisServer(tmp_path / "primary", persist=persist) as primary,
+        RedisServer(tmp_path / "replica", persist=persist) as replica,
+    ):
+        primary_client = aioredis.Redis.from_url(primary.url)
+        replica_client = aioredis.Redis.from_url(replica.url)
+        try:
+            # Not the default 5 s a primary waits for more replicas before a full sync.
+            await primary_client.config_set("repl-diskless-sync-delay", 0)
+            await replica_client.replicaof("127.0.0.1", primary.port)
+
+            async def linked() -> bool:
+                info = await replica_client.info("replication")
+                return bool(info.get("master_link_status") == "up") and (
+                    await _replicas_of(primary_client) == 1
+                )
+
+            await _until(linked, "the replica follows the primary")
+            yield Pair(primary, replica, primary_client, replica_client)
+        finally:
+            await primary_client.aclose()
+            await replica_client.aclose()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    async with _pair(tmp_path) as p:
+        yield p
+
+
+async def _commands(client: aioredis.Redis) -> dict[str, int]:
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_a_put_returns_only_once_the_replica_holds_it(pair: Pair) -> None:
+    store = pair.store(LONG)
+    with pair.replica_frozen():
+        put = asyncio.ensure_future(put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW))
+        # Nothing the replica does can answer the wait while it is stopped.
+        await asyncio.sleep(0.5)
+        assert not put.done()
+    result = await put
+    assert result.status is PutStatus.STORED
+    assert store.durable.short == 0
+    # No polling: the replica held it before the put returned.
+    on_replica = await Store(pair.replica_client, NODE).queues.messages(peer(1))
+    assert [m.id for m in on_replica] == [result.message_id]
+
+
+async def test_every_write_that_matters_waits_and_a_short_wait_is_counted(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = pair.store(ReplicaWait(replicas=1, timeout=0.05))
+    shorts: list[None] = []
+    store.durable.on_short = lambda: shorts.append(None)
+    caplog.set_level(logging.INFO, logger="lndmailbox.store.durability")
+    with pair.replica_frozen():
+        await store.journal.write([NewEntry("e1", SENDER, PATH_KEY, onion(1), NOW)], decided=["e0"])
+        first = await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        second = await put_one(store, peer(1), SENDER, PATH_KEY, onion(2), NOW)
+        assert first.message is not None
+        assert second.message is not None
+        # Reads wait for nothing.
+        ready, _ = await store.queues.peek(peer(1), NOW, limit=2)
+        assert [m.id for m in ready] == [first.message_id, second.message_id]
+        assert store.durable.short == 3
+        assert await store.queues.move_delivered([first.message], sent_ms=1) == 1
+        assert await store.queues.confirm(peer(1), [(first.message_id, 1)])
+        assert await store.queues.remove(second.message)
+        # Each write stood on the primary: journal, two puts, delivered, confirmed, removed.
+        assert store.durable.short == 6
+        assert len(shorts) == 6
+    assert [e.entry for e in await store.journal.pending()] == ["e1"]
+    assert await store.queues.held(peer(1)) == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "0 of 1 replicas within 50 ms" in warnings[0].getMessage()
+    # The replica is back: the next write is confirmed, and the log says so once.
+    await put_one(store, peer(2), SENDER, PATH_KEY, onion(3), NOW)
+    assert store.durable.short == 6
+    back = [r.getMessage() for r in caplog.records if "confirm writes again" in r.getMessage()]
+    assert len(back) == 1
+    assert "6 unconfirmed writes" in back[0]
+
+
+async def test_auto_waits_for_nobody_on_a_primary_without_replicas(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await _replicas_of(client) == 0
+        auto = Store(client, NODE, wait=ReplicaWait(replicas=None, timeout=60.0))
+        result = await put_one(auto, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        assert result.status is PutStatus.STORED
+        await auto.journal.write([NewEntry("e1", SENDER, PATH_KEY, onion(1), NOW)])
+        assert "wait" not in await _commands(client)
+        assert auto.durable.short == 0
+        # A count given outright is waited for even so, and comes back short.
+        one = Store(client, NODE, wait=ReplicaWait(replicas=1, timeout=0.02))
+        await put_one(one, peer(1), SENDER, PATH_KEY, onion(2), NOW)
+        assert (await _commands(client))["wait"] == 1
+        assert one.durable.short == 1
+    finally:
+        await client.aclose()
+
+
+async def test_what_the_replica_confirmed_survives_a_failover_and_nothing_else_does(
+    pair: Pair,
+) -> None:
+    waited = pair.store(LONG)
+    kept = await put_one(waited, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+    await waited.journal.write([NewEntry("kept", SENDER, PATH_KEY, onion(1), NOW)])
+    assert waited.durable.short == 0
+
+    # The replica leaves the primary (it follows a port where nothing listens), which goes
+    # on acknowledging writes as before.
+    await pair.replica_client.replicaof("127.0.0.1", free_port())
+    await _until(lambda: _no_replicas(pair.primary_client), "the primary has no replica")
+    unwaited = pair.store(ReplicaWait(replicas=0))
+    lost = await put_one(unwaited, peer(2), SENDER, PATH_KEY, onion(2), NOW)
+    told = pair.store(ReplicaWait(replicas=1, timeout=0.05))
+    lost_but_counted = await put_one(told, peer(3), SENDER, PATH_KEY, onion(3), NOW)
+    assert lost.status is lost_but_counted.status is PutStatus.STORED
+
+    promoted = await pair.fail_over()
+    assert [m.id for m in await promoted.queues.messages(peer(1))] == [kept.message_id]
+    assert [e.entry for e in await promoted.journal.pending()] == ["kept"]
+    # Acknowledged by the primary and gone: without a wait nothing said so; with one,
+    # the write was counted.
+    assert await promoted.queues.messages(peer(2)) == []
+    assert await promoted.queues.messages(peer(3)) == []
+    assert unwaited.durable.short == 0
+    assert told.durable.short == 1
+
+
+async def _no_replicas(client: aioredis.Redis) -> bool:
+    return await _replicas_of(client) == 0
+
+
+async def test_waitaof_waits_for_both_files_to_sync(tmp_path: Path) -> None:
+    async with _pair(tmp_path, persist=True) as pair:
+        store = pair.store(ReplicaWait(replicas=None, timeout=60.0, aof=True))
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        assert (await _commands(pair.primary_client)).get("waitaof", 0) >= 1
+        assert store.durable.short == 0
+        short = pair.store(ReplicaWait(replicas=None, timeout=0.05, aof=True))
+        with pair.replica_frozen():
+            await put_one(short, peer(1), SENDER, PATH_KEY, onion(2), NOW)
+        assert short.durable.short == 1
+
+
+async def test_waitaof_without_an_append_only_file_is_counted_not_failed(pair: Pair) -> None:
+    store = pair.store(ReplicaWait(replicas=None, timeout=0.05, aof=True))
+    result = await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+    assert result.status is PutStatus.STORED
+    assert store.durable.short == 1
+
+
+async def test_a_script_redis_lost_is_loaded_again_and_run_once(pair: Pair) -> None:
+    store = pair.store(LONG)
+    await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+    await pair.primary_client.script_flush()
+    await put_one(store, peer(1), SENDER, PATH_KEY, onion(2), NOW)
+    assert len(await store.queues.messages(peer(1))) == 2
+    assert store.durable.short == 0
+
+
+def test_the_settings_name_the_wait() -> None:
+    assert replica_wait_for(Settings()) == ReplicaWait(replicas=None, timeout=0.1, aof=False)
+    wait = replica_wait_for(
+        Settings(redis_wait_replicas=2, redis_wait_timeout=0.25, redis_wait_aof=True)
+    )
+    assert wait == ReplicaWait(replicas=2, timeout=0.25, aof=True)
+    assert wait.timeout_ms == 250
+    assert ReplicaWait(replicas=0).off
+    assert not ReplicaWait(replicas=0, aof=True).off
