@@ -121,7 +121,9 @@ class DurableWrites:
         """(the script's reply, the wait's), or (None, None) when Redis lacked the script."""
         target = {} if node is None else {"target_nodes": node}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # As a raw command: a Cluster's pipeline refuses its evalsha() method, though
+            # it routes the command by its keys like any other.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             pipe.execute_command(*self._wait_command(replicas), **target)
             reply, waited = await pipe.execute(raise_on_error=False)
         if isinstance(reply, rexc.NoScriptError):
