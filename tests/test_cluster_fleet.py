@@ -8,9 +8,11 @@ at least 2 of the 3 shards. While every alice sends, the primary of the first no
 slot is killed outright; its replica takes over; sending goes on through the failover.
 Then every bob comes online, and each message sent is, for the node that got it, either
 delivered to bob once (bob peels it with his own key and finds the payload) or lost; the
-losses must be exactly the ones the daemons counted (``lost``). With the replica wait on
-(``--redis-wait-replicas auto``, the default) there must be none; with it off the count
-is printed, whatever it is, as a measured figure.
+losses are told apart: counted by their daemon (``lost``), or not. With the replica wait
+on (``--redis-wait-replicas auto``, the default) there must be none of either; with it
+off, a write the killed primary acknowledged and had not passed on is gone unseen, so the
+count is printed, whatever it is, as a measured figure (what the daemons counted must
+still be among the losses).
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ async def test_a_primary_killed_under_ten_nodes_load_loses_only_what_the_daemons
                     tmp_path / f"node{i}",
                     node_secret=rng.randbytes(32),
                     confirm_after=0.2,
+                    # bob keeps every message: none gives way to a newer one
+                    max_messages_per_peer=max(64, count),
+                    max_bytes_per_peer=max(256 * 1024, count * 2048),
                     redis_wait_replicas=None if wait == "auto" else 0,
                     metrics_addr=f"127.0.0.1:{ports[i]}",
                 )
@@ -158,38 +163,38 @@ async def test_a_primary_killed_under_ten_nodes_load_loses_only_what_the_daemons
         for w in fleet:
             await wait_until(lambda w=w: settled(w), within=60, what="every mailbox to settle")
         metrics = [await asyncio.to_thread(scrape, port) for port in ports]
+        evicted = [(await w.store.events.counters()).get("evicted", 0) for w in fleet]
+        assert evicted == [0] * FLEET, "a message gave way to a newer one: not the test's"
         received: list[Counter[bytes]] = []
         for w in fleet:
             received.append(Counter(await w.payloads_received(w.bob)))
     torn = await close_torn_connections({n.port for n in redis_cluster.nodes})
 
-    lines = []
-    sent_total = delivered_total = lost_total = counted_total = short_total = 0
-    for i, (sender, got, m) in enumerate(zip(senders, received, metrics, strict=True)):
+    for i, (sender, got) in enumerate(zip(senders, received, strict=True)):
         twice = {text: n for text, n in got.items() if n > 1}
         assert not twice, f"node{i}: delivered more than once: {twice}"
         assert set(got) <= set(sender.sent), f"node{i}: bob got what alice never sent"
-        lost = len(sender.sent) - len(got)
-        lines.append(
-            f"node{i}{' (killed shard)' if i in on_killed else ''}: sent {len(sender.sent)}, "
-            f"delivered {len(got)}, lost {lost}, counted lost {m['lost']:.0f}, "
-            f"short waits {m['short']:.0f}"
+    sent = [len(s.sent) for s in senders]
+    delivered = [len(got) for got in received]
+    lost = [n - d for n, d in zip(sent, delivered, strict=True)]
+    counted = [int(m["lost"]) for m in metrics]
+    short = [int(m["short"]) for m in metrics]
+    for i in range(FLEET):
+        print(
+            f"node{i}{' (killed shard)' if i in on_killed else ''}: sent {sent[i]}, "
+            f"delivered {delivered[i]}, lost {lost[i]}, counted lost {counted[i]}, "
+            f"short waits {short[i]}"
         )
-        sent_total += len(sender.sent)
-        delivered_total += len(got)
-        lost_total += lost
-        counted_total += int(m["lost"])
-        short_total += int(m["short"])
-    print("\n".join(lines))
     print(
         f"wait {wait}: {FLEET} nodes, shard {killed} killed (nodes {on_killed} on it), "
-        f"promoted after {took:.1f} s; {sent_total} sent, {delivered_total} delivered, "
-        f"{lost_total} lost, {counted_total} counted lost, {short_total} short waits; "
+        f"promoted after {took:.1f} s; {sum(sent)} sent, {sum(delivered)} delivered, "
+        f"{sum(lost)} lost ({sum(counted)} counted by the daemons, "
+        f"{sum(lost) - sum(counted)} unseen), {sum(short)} short waits; "
         f"{torn} connections the clients left open"
     )
     if wait == "auto":
-        assert lost_total == 0
-    assert all(
-        len(s.sent) - len(got) == int(m["lost"])
-        for s, got, m in zip(senders, received, metrics, strict=True)
-    ), "a loss the daemon did not count"
+        assert lost == counted == [0] * FLEET
+    else:
+        # Off, a write the killed primary acknowledged and had not yet passed on is gone
+        # with it, and no daemon can know: such losses are printed above, not failed on.
+        assert all(c <= n for c, n in zip(counted, lost, strict=True)), "counted, delivered"
