@@ -84,10 +84,12 @@ def scrape(port: int) -> dict[str, float]:
 
 async def close_torn_connections(ports: set[int]) -> int:
     """Closes the connections to the Cluster's nodes that every client's ``aclose`` left
-    open, and says how many: redis-py's Cluster client drops a failed node from its map
-    with connections still in use, and one of them that reconnects later (to the node,
-    back as a replica) is no longer the client's to close. Left to the garbage collector,
-    they would be closed after the test's loop, with a warning each."""
+    open, and says how many. A failover makes redis-py's Cluster client drop the dead
+    node from its map; a connection made later on that node object (to the node back as
+    a replica) is no longer the client's to close. Seen only with the replica wait on:
+    its pipeline sends WAIT to the node object it looked up for the write's key
+    (store/durability.py). Left to the garbage collector, they would be closed after the
+    test's loop, with a warning each (an error in this suite)."""
     gc.collect()
     torn = [
         c
