@@ -10,7 +10,9 @@ fixed default ceiling), printed with the raw numbers and the target:
    peers, 10% stored), its floor (simnet alone) and, on lnd 0.21, the mix with a hot
    standby journaling; each with the CPU per message of every process;
 3. draining queued messages to a reconnecting peer, vs the same number of bare sends;
-4. Redis memory per stored message, vs the message's size.
+4. Redis memory per stored message, vs the message's size;
+5. store and deliver per message on a primary with a replica, waiting for it (WAIT,
+   WAITAOF) vs not (:mod:`bench.durability`).
 
 These machines are shared and noisy: run it several times before trusting a figure.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from simnet import Personality
 
-from bench import mailbox, peel
+from bench import durability, mailbox, peel
 from lndmailbox.lnd import Transport
 from lndmailbox.logs import configure_logging
 
@@ -199,6 +201,27 @@ def table(
     return lines
 
 
+def durability_rows(figures: Sequence[durability.Figure]) -> list[str]:
+    """One row per wait mode, each against wait off on the same fsync policy."""
+    rows = []
+    base = figures[0]
+    for f in figures:
+        if f.mode.startswith("off"):
+            base = f
+            continue
+        rows.append(
+            _row(
+                f"store+deliver, {f.mode}",
+                "-",
+                f"{f.per_message * 1e6:.0f} us/msg",
+                f"{base.mode}: {base.per_message * 1e6:.0f} us/msg",
+                f.per_message / base.per_message,
+                "",
+            )
+        )
+    return rows
+
+
 def details(r: mailbox.Figures) -> list[str]:
     i, d = r.ingest, r.drain
     per = 1e6 / i.messages
@@ -338,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-mix", action="store_true", help="leave out the mix rows (and the standby's)"
     )
     parser.add_argument("--skip-peel", action="store_true", help="leave out the peel figure")
+    parser.add_argument(
+        "--skip-durability", action="store_true", help="leave out the replica wait's rows"
+    )
     parser.add_argument("--redis-url", help="use this (empty) Redis instead of starting one")
     parser.add_argument(
         "--log-level",
@@ -369,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 peel_figures = (numbers[0], numbers[1], numbers[2])
             print("mailbox (daemon in this process; simnet in its own; real Redis)")
             results = asyncio.run(_mailbox(args))
+            waits: list[durability.Figure] = []
+            if not args.skip_durability:
+                print("replica wait (primary + 1 replica, store calls in this process)")
+                waits = asyncio.run(durability.measure(say=lambda s: print(f"  {s}", flush=True)))
             log_lines = log_path.read_text().count("\n")
     print()
     for r in results:
@@ -377,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(r.profile)
     print(f"  (the daemon wrote {log_lines} log lines at level {args.log_level})")
     print()
-    print("\n".join(table(peel_figures, results)))
+    print("\n".join(table(peel_figures, results) + durability_rows(waits)))
     failed = [
         (r.personality.value, problem) for r in results for m in r.mixes for problem in m.problems
     ]

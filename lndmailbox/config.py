@@ -199,7 +199,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "redis_url",
         str,
-        "redis:// or rediss:// URL (user, password, TLS); "
+        "redis://, rediss:// (TLS) or unix:// URL of one server, redis+cluster:// or "
+        "redis+sentinel:// (rediss+...: TLS) of a Cluster or a Sentinel group; "
         "none: an embedded server with its data in --datadir",
     ),
     Option("datadir", _path, "the mailbox's own directory"),
@@ -388,6 +389,7 @@ class Settings:
                 value = "<set>"
             elif field.name == "redis_url" and value:
                 value = re.sub(r"//[^@/]*@", "//<credentials>@", value)
+                value = re.sub(r"(?<=password=)[^&]+", "<set>", value)
             shown[field.name] = str(value) if isinstance(value, Path) else value
         return shown
 

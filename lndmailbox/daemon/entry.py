@@ -42,6 +42,7 @@ from lndmailbox.store import (
     Store,
     embedded_redis,
     limits_for,
+    parse_redis_url,
     redis_url_for,
     replica_wait_for,
 )
@@ -99,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Runs the daemon until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
+    if settings.redis_url:
+        parse_redis_url(settings.redis_url)  # a bad URL is refused before lnd is asked
     stop = stop or _stop_on_signals()
     log.info("lndmailbox %s starting: %s", __version__, settings.redacted())
     endpoint = endpoint_for(settings)

@@ -13,7 +13,8 @@ What lives where (the full table, TTLs and redis-cli recipes are in docs/redis-s
   daemon's lock and heartbeat, the journal and the delivery requests.
 
 Modules: ``records`` (value types and the record codec), ``keys`` (key names), ``lua``
-(the scripts in ``lua/*.lua``), ``client`` (connections, error mapping, replies), one
+(the scripts in ``lua/*.lua``), ``urls`` (what a ``--redis-url`` names: one server, a
+Cluster, a Sentinel group), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
 ``journal``, ``server``), ``durability`` (the writes that matter waiting for the
 replicas), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
@@ -59,6 +60,7 @@ from lndmailbox.store.records import (
 )
 from lndmailbox.store.server import Server
 from lndmailbox.store.settings import limits_for, redis_url_for, replica_wait_for
+from lndmailbox.store.urls import RedisTarget, parse_redis_url
 
 __all__ = [
     "HEADER_SIZE",
@@ -81,6 +83,7 @@ __all__ = [
     "PutStatus",
     "Queues",
     "RedisServer",
+    "RedisTarget",
     "ReplicaWait",
     "Server",
     "ServerInfo",
@@ -96,6 +99,7 @@ __all__ = [
     "free_port",
     "limits_for",
     "new_message_id",
+    "parse_redis_url",
     "redis_url_for",
     "refused_for_memory",
     "replica_wait_for",

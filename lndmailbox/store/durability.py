@@ -16,7 +16,8 @@ Rules that hold:
   error from the wait itself) never undoes or repeats the write: the write is done on
   the primary, and a second try would store or count it twice. It is counted
   (:attr:`DurableWrites.short`, the ``replica_wait_short`` metric) and logged: one
-  WARNING when replicas stop confirming, one INFO when they confirm again.
+  WARNING when replicas stop confirming, one INFO when they confirm again (a spell
+  that starts within :data:`WARN_EVERY` of the last WARNING is logged at debug).
 - ``auto`` waits for as many replicas as the primary has connected (``INFO
   replication``, looked at every :data:`LOOK_EVERY` seconds): a standalone Redis or the
   embedded server is never waited on, and a replica that leaves stops costing the wait
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 LOOK_EVERY = 5.0
 """Seconds between two looks at how many replicas the primary has (``auto``)."""
+WARN_EVERY = 60.0
+"""Seconds at least between two WARNINGs about short waits (a replica that keeps
+falling behind and catching up logs its later spells at debug)."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,14 @@ class DurableWrites:
         self._connected: dict[str, tuple[float, int]] = {}
         self._short_since: float | None = None
         self._short_in_row = 0
+        self._warned_at: float | None = None
+        self._spell_warned = False
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """The script's reply, once the wait is over (or at once when nothing is waited for)."""
         if self.wait.off:
             return await script(keys=keys, args=args)
-        node = self._node_of(keys)
+        node = await self._node_of(keys)
         replicas = await self._replicas(node)
         if replicas == 0 and not self.wait.aof:
             return await script(keys=keys, args=args)
@@ -100,8 +106,11 @@ class DurableWrites:
         self._check(waited, replicas)
         return reply
 
-    def _node_of(self, keys: Sequence[Any]) -> ClusterNode | None:
+    async def _node_of(self, keys: Sequence[Any]) -> ClusterNode | None:
+        """On a Cluster, the primary that holds the slot of ``keys`` (one slot: they all
+        carry the node's hash tag), as the client's slot map says now."""
         if isinstance(self.redis, RedisCluster) and keys:
+            await self.redis.initialize()  # the slot map, once (later calls return at once)
             return self.redis.get_node_from_key(keys[0])
         return None
 
@@ -121,8 +130,7 @@ class DurableWrites:
         """(the script's reply, the wait's), or (None, None) when Redis lacked the script."""
         target = {} if node is None else {"target_nodes": node}
         async with self.redis.pipeline(transaction=False) as pipe:
-            # As a raw command: a Cluster's pipeline refuses its evalsha() method, though
-            # it routes the command by its keys like any other.
+            # Not pipe.evalsha, which a Cluster pipeline refuses; the command is the same.
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             pipe.execute_command(*self._wait_command(replicas), **target)
             reply, waited = await pipe.execute(raise_on_error=False)
@@ -170,8 +178,12 @@ class DurableWrites:
         self._short_in_row += 1
         if self.on_short is not None:
             self.on_short()
+        now = time.monotonic()
         if self._short_since is None:
-            self._short_since = time.monotonic()
+            self._short_since = now
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            self._spell_warned = True
             log.warning(
                 "Redis replicas did not confirm a write (%s); it stands on the primary "
                 "and would be lost if the primary failed now; counting "
@@ -183,10 +195,12 @@ class DurableWrites:
 
     def _confirmed(self) -> None:
         if self._short_since is not None:
-            log.info(
+            log.log(
+                logging.INFO if self._spell_warned else logging.DEBUG,
                 "Redis replicas confirm writes again after %.1fs and %d unconfirmed writes",
                 time.monotonic() - self._short_since,
                 self._short_in_row,
             )
         self._short_since = None
         self._short_in_row = 0
+        self._spell_warned = False
