@@ -77,7 +77,11 @@ class Process:
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(f"port {self.port} to answer", lambda: self.client().ping() is True, 10.0)
+        wait_for(f"port {self.port} to answer", self.answers, 10.0)
+
+    def answers(self) -> bool:
+        with self.client() as c:
+            return c.ping() is True
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -203,6 +207,11 @@ class LocalCluster:
     def primaries(self) -> list[Process]:
         return [
             n for n in self.nodes if n.running and _info(n, "replication").get("role") == "master"
+        ]
+
+    def replicas(self) -> list[Process]:
+        return [
+            n for n in self.nodes if n.running and _info(n, "replication").get("role") == "slave"
         ]
 
     @staticmethod
@@ -370,6 +379,10 @@ class SentinelGroup:
             return True
 
         wait_for("the sentinel group to be healthy", healthy, _STARTUP_TIMEOUT)
+
+    def replicas(self) -> list[Process]:
+        primary = self.primary()
+        return [s for s in self.servers if s is not primary and s.running]
 
     def kill_primary(self) -> Process:
         """SIGKILLs the primary the sentinels name; returns it."""

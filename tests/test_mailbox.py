@@ -23,9 +23,12 @@ GENERATIONS = [Personality.LND_0_20, Personality.LND_0_21]
 
 
 @pytest.fixture(params=GENERATIONS, ids=lambda p: f"lnd{p.value}")
-async def w(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def w(
+    request: pytest.FixtureRequest, server_or_cluster_url: str, tmp_path: Path
+) -> AsyncIterator[World]:
+    """The daemon on one Redis server, then on a Redis Cluster."""
     # A short confirmation window: a delivered message leaves Redis once it is confirmed.
-    async with world(request.param, redis_url, tmp_path, confirm_after=0.2) as running:
+    async with world(request.param, server_or_cluster_url, tmp_path, confirm_after=0.2) as running:
         await running.start_daemon()
         yield running
 

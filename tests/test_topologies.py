@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -13,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from coincurve import PrivateKey
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError, TryAgainError
 from simnet import Personality
 
+from lndmailbox.cli import main as mailboxctl
 from lndmailbox.errors import StoreUnavailableError
 from lndmailbox.store import Limits, LockRenewal, PutStatus, Store, free_port
 from lndmailbox.store.audit import audit
@@ -61,6 +64,7 @@ async def test_every_operation(topology_url: str) -> None:
         assert await store.queues.move_delivered(ready, 2000) == 2
         confirmed = await store.queues.confirm(bob, [(ids[0], 2000)])
         assert [m.id for m in confirmed] == [ids[0]]
+        assert await store.queues.totals() == (2, 2, 500 + 33 + 200 + 33)  # one confirmed
         assert [m.id for m in await store.queues.sweep_expired(NOW + 10)] == [short.message_id]
         assert await store.queues.purge(bob) == 1
         assert (await store.queues.stats()).messages == 0
@@ -218,7 +222,13 @@ async def _through_failover(
     return acked, failed, old, await waiter
 
 
+def _has_script(server: Process, sha: str) -> bool:
+    with server.client() as c:
+        return bool(c.script_exists(sha)[0])
+
+
 async def _check_failover(
+    deployment: LocalCluster | SentinelGroup,
     url: str,
     kill: Callable[[], Process],
     wait: Callable[[Process], Process],
@@ -236,6 +246,10 @@ async def _check_failover(
             for _ in range(4)
         ]
         await _wait_replicated(store)
+        sha = store.queues._put.sha
+        assert not any(_has_script(r, sha) for r in deployment.replicas()), (
+            "the replica to be promoted never ran the scripts: its first put is NOSCRIPT"
+        )
         acked, failed, old, new = await _through_failover(store, kill, wait)
         print(f"{len(acked)} puts acknowledged around the failover, {failed} failed")
         assert failed > 0, "the calls during the failover failed"
@@ -263,6 +277,7 @@ async def test_a_cluster_failover_is_an_outage_and_loses_nothing_replicated(
         return int(node.port)
 
     await _check_failover(
+        redis_cluster,
         cluster_url,
         lambda: redis_cluster.kill_primary(key),
         lambda old: redis_cluster.wait_for_failover(key, old),
@@ -279,6 +294,7 @@ async def test_a_sentinel_failover_is_an_outage_and_loses_nothing_replicated(
         return int(address[1])
 
     await _check_failover(
+        redis_sentinel,
         sentinel_url,
         redis_sentinel.kill_primary,
         redis_sentinel.wait_for_failover,
@@ -336,3 +352,50 @@ def _wait_replicated_sync(deployment: LocalCluster | SentinelGroup, key: str) ->
     )
     with primary.client() as c:
         assert int(c.execute_command("WAIT", 1, 10_000)) >= 1
+
+
+async def test_mailboxctl_on_the_url(
+    topology_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mailboxctl finds the only mailbox there, lists its peers, purges one."""
+    async with Store.from_url(topology_url, NODE) as store:
+        bob, carol = (PrivateKey().public_key.format() for _ in range(2))
+        for peer in (bob, carol, carol):
+            await put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW)
+    (tmp_path / "empty.toml").write_text("")
+    flags = ["--config", str(tmp_path / "empty.toml"), "--redis-url", topology_url]
+    flags += ["--rpcserver", f"127.0.0.1:{free_port()}", "--tlscertpath", str(tmp_path / "no")]
+
+    async def ctl(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(mailboxctl, [*flags, "--json", *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return code, out
+
+    code, out = await ctl("peers")
+    assert code == 0
+    assert {(p["peer"], p["messages"]) for p in json.loads(out)["peers"]} == {
+        (bob.hex(), 1),
+        (carol.hex(), 2),
+    }
+    code, out = await ctl("status")
+    assert code == 0
+    status = json.loads(out)
+    assert (status["node"], status["mail"]["messages"]) == (NODE.hex(), 3)
+    assert status["redis"]["reachable"]
+    assert status["redis"]["mailbox_memory"] > 0
+    assert (await ctl("purge", carol.hex(), "--yes"))[0] == 0
+    code, out = await ctl("peers")
+    assert [p["peer"] for p in json.loads(out)["peers"]] == [bob.hex()]
+
+
+async def test_on_sentinel_more_concurrent_calls_than_connections_wait(sentinel_url: str) -> None:
+    """Sentinel's pool waits for a free connection, as the one-server pool does."""
+    async with Store.from_url(sentinel_url, NODE, max_connections=4) as store:
+        peer = pubkey()
+        results = await asyncio.gather(
+            *(put_one(store, peer, pubkey(), pubkey(), os.urandom(300), NOW + i) for i in range(40))
+        )
+        assert {r.status for r in results} == {PutStatus.STORED}
+        assert len(await store.queues.messages(peer)) == 40
