@@ -33,19 +33,8 @@ async def w(
         yield running
 
 
-@pytest.fixture(params=GENERATIONS, ids=lambda p: f"lnd{p.value}")
-async def w_anywhere(
-    request: pytest.FixtureRequest, server_or_cluster_url: str, tmp_path: Path
-) -> AsyncIterator[World]:
-    """:func:`w` on the session's server, then on its Cluster."""
-    async with world(request.param, server_or_cluster_url, tmp_path, confirm_after=0.2) as running:
-        await running.start_daemon()
-        yield running
-
-
 @pytest.mark.parametrize("how", ["next_node_id", "short_channel_id", "override"])
-async def test_offline_recipient_gets_the_message_when_back(w_anywhere: World, how: str) -> None:
-    w = w_anywhere
+async def test_offline_recipient_gets_the_message_when_back(w: World, how: str) -> None:
     text = f"hello bob, by {how}".encode()
     message = w.message_for_bob(text, by_scid=how == "short_channel_id", override=how == "override")
     await w.alice.send_onion_message(message)
