@@ -120,6 +120,7 @@ class LocalCluster:
         """``client_ports``: the ports each node tells clients to use (MOVED, CLUSTER
         SLOTS) instead of its own, for a TLS terminator in front of each."""
         count = 6 if replicas else 3
+        self._ids: dict[str, Process] = {}
         self.bus_ports = [free_port() for _ in range(count)]
         self.nodes = [
             Process(
@@ -168,6 +169,7 @@ class LocalCluster:
             wait_for(f"node {replica.port} to know {primary.port}", knows, _STARTUP_TIMEOUT)
             with replica.client() as c:
                 c.execute_command("CLUSTER", "REPLICATE", ids[primary.port])
+        self._ids = {self.node_id(n): n for n in self.nodes}  # kept across restarts (nodes.conf)
         self.wait_healthy()
 
     def wait_healthy(self) -> None:
@@ -200,9 +202,13 @@ class LocalCluster:
                 slot = c.execute_command("CLUSTER", "KEYSLOT", key)
                 for first, last, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
                     if first <= slot <= last:
-                        port = int(primary[1])
-                        return next(n for n in self.nodes if n.port == port)
+                        return self._by_id(primary[2].decode())
         raise AssertionError("no running node")
+
+    def _by_id(self, node_id: str) -> Process:
+        """The node of ``node_id`` (by id: the port in CLUSTER SLOTS may be the one the
+        node announces to clients)."""
+        return self._ids[node_id]
 
     def primaries(self) -> list[Process]:
         return [
@@ -258,12 +264,11 @@ class LocalCluster:
             _STARTUP_TIMEOUT,
         )
 
-    @staticmethod
-    def _owner_seen_by(node: Process, slot: int) -> int | None:
+    def _owner_seen_by(self, node: Process, slot: int) -> int | None:
         with node.client() as c:
             for first, last, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
                 if first <= slot <= last:
-                    return int(primary[1])
+                    return self._by_id(primary[2].decode()).port
         return None
 
     def kill_primary(self, key: str) -> Process:

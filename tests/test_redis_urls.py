@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis.exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
@@ -102,6 +103,9 @@ async def test_each_kind_gets_its_client_with_tls_and_credentials() -> None:
     assert (kwargs["username"], kwargs["password"], kwargs["max_connections"]) == ("u", "p", 3)
     assert (kwargs["ssl_ca_certs"], kwargs["ssl_cert_reqs"]) == ("/ca.pem", "none")
     assert kwargs["decode_responses"] is False
+    # a hung node costs one socket timeout, not four (the node lock's lease is 1 s)
+    assert rexc.TimeoutError not in cluster.ERRORS_ALLOW_RETRY
+    assert rexc.ConnectionError in cluster.ERRORS_ALLOW_RETRY
     await cluster.aclose()
 
     sentinel = connect(

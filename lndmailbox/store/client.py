@@ -156,13 +156,23 @@ def _credentials(target: RedisTarget) -> dict[str, Any]:
     return found
 
 
+class _Cluster(RedisCluster):
+    """The cluster client, retrying a command (with the slot map read again in between)
+    on a failed connection or a shard without its primary, but not on a timeout, for the
+    reason in :func:`connect`."""
+
+    ERRORS_ALLOW_RETRY = (  # type: ignore[assignment]  # a narrower tuple than the base one
+        rexc.ConnectionError,
+        rexc.ClusterDownError,
+        rexc.SlotNotCoveredError,
+    )
+
+
 def _cluster(target: RedisTarget, max_connections: int, kwargs: dict[str, Any]) -> RedisCluster:
-    # The cluster client retries a command itself (reloading the slot map in between)
-    # on a connection failure or a shard without a primary; a timeout is not retried,
-    # for the reason above.
+    # Only the number of retries is read from it: the errors are _Cluster's.
     kwargs["retry"] = _retry(rexc.ConnectionError, rexc.ClusterDownError)
     kwargs.pop("retry_on_error", None)
-    return RedisCluster(
+    return _Cluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
         max_connections=max_connections,
         decode_responses=False,
