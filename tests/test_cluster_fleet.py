@@ -124,7 +124,7 @@ async def settled(w: World) -> bool:
 
 @pytest.mark.parametrize("wait", ["auto", "off"])
 @ci_and_long(15, 200, timeout=240, long_timeout=1200)  # CI: about 16 s each here
-async def test_a_primary_killed_under_ten_nodes_load_loses_only_what_the_daemons_count(
+async def test_ten_nodes_through_a_primary_killed_under_load_every_message_counted(
     redis_cluster: LocalCluster, cluster_url: str, tmp_path: Path, wait: str, size: float
 ) -> None:
     rng = seeded("FLEET_SEED", "fleet node keys")
