@@ -173,9 +173,16 @@ class World:
 
 @contextlib.asynccontextmanager
 async def world(
-    personality: Personality, redis_url: str, tmp_path: Path, **settings: object
+    personality: Personality,
+    redis_url: str,
+    tmp_path: Path,
+    *,
+    node_secret: bytes | None = None,
+    **settings: object,
 ) -> AsyncIterator[World]:
-    node = SimNode(personality, onion_msg_relay_all=False)
+    """``node_secret``: the LSP node's key (random by default), which picks its keys'
+    Cluster slot."""
+    node = SimNode(personality, onion_msg_relay_all=False, node_secret=node_secret)
     await node.start()
     alice = node.add_peer("alice")
     bob = node.add_peer("bob")

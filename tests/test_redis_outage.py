@@ -478,8 +478,10 @@ async def test_the_holder_takes_its_lock_again_after_an_outage_longer_than_the_l
         await asyncio.to_thread(redis.stop)
 
 
-async def test_a_holder_that_finds_another_owner_stops_and_raises(redis_url: str) -> None:
-    store = Store.from_url(redis_url, NODE)
+async def test_a_holder_that_finds_another_owner_stops_and_raises(
+    server_or_cluster_url: str,
+) -> None:
+    store = Store.from_url(server_or_cluster_url, NODE)
     lock = NodeLock(store.control, lease=0.5, heartbeat_interval=0.1)
     stop = asyncio.Event()
 

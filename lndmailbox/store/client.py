@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -44,6 +46,18 @@ _CLUSTER_IN_FAILOVER = (
     rexc.ClusterError,
     rexc.SlotNotCoveredError,
 )
+
+_REDIS_PY = Path(rexc.__file__).parent
+
+
+def _torn_connection(error: AttributeError) -> bool:
+    """Whether ``error`` is redis-py's connection found closed under it: the Cluster
+    client's node pool disconnects its free connections after a failover without taking
+    them out of the pool, so another call may pick one up and have it closed mid-connect
+    (``'NoneType' object has no attribute 'writelines'``). Raised in redis-py's own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).is_relative_to(_REDIS_PY)
+
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 """What every part of the store talks to: one server (or Sentinel's primary), or a Cluster."""
@@ -78,6 +92,10 @@ def redis_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any,
                 # script has passed: the same as unreachable for the caller.
                 raise StoreUnavailableError(f"Redis cannot take {fn.__name__} now: {e}") from e
             raise StoreError(f"Redis refused {fn.__name__}: {e}") from e
+        except AttributeError as e:
+            if not _torn_connection(e):
+                raise
+            raise StoreUnavailableError(f"Redis is unavailable: a connection closed: {e}") from e
         except ValueError as e:
             # a reply that does not parse (a value written by hand, bytes that are not text)
             raise RecordError(f"unreadable reply to {fn.__name__}: {e}") from e
