@@ -388,7 +388,7 @@ class Settings:
             if field.name in ("macaroon", "notify_secret", "lndconnect") and value:
                 value = "<set>"
             elif field.name == "redis_url" and value:
-                value = re.sub(r"//[^@/]*@", "//<credentials>@", value)
+                value = re.sub(r"//[^/]*@", "//<credentials>@", value)
                 value = re.sub(r"(?<=password=)[^&]+", "<set>", value)
             shown[field.name] = str(value) if isinstance(value, Path) else value
         return shown

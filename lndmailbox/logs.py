@@ -101,9 +101,10 @@ _MACAROON_B64: Final = re.compile(r"AgEDbG5k[A-Za-z0-9+/=_-]*")
 _PEM_PRIVATE: Final = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
 )
-# Credentials in a URL (redis://user:password@host), and passwords among its options
+# Credentials in a URL (redis://user:password@host, up to the authority's last "@": a
+# password may hold a raw one), and passwords among its options
 # (redis+sentinel://...?sentinel_password=...).
-_URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]+@")
+_URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/\s]*@")
 _URL_PASSWORD_OPTION: Final = re.compile(r"(?<=password=)[^&\s]+")
 _NEEDS_QUOTES: Final = re.compile(r'[\s"=\\]|[\x00-\x1f\x7f]')
 

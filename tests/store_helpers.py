@@ -26,9 +26,14 @@ async def put_one(
 
 
 async def set_maxmemory(redis: RedisClient, value: int) -> None:
-    """CONFIG SET maxmemory on the server, or on every node of a Cluster (redis-py sends
-    CONFIG SET to one node of a Cluster)."""
+    """CONFIG SET maxmemory on the server, or on every node of a Cluster."""
+    await set_config(redis, "maxmemory", value)
+
+
+async def set_config(redis: RedisClient, name: str, value: int) -> None:
+    """CONFIG SET on the server, or on every node of a Cluster (redis-py sends CONFIG SET
+    to one node of a Cluster)."""
     if isinstance(redis, RedisCluster):
-        await redis.config_set("maxmemory", value, target_nodes=RedisCluster.ALL_NODES)
+        await redis.config_set(name, value, target_nodes=RedisCluster.ALL_NODES)
     else:
-        await redis.config_set("maxmemory", value)
+        await redis.config_set(name, value)

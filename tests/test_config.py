@@ -110,6 +110,8 @@ def test_secrets_are_redacted_for_logs() -> None:
     shown = repr(s.redacted())
     for secret in ("0201abcdef", "s3cret", "user:pw"):
         assert secret not in shown
+    raw_at = Settings(redis_url="redis+cluster://mailbox:p@ssw0rd@h:7000")
+    assert "ssw0rd" not in repr(raw_at.redacted())
 
 
 def test_every_option_is_in_the_readme() -> None:

@@ -208,6 +208,11 @@ def test_secret_name_rules() -> None:
     assert scrub_text("nothing to hide 0201") == "nothing to hide 0201"
     assert scrub_text("redis://:pw@db:6379/0 up") == f"redis://{REDACTED}@db:6379/0 up"
     assert scrub_text("http://example.com/a@b") == "http://example.com/a@b"
+    # A raw "@" in a password: hidden up to the authority's last one.
+    assert (
+        scrub_text("redis+cluster://mailbox:p@ssw0rd@h:7000 up")
+        == f"redis+cluster://{REDACTED}@h:7000 up"
+    )
 
 
 def test_every_daemon_module_logs_under_its_own_name() -> None:

@@ -63,15 +63,23 @@ def test_sentinel_url() -> None:
     assert parse_redis_url("rediss+sentinel://s:1/m").db == 0
 
 
+def test_a_misread_password_is_not_echoed() -> None:
+    """A raw "/" in a password ends the authority early: the error must not repeat it."""
+    with pytest.raises(ConfigError) as raised:
+        parse_redis_url("redis+cluster://u:sec/ret@h:7000")
+    assert "sec" not in str(raised.value)
+    assert "percent-encode" in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
         ("http://h:1", "scheme must be one of"),
         ("h:6379", "scheme must be one of"),
-        ("redis+cluster://h", "'h' is not host:port"),
-        ("redis+cluster://h:0", "is not host:port"),
-        ("redis+cluster://h:1,,h:2", "'' is not host:port"),
-        ("redis+cluster://[::1]7000", "is not host:port"),
+        ("redis+cluster://h", "a host is not host:port"),
+        ("redis+cluster://h:0", "a host is not host:port"),
+        ("redis+cluster://h:1,,h:2", "a host is not host:port"),
+        ("redis+cluster://[::1]7000", "a host is not host:port"),
         ("redis+cluster://h:1/2", "database 0 only"),
         ("redis+cluster://h:1?db=2", "unknown option 'db'"),
         ("redis+cluster://h:1?sentinel_password=x", "unknown option 'sentinel_password'"),

@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 import redis.asyncio as aioredis
 
-from lndmailbox.errors import StoreError
+from lndmailbox.errors import StoreError, StoreUnavailableError
 from lndmailbox.store import (
     HEADER_SIZE,
     RECORD_VERSION,
@@ -27,7 +27,7 @@ from lndmailbox.store import (
 )
 from lndmailbox.store.audit import audit
 from lndmailbox.store.client import RedisClient
-from tests.store_helpers import put_one, set_maxmemory
+from tests.store_helpers import put_one, set_config, set_maxmemory
 
 NOW = 1_700_000_000.0
 NODE = bytes.fromhex("02" + "11" * 32)
@@ -630,6 +630,22 @@ async def test_delivery_and_eviction_race_for_the_same_message(
         outcomes.add(removed)
     assert outcomes == {True, False}, "both orders happened"
     await assert_consistent(store)
+
+
+async def test_too_few_replicas_is_unavailable_not_refused(
+    store: Store, redis_client: RedisClient
+) -> None:
+    """A primary with min-replicas-to-write refuses writes (NOREPLICAS) while a replica is
+    away: that passes, so it is StoreUnavailableError (retried), never StoreError (which
+    the store writer counts as lost)."""
+    peer = pubkey()
+    await set_config(redis_client, "min-replicas-to-write", 5)
+    try:
+        with pytest.raises(StoreUnavailableError, match="NOREPLICAS"):
+            await put_one(store, peer, pubkey(), pubkey(), onion(), NOW + 1)
+    finally:
+        await set_config(redis_client, "min-replicas-to-write", 0)
+    assert await store.queues.messages(peer) == []
 
 
 async def test_out_of_memory_refuses_the_whole_put(

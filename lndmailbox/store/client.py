@@ -37,7 +37,17 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_PASSING_REFUSALS = ("OOM", "MASTERDOWN", "TRYAGAIN", "BUSY", "LOADING", "CLUSTERDOWN")
+# NOREPLICAS: a primary with min-replicas-to-write refuses writes while too few replicas
+# are connected (one restarting or resyncing): it passes too.
+_PASSING_REFUSALS = (
+    "OOM",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "BUSY",
+    "LOADING",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
 # A Cluster in a failover: a shard without its primary, a slot map being rebuilt, a
 # redirection loop that ran out of hops. Each passes once the replica is promoted.
 _CLUSTER_IN_FAILOVER = (

@@ -117,7 +117,12 @@ def _host_port(text: str) -> tuple[str, int]:
     else:
         host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"bad Redis URL: {text!r} is not host:port")
+        # Not echoed: a password holding a raw "/", "?" or "#" ends the authority early and
+        # lands here.
+        raise ConfigError(
+            "bad Redis URL: a host is not host:port (percent-encode any /, ?, # or @ in a"
+            " user name or password)"
+        )
     return host, int(port)
 
 
