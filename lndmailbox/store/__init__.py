@@ -15,7 +15,8 @@ What lives where (the full table, TTLs and redis-cli recipes are in docs/redis-s
 Modules: ``records`` (value types and the record codec), ``keys`` (key names), ``lua``
 (the scripts in ``lua/*.lua``), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
-``journal``, ``server``), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
+``journal``, ``server``, and ``migrate``: the move from the old key layout), ``handle``
+(:class:`Store`), ``embedded`` (a Redis server
 process of our own), ``settings`` (which Redis and which limits the settings ask for)
 and ``audit`` (the tests' invariant check).
 """
@@ -36,6 +37,7 @@ from lndmailbox.store.events import Events, NewEvent
 from lndmailbox.store.handle import Store
 from lndmailbox.store.journal import Journal, NewEntry
 from lndmailbox.store.keys import Keys
+from lndmailbox.store.migrate import LayoutMigration, LayoutMove
 from lndmailbox.store.queues import Queues
 from lndmailbox.store.records import (
     HEADER_SIZE,
@@ -68,6 +70,8 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "Keys",
+    "LayoutMigration",
+    "LayoutMove",
     "Limits",
     "LockRenewal",
     "NewEntry",

@@ -37,6 +37,7 @@ from lndmailbox.store.control import Control
 from lndmailbox.store.events import Events, stream_bound
 from lndmailbox.store.journal import Journal
 from lndmailbox.store.keys import ALL_MAILBOXES, Keys, node_of
+from lndmailbox.store.migrate import LayoutMigration
 from lndmailbox.store.queues import Queues
 from lndmailbox.store.records import Limits, check_pubkey
 from lndmailbox.store.server import Server
@@ -83,6 +84,7 @@ class Store:
         self.control = Control(redis, self.keys)
         self.journal = Journal(redis, self.keys, self.limits)
         self.server = Server(redis, self.keys)
+        self.layout = LayoutMigration(redis, self.keys, node)
 
     @classmethod
     def from_url(

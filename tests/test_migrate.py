@@ -1,0 +1,324 @@
+"""Moving a mailbox the old release filled (its own code, tests/old_release.py) from the old
+key layout into the current one: every key arrives with its content and expiry, nothing of
+the old layout is left, a second run changes nothing, a run cut short between peers and
+run again ends where one run ends, and it refuses while a daemon of the old release runs."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from lndmailbox.errors import MigrationRefusedError
+from lndmailbox.onion.wire import OnionMessage
+from lndmailbox.store import (
+    LayoutMove,
+    NewEntry,
+    NewMessage,
+    RedisServer,
+    Store,
+    free_port,
+)
+from lndmailbox.store import migrate as migrate_module
+from lndmailbox.store.audit import audit
+from lndmailbox.store.client import as_str
+from lndmailbox.store.journal import entry_for
+from lndmailbox.store.records import decode_record, decode_unconfirmed
+from tests.old_release import OldFill, extract_old_release, run_old_release
+
+State = dict[str, tuple[str, Any, int]]
+"""Every key of a pattern: its type, its content (decoded as Redis holds it), its expiry
+(PEXPIRETIME: absolute ms, -1 for none)."""
+
+
+@pytest.fixture(scope="module")
+def old_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return extract_old_release(tmp_path_factory.mktemp("old-release"))
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    return random.Random(seed)
+
+
+def key(rng: random.Random) -> bytes:
+    return bytes([rng.choice((2, 3))]) + rng.randbytes(32)
+
+
+def message(rng: random.Random, size: int = 1366) -> OnionMessage:
+    return OnionMessage(key(rng), rng.randbytes(size))
+
+
+def old_mailbox(rng: random.Random, node: bytes, now: float) -> OldFill:
+    """A mailbox as the old release leaves it: six peers with mail, two of them with
+    unconfirmed messages, one flooded past its cap, a duplicate and a drop summarized, the
+    allowlist, counters, a delivery request, a journal entry left undecided and one decided."""
+    fill = OldFill(node=node, now=now, max_messages_per_peer=4)
+    peers = [key(rng) for _ in range(6)]
+    sender = key(rng)
+    for i, count in enumerate((5, 3, 7, 1)):  # the third peer is flooded past its cap of 4
+        for j in range(count):
+            fill.put(peers[i], sender, message(rng), now - 60 + i + j / 10)
+    again = message(rng)
+    fill.put(peers[3], sender, again, now - 30)
+    fill.put(peers[3], sender, again, now - 29)  # a duplicate: summarized
+    fill.put_batch([(p, sender, message(rng, 200), now - 20) for p in peers[4:]])
+    fill.deliver = {peers[0]: 2, peers[2]: 1}
+    fill.allow = [*peers[:3], key(rng)]
+    fill.counters = {"received": 25, "forwarded": 3, "leader_changes": 2}
+    fill.summary = [("dropped", "not_allowed", sender, 2)]
+    fill.delivery_requests = [peers[1]]
+    undecided, decided = message(rng), message(rng)
+    fill.journal_entry(entry_for(undecided.path_key, undecided.onion), sender, undecided, now - 5)
+    fill.journal_entry(entry_for(decided.path_key, decided.onion), sender, decided, now - 4)
+    fill.decided = [entry_for(decided.path_key, decided.onion)]
+    return fill
+
+
+async def state(client: aioredis.Redis, pattern: str) -> State:
+    found: State = {}
+    raw: Any
+    async for raw in client.scan_iter(match=pattern, count=1000):
+        name = raw.decode()
+        kind = as_str(await client.type(name))
+        content: Any
+        if kind == "list":
+            content = await client.lrange(name, 0, -1)
+        elif kind == "hash":
+            content = await client.hgetall(name)
+        elif kind == "set":
+            content = sorted(await client.smembers(name))
+        elif kind == "zset":
+            content = await client.zrange(name, 0, -1, withscores=True)
+        elif kind == "stream":
+            content = await client.xrange(name)
+        else:
+            content = await client.get(name)
+        found[name] = (kind, content, int(await client.pexpiretime(name)))
+    return found
+
+
+def renamed(old: State, node: bytes) -> State:
+    """The old layout's keys under the current layout's names."""
+    n = node.hex()
+    peer_key = re.compile(rf"lndmailbox:{n}:peer:\{{([0-9a-f]{{66}})\}}:(\w+)")
+    out: State = {}
+    for name, value in old.items():
+        match = peer_key.fullmatch(name)
+        if match:
+            out[f"lndmailbox:{{{n}}}:peer:{match[1]}:{match[2]}"] = value
+        else:
+            out[name.replace(f"lndmailbox:{n}:", f"lndmailbox:{{{n}}}:", 1)] = value
+    return out
+
+
+def old_pattern(node: bytes) -> str:
+    return f"lndmailbox:{node.hex()}:*"
+
+
+def new_pattern(node: bytes) -> str:
+    return f"lndmailbox:{{{node.hex()}}}:*"
+
+
+def held(st: State) -> list[bytes]:
+    """Every message a state's queues and unconfirmed lists hold, as path_key ‖ onion."""
+    anyone = b"\x02" * 33
+    out = []
+    for name, (_, content, _) in st.items():
+        if name.endswith(":queue"):
+            out += [decode_record(anyone, r) for r in content]
+        elif name.endswith(":unconfirmed"):
+            out += [decode_unconfirmed(anyone, e).message for e in content]
+    return [m.path_key + m.onion for m in out]
+
+
+async def test_a_mailbox_of_the_old_release_arrives_whole_and_a_second_run_changes_nothing(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    node = key(rng)
+    fill = old_mailbox(rng, node, now=1_700_000_000.0 + rng.randrange(10**8))
+    run_old_release(old_code, redis_url, fill)
+    before = await state(redis_client, old_pattern(node))
+    kinds = {name.rsplit(":", 1)[1] for name in before}
+    assert kinds >= {"queue", "unconfirmed", "dedup", "mail", "usage", "allow", "counters"}
+    assert kinds >= {"events", "summary", "inbox", "decided", "delivery-requests"}
+    assert any(f.startswith(b"flood:") for f in before[f"lndmailbox:{node.hex()}:usage"][1])
+    assert await state(redis_client, new_pattern(node)) == {}
+
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()
+        after = await state(redis_client, new_pattern(node))
+        assert after == renamed(before, node)
+        assert await state(redis_client, old_pattern(node)) == {}
+        assert await audit(store) == []
+        assert moved.peers == 6
+        assert moved.messages == len(held(before)) == 4 + 3 + 4 + 2 + 2
+        assert moved.unconfirmed == 3
+        assert moved.bytes == sum(map(len, held(before)))
+        assert (moved.duplicates, moved.expired, moved.damaged) == (0, 0, 0)
+        assert (moved.journal, moved.decided, moved.delivery_requests) == (1, 1, 1)
+        assert moved.allowed == 4
+        assert "moved 6 peers (15 messages" in moved.describe()
+
+        again = await store.layout.run()
+        assert again == LayoutMove()
+        assert not again
+        assert not await store.layout.pending()
+        assert await state(redis_client, new_pattern(node)) == after
+
+
+async def test_a_run_cut_short_between_peers_and_run_again_ends_where_one_run_ends(
+    old_code: Path,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut short the way it happens for real: a daemon of the old release starts while the
+    peers move (its lock appears), and the next run comes once it stopped."""
+    node = key(rng)
+    run_old_release(old_code, redis_url, old_mailbox(rng, node, now=1_700_000_000.0))
+    snapshot: dict[Any, tuple[Any, int]] = {
+        name: (await redis_client.dump(name), await redis_client.pexpiretime(name))
+        async for name in redis_client.scan_iter(match=old_pattern(node))
+    }
+    original = sorted(held(await state(redis_client, old_pattern(node))))
+    monkeypatch.setattr(migrate_module, "PEERS_PER_CALL", 2)
+    lock = f"lndmailbox:{node.hex()}:lock"
+
+    async with Store.from_url(redis_url, node) as store:
+        move_page = store.layout._move
+        pages = 0
+
+        async def then_the_old_release_starts(*args: Any) -> set[bytes]:
+            nonlocal pages
+            left = await move_page(*args)
+            pages += 1
+            if pages == 1:
+                await redis_client.set(lock, "lsp:4242:0a0b", px=600_000)
+            return left
+
+        monkeypatch.setattr(store.layout, "_move", then_the_old_release_starts)
+        with pytest.raises(MigrationRefusedError, match="lsp:4242:0a0b"):
+            await store.layout.run()
+        old = held(await state(redis_client, old_pattern(node)))
+        new = held(await state(redis_client, new_pattern(node)))
+        assert old, "cut short between peers"
+        assert new, "cut short between peers"
+        assert not set(old) & set(new), "a message in both layouts"
+        assert sorted(old + new) == original, "every message in exactly one place"
+        assert await audit(store) == []
+
+        await redis_client.delete(lock)
+        monkeypatch.undo()
+        await store.layout.run()
+        twice = await state(redis_client, new_pattern(node))
+
+        await redis_client.flushall()
+        for name, (dumped, expires) in snapshot.items():
+            await redis_client.restore(name, expires if expires > 0 else 0, dumped, absttl=True)
+        await store.layout.run()
+        once = await state(redis_client, new_pattern(node))
+    assert twice == once
+    assert sorted(held(once)) == original
+    assert await state(redis_client, old_pattern(node)) == {}
+
+
+async def test_refused_while_the_old_release_leads_and_nothing_moves(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    node = key(rng)
+    fill = old_mailbox(rng, node, now=1_700_000_000.0)
+    fill.lock = "lsp:pid=7:boot=b:pidns=1:c0ffee"
+    run_old_release(old_code, redis_url, fill)
+    before = await state(redis_client, old_pattern(node))
+    async with Store.from_url(redis_url, node) as store:
+        with pytest.raises(MigrationRefusedError) as refused:
+            await store.layout.run()
+        assert f"lndmailbox:{node.hex()}:lock is held by {fill.lock}" in str(refused.value)
+        assert await state(redis_client, old_pattern(node)) == before
+        assert await state(redis_client, new_pattern(node)) == {}
+
+        # An old standby's heartbeat (it would take the lock within 0.15 s) refuses too.
+        await redis_client.delete(f"lndmailbox:{node.hex()}:lock")
+        await redis_client.hset(f"lndmailbox:{node.hex()}:daemons", "standby", "{}")
+        with pytest.raises(MigrationRefusedError, match="daemons holds its heartbeat"):
+            await store.layout.run()
+        await redis_client.delete(f"lndmailbox:{node.hex()}:daemons")
+        assert (await store.layout.run()).peers == 6
+
+
+async def test_into_a_current_layout_that_holds_mail_already(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    """The old release, then this one, then the old release again (a downgrade and back):
+    a message both layouts hold is held once (the current copy), the journal keeps the copy
+    received first, and the old events newer than the current stream's last are appended
+    with their ids, the older ones dropped."""
+    node, peer, sender = key(rng), key(rng), key(rng)
+    both, only_new, only_old = message(rng), message(rng), message(rng)
+    journaled = message(rng)
+    now = 1_700_000_000.0
+    first = OldFill(node=node, now=now)
+    first.put(peer, sender, only_old, now - 100)
+    run_old_release(old_code, redis_url, first)
+    async with Store.from_url(redis_url, node) as store:
+        await store.queues.put_many(
+            [NewMessage(peer, sender, m.path_key, m.onion, now) for m in (both, only_new)],
+            ttl=3600,
+        )
+        entry = entry_for(journaled.path_key, journaled.onion)
+        await store.journal.write(
+            [NewEntry(entry, sender, journaled.path_key, journaled.onion, now - 1)]
+        )
+        current_events = await store.events.recent(10)
+        again = OldFill(node=node, now=now)
+        again.put(peer, sender, both, now - 99)
+        again.journal_entry(entry, sender, journaled, now - 3)
+        run_old_release(old_code, redis_url, again)
+        old_events: Any = await redis_client.xrange(f"lndmailbox:{node.hex()}:events")
+
+        moved = await store.layout.run()
+        held = await store.queues.held(peer)
+        assert [m.path_key for m in held] == [only_old.path_key, both.path_key, only_new.path_key]
+        assert held[1].received_at == now  # the current layout's copy
+        assert (moved.messages, moved.duplicates) == (1, 1)
+        (pending,) = await store.journal.pending()
+        assert pending.received_at == now - 3
+        assert (moved.journal, moved.journal_kept) == (1, 0)
+        events: Any = await redis_client.xrange(store.keys.events_key)
+        assert [e[0].decode() for e in events[: len(current_events)]] == [
+            e.stream_id for e in current_events
+        ]
+        assert events[len(current_events) :] == old_events[1:]  # the later one, its own id
+        assert (moved.events, moved.events_dropped) == (1, 1)
+        assert await audit(store) == []
+        assert await state(redis_client, old_pattern(node)) == {}
+
+
+class ClusterModeServer(RedisServer):
+    """One server with cluster mode on: no slots needed to be asked what it is."""
+
+    def _config(self) -> str:
+        # the cluster bus port, by default the port + 10000, past 65535 for a high port
+        lines = ["cluster-enabled yes", "cluster-config-file nodes.conf"]
+        return super()._config() + "\n".join([*lines, f"cluster-port {free_port()}", ""])
+
+
+async def test_on_a_cluster_there_is_nothing_to_move(tmp_path: Path) -> None:
+    server = ClusterModeServer(tmp_path)
+    server.start()
+    try:
+        async with Store.from_url(server.url, b"\x02" + os.urandom(32)) as store:
+            assert (await store.redis.info("cluster"))["cluster_enabled"] == 1
+            assert not await store.layout.pending()
+            assert await store.layout.run() == LayoutMove()
+    finally:
+        server.stop()
