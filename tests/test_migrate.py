@@ -5,16 +5,22 @@ run again ends where one run ends, and it refuses while a daemon of the old rele
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import random
 import re
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from simnet import Personality
 
 from lndmailbox.errors import MigrationRefusedError
+from lndmailbox.onion import Forward, peel
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import (
     LayoutMove,
@@ -22,6 +28,7 @@ from lndmailbox.store import (
     NewMessage,
     RedisServer,
     Store,
+    StoredMessage,
     free_port,
 )
 from lndmailbox.store import migrate as migrate_module
@@ -29,6 +36,7 @@ from lndmailbox.store.audit import audit
 from lndmailbox.store.client import as_str
 from lndmailbox.store.journal import entry_for
 from lndmailbox.store.records import decode_record, decode_unconfirmed
+from tests.daemon_harness import GENERATIONS, counted, wait_until, world
 from tests.old_release import OldFill, extract_old_release, run_old_release
 
 State = dict[str, tuple[str, Any, int]]
@@ -165,7 +173,7 @@ async def test_a_mailbox_of_the_old_release_arrives_whole_and_a_second_run_chang
         assert (moved.duplicates, moved.expired, moved.damaged) == (0, 0, 0)
         assert (moved.journal, moved.decided, moved.delivery_requests) == (1, 1, 1)
         assert moved.allowed == 4
-        assert "moved 6 peers (15 messages" in moved.describe()
+        assert moved.describe().startswith("moved 6 peers (15 messages, ")
 
         again = await store.layout.run()
         assert again == LayoutMove()
@@ -322,3 +330,82 @@ async def test_on_a_cluster_there_is_nothing_to_move(tmp_path: Path) -> None:
             assert await store.layout.run() == LayoutMove()
     finally:
         server.stop()
+
+
+@GENERATIONS
+async def test_a_daemon_on_the_moved_mailbox_delivers_each_message_once(
+    personality: Personality,
+    old_code: Path,
+    redis_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The old release kept four messages for bob (lnd took one, never confirmed) and read a
+    fifth it did not decide; a daemon of this release leads on that Redis: it moves the
+    mailbox first, decides the fifth, and bob, once back, peels each of the five once."""
+    async with world(personality, redis_url, tmp_path, confirm_after=0.2) as w:
+        now = time.time()
+        texts = [f"kept by the old release {i}".encode() for i in range(5)]
+        messages = [w.message_for_bob(text) for text in texts]
+        fill = OldFill(node=w.node.pubkey, now=now)
+        for i, m in enumerate(messages[:4]):
+            # kept as the LSP keeps it: peeled by the LSP, for bob
+            hop = await peel(m.path_key, m.onion, w.node.key)
+            assert isinstance(hop, Forward)
+            for_bob = OnionMessage(hop.next_path_key, hop.next_onion)
+            fill.put(w.bob.pubkey, w.alice.pubkey, for_bob, now - 10 + i)
+        fill.deliver = {w.bob.pubkey: 1}
+        last = messages[4]
+        fill.journal_entry(entry_for(last.path_key, last.onion), w.alice.pubkey, last, now - 1)
+        fill.counters = {"received": 5}  # its scripts counted stored and delivered
+        run_old_release(old_code, redis_url, fill)
+
+        with caplog.at_level(logging.INFO, logger="lndmailbox.daemon.old_layout"):
+            await w.start_daemon()
+        (line,) = [r.getMessage() for r in caplog.records if r.name.endswith("old_layout")]
+        size = 4 * (33 + len(messages[0].onion))
+        assert line == (
+            f"the mailbox is in this release's key layout: moved 1 peer (4 messages, {size} "
+            "bytes, 1 of them unconfirmed), 1 journal entry, 5 events, 3 counters"
+        )
+        await wait_until(
+            lambda: _count(w.held_for(w.bob), 5), what="the moved four and the decided fifth"
+        )
+        assert await state(w.store.redis, old_pattern(w.node.pubkey)) == {}
+
+        w.bob.connect()
+        await wait_until(lambda: len(w.bob.received) >= 5, what="delivery to bob")
+        await wait_until(lambda: _count(w.held_for(w.bob), 0), what="every delivery confirmed")
+        assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
+        await counted(w, "confirmed", 5)
+        await counted(w, "stored", 4 + 1)  # the old release's four and the fifth
+        assert await audit(w.store) == []
+
+
+async def _count(held: Awaitable[list[StoredMessage]], n: int) -> bool:
+    return len(await held) == n
+
+
+async def test_the_leader_waits_while_a_daemon_of_the_old_release_leads(
+    old_code: Path, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade: this release's daemon comes up beside the old leader, takes this
+    release's lock, and moves nothing (it decides nothing) until the old leader is gone."""
+    async with world(Personality.LND_0_21, redis_url, tmp_path) as w:
+        fill = OldFill(node=w.node.pubkey, now=time.time(), allow=[w.bob.pubkey])
+        fill.lock = "lsp:pid=1:boot=old:pidns=1:0ld"
+        run_old_release(old_code, redis_url, fill)
+        with caplog.at_level(logging.INFO, logger="lndmailbox.daemon.old_layout"):
+            starting = asyncio.create_task(w.start_daemon())
+            await wait_until(
+                lambda: any("lsp:pid=1:boot=old" in r.getMessage() for r in caplog.records),
+                what="the leader to say it waits for the old release",
+            )
+            assert not starting.done()
+            assert not await w.store.allowlist.contains(w.bob.pubkey)
+            await w.store.redis.delete(f"lndmailbox:{w.node.pubkey.hex()}:lock")
+            await starting
+        assert await w.store.allowlist.contains(w.bob.pubkey)
+        said = [r for r in caplog.records if r.name == "lndmailbox.daemon.old_layout"]
+        assert [r.levelno for r in said] == [logging.WARNING, logging.INFO, logging.INFO]
+        assert said[-1].getMessage().endswith("moved 1 counter, 1 allowlist addition")

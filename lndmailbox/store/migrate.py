@@ -99,34 +99,43 @@ class LayoutMove:
         """One line for a log or a person: what moved, then what was left or dropped."""
         if not self:
             return "nothing in the old key layout"
-        parts = [
-            f"{self.peers} peers ({self.messages} messages, {self.bytes} bytes, "
-            f"{self.unconfirmed} of them unconfirmed)"
-        ]
+        parts = []
+        if self.peers:
+            parts.append(
+                f"{_n(self.peers, 'peer')} ({_n(self.messages, 'message')}, {self.bytes} "
+                f"bytes, {self.unconfirmed} of them unconfirmed)"
+            )
         for count, what in (
-            (self.journal, "journal entries"),
-            (self.events, "events"),
-            (self.counters, "counters"),
-            (self.allowed, "allowlist additions"),
-            (self.decided, "decided entries"),
-            (self.summary, "summary counts"),
-            (self.delivery_requests, "delivery requests"),
+            (self.journal, "journal entr|y|ies"),
+            (self.events, "event"),
+            (self.counters, "counter"),
+            (self.allowed, "allowlist addition"),
+            (self.decided, "decided entr|y|ies"),
+            (self.summary, "summary count"),
+            (self.delivery_requests, "delivery request"),
         ):
             if count:
-                parts.append(f"{count} {what}")
-        text = "moved " + ", ".join(parts)
+                parts.append(_n(count, what))
         notes = [
-            f"{count} {what}"
-            for count, what in (
-                (self.duplicates, "old copies of messages held already dropped"),
-                (self.expired, "messages Redis had dropped counted as expired"),
-                (self.journal_kept, "journal entries kept in their earlier copy"),
-                (self.events_dropped, "events older than the current stream dropped"),
-                (self.damaged, "damaged peers or keys left in the old layout"),
+            f"{_n(count, what)} {why}"
+            for count, what, why in (
+                (self.duplicates, "old cop|y|ies", "of messages held already dropped"),
+                (self.expired, "message", "Redis had dropped counted as expired"),
+                (self.journal_kept, "journal entr|y|ies", "kept in the earlier current copy"),
+                (self.events_dropped, "event", "older than the current stream dropped"),
+                (self.damaged, "damaged |peer or key|peers or keys", "left in the old layout"),
             )
             if count
         ]
-        return text + ("; " + ", ".join(notes) if notes else "")
+        moved = "moved " + ", ".join(parts) if parts else "moved nothing"
+        return moved + ("; " + ", ".join(notes) if notes else "")
+
+
+def _n(count: int, what: str) -> str:
+    """``count`` and ``what`` ("word", or "stem|one|many"), plural when count is not 1."""
+    stem, _, forms = what.partition("|")
+    one, _, many = forms.partition("|") if forms else ("", "", "s")
+    return f"{count} {stem}{one if count == 1 else many}"
 
 
 class LayoutMigration:
