@@ -6,12 +6,13 @@ run again ends where one run ends, and it refuses while a daemon of the old rele
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from simnet import Personality
 
+from lndmailbox.cli import main
 from lndmailbox.errors import MigrationRefusedError
 from lndmailbox.onion import Forward, peel
 from lndmailbox.onion.wire import OnionMessage
@@ -30,6 +32,7 @@ from lndmailbox.store import (
     Store,
     StoredMessage,
     free_port,
+    transfer,
 )
 from lndmailbox.store import migrate as migrate_module
 from lndmailbox.store.audit import audit
@@ -409,3 +412,145 @@ async def test_the_leader_waits_while_a_daemon_of_the_old_release_leads(
         said = [r for r in caplog.records if r.name == "lndmailbox.daemon.old_layout"]
         assert [r.levelno for r in said] == [logging.WARNING, logging.INFO, logging.INFO]
         assert said[-1].getMessage().endswith("moved 1 counter, 1 allowlist addition")
+
+
+# --------------------------------------------------------------------------- mailboxctl
+
+
+async def ctl(capsys: pytest.CaptureFixture[str], tmp_path: Path, *argv: str) -> tuple[int, str]:
+    """mailboxctl with no lnd to ask (a directory without credentials); exit code, output.
+    Errors go to stderr, which the output then holds instead."""
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    flags = ["--config", str(config), "--lnddir", str(tmp_path / "no-lnd")]
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, [*flags, *argv])
+    out, err = capsys.readouterr()
+    return code, out if code == 0 else err
+
+
+async def test_mailboxctl_migrate_finds_the_old_node_moves_it_and_says_what(
+    old_code: Path,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    rng: random.Random,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node = key(rng)
+    fill = old_mailbox(rng, node, now=time.time())
+    fill.lock = "lsp:pid=9:boot=b:pidns=1:01d"
+    run_old_release(old_code, redis_url, fill)
+    before = await state(redis_client, old_pattern(node))
+
+    code, said = await ctl(capsys, tmp_path, "--redis-url", redis_url, "migrate")
+    assert code == 1
+    assert f"lndmailbox:{node.hex()}:lock is held by lsp:pid=9" in said
+    await redis_client.delete(f"lndmailbox:{node.hex()}:lock")
+    del before[f"lndmailbox:{node.hex()}:lock"]
+    # lnd unreachable: the only node in Redis is found in the old layout
+    code, said = await ctl(capsys, tmp_path, "--redis-url", redis_url, "migrate")
+    assert code == 0, said
+    assert said.startswith("moved 6 peers (15 messages, ")
+    assert await state(redis_client, new_pattern(node)) == renamed(before, node)
+    code, said = await ctl(capsys, tmp_path, "--redis-url", redis_url, "--json", "migrate")
+    assert code == 0, said
+    assert json.loads(said) == {"layout": LayoutMove().as_dict()}
+
+
+@pytest.fixture
+def other_redis(tmp_path: Path) -> Iterator[str]:
+    """A second standalone Redis: where a mailbox moves to."""
+    server = RedisServer(tmp_path / "other-redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def test_mailboxctl_migrate_to_another_redis_copies_checks_and_removes(
+    old_code: Path,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    other_redis: str,
+    rng: random.Random,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From a Redis the old release filled to another one: the old layout is moved first,
+    then every key is copied with its expiry, checked, and removed from the source."""
+    node = key(rng)
+    run_old_release(old_code, redis_url, old_mailbox(rng, node, now=time.time()))
+    expected = renamed(await state(redis_client, old_pattern(node)), node)
+    to = ["--redis-url", redis_url, "--node", node.hex(), "migrate", "--to", other_redis]
+
+    code, said = await ctl(capsys, tmp_path, *to)
+    assert code == 0, said
+    assert said.startswith("old key layout: moved 6 peers")
+    assert f"copied {len(expected)} keys (" in said
+    async with aioredis.Redis.from_url(other_redis) as there:
+        assert await state(there, new_pattern(node)) == expected
+    async with Store.from_url(other_redis, node) as moved:
+        assert await audit(moved) == []
+    assert await state(redis_client, f"lndmailbox:*{node.hex()}*") == {}
+
+    # Back again: the destination of this move holds nothing of the node, the source does.
+    async with Store.from_url(redis_url, node) as there_now:
+        await there_now.allowlist.add([key(rng)])
+    back = ["--redis-url", other_redis, "--node", node.hex(), "migrate", "--to", redis_url]
+    code, said = await ctl(capsys, tmp_path, *back)
+    assert code == 1
+    assert "holds this node's mailbox already (1 keys" in said
+    async with aioredis.Redis.from_url(other_redis) as there:
+        assert await state(there, new_pattern(node)) == expected  # left as it was
+    code, said = await ctl(capsys, tmp_path, "--json", *back, "--overwrite")
+    assert code == 0, said
+    assert json.loads(said)["replaced"] == 1
+    assert await state(redis_client, new_pattern(node)) == expected
+
+
+async def test_mailboxctl_migrate_to_refuses_while_a_daemon_runs_and_keeps_a_bad_copy_source(
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    other_redis: str,
+    rng: random.Random,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node, peer = key(rng), key(rng)
+    async with Store.from_url(redis_url, node) as store:
+        await store.queues.put_many(
+            [NewMessage(peer, key(rng), key(rng), rng.randbytes(1366), time.time())]
+        )
+        assert await store.control.acquire_lock("lsp:pid=3:boot=b:pidns=1:beef", lease=60)
+    expected = await state(redis_client, new_pattern(node))
+    to = ["--redis-url", redis_url, "--node", node.hex(), "migrate", "--to", other_redis]
+    code, said = await ctl(capsys, tmp_path, *to)
+    assert code == 1
+    assert "a daemon runs on the source" in said
+    assert "lsp:pid=3" in said
+
+    await redis_client.delete(f"lndmailbox:{{{node.hex()}}}:lock")
+    async with Store.from_url(other_redis, node) as there:
+        await there.control.write_daemon("standby-1", {"role": "standby"}, stale=5, ttl=10)
+    code, said = await ctl(capsys, tmp_path, *to)
+    assert code == 1
+    assert "a daemon runs on the destination" in said
+    async with aioredis.Redis.from_url(other_redis) as destination:
+        await destination.flushall()
+
+    restore = transfer._restore
+
+    async def losing_one(store: Store, dumped: dict[str, Any]) -> None:
+        await restore(store, dict(list(dumped.items())[1:]))
+
+    monkeypatch.setattr(transfer, "_restore", losing_one)
+    code, said = await ctl(capsys, tmp_path, *to)
+    assert code == 1
+    assert "the copy lacks" in said
+    assert "the source is left as it was" in said
+    assert await state(redis_client, new_pattern(node)) == {
+        k: v for k, v in expected.items() if not k.endswith(":lock")
+    }

@@ -16,7 +16,7 @@ Modules: ``records`` (value types and the record codec), ``keys`` (key names), `
 (the scripts in ``lua/*.lua``), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
 ``journal``, ``server``, and ``migrate``: the move from the old key layout), ``handle``
-(:class:`Store`), ``embedded`` (a Redis server
+(:class:`Store`), ``transfer`` (a mailbox moved to another Redis), ``embedded`` (a Redis server
 process of our own), ``settings`` (which Redis and which limits the settings ask for)
 and ``audit`` (the tests' invariant check).
 """
@@ -59,12 +59,14 @@ from lndmailbox.store.records import (
 )
 from lndmailbox.store.server import Server
 from lndmailbox.store.settings import limits_for, redis_url_for
+from lndmailbox.store.transfer import Copied, move_mailbox
 
 __all__ = [
     "HEADER_SIZE",
     "RECORD_VERSION",
     "Allowlist",
     "Control",
+    "Copied",
     "Event",
     "Events",
     "Journal",
@@ -95,6 +97,7 @@ __all__ = [
     "find_server_binary",
     "free_port",
     "limits_for",
+    "move_mailbox",
     "new_message_id",
     "redis_url_for",
     "refused_for_memory",

@@ -14,8 +14,11 @@ import re
 
 log = logging.getLogger(__name__)
 
-_NODE_KEY = re.compile(r"lndmailbox:\{((?:02|03)[0-9a-f]{64})\}:(?:counters|heartbeat)")
-"""Keys only a node with a mailbox has: how tools find the nodes a Redis serves."""
+_NODE_KEY = re.compile(
+    r"lndmailbox:(?:\{((?:02|03)[0-9a-f]{64})\}|((?:02|03)[0-9a-f]{64})):(?:counters|heartbeat)"
+)
+"""Keys only a node with a mailbox has: how tools find the nodes a Redis serves (in the old
+key layout too, so that ``mailboxctl migrate`` finds a node without being told)."""
 
 ALL_MAILBOXES = "lndmailbox:*"
 """SCAN pattern matching the keys of every node's mailbox."""
@@ -24,7 +27,7 @@ ALL_MAILBOXES = "lndmailbox:*"
 def node_of(key: str) -> bytes | None:
     """The node whose mailbox ``key`` shows exists (its counters or heartbeat), else None."""
     match = _NODE_KEY.fullmatch(key)
-    return bytes.fromhex(match.group(1)) if match else None
+    return bytes.fromhex(match.group(1) or match.group(2)) if match else None
 
 
 class Keys:
