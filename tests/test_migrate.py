@@ -22,7 +22,7 @@ from simnet import Personality
 
 from lndmailbox.cli import main
 from lndmailbox.errors import MigrationRefusedError
-from lndmailbox.onion import Forward, peel
+from lndmailbox.onion import Forward, LocalNodeKey, peel
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import (
     LayoutMove,
@@ -60,7 +60,8 @@ def rng() -> random.Random:
 
 
 def key(rng: random.Random) -> bytes:
-    return bytes([rng.choice((2, 3))]) + rng.randbytes(32)
+    """A node or peer key: a point, as mailboxctl's --node wants."""
+    return LocalNodeKey(rng.randbytes(32)).pubkey
 
 
 def message(rng: random.Random, size: int = 1366) -> OnionMessage:
