@@ -243,6 +243,31 @@ async def test_a_run_cut_short_between_peers_and_run_again_ends_where_one_run_en
     assert await state(redis_client, old_pattern(node)) == {}
 
 
+async def test_mail_the_old_index_lost_is_found_and_stale_books_are_counted_expired(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    """A peer whose keys the old ``mail`` index no longer names (a SCAN finds them), and
+    one the old usage still books though Redis dropped its queue (counted as expired)."""
+    node, stray, gone, sender = key(rng), key(rng), key(rng), key(rng)
+    fill = OldFill(node=node, now=time.time())
+    for peer in (stray, gone):
+        fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    old = f"lndmailbox:{node.hex()}"
+    await redis_client.zrem(f"{old}:mail", stray.hex(), gone.hex())
+    await redis_client.delete(
+        f"{old}:peer:{{{gone.hex()}}}:queue", f"{old}:peer:{{{gone.hex()}}}:dedup"
+    )
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()
+        assert (moved.peers, moved.messages, moved.expired) == (2, 1, 1)
+        assert len(await store.queues.held(stray)) == 1
+        assert await store.queues.held(gone) == []
+        assert (await store.events.counters())["expired"] == 1
+        assert await audit(store) == []
+    assert await state(redis_client, old_pattern(node)) == {}
+
+
 async def test_refused_while_the_old_release_leads_and_nothing_moves(
     old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
 ) -> None:
@@ -272,8 +297,8 @@ async def test_into_a_current_layout_that_holds_mail_already(
 ) -> None:
     """The old release, then this one, then the old release again (a downgrade and back):
     a message both layouts hold is held once (the current copy), the journal keeps the copy
-    received first, and the old events newer than the current stream's last are appended
-    with their ids, the older ones dropped."""
+    received first and loses one the old release decided, and the old events newer than
+    the current stream's last are appended with their ids, the older ones dropped."""
     node, peer, sender = key(rng), key(rng), key(rng)
     both, only_new, only_old = message(rng), message(rng), message(rng)
     journaled = message(rng)
@@ -291,9 +316,15 @@ async def test_into_a_current_layout_that_holds_mail_already(
             [NewEntry(entry, sender, journaled.path_key, journaled.onion, now - 1)]
         )
         current_events = await store.events.recent(10)
+        # read by this release's standby too, and decided by the old release's leader
+        decided = message(rng)
+        late = entry_for(decided.path_key, decided.onion)
+        await store.journal.write([NewEntry(late, sender, decided.path_key, decided.onion, now)])
         again = OldFill(node=node, now=now)
         again.put(peer, sender, both, now - 99)
         again.journal_entry(entry, sender, journaled, now - 3)
+        again.journal_entry(late, sender, decided, now - 2)
+        again.decided = [late]
         run_old_release(old_code, redis_url, again)
         old_events: Any = await redis_client.xrange(f"lndmailbox:{node.hex()}:events")
 
@@ -302,8 +333,8 @@ async def test_into_a_current_layout_that_holds_mail_already(
         assert [m.path_key for m in held] == [only_old.path_key, both.path_key, only_new.path_key]
         assert held[1].received_at == now  # the current layout's copy
         assert (moved.messages, moved.duplicates) == (1, 1)
-        (pending,) = await store.journal.pending()
-        assert pending.received_at == now - 3
+        (pending,) = await store.journal.pending()  # not the one the old release decided
+        assert (pending.entry, pending.received_at) == (entry, now - 3)
         assert (moved.journal, moved.journal_kept) == (1, 0)
         events: Any = await redis_client.xrange(store.keys.events_key)
         assert [e[0].decode() for e in events[: len(current_events)]] == [
@@ -390,29 +421,35 @@ async def _count(held: Awaitable[list[StoredMessage]], n: int) -> bool:
     return len(await held) == n
 
 
-async def test_the_leader_waits_while_a_daemon_of_the_old_release_leads(
+async def test_a_daemon_stands_by_while_a_daemon_of_the_old_release_leads(
     old_code: Path, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A rolling upgrade: this release's daemon comes up beside the old leader, takes this
-    release's lock, and moves nothing (it decides nothing) until the old leader is gone."""
+    """A rolling upgrade: this release's daemon comes up beside the old leader and stands
+    by (journaling, its health that of a standby, so an upgrade script waiting for it goes
+    on); it leads, and moves the mailbox, once the old leader is gone."""
     async with world(Personality.LND_0_21, redis_url, tmp_path) as w:
         fill = OldFill(node=w.node.pubkey, now=time.time(), allow=[w.bob.pubkey])
         fill.lock = "lsp:pid=1:boot=old:pidns=1:0ld"
         run_old_release(old_code, redis_url, fill)
         with caplog.at_level(logging.INFO, logger="lndmailbox.daemon.old_layout"):
             starting = asyncio.create_task(w.start_daemon())
-            await wait_until(
-                lambda: any("lsp:pid=1:boot=old" in r.getMessage() for r in caplog.records),
-                what="the leader to say it waits for the old release",
-            )
+
+            async def standing_by() -> bool:
+                beats = await w.store.control.read_daemons()
+                return [(b["role"], b["ready"]) for b in beats.values()] == [("standby", True)]
+
+            await wait_until(standing_by, what="this release's daemon to stand by")
+            assert await w.store.control.lock_owner() is None
             assert not starting.done()
             assert not await w.store.allowlist.contains(w.bob.pubkey)
             await w.store.redis.delete(f"lndmailbox:{w.node.pubkey.hex()}:lock")
             await starting
         assert await w.store.allowlist.contains(w.bob.pubkey)
-        said = [r for r in caplog.records if r.name == "lndmailbox.daemon.old_layout"]
-        assert [r.levelno for r in said] == [logging.WARNING, logging.INFO, logging.INFO]
-        assert said[-1].getMessage().endswith("moved 1 counter, 1 allowlist addition")
+        said = [r.getMessage() for r in caplog.records if r.name.endswith("old_layout")]
+        assert len(said) == 3, said
+        assert said[0].startswith("standing by while a daemon of the old release leads")
+        assert "lsp:pid=1:boot=old" in said[0]
+        assert said[2].endswith("moved 1 counter, 1 allowlist addition")
 
 
 # --------------------------------------------------------------------------- mailboxctl

@@ -23,10 +23,10 @@ more (``standby``).
 
 Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
 stops the daemon now, not every message later); a mailbox in the old key layout moves to
-the current one (``old_layout``: it waits while a daemon of the old release runs); the
-journal a previous daemon left is read before this one journals anything; the peer
-follower subscribes before it lists peers; the reader waits for that list and says ready once it is on lnd's stream. Nothing
-else waits before the streams: lnd 0.21 keeps no backlog for a late subscriber, so what
+the current one (``old_layout``); the journal a previous daemon left is read before this
+one journals anything; the peer follower subscribes before it lists peers; the reader
+waits for that list and says ready once it is on lnd's stream. Nothing else waits before
+the streams: lnd 0.21 keeps no backlog for a late subscriber, so what
 is not needed to decide a message (the alias check) runs beside them.
 
 Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading

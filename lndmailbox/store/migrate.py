@@ -175,22 +175,34 @@ class LayoutMigration:
         await self._move_node_keys(moved)
         return moved
 
+    @redis_errors
+    async def old_release_runs(self) -> str | None:
+        """What shows that a daemon of the old release runs for this node (its lock, or its
+        daemons hash), else None: two commands (none on a Cluster)."""
+        if await self._on_cluster() or not int(await self.redis.exists(*self._running)):
+            return None
+        return await self._why_refused()
+
     async def _on_cluster(self) -> bool:
         if isinstance(self.redis, RedisCluster):
             return True
         info = await self.redis.info("cluster")
         return bool(int(info.get("cluster_enabled", 0)))
 
-    async def _refusal(self) -> MigrationRefusedError:
+    async def _why_refused(self) -> str:
         lock = self.old.node_key("lock")
         owner = await self.redis.get(lock)
         if owner is not None:
-            why = f"a daemon of the old release leads this node ({lock} is held by {as_str(owner)})"
-        else:
-            why = (
-                "a daemon of the old release runs, or stopped less than 10 s ago "
-                f"({self.old.node_key('daemons')} holds its heartbeat)"
+            return (
+                f"a daemon of the old release leads this node ({lock} is held by {as_str(owner)})"
             )
+        return (
+            "a daemon of the old release runs, or stopped less than 10 s ago "
+            f"({self.old.node_key('daemons')} holds its heartbeat)"
+        )
+
+    async def _refusal(self) -> MigrationRefusedError:
+        why = await self._why_refused()
         return MigrationRefusedError(
             f"cannot move the mailbox to this release's key layout: {why}; stop every daemon "
             "of the old release first (what moved so far stays moved; the next run does the "
@@ -317,7 +329,7 @@ class LayoutMigration:
             ("usage", self.keys.usage_key),
         ):
             keys += [self.old.node_key(old), new]
-        keys += self._running
+        keys += [self.keys.journal_key, *self._running]
         counts = _counts(await self._node(keys=keys))
         if counts[0] == _REFUSED:
             raise await self._refusal()

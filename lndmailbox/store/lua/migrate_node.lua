@@ -1,8 +1,9 @@
 -- KEYS: old then current counters, allowlist, decided, summary, delivery requests, usage;
--- then the old lock and daemons.
+-- then the current journal (inbox), the old lock and daemons.
 -- The node-wide keys, once every peer has moved (store/migrate.py), in one atomic step:
 -- counters are added into the current ones, the allowlist is the union of both, decided
--- entries keep the later time, the summary's counts are added (its interval starts at
+-- entries keep the later time (and a journal entry the old release decided leaves the
+-- current journal: a late copy, by journal.lua's rule), the summary's counts are added (its interval starts at
 -- the earlier `since`), delivery requests are appended after the current ones; each key
 -- lives at least as long as the old one would have. The old usage's node-wide fields go:
 -- its totals moved with each peer, and its wake-ups of the current interval move unless
@@ -12,8 +13,8 @@
 -- Returns {counters, allowlist members added, decided, summary fields, delivery
 -- requests, damaged keys}, or {REFUSED}.
 
-if old_release_running(KEYS[13], KEYS[14]) then return {REFUSED} end
-local OC, C, OA, A, OX, X, OS, S, OR, R, OU, U = unpack(KEYS, 1, 12)
+if old_release_running(KEYS[14], KEYS[15]) then return {REFUSED} end
+local OC, C, OA, A, OX, X, OS, S, OR, R, OU, U, J = unpack(KEYS, 1, 13)
 local damaged = 0
 local function pair_of(old, new, kind)
   if of_kind(old, kind) and of_kind(new, kind) then return redis.call('EXISTS', old) == 1 end
@@ -56,6 +57,9 @@ local decided = 0
 if pair_of(OX, X, 'zset') then
   local ttl = math.max(redis.call('PTTL', OX), redis.call('PTTL', X))
   decided = redis.call('ZCARD', OX)
+  if of_kind(J, 'hash') then
+    unpacked(redis.call('ZRANGE', OX, 0, -1), function(...) redis.call('HDEL', J, ...) end)
+  end
   redis.call('ZUNIONSTORE', X, 2, X, OX, 'AGGREGATE', 'MAX')
   redis.call('DEL', OX)
   carry_ttl(X, ttl)
