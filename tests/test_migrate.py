@@ -564,6 +564,12 @@ async def test_mailboxctl_migrate_to_refuses_while_a_daemon_runs_and_keeps_a_bad
         )
         assert await store.control.acquire_lock("lsp:pid=3:boot=b:pidns=1:beef", lease=60)
     expected = await state(redis_client, new_pattern(node))
+    itself = ["--redis-url", redis_url, "--node", node.hex(), "migrate", "--to"]
+    code, said = await ctl(
+        capsys, tmp_path, *itself, redis_url.replace("127.0.0.1", "localhost"), "--overwrite"
+    )
+    assert code == 1
+    assert "the destination is the source" in said
     to = ["--redis-url", redis_url, "--node", node.hex(), "migrate", "--to", other_redis]
     code, said = await ctl(capsys, tmp_path, *to)
     assert code == 1

@@ -8,7 +8,8 @@ Rules that hold:
   its keys were copied. That is checked before the copy and again before the source is
   removed. :class:`~lndmailbox.errors.MigrationRefusedError` says which side.
 - A destination that holds any key of the node is refused, unless ``overwrite``: then its
-  keys of the node go first.
+  keys of the node go first. One that is the source (the same server's run id and
+  database) is refused whatever the flags.
 - Key by key, a page at a time (:data:`KEYS_PER_CALL`): ``DUMP`` and ``PEXPIRETIME`` on the
   source, ``RESTORE ... ABSTTL`` on the destination, so each key keeps its content,
   encoding and expiry to the millisecond. The daemons' own keys (lock, heartbeats) are
@@ -55,6 +56,8 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
     removes the source's keys. See the module docstring for the rules."""
     if source.node != destination.node:
         raise StoreError("source and destination stores are of different nodes")
+    if await _place(source) == await _place(destination):
+        raise MigrationRefusedError("the destination is the source (the same server and database)")
     await _refuse_if_running(source, "the source")
     await _refuse_if_running(destination, "the destination")
     names = await _keys_of(source)
@@ -74,6 +77,14 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
     await _refuse_if_running(source, "the source")
     await _delete(source, names)
     return Copied(keys=len(names), payload_bytes=size, replaced=len(there))
+
+
+async def _place(store: Store) -> tuple[object, object]:
+    """Which server and database a store writes to: the server's run id, and the db."""
+    info = await store.redis.info("server")
+    kwargs = getattr(store.redis, "connection_pool", None)
+    db = kwargs.connection_kwargs.get("db", 0) if kwargs is not None else 0
+    return info.get("run_id"), db
 
 
 async def _refuse_if_running(store: Store, side: str) -> None:
