@@ -56,7 +56,8 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
     removes the source's keys. See the module docstring for the rules."""
     if source.node != destination.node:
         raise StoreError("source and destination stores are of different nodes")
-    if await _place(source) == await _place(destination):
+    here = await _place(source)
+    if here is not None and here == await _place(destination):
         raise MigrationRefusedError("the destination is the source (the same server and database)")
     await _refuse_if_running(source, "the source")
     await _refuse_if_running(destination, "the destination")
@@ -79,12 +80,14 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
     return Copied(keys=len(names), payload_bytes=size, replaced=len(there))
 
 
-async def _place(store: Store) -> tuple[object, object]:
-    """Which server and database a store writes to: the server's run id, and the db."""
-    info = await store.redis.info("server")
-    kwargs = getattr(store.redis, "connection_pool", None)
-    db = kwargs.connection_kwargs.get("db", 0) if kwargs is not None else 0
-    return info.get("run_id"), db
+async def _place(store: Store) -> tuple[str, int] | None:
+    """Which server and database a store writes to (the server's run id, the db); None for
+    a client of several servers (a Cluster's), which no such pair names."""
+    pool = getattr(store.redis, "connection_pool", None)
+    if pool is None:
+        return None
+    run_id = (await store.redis.info("server")).get("run_id")
+    return None if run_id is None else (str(run_id), int(pool.connection_kwargs.get("db", 0)))
 
 
 async def _refuse_if_running(store: Store, side: str) -> None:
