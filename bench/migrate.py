@@ -8,7 +8,9 @@ first message of every tenth peer handed to lnd, so unconfirmed), then this rele
 it (:meth:`LayoutMigration.run`) and runs once more, with nothing left to move. Prints
 the fill's size, the move's time, its round trips and Redis commands (INFO commandstats),
 the longest single call Redis ran (SLOWLOG, which is what would hold up other clients),
-and the second run's time. Not part of ``make bench``: the move happens once per node.
+the second run's time, and then the time to move the mailbox to a second Redis server
+(``mailboxctl migrate --to``: copy, check, remove). Not part of ``make bench``: each move
+happens once.
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ async def fill(url: str, messages: int, peers: int, seed: int) -> None:
         await store.aclose()
 
 
-async def measure(url: str) -> None:
+async def measure(url: str, other: str) -> None:
     import redis.asyncio as aioredis
 
-    from lndmailbox.store import Store
+    from lndmailbox.store import Store, move_mailbox
 
     admin = aioredis.Redis.from_url(url)
     # only calls of 1 ms or more are logged (and then read back): the ones that matter
@@ -89,6 +91,14 @@ async def measure(url: str) -> None:
         stats = await admin.info("commandstats")
         calls = sum(int(v["calls"]) for v in stats.values())
         print(f"second run in {took * 1000:.1f} ms, {calls} Redis commands: {again.describe()}")
+        async with Store.from_url(other, NODE) as destination:
+            started = time.perf_counter()
+            copied = await move_mailbox(store, destination)
+            took = time.perf_counter() - started
+        print(
+            f"moved to another Redis (mailboxctl migrate --to) in {took:.2f} s: {copied.keys} "
+            f"keys, {copied.payload_bytes} bytes dumped, checked, removed from the first"
+        )
     await admin.aclose()
 
 
@@ -122,6 +132,8 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", f"{tmp}/old"], input=archive.stdout, check=True)
         server = RedisServer(Path(tmp) / "redis")
         server.start()
+        other = RedisServer(Path(tmp) / "other")
+        other.start()
         try:
             started = time.perf_counter()
             subprocess.run(
@@ -140,9 +152,10 @@ def main() -> None:
                 cwd=tmp,
             )
             print(f"filled by the old release in {time.perf_counter() - started:.1f} s")
-            asyncio.run(measure(server.url))
+            asyncio.run(measure(server.url, other.url))
         finally:
             server.stop()
+            other.stop()
 
 
 if __name__ == "__main__":
