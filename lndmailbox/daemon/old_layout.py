@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 LOOK_EVERY = 0.5
 """Seconds between looks at whether a daemon of the old release still runs."""
+LOOK_WITHIN = 1.0
+"""Seconds one look may take (two small commands) before Redis is left to the node lock,
+whose own connection times out in half a second: a hung Redis must not hold up the try
+for the lead by the store's 30 s socket timeout."""
 
 
 async def old_release_gone(store: Store, stop: asyncio.Event) -> bool:
@@ -32,8 +36,9 @@ async def old_release_gone(store: Store, stop: asyncio.Event) -> bool:
     said = False
     while not stop.is_set():
         try:
-            why = await store.layout.old_release_runs()
-        except StoreUnavailableError:
+            async with asyncio.timeout(LOOK_WITHIN):
+                why = await store.layout.old_release_runs()
+        except (StoreUnavailableError, TimeoutError):
             return True
         if why is None:
             if said:
