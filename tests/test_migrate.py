@@ -268,6 +268,26 @@ async def test_mail_the_old_index_lost_is_found_and_stale_books_are_counted_expi
     assert await state(redis_client, old_pattern(node)) == {}
 
 
+async def test_a_peer_whose_old_keys_are_damaged_stays_and_the_rest_moves(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    node, damaged, fine, sender = key(rng), key(rng), key(rng), key(rng)
+    fill = OldFill(node=node, now=time.time())
+    for peer in (damaged, fine):
+        fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    queue = f"lndmailbox:{node.hex()}:peer:{{{damaged.hex()}}}:queue"
+    await redis_client.delete(queue)
+    await redis_client.set(queue, "not a list")  # written by something else
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()
+        assert (moved.peers, moved.messages, moved.damaged) == (1, 1, 1)
+        assert len(await store.queues.held(fine)) == 1
+        assert await redis_client.get(queue) == b"not a list"
+        assert (await store.layout.run()).damaged == 1  # left as it is, every time
+        assert await audit(store) == []
+
+
 async def test_refused_while_the_old_release_leads_and_nothing_moves(
     old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
 ) -> None:
