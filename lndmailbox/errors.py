@@ -14,6 +14,9 @@
     │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
     ├── ConfigError           settings that cannot work (exit code 2)
     ├── NodeLockLostError     another daemon took this node's lock: this one steps down
+    ├── MigrationRefusedError a mailbox cannot be moved now (a daemon of the old release
+    │                         runs on it, a daemon runs on either side of a copy, or the
+    │                         copy's destination holds that node's mailbox already)
     ├── CtlError              mailboxctl cannot do what it was asked (exit 1)
     │   └── NodeUnknownError  ... nor tell which node's mailbox to open
     └── UsageError            a mailboxctl argument found wrong after parsing (exit 2)
@@ -96,3 +99,9 @@ class NodeLockLostError(MailboxError):
     def __init__(self, owner: str | None) -> None:
         super().__init__(f"lost the node lock to another daemon ({owner or 'owner unknown'})")
         self.owner = owner
+
+
+class MigrationRefusedError(MailboxError):
+    """A mailbox cannot be moved now: moving it would race a daemon that writes it (one of
+    the old release, on the old key layout), or overwrite a mailbox already there. The
+    message says which; trying again once that is over succeeds."""

@@ -20,6 +20,7 @@ from lndmailbox.cli.decode import run_decode
 from lndmailbox.cli.errors import UsageError
 from lndmailbox.cli.events import run_events
 from lndmailbox.cli.mail import run_deliver, run_purge, run_show
+from lndmailbox.cli.migrate import run_migrate
 from lndmailbox.cli.output import say
 from lndmailbox.cli.parser import build_parser
 from lndmailbox.cli.peers import run_peers
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Handler] = {
     "deliver": run_deliver,
     "decode": run_decode,
     "events": run_events,
+    "migrate": run_migrate,
 }
 """Each command of the parser, by name, and the function that runs it."""
 

@@ -190,6 +190,22 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = command("deliver", "ask the running daemon to try delivering to a peer now")
     p.add_argument("peer", type=pubkey_arg, metavar="PEER")
 
+    p = command(
+        "migrate",
+        "move the mailbox from the old key layout; with --to, to another Redis (no daemon running)",
+    )
+    p.add_argument(
+        "--to",
+        default=None,
+        metavar="URL",
+        help="copy the node's mailbox to the Redis at URL, check it, remove it here",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --to: replace what the destination holds of the node",
+    )
+
     p = command("decode", "decode an onion_message (with or without its 2-byte type)")
     p.add_argument("hex", type=hex_arg, metavar="HEX|-", help="the message in hex, - for stdin")
 

@@ -13,6 +13,7 @@ module                      holds
 :mod:`~.standby`            task: lnd's onion stream -> the journal (a standby's only job)
 :mod:`~.mailbox`            the composition root: builds every part once, runs the tasks,
                             keeps the start-up and shutdown order (on the leader)
+:mod:`~.old_layout`         at the lead: the mailbox moves from the old key layout first
 :mod:`~.supervisor`         starting, watching and stopping the tasks
 :mod:`~.peer_follower`      task: lnd's peer events and ListPeers -> who is online
 :mod:`~.message_reader`     task: lnd's onion stream -> journal -> decision queue

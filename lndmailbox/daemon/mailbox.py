@@ -22,10 +22,11 @@ The mailbox runs on the node's leader only (``roles``); a standby journals and n
 more (``standby``).
 
 Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
-stops the daemon now, not every message later); the journal a previous daemon left is
-read before this one journals anything; the peer follower subscribes before it lists
-peers; the reader waits for that list and says ready once it is on lnd's stream. Nothing
-else waits before the streams: lnd 0.21 keeps no backlog for a late subscriber, so what
+stops the daemon now, not every message later); a mailbox in the old key layout moves to
+the current one (``old_layout``); the journal a previous daemon left is read before this
+one journals anything; the peer follower subscribes before it lists peers; the reader
+waits for that list and says ready once it is on lnd's stream. Nothing else waits before
+the streams: lnd 0.21 keeps no backlog for a late subscriber, so what
 is not needed to decide a message (the alias check) runs beside them.
 
 Shutdown order keeps every message, in one time budget (``drain_timeout``): stop reading
@@ -65,6 +66,7 @@ from lndmailbox.daemon.interfaces import Sender
 from lndmailbox.daemon.journal_writer import JournalWriter
 from lndmailbox.daemon.message_reader import MessageReader
 from lndmailbox.daemon.metrics import Metrics
+from lndmailbox.daemon.old_layout import move_old_layout
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import LeaseGatedSender, LndSender
 from lndmailbox.daemon.peer_follower import PeerFollower
@@ -197,6 +199,8 @@ class Mailbox:
             info.version,
             transport.value,
         )
+        if not await move_old_layout(self._store, stop):
+            return
         pipeline = await self._build(info.pubkey, transport)
         running = self._start(pipeline, self._services(pipeline, transport), stop)
         try:

@@ -17,6 +17,9 @@ journaled (:mod:`~lndmailbox.daemon.inbox_look`). Rules that hold:
   them (what both read is one journal entry).
 - Only the leader decides, stores, delivers and answers peers (and ``mailboxctl
   deliver``); a standby only journals.
+- While a daemon of the release before the node's hash tag runs (it leads by a lock of
+  its own), a daemon stands by; the first to lead after it moves the old key layout's
+  mailbox before anything else (:mod:`~lndmailbox.daemon.old_layout`).
 - A leader whose lock another daemon took (its lease ran out while it stalled, or while
   Redis could not be reached from it) steps down: its pipeline stops as at SIGTERM (what
   it read is decided, nothing is lost) and it stands by again; the daemon does not exit.
@@ -44,6 +47,7 @@ from lndmailbox.daemon.inbox_look import GRACE
 from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions, choose_transport
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import NodeLock, Term
+from lndmailbox.daemon.old_layout import old_release_gone
 from lndmailbox.daemon.standby import Standby
 from lndmailbox.daemon.supervisor import cancel_for_good, spawn
 from lndmailbox.daemon.webhook import Notifier
@@ -236,7 +240,7 @@ class Roles:
             if stop.is_set():
                 return False
             raise MailboxError("the standby task ended on its own")
-        acquire = asyncio.ensure_future(self._lock.acquire(stop))
+        acquire = asyncio.ensure_future(self._acquire(stop))
         try:
             await asyncio.wait([acquire, standing], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -254,6 +258,11 @@ class Roles:
         if stop.is_set():
             return False
         raise MailboxError("the standby task ended on its own")
+
+    async def _acquire(self, stop: asyncio.Event) -> bool:
+        """The node's lock, once no daemon of the old release runs (it leads by a lock of
+        its own): False if stopped first."""
+        return await old_release_gone(self._store, stop) and await self._lock.acquire(stop)
 
     @staticmethod
     async def _standby_subscribed(stop: asyncio.Event, standby: Standby) -> None:

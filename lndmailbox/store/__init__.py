@@ -16,8 +16,9 @@ Modules: ``records`` (value types and the record codec), ``keys`` (key names), `
 (the scripts in ``lua/*.lua``), ``urls`` (what a ``--redis-url`` names: one server, a
 Cluster, a Sentinel group), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
-``journal``, ``server``), ``durability`` (the writes that matter waiting for the
-replicas), ``handle`` (:class:`Store`), ``embedded`` (a Redis server
+``journal``, ``server``, and ``migrate``: the move from the old key layout),
+``durability`` (the writes that matter waiting for the replicas), ``handle``
+(:class:`Store`), ``transfer`` (a mailbox moved to another Redis), ``embedded`` (a Redis server
 process of our own), ``settings`` (which Redis and which limits the settings ask for)
 and ``audit`` (the tests' invariant check).
 """
@@ -39,6 +40,7 @@ from lndmailbox.store.events import Events, NewEvent
 from lndmailbox.store.handle import Store
 from lndmailbox.store.journal import Journal, NewEntry
 from lndmailbox.store.keys import Keys
+from lndmailbox.store.migrate import LayoutMigration, LayoutMove
 from lndmailbox.store.queues import Queues
 from lndmailbox.store.records import (
     HEADER_SIZE,
@@ -60,6 +62,7 @@ from lndmailbox.store.records import (
 )
 from lndmailbox.store.server import Server
 from lndmailbox.store.settings import limits_for, redis_url_for, replica_wait_for
+from lndmailbox.store.transfer import Copied, move_mailbox
 from lndmailbox.store.urls import RedisTarget, parse_redis_url
 
 __all__ = [
@@ -67,12 +70,15 @@ __all__ = [
     "RECORD_VERSION",
     "Allowlist",
     "Control",
+    "Copied",
     "DurableWrites",
     "Event",
     "Events",
     "Journal",
     "JournalEntry",
     "Keys",
+    "LayoutMigration",
+    "LayoutMove",
     "Limits",
     "LockRenewal",
     "NewEntry",
@@ -98,6 +104,7 @@ __all__ = [
     "find_server_binary",
     "free_port",
     "limits_for",
+    "move_mailbox",
     "new_message_id",
     "parse_redis_url",
     "redis_url_for",

@@ -36,6 +36,7 @@ from lndmailbox.store.durability import OFF, DurableWrites, ReplicaWait
 from lndmailbox.store.events import Events, stream_bound
 from lndmailbox.store.journal import Journal
 from lndmailbox.store.keys import ALL_MAILBOXES, Keys, node_of
+from lndmailbox.store.migrate import LayoutMigration
 from lndmailbox.store.queues import Queues
 from lndmailbox.store.records import Limits, check_pubkey
 from lndmailbox.store.server import Server
@@ -90,6 +91,7 @@ class Store:
         self.control = Control(redis, self.keys)
         self.journal = Journal(redis, self.keys, self.limits, self.durable)
         self.server = Server(redis, self.keys)
+        self.layout = LayoutMigration(redis, self.keys, node)
 
     @classmethod
     def from_url(

@@ -14,8 +14,11 @@ import re
 
 log = logging.getLogger(__name__)
 
-_NODE_KEY = re.compile(r"lndmailbox:\{((?:02|03)[0-9a-f]{64})\}:(?:counters|heartbeat)")
-"""Keys only a node with a mailbox has: how tools find the nodes a Redis serves."""
+_NODE_KEY = re.compile(
+    r"lndmailbox:(?:\{((?:02|03)[0-9a-f]{64})\}|((?:02|03)[0-9a-f]{64})):(?:counters|heartbeat)"
+)
+"""Keys only a node with a mailbox has: how tools find the nodes a Redis serves (in the old
+key layout too, so that ``mailboxctl migrate`` finds a node without being told)."""
 
 ALL_MAILBOXES = "lndmailbox:*"
 """SCAN pattern matching the keys of every node's mailbox."""
@@ -24,7 +27,7 @@ ALL_MAILBOXES = "lndmailbox:*"
 def node_of(key: str) -> bytes | None:
     """The node whose mailbox ``key`` shows exists (its counters or heartbeat), else None."""
     match = _NODE_KEY.fullmatch(key)
-    return bytes.fromhex(match.group(1)) if match else None
+    return bytes.fromhex(match.group(1) or match.group(2)) if match else None
 
 
 class Keys:
@@ -137,3 +140,35 @@ class Keys:
             self.events_key,
             self.unconfirmed_key(peer),
         ]
+
+
+class OldLayoutKeys:
+    """The key names of one node's mailbox as the releases before the node's hash tag wrote
+    them (``lndmailbox:<node hex>:``, a peer's keys ``peer:{<peer hex>}:queue``), for
+    moving such a mailbox into :class:`Keys` (store/migrate.py). Only ever on one Redis:
+    those releases refused Cluster."""
+
+    def __init__(self, node: bytes) -> None:
+        self.prefix = f"lndmailbox:{node.hex()}:"
+
+    def peer_keys(self, peer: bytes) -> list[str]:
+        """A peer's queue, dedup hash and unconfirmed list."""
+        start = f"{self.prefix}peer:{{{peer.hex()}}}:"
+        return [start + "queue", start + "dedup", start + "unconfirmed"]
+
+    @property
+    def peer_pattern(self) -> str:
+        """SCAN pattern matching every peer key of this node in the old layout."""
+        return self.prefix + "peer:*"
+
+    def peer_of(self, key: str) -> bytes | None:
+        """The peer whose key ``key`` (one :attr:`peer_pattern` matched) is, if it is one."""
+        match = _OLD_PEER_KEY.fullmatch(key[len(self.prefix) :])
+        return bytes.fromhex(match.group(1)) if match else None
+
+    def node_key(self, name: str) -> str:
+        """The node-wide key ``name`` (``mail``, ``usage``, ``counters``, ``lock``...)."""
+        return self.prefix + name
+
+
+_OLD_PEER_KEY = re.compile(r"peer:\{((?:02|03)[0-9a-f]{64})\}:(?:queue|dedup|unconfirmed)")

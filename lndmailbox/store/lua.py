@@ -7,7 +7,8 @@ script registers the composed text with ``redis.register_script`` (which runs it
 Composition: every script but ``summaries`` (which has flags of its own) starts with a
 shebang; ``event.lua`` (one entry of the event stream) comes before every
 script that appends events, and ``peer.lua`` (a peer's keys, the record readers, repair
-and accounting) before every per-peer script.
+and accounting) before every per-peer script. The scripts that move a mailbox from the old
+key layout (``migrate_*``) carry ``no-cluster`` and open with ``migrate.lua``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ SHEBANG = "#!lua\n"
 # deletes: it is how decisions leave the journal, and free memory, while Redis is full.
 SHEBANG_ALLOW_OOM = "#!lua flags=allow-oom\n"
 _ALLOW_OOM_SCRIPTS = frozenset({"renew_lock", "release_lock", "acquire_lock", "journal_forget"})
+# The old key layout only ever lived on one Redis, and one node's old keys span slots.
+SHEBANG_NO_CLUSTER = "#!lua flags=no-cluster\n"
 
 PeerScript = Literal[
     "put", "peek", "remove", "delivered", "confirm", "requeue", "attempt", "sweep", "purge"
@@ -45,11 +48,19 @@ _OtherScript = Literal[
     "journal_forget",
     "daemons",
 ]
-Script = PeerScript | _OtherScript
+MigrationScript = Literal["migrate_peer", "migrate_inbox", "migrate_events", "migrate_node"]
+"""The scripts that move a mailbox from the old key layout (store/migrate.py), on one Redis
+only."""
+Script = PeerScript | _OtherScript | MigrationScript
 """Every script (a file in ``lua/`` that is not a helper)."""
 
-SCRIPTS: tuple[Script, ...] = (*get_args(PeerScript), *get_args(_OtherScript))
-HELPERS = ("event", "peer")
+SCRIPTS: tuple[Script, ...] = (
+    *get_args(PeerScript),
+    *get_args(_OtherScript),
+    *get_args(MigrationScript),
+)
+HELPERS = ("event", "peer", "migrate")
+MIGRATION_SCRIPTS = frozenset(get_args(MigrationScript))
 
 _PEER_SCRIPTS = frozenset(get_args(PeerScript))
 
@@ -71,6 +82,11 @@ def program(name: Script) -> str:
     body = source(name)
     if name == "summaries":
         return body
+    if name == "migrate_peer":
+        # the current layout's keys first, as every per-peer script has them
+        return SHEBANG_NO_CLUSTER + source("event") + source("peer") + source("migrate") + body
+    if name in MIGRATION_SCRIPTS:
+        return SHEBANG_NO_CLUSTER + source("migrate") + body
     if name in _PEER_SCRIPTS:
         return SHEBANG + source("event") + source("peer") + body
     if name == "record":

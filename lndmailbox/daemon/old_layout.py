@@ -1,0 +1,72 @@
+"""A mailbox in the old key layout (the releases before the node's hash tag) moves into the
+current one (:class:`~lndmailbox.store.LayoutMigration`) when a daemon of this release
+takes the lead, before it decides or delivers anything.
+
+A daemon of the old release that still runs would go on writing the old layout, and it
+leads the node by a lock this release does not see. So while one runs, a daemon of this
+release stands by (:func:`old_release_gone`, before it tries for the lock): it journals
+what lnd publishes like any standby, its health says standby, and it takes the lead
+within a second of the old daemon's stop (which hands its lock over at once). The move
+itself refuses too while one runs (one that started in between): the new leader then
+waits, saying so once. A leader that finds nothing to move pays two commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from lndmailbox.errors import MigrationRefusedError, StoreUnavailableError
+from lndmailbox.retry import Backoff, Retry, wait_or_stop
+from lndmailbox.store import Store
+
+log = logging.getLogger(__name__)
+
+LOOK_EVERY = 0.5
+"""Seconds between looks at whether a daemon of the old release still runs."""
+LOOK_WITHIN = 1.0
+"""Seconds one look may take (two small commands) before Redis is left to the node lock,
+whose own connection times out in half a second: a hung Redis must not hold up the try
+for the lead by the store's 30 s socket timeout."""
+
+
+async def old_release_gone(store: Store, stop: asyncio.Event) -> bool:
+    """Waits while a daemon of the old release runs for the node (saying so once); False
+    when ``stop`` came first. Redis away is left to the node lock, which waits it out."""
+    said = False
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(LOOK_WITHIN):
+                why = await store.layout.old_release_runs()
+        except (StoreUnavailableError, TimeoutError):
+            return True
+        if why is None:
+            if said:
+                log.info("the old release's daemons are gone: trying for the lead")
+            return True
+        if not said:
+            log.warning("standing by while %s; it leads until it stops", why)
+            said = True
+        if await wait_or_stop(stop, LOOK_EVERY):
+            break
+    return False
+
+
+async def move_old_layout(store: Store, stop: asyncio.Event) -> bool:
+    """Moves what the old layout holds of the node; one log line with what moved. False
+    when ``stop`` came first (nothing is decided then)."""
+    retry = Retry(
+        "moving the mailbox from the old key layout",
+        log,
+        retry_on=lambda e: isinstance(e, StoreUnavailableError | MigrationRefusedError),
+        backoff=Backoff(initial=LOOK_EVERY / 2, maximum=2 * LOOK_EVERY),
+    )
+    try:
+        moved = await retry.call(store.layout.run, stop=stop)
+    except (StoreUnavailableError, MigrationRefusedError):
+        if stop.is_set():
+            return False
+        raise
+    if moved:
+        log.info("the mailbox is in this release's key layout: %s", moved.describe())
+    return True

@@ -1,0 +1,178 @@
+"""Moving one node's mailbox from one Redis deployment to another (standalone, Cluster,
+Sentinel: whatever :func:`~lndmailbox.store.client.connect` reaches), while no daemon runs.
+
+Rules that hold:
+
+- Nothing moves while a daemon of the node runs on either side (its lock, or its entry in
+  the daemons hash, which outlives its last heartbeat by 10 s): it would write on after
+  its keys were copied. That is checked before the copy and again before the source is
+  removed. :class:`~lndmailbox.errors.MigrationRefusedError` says which side.
+- A destination that holds any key of the node is refused, unless ``overwrite``: then its
+  keys of the node go first. One that is the source (the same server's run id and
+  database) is refused whatever the flags.
+- Key by key, a page at a time (:data:`KEYS_PER_CALL`): ``DUMP`` and ``PEXPIRETIME`` on the
+  source, ``RESTORE ... ABSTTL`` on the destination, so each key keeps its content,
+  encoding and expiry to the millisecond. The daemons' own keys (lock, heartbeats) are
+  not copied.
+- Then every key is checked on the destination: the same ``DUMP`` payload and expiry (or,
+  where the two servers' payloads differ, the same content read back by type). Only when
+  all match is the source removed; otherwise the source stays as it was and the error
+  names the first key that differs.
+- ``DUMP`` payloads carry the server's RDB version: the destination must run the same
+  Redis or valkey version as the source, or a newer one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from lndmailbox.errors import MigrationRefusedError, StoreError
+from lndmailbox.store.client import as_items, as_str, redis_errors
+from lndmailbox.store.handle import Store
+
+log = logging.getLogger(__name__)
+
+KEYS_PER_CALL = 100
+"""Keys dumped, restored, checked or removed in one round trip."""
+_SCAN_COUNT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Copied:
+    """What one move copied."""
+
+    keys: int
+    payload_bytes: int
+    """The DUMP payloads' size: about what the keys take on disk."""
+    replaced: int
+    """Keys of the node the destination held before, removed first (``overwrite``)."""
+
+
+@redis_errors
+async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = False) -> Copied:
+    """Copies ``source``'s mailbox to ``destination`` (the same node), checks the copy, then
+    removes the source's keys. See the module docstring for the rules."""
+    if source.node != destination.node:
+        raise StoreError("source and destination stores are of different nodes")
+    here = await _place(source)
+    if here is not None and here == await _place(destination):
+        raise MigrationRefusedError("the destination is the source (the same server and database)")
+    await _refuse_if_running(source, "the source")
+    await _refuse_if_running(destination, "the destination")
+    names = await _keys_of(source)
+    there = await _keys_of(destination)
+    if there and not overwrite:
+        raise MigrationRefusedError(
+            f"the destination holds this node's mailbox already ({len(there)} keys, such as "
+            f"{there[0]}); pass --overwrite to replace it"
+        )
+    await _delete(destination, there)
+    size = 0
+    for page in _pages(names):
+        dumped = await _dump(source, page)
+        size += sum(len(d) for d, _ in dumped.values())
+        await _restore(destination, dumped)
+    await _check(source, destination, names)
+    await _refuse_if_running(source, "the source")
+    await _delete(source, names)
+    return Copied(keys=len(names), payload_bytes=size, replaced=len(there))
+
+
+async def _place(store: Store) -> tuple[str, int] | None:
+    """Which server and database a store writes to (the server's run id, the db); None for
+    a client of several servers (a Cluster's), which no such pair names."""
+    pool = getattr(store.redis, "connection_pool", None)
+    if pool is None:
+        return None
+    run_id = (await store.redis.info("server")).get("run_id")
+    return None if run_id is None else (str(run_id), int(pool.connection_kwargs.get("db", 0)))
+
+
+async def _refuse_if_running(store: Store, side: str) -> None:
+    owner = await store.control.lock_owner()
+    beats = await store.control.read_daemons()
+    if owner is not None:
+        why = f"{store.keys.lock_key} is held by {owner}"
+    elif beats:
+        why = f"{store.keys.daemons_key} holds the heartbeats of {', '.join(sorted(beats))}"
+    else:
+        return
+    raise MigrationRefusedError(
+        f"a daemon runs on {side} ({why}); stop every daemon of the node before moving its "
+        "mailbox (or wait 10 s after one was killed)"
+    )
+
+
+async def _keys_of(store: Store) -> list[str]:
+    """Every key of the node but the daemons' own, sorted."""
+    skip = {store.keys.lock_key, store.keys.heartbeat_key, store.keys.daemons_key}
+    found = {
+        as_str(key)
+        async for key in store.redis.scan_iter(match=store.keys.key_pattern, count=_SCAN_COUNT)
+    }
+    return sorted(found - skip)
+
+
+def _pages(names: list[str]) -> list[list[str]]:
+    return [names[i : i + KEYS_PER_CALL] for i in range(0, len(names), KEYS_PER_CALL)]
+
+
+async def _dump(store: Store, names: list[str]) -> dict[str, tuple[bytes, int]]:
+    """Each key's DUMP payload and expiry (absolute ms, 0 for none); gone keys left out."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.dump(name)
+            pipe.pexpiretime(name)
+        replies = await pipe.execute()
+    out: dict[str, tuple[bytes, int]] = {}
+    for i, name in enumerate(names):
+        payload, expires = replies[2 * i], int(replies[2 * i + 1])
+        if payload is not None and expires != -2:
+            out[name] = (payload, max(expires, 0))
+    return out
+
+
+async def _restore(store: Store, dumped: dict[str, tuple[bytes, int]]) -> None:
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for name, (payload, expires) in dumped.items():
+            pipe.restore(name, expires, payload, absttl=True)
+        await pipe.execute()
+
+
+async def _check(source: Store, destination: Store, names: list[str]) -> None:
+    for page in _pages(names):
+        mine, theirs = await _dump(source, page), await _dump(destination, page)
+        for name, (payload, expires) in mine.items():
+            copy = theirs.get(name)
+            if copy is None:
+                raise StoreError(f"the copy lacks {name}; the source is left as it was")
+            if copy[1] != expires or (
+                copy[0] != payload
+                and await _content(source, name) != await _content(destination, name)
+            ):
+                raise StoreError(f"the copy of {name} differs; the source is left as it was")
+
+
+async def _content(store: Store, name: str) -> Any:
+    """A key's content read back by its type (for servers whose DUMP payloads differ)."""
+    redis = store.redis
+    kind = as_str(await redis.type(name))
+    if kind == "list":
+        return await redis.lrange(name, 0, -1)
+    if kind == "hash":
+        return await redis.hgetall(name)
+    if kind == "set":
+        return sorted(as_items(await redis.smembers(name)))
+    if kind == "zset":
+        return await redis.zrange(name, 0, -1, withscores=True)
+    if kind == "stream":
+        return await redis.xrange(name)
+    return await redis.get(name)
+
+
+async def _delete(store: Store, names: list[str]) -> None:
+    for page in _pages(names):
+        # one node's keys share a slot, so one call takes a page on a Cluster too
+        await store.redis.unlink(*page)
