@@ -192,7 +192,8 @@ async def test_a_mailbox_moves_to_the_cluster_and_back_whole_and_is_delivered_on
         started = time.monotonic()
         await move(capsys, tmp_path, node, first, cluster_url)
         elapsed_ms = int((time.monotonic() - started) * 1000) + 1
-        print(f"standalone -> cluster: {elapsed_ms} ms")
+        with capsys.disabled():  # the next mailboxctl call would swallow it
+            print(f"standalone -> cluster: {elapsed_ms} ms")
         compare(before, await snapshot(cluster_url, node, peers), elapsed_ms)
         assert await of_node(first, node) == []
         await deliver_to_bob(w, texts, before["counters"].get("confirmed", 0))
@@ -212,7 +213,8 @@ async def test_a_mailbox_moves_to_the_cluster_and_back_whole_and_is_delivered_on
         started = time.monotonic()
         await move(capsys, tmp_path, node, cluster_url, last)
         elapsed_ms = int((time.monotonic() - started) * 1000) + 1
-        print(f"cluster -> standalone: {elapsed_ms} ms")
+        with capsys.disabled():  # the next mailboxctl call would swallow it
+            print(f"cluster -> standalone: {elapsed_ms} ms")
         compare(before, await snapshot(last, node, peers), elapsed_ms)
         assert await of_node(cluster_url, node) == []
         await deliver_to_bob(w, texts, before["counters"].get("confirmed", 0))
