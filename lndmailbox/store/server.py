@@ -33,6 +33,13 @@ class Server:
         version = str(info.get("valkey_version") or info.get("redis_version") or "?")
         return ServerInfo(version=version, used_memory=int(memory.get("used_memory", 0)))
 
+    @redis_errors
+    async def run_id(self) -> str | None:
+        """The run id of the server that holds this node's keys (on a Cluster, the primary
+        of their slot, whichever node the URL names)."""
+        found = (await self._info("server")).get("run_id")
+        return None if found is None else str(found)
+
     async def _info(self, section: str) -> dict[str, Any]:
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()  # the slot map, on a client's first call

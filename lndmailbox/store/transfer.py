@@ -9,11 +9,11 @@ Rules that hold:
   removed. :class:`~lndmailbox.errors.MigrationRefusedError` says which side.
 - A destination that holds any key of the node is refused, unless ``overwrite``: then its
   keys of the node go first. One that is the source (the same server's run id and
-  database) is refused whatever the flags.
+  database; on a Cluster, the primary of the node's slot) is refused whatever the flags.
 - Key by key, a page at a time (:data:`KEYS_PER_CALL`): ``DUMP`` and ``PEXPIRETIME`` on the
   source, ``RESTORE ... ABSTTL`` on the destination, so each key keeps its content,
   encoding and expiry to the millisecond. The daemons' own keys (lock, heartbeats) are
-  not copied.
+  not copied; a stopped daemon's last heartbeat is removed from the source with the rest.
 - Then every key is checked on the destination: the same ``DUMP`` payload and expiry (or,
   where the two servers' payloads differ, the same content read back by type). Only when
   all match is the source removed; otherwise the source stays as it was and the error
@@ -76,18 +76,18 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
         await _restore(destination, dumped)
     await _check(source, destination, names)
     await _refuse_if_running(source, "the source")
-    await _delete(source, names)
+    # a stopped daemon's last heartbeat too: nothing of the node stays on the source
+    await _delete(source, [*names, source.keys.heartbeat_key])
     return Copied(keys=len(names), payload_bytes=size, replaced=len(there))
 
 
 async def _place(store: Store) -> tuple[str, int] | None:
-    """Which server and database a store writes to (the server's run id, the db); None for
-    a client of several servers (a Cluster's), which no such pair names."""
+    """Which server and database hold a store's keys: the run id of the server (on a
+    Cluster, of the primary of the node's slot), and the db (always 0 on a Cluster)."""
+    run_id = await store.server.run_id()
     pool = getattr(store.redis, "connection_pool", None)
-    if pool is None:
-        return None
-    run_id = (await store.redis.info("server")).get("run_id")
-    return None if run_id is None else (str(run_id), int(pool.connection_kwargs.get("db", 0)))
+    db = 0 if pool is None else int(pool.connection_kwargs.get("db", 0))
+    return None if run_id is None else (run_id, db)
 
 
 async def _refuse_if_running(store: Store, side: str) -> None:
