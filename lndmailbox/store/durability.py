@@ -173,6 +173,9 @@ class DurableWrites:
                 nodes.move_node_to_end_of_cached_nodes(node.name)
                 _reread_slot_map(cluster)
                 raise
+            except rexc.ClusterDownError:
+                _reread_slot_map(cluster)  # a shard without its primary: a failover under way
+                raise
             finally:
                 await _release(cluster, node, connection)
         raise rexc.ClusterError(f"slot {slot} redirected {REDIRECTIONS} times in one write")
