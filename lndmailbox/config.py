@@ -27,6 +27,8 @@ NETWORKS = ("mainnet", "testnet", "testnet4", "signet", "simnet", "regtest")
 TRANSPORTS = ("auto", "custom", "native")
 LOG_FORMATS = ("text", "json")
 MIN_IN_FLIGHT_BYTES = 64 * 1024
+REDIS_SOCKET_TIMEOUT = 30.0
+"""Seconds a Redis reply may take before the connection is taken for lost."""
 """lnd hands over messages of up to 65,535 bytes: the in-flight cap must hold one."""
 CONFIRM_AFTER = 95.0
 """Seconds a peer must stay connected after lnd accepted a message for it before the
@@ -358,6 +360,12 @@ class Settings:
                 problems.append(f"--{name.replace('_', '-')} must be positive")
         if self.redis_wait_timeout <= 0:
             problems.append("--redis-wait-timeout must be positive")
+        elif self.redis_wait_timeout >= REDIS_SOCKET_TIMEOUT:
+            problems.append(
+                f"--redis-wait-timeout must be below the Redis socket timeout "
+                f"({REDIS_SOCKET_TIMEOUT:g}s): a longer wait would be cut off as a lost "
+                "connection"
+            )
         if self.race_window < 0:
             problems.append("--race-window must not be negative")
         if self.confirm_after < 0:

@@ -58,26 +58,52 @@ class Backoff:
 
 
 class Outage:
-    """Says once that ``what`` is failing, and once that it is back."""
+    """Says once that ``what`` is failing, and once that it is back.
 
-    def __init__(self, what: str, logger: logging.Logger) -> None:
+    ``meanwhile`` ends the WARNING (what happens while it fails). With ``warn_every``, an
+    outage that starts within that many seconds of the last WARNING is told at debug, its
+    end too: a dependency that keeps failing and recovering warns once per that span.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        logger: logging.Logger,
+        *,
+        meanwhile: str = "retrying with backoff",
+        warn_every: float = 0.0,
+    ) -> None:
         self.what = what
         self._log = logger
+        self._meanwhile = meanwhile
+        self._warn_every = warn_every
         self._since: float | None = None
+        self._warned_at: float | None = None
+        self._warned = False
         self.failures = 0
         """Failures in the current outage (0 while healthy)."""
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException | str) -> None:
         self.failures += 1
-        if self._since is None:
-            self._since = time.monotonic()
-            self._log.warning("%s failing (%s); retrying with backoff", self.what, error)
-        else:
+        if self._since is not None:
             self._log.debug("%s still failing (%s)", self.what, error)
+            return
+        self._since = now = time.monotonic()
+        self._warned = self._warned_at is None or now - self._warned_at >= self._warn_every
+        if self._warned:
+            self._warned_at = now
+        self._log.log(
+            logging.WARNING if self._warned else logging.DEBUG,
+            "%s failing (%s); %s",
+            self.what,
+            error,
+            self._meanwhile,
+        )
 
     def recovered(self) -> None:
         if self._since is not None:
-            self._log.info(
+            self._log.log(
+                logging.INFO if self._warned else logging.DEBUG,
                 "%s working again after %.1fs and %d failures",
                 self.what,
                 time.monotonic() - self._since,

@@ -86,6 +86,7 @@ def test_the_replica_wait_from_flags_and_environment() -> None:
         (["--max-bytes-per-peer", "2MiB", "--max-bytes-total", "1MiB"], {}, "cannot exceed"),
         (["--redis-wait-replicas", "some"], {}, "--redis-wait-replicas"),
         (["--redis-wait-timeout", "0"], {}, "--redis-wait-timeout must be positive"),
+        (["--redis-wait-timeout", "30s"], {}, r"below the Redis socket timeout \(30s\)"),
     ],
 )
 def test_bad_settings_say_which(argv: list[str], env: dict[str, str], says: str) -> None:

@@ -15,21 +15,27 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from simnet import Personality
 
 from lndmailbox.config import Settings
+from lndmailbox.errors import StoreUnavailableError
 from lndmailbox.store import (
+    DurableWrites,
     NewEntry,
     PutStatus,
     RedisServer,
     ReplicaWait,
     Store,
+    durability,
     free_port,
     replica_wait_for,
 )
@@ -176,9 +182,9 @@ async def test_every_write_that_matters_waits_and_a_short_wait_is_counted(
     # The replica is back: the next write is confirmed, and the log says so once.
     await put_one(store, peer(2), SENDER, PATH_KEY, onion(3), NOW)
     assert store.durable.short == 6
-    back = [r.getMessage() for r in caplog.records if "confirm writes again" in r.getMessage()]
-    assert len(back) == 1
-    assert "6 unconfirmed writes" in back[0]
+    back = [r for r in caplog.records if "working again" in r.getMessage()]
+    assert [r.levelno for r in back] == [logging.INFO]
+    assert "6 failures" in back[0].getMessage()
 
 
 async def test_auto_waits_for_nobody_on_a_primary_without_replicas(redis_url: str) -> None:
@@ -282,9 +288,13 @@ def _replica_of(cluster: LocalCluster, primary: Process) -> Process:
     raise AssertionError(f"no replica of {primary.port}")
 
 
-def _wait_calls(node: Process) -> int:
+def _calls(node: Process, command: str) -> int:
     with node.client() as c:
-        return int(c.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+        return int(c.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def _wait_calls(node: Process) -> int:
+    return _calls(node, "wait")
 
 
 async def test_on_a_cluster_the_wait_goes_to_the_shard_of_the_keys(
@@ -385,3 +395,206 @@ async def test_the_daemon_waits_and_counts_what_its_replica_did_not_confirm(
         w.bob.connect()
         await wait_until(lambda: len(w.bob.received) == 1, what="delivery to bob")
         assert await w.payloads_received(w.bob) == [b"while the replica sleeps"]
+
+
+ONE = ReplicaWait(replicas=1, timeout=60.0)
+"""One replica asked outright (no INFO look), with a timeout no test reaches."""
+
+
+def _kill_the_waiting_client(client: redis.Redis) -> None:
+    """Closes, from the server's side, the connection that is blocked in WAIT (setup: it
+    polls until the WAIT is seen)."""
+    for _ in range(1000):
+        for entry in client.client_list():
+            if entry.get("cmd") in ("wait", "waitaof"):
+                client.client_kill_filter(_id=entry["id"])
+                return
+        time.sleep(0.01)
+    raise AssertionError("no client ever blocked in WAIT")
+
+
+async def _put_while_the_wait_is_cut(
+    store: Store, primary: redis.Redis, replica_pid: int, n: int
+) -> PutStatus:
+    os.kill(replica_pid, signal.SIGSTOP)
+    try:
+        put = asyncio.ensure_future(put_one(store, peer(1), SENDER, PATH_KEY, onion(n), NOW))
+        await asyncio.to_thread(_kill_the_waiting_client, primary)
+        return (await put).status
+    finally:
+        os.kill(replica_pid, signal.SIGCONT)
+
+
+async def test_a_connection_lost_in_the_wait_counts_it_short_and_sends_nothing_again(
+    pair: Pair,
+) -> None:
+    store = Store.from_url(pair.primary.url, NODE, wait=ONE)
+    try:
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        before = await _commands(pair.primary_client)
+        assert pair.replica.pid is not None
+        with redis.Redis.from_url(pair.primary.url) as primary:
+            status = await _put_while_the_wait_is_cut(store, primary, pair.replica.pid, 2)
+        assert status is PutStatus.STORED
+        assert store.durable.short == 1
+        after = await _commands(pair.primary_client)
+        # The write went once (a pipeline's retry would have sent the pair again).
+        assert after["evalsha"] == before["evalsha"] + 1
+        assert after["wait"] == before["wait"] + 1
+        assert len(await store.queues.messages(peer(1))) == 2
+        # The pool hands out a good connection for the next write.
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(3), NOW)
+        assert store.durable.short == 1
+    finally:
+        await store.aclose()
+
+
+async def test_on_a_cluster_a_connection_lost_in_the_wait_sends_nothing_again(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    store = Store.from_url(cluster_url, NODE, wait=ONE)
+    try:
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        owner = redis_cluster.primary_for(store.keys.mail_key)
+        replica = _replica_of(redis_cluster, owner)
+        others = [n for n in redis_cluster.primaries() if n is not owner]
+        evalsha, waits = _calls(owner, "evalsha"), [_wait_calls(n) for n in others]
+        assert replica.process is not None
+        with owner.client() as primary:
+            status = await _put_while_the_wait_is_cut(store, primary, replica.process.pid, 2)
+        assert status is PutStatus.STORED
+        assert store.durable.short == 1
+        assert _calls(owner, "evalsha") == evalsha + 1
+        # Never the wait on another shard, which would confirm a write it never saw.
+        assert [_wait_calls(n) for n in others] == waits
+        assert len(await store.queues.messages(peer(1))) == 2
+    finally:
+        await store.aclose()
+
+
+async def test_on_a_cluster_a_moved_write_waits_on_the_new_owner_only(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    store = Store.from_url(cluster_url, NODE, wait=ONE)
+    try:
+        cluster = store.redis
+        assert isinstance(cluster, RedisCluster)
+        await cluster.initialize()
+        owner = redis_cluster.primary_for(store.keys.mail_key)
+        other = next(n for n in redis_cluster.primaries() if n is not owner)
+        # The client's slot map goes stale, as after a failover it has not heard of.
+        slot = cluster.keyslot(store.keys.mail_key)
+        stale = next(n for n in cluster.get_primaries() if int(n.port) == other.port)
+        cluster.nodes_manager.slots_cache[slot] = [stale]
+        before = {n.port: (_calls(n, "evalsha"), _wait_calls(n)) for n in (owner, other)}
+        result = await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        assert result.status is PutStatus.STORED
+        assert store.durable.short == 0
+        assert _wait_calls(owner) == before[owner.port][1] + 1
+        assert _calls(owner, "evalsha") == before[owner.port][0] + 1
+        # The stale node answered MOVED to the script and never saw a wait.
+        assert _wait_calls(other) == before[other.port][1]
+        with _replica_of(redis_cluster, owner).client() as c:
+            c.execute_command("READONLY")
+            assert c.llen(store.keys.queue_key(peer(1))) == 1
+    finally:
+        await store.aclose()
+
+
+async def test_on_a_cluster_an_asked_write_waits_on_the_importing_node(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    async with Store.from_url(cluster_url, NODE, wait=ONE) as store:
+        # One key, in the node's slot (its hash tag), on neither shard yet: the source
+        # of a moving slot answers ASK, the target takes it after ASKING. (A store
+        # script's keys, some there and some not, would be refused as TRYAGAIN.)
+        probe = store.keys.mail_key + ":probe"
+        incr = store.redis.register_script("return redis.call('INCR', KEYS[1])")
+        source, target = await asyncio.to_thread(redis_cluster.begin_moving, probe)
+        try:
+            before = {n.port: _wait_calls(n) for n in (source, target)}
+            assert await store.durable.run(incr, [probe], []) == 1
+            assert store.durable.short == 0
+            assert _wait_calls(target) == before[target.port] + 1
+            assert _wait_calls(source) == before[source.port]
+        finally:
+            await asyncio.to_thread(redis_cluster.finish_moving, probe, source, target)
+        assert await store.redis.get(probe) == b"1"
+
+
+async def test_on_a_cluster_a_lost_script_is_loaded_on_its_node_only(
+    redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    async with Store.from_url(cluster_url, NODE, wait=ONE) as store:
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+        owner = redis_cluster.primary_for(store.keys.mail_key)
+        with owner.client() as c:
+            c.script_flush()
+        primaries = redis_cluster.primaries()
+        before = [_calls(n, "script|load") for n in primaries]
+        await put_one(store, peer(1), SENDER, PATH_KEY, onion(2), NOW)
+        loaded = [_calls(n, "script|load") - b for n, b in zip(primaries, before, strict=True)]
+        assert loaded == [int(n is owner) for n in primaries]
+        assert len(await store.queues.messages(peer(1))) == 2
+        assert store.durable.short == 0
+
+
+async def test_a_script_missing_again_after_its_load_is_a_store_unavailable(pair: Pair) -> None:
+    durable = DurableWrites(pair.primary_client, ONE)
+    script = pair.primary_client.register_script("return redis.call('INCR', KEYS[1])")
+    # A sha no load can give: each load leaves the script missing, as when the server
+    # under the connection changes between the load and the call.
+    script.sha = "0" * 40
+    before = await _commands(pair.primary_client)
+    with pytest.raises(StoreUnavailableError, match="failover"):
+        await durable.run(script, ["k"], [])
+    after = await _commands(pair.primary_client)
+    assert after["evalsha"] == before.get("evalsha", 0) + 2
+    assert after.get("wait", 0) == before.get("wait", 0)
+    assert await pair.primary_client.get("k") is None
+
+
+async def test_auto_waits_only_for_replicas_online(tmp_path: Path) -> None:
+    with (
+        RedisServer(tmp_path / "primary") as primary,
+        RedisServer(tmp_path / "replica") as replica,
+    ):
+        client = aioredis.Redis.from_url(primary.url)
+        replica_client = aioredis.Redis.from_url(replica.url)
+        try:
+            # The replica's full sync waits a minute to start: it stays in wait_bgsave.
+            await client.config_set("repl-diskless-sync", "yes")
+            await client.config_set("repl-diskless-sync-delay", 60)
+            await replica_client.replicaof("127.0.0.1", primary.port)
+
+            async def syncing() -> bool:
+                return await _replicas_of(client) == 1
+
+            await _until(syncing, "the replica asks for a full sync")
+            info = await client.info("replication")
+            assert info["slave0"]["state"] != "online", info
+            auto = Store(client, NODE, wait=ReplicaWait(replicas=None, timeout=2.0))
+            result = await put_one(auto, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+            assert result.status is PutStatus.STORED
+            assert auto.durable.short == 0
+            assert "wait" not in await _commands(client)
+        finally:
+            await client.aclose()
+            await replica_client.aclose()
+
+
+async def test_auto_looks_again_right_after_a_short_wait(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(durability, "LOOK_EVERY", 3600.0)  # only a short wait looks again
+    store = pair.store(ReplicaWait(replicas=None, timeout=0.05))
+    await put_one(store, peer(1), SENDER, PATH_KEY, onion(1), NOW)
+    assert store.durable.short == 0
+    await pair.replica_client.replicaof("127.0.0.1", free_port())
+    await _until(lambda: _no_replicas(pair.primary_client), "the primary has no replica")
+    await put_one(store, peer(1), SENDER, PATH_KEY, onion(2), NOW)
+    assert store.durable.short == 1  # it waited for the replica it had looked at
+    waits = (await _commands(pair.primary_client))["wait"]
+    await put_one(store, peer(1), SENDER, PATH_KEY, onion(3), NOW)
+    assert store.durable.short == 1
+    assert (await _commands(pair.primary_client))["wait"] == waits

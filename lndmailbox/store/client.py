@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 
+from lndmailbox.config import REDIS_SOCKET_TIMEOUT
 from lndmailbox.errors import ConfigError, RecordError, StoreError, StoreUnavailableError
 from lndmailbox.store.urls import RedisTarget, parse_redis_url
 
@@ -127,7 +128,7 @@ def connect(url: str, *, max_connections: int, **redis_kwargs: Any) -> RedisClie
     ``url`` names (see :meth:`Store.from_url`); :class:`ConfigError` for a bad URL."""
     target = parse_redis_url(url)
     redis_kwargs.setdefault("socket_connect_timeout", 5.0)
-    redis_kwargs.setdefault("socket_timeout", 30.0)
+    redis_kwargs.setdefault("socket_timeout", REDIS_SOCKET_TIMEOUT)
     # After a Redis restart every pooled connection is stale: a command that meets one
     # reconnects and is sent again, rather than failing once per pooled connection. A
     # timeout is not retried here: a hung Redis would cost four socket timeouts a call.
