@@ -27,9 +27,9 @@ NETWORKS = ("mainnet", "testnet", "testnet4", "signet", "simnet", "regtest")
 TRANSPORTS = ("auto", "custom", "native")
 LOG_FORMATS = ("text", "json")
 MIN_IN_FLIGHT_BYTES = 64 * 1024
+"""lnd hands over messages of up to 65,535 bytes: the in-flight cap must hold one."""
 REDIS_SOCKET_TIMEOUT = 30.0
 """Seconds a Redis reply may take before the connection is taken for lost."""
-"""lnd hands over messages of up to 65,535 bytes: the in-flight cap must hold one."""
 CONFIRM_AFTER = 95.0
 """Seconds a peer must stay connected after lnd accepted a message for it before the
 message counts as confirmed (``--confirm-after``), unless the peer speaks first. lnd

@@ -39,7 +39,10 @@ Rules that hold:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -136,18 +139,23 @@ class DurableWrites:
         # The pool hands out a connected connection, reconnecting one it finds stale.
         connection: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            return await self._write_and_wait(connection, "", script, keys, args, asking=False)
+            # Named by its server: after a Sentinel failover the new primary is looked at
+            # afresh, not taken for the old one.
+            server = _server_of(connection)
+            return await self._write_and_wait(connection, server, script, keys, args, asking=False)
         finally:
-            await pool.release(connection)
+            # Shielded: a cancellation while the pool's lock is contended would otherwise
+            # keep the connection out of the pool for good.
+            await asyncio.shield(pool.release(connection))
 
     async def _on_cluster(
         self, cluster: RedisCluster, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:
         if not keys:
-            raise ValueError("a write that matters names its keys")
+            raise TypeError("a write that matters names its keys")
         slot = cluster.keyslot(keys[0])
         asked: ClusterNode | None = None
-        for _ in range(REDIRECTIONS):
+        for _ in range(REDIRECTIONS + 1):  # the first try, then the hops
             await cluster.initialize()  # the slot map, read again once a node failed
             nodes = cluster.nodes_manager
             node = asked or nodes.get_node_from_slot(slot)
@@ -198,22 +206,28 @@ class DurableWrites:
             raise  # a reply read whole: the connection is in step
         except BaseException:
             # Not in step with its replies any more (or already closed by redis-py).
-            await connection.disconnect()
+            await _close(connection)
             raise
         if replicas == 0 and not self.wait.aof:
             return reply
+        # The write ran: from here on nothing but a cancellation reaches the caller, or it
+        # would retry (repeat) a write that stands. Whatever else goes wrong is a short wait.
         try:
             await connection.send_command(*self._wait_command(replicas))
             waited = await connection.read_response()
         except rexc.ResponseError as e:
             self._short(node, f"the wait was refused: {e}")
-        except BaseException as e:
-            await connection.disconnect()
-            if not isinstance(e, rexc.RedisError | OSError):
-                raise  # cancelled: the write stands, and the caller is told nothing else
+        except Exception as e:
+            await _close(connection)
             self._short(node, f"the wait failed: {e}")
+        except BaseException:
+            await _close(connection)
+            raise  # cancelled: the write stands, and the caller is told nothing else
         else:
-            self._check(node, waited, replicas)
+            try:
+                self._check(node, waited, replicas)
+            except (TypeError, ValueError):
+                self._short(node, f"the wait's reply was unreadable: {waited!r}")
         return reply
 
     def _wait_command(self, replicas: int) -> tuple[Any, ...]:
@@ -234,7 +248,7 @@ class DurableWrites:
             if count:
                 log.info(
                     "the Redis primary %s has %d replicas online: writes that matter wait for them",
-                    node or "",
+                    node,
                     count,
                 )
             else:
@@ -263,8 +277,11 @@ class DurableWrites:
         self.short += 1
         if self.on_short is not None:
             self.on_short()
-        # A replica may have left (a failover, a resync): the next write looks again.
-        self._looked.pop(node, None)
+        # A replica may have left (a failover, a resync): the next write looks again (the
+        # count is kept, so that an unchanged one is not logged again).
+        looked = self._looked.get(node)
+        if looked is not None:
+            self._looked[node] = (-math.inf, looked[1])
         self._outage.failed(what)
 
 
@@ -313,7 +330,20 @@ async def _release(cluster: RedisCluster, node: ClusterNode, connection: Connect
         node.release(connection)
     else:
         # A failover dropped the node: its pool is nobody's to close any more.
-        await connection.disconnect()
+        await _close(connection)
+
+
+def _server_of(connection: Connection) -> str:
+    """The server a pooled connection talks to: a unix socket's path, or host:port."""
+    path = getattr(connection, "path", "")
+    return str(path) if path else f"{connection.host}:{connection.port}"
+
+
+async def _close(connection: Connection) -> None:
+    """Closes without waiting for the peer (a dying primary may never answer a TLS
+    shutdown), and never raises: it runs where a script's reply is already in hand."""
+    with contextlib.suppress(Exception):
+        await connection.disconnect(nowait=True)
 
 
 def _reread_slot_map(cluster: RedisCluster) -> None:
