@@ -38,6 +38,7 @@ from lndmailbox.store import migrate as migrate_module
 from lndmailbox.store.audit import audit
 from lndmailbox.store.client import RedisClient, as_str
 from lndmailbox.store.journal import entry_for
+from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import decode_record, decode_unconfirmed
 from tests.daemon_harness import GENERATIONS, counted, wait_until, world
 from tests.old_release import OldFill, extract_old_release, run_old_release
@@ -286,6 +287,55 @@ async def test_a_peer_whose_old_keys_are_damaged_stays_and_the_rest_moves(
         assert await redis_client.get(queue) == b"not a list"
         assert (await store.layout.run()).damaged == 1  # left as it is, every time
         assert await audit(store) == []
+
+
+async def test_a_peer_with_a_record_too_short_stays_untouched_and_the_rest_moves(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    """A queue or unconfirmed list holding an entry shorter than a record's header, behind
+    good records: the peer is left exactly as it was (no dedup field written, no Lua
+    error), counted damaged, and the other peers move."""
+    node, short_q, short_u, fine, sender = (key(rng) for _ in range(5))
+    fill = OldFill(node=node, now=time.time())
+    for peer in (short_q, short_u, fine):
+        fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    prefix = f"lndmailbox:{node.hex()}:peer:"
+    await redis_client.rpush(f"{prefix}{{{short_q.hex()}}}:queue", b"\x02short")
+    await redis_client.rpush(f"{prefix}{{{short_u.hex()}}}:unconfirmed", b"\x00" * 40)
+    before = await state(redis_client, old_pattern(node))
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()
+        assert (moved.peers, moved.messages, moved.damaged) == (1, 1, 2)
+        assert len(await store.queues.held(fine)) == 1
+        for peer in (short_q, short_u):
+            assert await store.queues.held(peer) == []
+            keys = Keys(node)
+            mine = (keys.queue_key(peer), keys.dedup_key(peer), keys.unconfirmed_key(peer))
+            assert not await redis_client.exists(*mine)
+        after = await state(redis_client, old_pattern(node))
+        damaged_keys = {k for k in before if short_q.hex() in k or short_u.hex() in k}
+        assert len(damaged_keys) == 5  # two queues, two dedup hashes, an unconfirmed list
+        assert {k: after[k] for k in damaged_keys} == {k: before[k] for k in damaged_keys}
+        assert (await store.layout.run()).damaged == 2  # left as it is, every time
+
+
+async def test_a_mail_member_spelt_in_uppercase_is_damaged_not_paged_forever(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    """bytes.fromhex reads "02AB..." as a peer, but the scripts remove the lowercase member:
+    such a member is not taken for a peer (it would come back on every page)."""
+    node, peer, sender = key(rng), key(rng), key(rng)
+    fill = OldFill(node=node, now=time.time())
+    fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    mail = f"lndmailbox:{node.hex()}:mail"
+    await redis_client.zadd(mail, {peer.hex().upper(): 1.0, " " + peer.hex(): 1.0})
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()  # (before the fix: the same page, forever)
+        assert (moved.peers, moved.messages, moved.damaged) == (1, 1, 2)
+        assert len(await store.queues.held(peer)) == 1
+    assert not await redis_client.exists(mail)
 
 
 async def test_refused_while_the_old_release_leads_and_nothing_moves(

@@ -348,9 +348,14 @@ def _counts(reply: object) -> list[int]:
 
 
 def _pubkey(text: str) -> bytes | None:
+    """The peer ``text`` names, only if it is spelt as the old release wrote it (lowercase
+    hex, nothing around it): the scripts address the peer by that spelling, so a member
+    spelt otherwise would never leave the old ``mail`` index."""
     try:
         key = bytes.fromhex(text)
     except ValueError:
+        return None
+    if key.hex() != text:
         return None
     return key if len(key) == PUBKEY_SIZE and key[0] in (2, 3) else None
 
