@@ -11,8 +11,10 @@ import logging
 import os
 import random
 import re
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import redis.asyncio as aioredis
 from simnet import Personality
 
 from lndmailbox.cli import main
+from lndmailbox.daemon import run
 from lndmailbox.errors import MigrationRefusedError
 from lndmailbox.onion import Forward, LocalNodeKey, peel
 from lndmailbox.onion.wire import OnionMessage
@@ -520,6 +523,106 @@ async def test_a_daemon_stands_by_while_a_daemon_of_the_old_release_leads(
         assert said[0].startswith("standing by while a daemon of the old release leads")
         assert "lsp:pid=1:boot=old" in said[0]
         assert said[2].endswith("moved 1 counter, 1 allowlist addition")
+
+
+async def test_a_rolling_upgrade_sends_each_message_once(
+    old_code: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """The supported upgrade of a pair, for real: a daemon of the old release (its own
+    code, in a subprocess) leads, this release's daemon stands by beside it on the same
+    lnd. The old leader keeps three messages for bob and delivers them once he is back,
+    then keeps three more with bob away. Its record of those decisions is gone (as 15 s
+    after them, in any upgrade slower than that); it stops (SIGTERM, its lock handed
+    over), this release's daemon leads and moves the mailbox. bob peels each of the six
+    exactly once: what the standby journaled while the old release led was decided by
+    the old leader, not a second time by the new one."""
+    async with world(Personality.LND_0_21, redis_url, tmp_path, confirm_after=0.2) as w:
+        old = _old_daemon(old_code, w.settings, tmp_path / "old-mailbox")
+        try:
+            node = w.node.pubkey.hex()
+
+            async def old_leads() -> bool:
+                if old.poll() is not None:
+                    raise AssertionError(f"the old daemon exited {old.returncode}")
+                beats = await w.store.redis.hvals(f"lndmailbox:{node}:daemons")
+                return any(json.loads(b).get("ready") for b in beats)
+
+            await wait_until(old_leads, what="the old release's daemon to lead")
+            w.task = asyncio.create_task(run(w.settings, stop=w.stop))
+
+            async def standing_by() -> bool:
+                beats = await w.store.control.read_daemons()
+                return [(b["role"], b["ready"]) for b in beats.values()] == [("standby", True)]
+
+            await wait_until(standing_by, what="this release's daemon to stand by")
+            texts = [f"rolling upgrade {i}".encode() for i in range(6)]
+            usage = f"lndmailbox:{node}:usage"
+
+            def old_leader_holds(n: int) -> Callable[[], Awaitable[bool]]:
+                async def holds() -> bool:
+                    held = await w.store.redis.hget(usage, f"messages:{w.bob.pubkey.hex()}")
+                    return int(held or 0) == n
+
+                return holds
+
+            for text in texts[:3]:
+                await w.alice.send_onion_message(w.message_for_bob(text))
+            await wait_until(old_leader_holds(3), what="the old leader to keep three")
+            w.bob.connect()
+            await wait_until(old_leader_holds(0), what="the old leader to deliver three")
+            w.bob.disconnect()
+            for text in texts[3:]:
+                await w.alice.send_onion_message(w.message_for_bob(text))
+            await wait_until(old_leader_holds(3), what="the old leader to keep three more")
+
+            async def old_leader_decided_all() -> bool:
+                old_journal = f"lndmailbox:{node}:inbox"
+                decided = await w.store.redis.zcard(f"lndmailbox:{node}:decided")
+                return decided == 6 and not await w.store.redis.exists(old_journal)
+
+            await wait_until(old_leader_decided_all, what="the old leader to decide all six")
+            await w.store.redis.delete(f"lndmailbox:{node}:decided")
+            old.terminate()
+            assert old.wait(60) == 0
+            await wait_until(w._daemon_ready, what="this release's daemon to lead")
+        finally:
+            if old.poll() is None:
+                old.kill()
+                old.wait(60)
+
+        async def all_decided() -> bool:
+            return await w.store.journal.entries() == []
+
+        # A decision leaves the journal once its message is stored or sent: from here on
+        # a message decided twice would be held or received twice.
+        await wait_until(all_decided, what="the new leader to decide what the journal held")
+        assert len(await w.held_for(w.bob)) == 3
+        w.bob.connect()
+        await wait_until(lambda: _count(w.held_for(w.bob), 0), what="every delivery confirmed")
+        assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
+        left = await state(w.store.redis, old_pattern(w.node.pubkey))
+        assert set(left) <= {f"lndmailbox:{w.node.pubkey.hex()}:heartbeat"}  # expires (3 s)
+
+
+def _old_daemon(code: Path, settings: Any, datadir: Path) -> subprocess.Popen[bytes]:
+    """A daemon of the old release for the node ``settings`` name, its settings by
+    environment (the old release reads the same names)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    for name in (
+        "rpcserver",
+        "tlscertpath",
+        "macaroonpath",
+        "network",
+        "redis_url",
+        "allow_channel_peers",
+        "race_window",
+        "sweep_interval",
+        "confirm_after",
+    ):
+        value = getattr(settings, name)
+        env[f"LNDMAILBOX_{name.upper()}"] = str(value).lower() if value is True else str(value)
+    env["LNDMAILBOX_DATADIR"] = str(datadir)
+    return subprocess.Popen([sys.executable, "-m", "lndmailbox"], env=env, cwd=code)
 
 
 # --------------------------------------------------------------------------- mailboxctl
