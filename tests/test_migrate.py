@@ -721,6 +721,39 @@ async def test_mailboxctl_migrate_to_another_redis_copies_checks_and_removes(
     assert await state(redis_client, new_pattern(node)) == expected
 
 
+async def test_a_move_to_another_redis_holds_the_node_lock_on_both_sides_throughout(
+    redis_url: str,
+    other_redis: str,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon starting while the copy is under way finds the node's lock held, on the
+    source (whose keys the move is about to remove) and on the destination, and so stands
+    by as for any leader; the move releases both locks when it is done."""
+    node, peer = key(rng), key(rng)
+    contender = "lsp:pid=9:boot=b:pidns=1:5tart5late"
+    took: list[bool] = []
+    check = transfer._check
+
+    async def check_while_a_daemon_starts(source: Store, destination: Store, *a: Any) -> None:
+        for store in (source, destination):
+            took.append(await store.control.acquire_lock(contender, 1.0))
+            owner = await store.control.lock_owner()
+            assert (owner or "").startswith("mailboxctl-migrate:"), owner
+        await check(source, destination, *a)
+
+    monkeypatch.setattr(transfer, "_check", check_while_a_daemon_starts)
+    async with Store.from_url(redis_url, node) as source, Store.from_url(other_redis, node) as to:
+        m = message(rng)
+        await source.queues.put_many([NewMessage(peer, key(rng), m.path_key, m.onion, time.time())])
+        copied = await transfer.move_mailbox(source, to)
+        assert copied.keys > 0
+        assert took == [False, False]
+        assert (await source.control.lock_owner(), await to.control.lock_owner()) == (None, None)
+        assert len(await to.queues.held(peer)) == 1
+        assert await source.queues.held(peer) == []
+
+
 async def test_mailboxctl_migrate_to_refuses_while_a_daemon_runs_and_keeps_a_bad_copy_source(
     redis_url: str,
     redis_client: aioredis.Redis,
