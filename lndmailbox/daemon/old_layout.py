@@ -11,9 +11,10 @@ it journals into the old release's ``inbox`` and ``decided`` (:class:`UpgradeJou
 the old leader's inbox look takes what only it read, and a message the old leader decided
 is not journaled again, exactly as for two daemons of the old release. What is left there
 moves with the rest of the old layout. (Journaled in this release's ``inbox``, the new
-leader would decide again every message the old one had already forwarded or delivered.) The move
-itself refuses too while one runs (one that started in between): the new leader then
-waits, saying so once. A leader that finds nothing to move pays two commands.
+leader would decide again every message the old one had already forwarded or delivered.)
+The move itself refuses too while one runs (one that started in between): the new leader
+then waits, saying so once. With no old release, each look and a leader's move cost two
+commands.
 """
 
 from __future__ import annotations
