@@ -247,6 +247,42 @@ async def test_a_run_cut_short_between_peers_and_run_again_ends_where_one_run_en
     assert await state(redis_client, old_pattern(node)) == {}
 
 
+async def test_the_old_leaders_last_decisions_move_before_any_peer(
+    old_code: Path,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old ``decided`` expires 15 s after the old leader's last decision: it joins
+    the current one, and a late copy it names leaves the current journal, before the first
+    peer moves (a run over many peers takes longer than that)."""
+    node, peer, sender = key(rng), key(rng), key(rng)
+    m = message(rng)
+    late = entry_for(m.path_key, m.onion)
+    fill = OldFill(node=node, now=time.time(), decided=[late])
+    fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    async with Store.from_url(redis_url, node) as store:
+        await store.journal.write([NewEntry(late, sender, m.path_key, m.onion, time.time())])
+        seen: list[tuple[list[str], float | None]] = []
+        move_page = store.layout._move
+
+        async def first_peer_page(*args: Any) -> set[bytes]:
+            score = await redis_client.zscore(store.keys.decided_key, late)
+            seen.append((await store.journal.entries(), score))
+            return await move_page(*args)
+
+        monkeypatch.setattr(store.layout, "_move", first_peer_page)
+        moved = await store.layout.run()
+        journal, score = seen[0]
+        assert journal == []
+        assert score is not None
+        assert (moved.peers, moved.decided) == (1, 1)
+        assert await store.journal.entries() == []
+    assert await state(redis_client, old_pattern(node)) == {}
+
+
 async def test_mail_the_old_index_lost_is_found_and_stale_books_are_counted_expired(
     old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
 ) -> None:
@@ -512,6 +548,12 @@ async def test_a_daemon_stands_by_while_a_daemon_of_the_old_release_leads(
                 return [(b["role"], b["ready"]) for b in beats.values()] == [("standby", True)]
 
             await wait_until(standing_by, what="this release's daemon to stand by")
+
+            def said_so() -> bool:
+                return any(r.getMessage().startswith("standing by while") for r in caplog.records)
+
+            # (its standby is on lnd's stream a moment before it looks for the old release)
+            await wait_until(said_so, what="this release's daemon to say why it stands by")
             assert await w.store.control.lock_owner() is None
             assert not starting.done()
             assert not await w.store.allowlist.contains(w.bob.pubkey)
