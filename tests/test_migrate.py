@@ -11,8 +11,10 @@ import logging
 import os
 import random
 import re
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import redis.asyncio as aioredis
 from simnet import Personality
 
 from lndmailbox.cli import main
+from lndmailbox.daemon import run
 from lndmailbox.errors import MigrationRefusedError
 from lndmailbox.onion import Forward, LocalNodeKey, peel
 from lndmailbox.onion.wire import OnionMessage
@@ -38,6 +41,7 @@ from lndmailbox.store import migrate as migrate_module
 from lndmailbox.store.audit import audit
 from lndmailbox.store.client import RedisClient, as_str
 from lndmailbox.store.journal import entry_for
+from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import decode_record, decode_unconfirmed
 from tests.daemon_harness import GENERATIONS, counted, wait_until, world
 from tests.old_release import OldFill, extract_old_release, run_old_release
@@ -243,6 +247,42 @@ async def test_a_run_cut_short_between_peers_and_run_again_ends_where_one_run_en
     assert await state(redis_client, old_pattern(node)) == {}
 
 
+async def test_the_old_leaders_last_decisions_move_before_any_peer(
+    old_code: Path,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old ``decided`` expires 15 s after the old leader's last decision: it joins
+    the current one, and a late copy it names leaves the current journal, before the first
+    peer moves (a run over many peers takes longer than that)."""
+    node, peer, sender = key(rng), key(rng), key(rng)
+    m = message(rng)
+    late = entry_for(m.path_key, m.onion)
+    fill = OldFill(node=node, now=time.time(), decided=[late])
+    fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    async with Store.from_url(redis_url, node) as store:
+        await store.journal.write([NewEntry(late, sender, m.path_key, m.onion, time.time())])
+        seen: list[tuple[list[str], float | None]] = []
+        move_page = store.layout._move
+
+        async def first_peer_page(*args: Any) -> set[bytes]:
+            score = await redis_client.zscore(store.keys.decided_key, late)
+            seen.append((await store.journal.entries(), score))
+            return await move_page(*args)
+
+        monkeypatch.setattr(store.layout, "_move", first_peer_page)
+        moved = await store.layout.run()
+        journal, score = seen[0]
+        assert journal == []
+        assert score is not None
+        assert (moved.peers, moved.decided) == (1, 1)
+        assert await store.journal.entries() == []
+    assert await state(redis_client, old_pattern(node)) == {}
+
+
 async def test_mail_the_old_index_lost_is_found_and_stale_books_are_counted_expired(
     old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
 ) -> None:
@@ -286,6 +326,55 @@ async def test_a_peer_whose_old_keys_are_damaged_stays_and_the_rest_moves(
         assert await redis_client.get(queue) == b"not a list"
         assert (await store.layout.run()).damaged == 1  # left as it is, every time
         assert await audit(store) == []
+
+
+async def test_a_peer_with_a_record_too_short_stays_untouched_and_the_rest_moves(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    """A queue or unconfirmed list holding an entry shorter than a record's header, behind
+    good records: the peer is left exactly as it was (no dedup field written, no Lua
+    error), counted damaged, and the other peers move."""
+    node, short_q, short_u, fine, sender = (key(rng) for _ in range(5))
+    fill = OldFill(node=node, now=time.time())
+    for peer in (short_q, short_u, fine):
+        fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    prefix = f"lndmailbox:{node.hex()}:peer:"
+    await redis_client.rpush(f"{prefix}{{{short_q.hex()}}}:queue", b"\x02short")
+    await redis_client.rpush(f"{prefix}{{{short_u.hex()}}}:unconfirmed", b"\x00" * 40)
+    before = await state(redis_client, old_pattern(node))
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()
+        assert (moved.peers, moved.messages, moved.damaged) == (1, 1, 2)
+        assert len(await store.queues.held(fine)) == 1
+        for peer in (short_q, short_u):
+            assert await store.queues.held(peer) == []
+            keys = Keys(node)
+            mine = (keys.queue_key(peer), keys.dedup_key(peer), keys.unconfirmed_key(peer))
+            assert not await redis_client.exists(*mine)
+        after = await state(redis_client, old_pattern(node))
+        damaged_keys = {k for k in before if short_q.hex() in k or short_u.hex() in k}
+        assert len(damaged_keys) == 5  # two queues, two dedup hashes, an unconfirmed list
+        assert {k: after[k] for k in damaged_keys} == {k: before[k] for k in damaged_keys}
+        assert (await store.layout.run()).damaged == 2  # left as it is, every time
+
+
+async def test_a_mail_member_spelt_in_uppercase_is_damaged_not_paged_forever(
+    old_code: Path, redis_url: str, redis_client: aioredis.Redis, rng: random.Random
+) -> None:
+    """bytes.fromhex reads "02AB..." as a peer, but the scripts remove the lowercase member:
+    such a member is not taken for a peer (it would come back on every page)."""
+    node, peer, sender = key(rng), key(rng), key(rng)
+    fill = OldFill(node=node, now=time.time())
+    fill.put(peer, sender, message(rng), time.time())
+    run_old_release(old_code, redis_url, fill)
+    mail = f"lndmailbox:{node.hex()}:mail"
+    await redis_client.zadd(mail, {peer.hex().upper(): 1.0, " " + peer.hex(): 1.0})
+    async with Store.from_url(redis_url, node) as store:
+        moved = await store.layout.run()  # (before the fix: the same page, forever)
+        assert (moved.peers, moved.messages, moved.damaged) == (1, 1, 2)
+        assert len(await store.queues.held(peer)) == 1
+    assert not await redis_client.exists(mail)
 
 
 async def test_refused_while_the_old_release_leads_and_nothing_moves(
@@ -459,6 +548,12 @@ async def test_a_daemon_stands_by_while_a_daemon_of_the_old_release_leads(
                 return [(b["role"], b["ready"]) for b in beats.values()] == [("standby", True)]
 
             await wait_until(standing_by, what="this release's daemon to stand by")
+
+            def said_so() -> bool:
+                return any(r.getMessage().startswith("standing by while") for r in caplog.records)
+
+            # (its standby is on lnd's stream a moment before it looks for the old release)
+            await wait_until(said_so, what="this release's daemon to say why it stands by")
             assert await w.store.control.lock_owner() is None
             assert not starting.done()
             assert not await w.store.allowlist.contains(w.bob.pubkey)
@@ -470,6 +565,106 @@ async def test_a_daemon_stands_by_while_a_daemon_of_the_old_release_leads(
         assert said[0].startswith("standing by while a daemon of the old release leads")
         assert "lsp:pid=1:boot=old" in said[0]
         assert said[2].endswith("moved 1 counter, 1 allowlist addition")
+
+
+async def test_a_rolling_upgrade_sends_each_message_once(
+    old_code: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """The supported upgrade of a pair, for real: a daemon of the old release (its own
+    code, in a subprocess) leads, this release's daemon stands by beside it on the same
+    lnd. The old leader keeps three messages for bob and delivers them once he is back,
+    then keeps three more with bob away. Its record of those decisions is gone (as 15 s
+    after them, in any upgrade slower than that); it stops (SIGTERM, its lock handed
+    over), this release's daemon leads and moves the mailbox. bob peels each of the six
+    exactly once: what the standby journaled while the old release led was decided by
+    the old leader, not a second time by the new one."""
+    async with world(Personality.LND_0_21, redis_url, tmp_path, confirm_after=0.2) as w:
+        old = _old_daemon(old_code, w.settings, tmp_path / "old-mailbox")
+        try:
+            node = w.node.pubkey.hex()
+
+            async def old_leads() -> bool:
+                if old.poll() is not None:
+                    raise AssertionError(f"the old daemon exited {old.returncode}")
+                beats = await w.store.redis.hvals(f"lndmailbox:{node}:daemons")
+                return any(json.loads(b).get("ready") for b in beats)
+
+            await wait_until(old_leads, what="the old release's daemon to lead")
+            w.task = asyncio.create_task(run(w.settings, stop=w.stop))
+
+            async def standing_by() -> bool:
+                beats = await w.store.control.read_daemons()
+                return [(b["role"], b["ready"]) for b in beats.values()] == [("standby", True)]
+
+            await wait_until(standing_by, what="this release's daemon to stand by")
+            texts = [f"rolling upgrade {i}".encode() for i in range(6)]
+            usage = f"lndmailbox:{node}:usage"
+
+            def old_leader_holds(n: int) -> Callable[[], Awaitable[bool]]:
+                async def holds() -> bool:
+                    held = await w.store.redis.hget(usage, f"messages:{w.bob.pubkey.hex()}")
+                    return int(held or 0) == n
+
+                return holds
+
+            for text in texts[:3]:
+                await w.alice.send_onion_message(w.message_for_bob(text))
+            await wait_until(old_leader_holds(3), what="the old leader to keep three")
+            w.bob.connect()
+            await wait_until(old_leader_holds(0), what="the old leader to deliver three")
+            w.bob.disconnect()
+            for text in texts[3:]:
+                await w.alice.send_onion_message(w.message_for_bob(text))
+            await wait_until(old_leader_holds(3), what="the old leader to keep three more")
+
+            async def old_leader_decided_all() -> bool:
+                old_journal = f"lndmailbox:{node}:inbox"
+                decided = await w.store.redis.zcard(f"lndmailbox:{node}:decided")
+                return decided == 6 and not await w.store.redis.exists(old_journal)
+
+            await wait_until(old_leader_decided_all, what="the old leader to decide all six")
+            await w.store.redis.delete(f"lndmailbox:{node}:decided")
+            old.terminate()
+            assert old.wait(60) == 0
+            await wait_until(w._daemon_ready, what="this release's daemon to lead")
+        finally:
+            if old.poll() is None:
+                old.kill()
+                old.wait(60)
+
+        async def all_decided() -> bool:
+            return await w.store.journal.entries() == []
+
+        # A decision leaves the journal once its message is stored or sent: from here on
+        # a message decided twice would be held or received twice.
+        await wait_until(all_decided, what="the new leader to decide what the journal held")
+        assert len(await w.held_for(w.bob)) == 3
+        w.bob.connect()
+        await wait_until(lambda: _count(w.held_for(w.bob), 0), what="every delivery confirmed")
+        assert sorted(await w.payloads_received(w.bob)) == sorted(texts)
+        left = await state(w.store.redis, old_pattern(w.node.pubkey))
+        assert set(left) <= {f"lndmailbox:{w.node.pubkey.hex()}:heartbeat"}  # expires (3 s)
+
+
+def _old_daemon(code: Path, settings: Any, datadir: Path) -> subprocess.Popen[bytes]:
+    """A daemon of the old release for the node ``settings`` name, its settings by
+    environment (the old release reads the same names)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    for name in (
+        "rpcserver",
+        "tlscertpath",
+        "macaroonpath",
+        "network",
+        "redis_url",
+        "allow_channel_peers",
+        "race_window",
+        "sweep_interval",
+        "confirm_after",
+    ):
+        value = getattr(settings, name)
+        env[f"LNDMAILBOX_{name.upper()}"] = str(value).lower() if value is True else str(value)
+    env["LNDMAILBOX_DATADIR"] = str(datadir)
+    return subprocess.Popen([sys.executable, "-m", "lndmailbox"], env=env, cwd=code)
 
 
 # --------------------------------------------------------------------------- mailboxctl
@@ -566,6 +761,39 @@ async def test_mailboxctl_migrate_to_another_redis_copies_checks_and_removes(
     assert code == 0, said
     assert json.loads(said)["replaced"] == 1
     assert await state(redis_client, new_pattern(node)) == expected
+
+
+async def test_a_move_to_another_redis_holds_the_node_lock_on_both_sides_throughout(
+    redis_url: str,
+    other_redis: str,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon starting while the copy is under way finds the node's lock held, on the
+    source (whose keys the move is about to remove) and on the destination, and so stands
+    by as for any leader; the move releases both locks when it is done."""
+    node, peer = key(rng), key(rng)
+    contender = "lsp:pid=9:boot=b:pidns=1:5tart5late"
+    took: list[bool] = []
+    check = transfer._check
+
+    async def check_while_a_daemon_starts(source: Store, destination: Store, *a: Any) -> None:
+        for store in (source, destination):
+            took.append(await store.control.acquire_lock(contender, 1.0))
+            owner = await store.control.lock_owner()
+            assert (owner or "").startswith("mailboxctl-migrate:"), owner
+        await check(source, destination, *a)
+
+    monkeypatch.setattr(transfer, "_check", check_while_a_daemon_starts)
+    async with Store.from_url(redis_url, node) as source, Store.from_url(other_redis, node) as to:
+        m = message(rng)
+        await source.queues.put_many([NewMessage(peer, key(rng), m.path_key, m.onion, time.time())])
+        copied = await transfer.move_mailbox(source, to)
+        assert copied.keys > 0
+        assert took == [False, False]
+        assert (await source.control.lock_owner(), await to.control.lock_owner()) == (None, None)
+        assert len(await to.queues.held(peer)) == 1
+        assert await source.queues.held(peer) == []
 
 
 async def test_mailboxctl_migrate_to_refuses_while_a_daemon_runs_and_keeps_a_bad_copy_source(

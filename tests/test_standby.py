@@ -60,6 +60,7 @@ from lndmailbox.daemon.node_lock import (
     RENEW_INTERVAL,
     NodeLock,
 )
+from lndmailbox.daemon.old_layout import UpgradeJournal
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.outgoing import LeaseGatedSender
 from lndmailbox.daemon.roles import Roles
@@ -554,7 +555,9 @@ async def test_a_daemon_tries_for_the_lead_only_once_its_standby_is_on_lnds_stre
         await stop.wait()
 
     standing = asyncio.ensure_future(stand_by())
-    waiting = asyncio.ensure_future(roles._wait_for_lead(stop, standing, standby))
+    waiting = asyncio.ensure_future(
+        roles._wait_for_lead(stop, standing, standby, UpgradeJournal(store))
+    )
     for _ in range(10):  # round trips enough for a take of the lock
         assert await store.control.lock_owner() is None, "led before it read lnd's stream"
     standby.subscribed.set()

@@ -47,7 +47,7 @@ from lndmailbox.daemon.inbox_look import GRACE
 from lndmailbox.daemon.mailbox import Mailbox, MailboxOptions, choose_transport
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import NodeLock, Term
-from lndmailbox.daemon.old_layout import old_release_gone
+from lndmailbox.daemon.old_layout import UpgradeJournal, old_release_gone
 from lndmailbox.daemon.standby import Standby
 from lndmailbox.daemon.supervisor import cancel_for_good, spawn
 from lndmailbox.daemon.webhook import Notifier
@@ -193,10 +193,12 @@ class Roles:
     async def _one_turn(self, stop: asyncio.Event, transport: Transport) -> bool:
         """Stands by, then leads once; True if the lead was lost (stand by again)."""
         standby_stop = asyncio.Event()
+        journal = UpgradeJournal(self._store)
+        await journal.look()  # before the standby's first write
         standby = Standby(
             lnd=self._lnd,
             transport=transport,
-            journal=self._store.journal,
+            journal=journal,
             clock=self._clock,
             metrics=self._metrics,
             max_bytes=self._options.max_in_flight_bytes,
@@ -204,7 +206,7 @@ class Roles:
         standing = spawn(standby.run(standby_stop), "standby")
         said = asyncio.ensure_future(self._say_standby(standby))
         try:
-            if not await self._wait_for_lead(stop, standing, standby):
+            if not await self._wait_for_lead(stop, standing, standby, journal):
                 return False
             said.cancel()
             return await self._lead(stop, standby_stop)
@@ -224,7 +226,11 @@ class Roles:
             self._metrics.leader.set(0)
 
     async def _wait_for_lead(
-        self, stop: asyncio.Event, standing: asyncio.Task[None], standby: Standby
+        self,
+        stop: asyncio.Event,
+        standing: asyncio.Task[None],
+        standby: Standby,
+        journal: UpgradeJournal,
     ) -> bool:
         """Waits for the node's lock while the standby journals; False if stopped first.
         The standby failing (lnd refusing the macaroon) goes up. The lock is tried for only
@@ -240,7 +246,7 @@ class Roles:
             if stop.is_set():
                 return False
             raise MailboxError("the standby task ended on its own")
-        acquire = asyncio.ensure_future(self._acquire(stop))
+        acquire = asyncio.ensure_future(self._acquire(stop, journal))
         try:
             await asyncio.wait([acquire, standing], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -259,10 +265,10 @@ class Roles:
             return False
         raise MailboxError("the standby task ended on its own")
 
-    async def _acquire(self, stop: asyncio.Event) -> bool:
+    async def _acquire(self, stop: asyncio.Event, journal: UpgradeJournal) -> bool:
         """The node's lock, once no daemon of the old release runs (it leads by a lock of
-        its own): False if stopped first."""
-        return await old_release_gone(self._store, stop) and await self._lock.acquire(stop)
+        its own; the standby journals into its layout meanwhile): False if stopped first."""
+        return await old_release_gone(journal, stop) and await self._lock.acquire(stop)
 
     @staticmethod
     async def _standby_subscribed(stop: asyncio.Event, standby: Standby) -> None:

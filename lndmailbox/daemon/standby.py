@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Protocol
 
 from lndmailbox.clock import Clock, wait_either
 from lndmailbox.daemon.metrics import Metrics
@@ -29,7 +31,7 @@ from lndmailbox.daemon.supervisor import run_until_stopped
 from lndmailbox.errors import StoreError
 from lndmailbox.lnd import IncomingOnionMessage, LndClient, Resubscribed, Transport
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
-from lndmailbox.store import Journal, NewEntry
+from lndmailbox.store import NewEntry
 from lndmailbox.store.journal import entry_for
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,19 @@ _LAST_FLUSH = 0.5
 """Seconds the last write at the standby's stop may take."""
 
 
+class JournalWrites(Protocol):
+    """Where a standby journals: the store's :class:`~lndmailbox.store.Journal`, or the
+    choice of journal during an upgrade (:class:`~lndmailbox.daemon.old_layout.UpgradeJournal`)."""
+
+    async def write(self, added: Sequence[NewEntry] = ()) -> int: ...
+
+
 class StandbyJournal:
     """Writes what a standby reads into the journal, in batches; keeps nothing after."""
 
-    def __init__(self, journal: Journal, clock: Clock, metrics: Metrics, max_bytes: int) -> None:
+    def __init__(
+        self, journal: JournalWrites, clock: Clock, metrics: Metrics, max_bytes: int
+    ) -> None:
         self._journal = journal
         self._clock = clock
         self._metrics = metrics
@@ -152,7 +163,7 @@ class Standby:
         *,
         lnd: LndClient,
         transport: Transport,
-        journal: Journal,
+        journal: JournalWrites,
         clock: Clock,
         metrics: Metrics,
         max_bytes: int,

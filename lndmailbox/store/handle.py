@@ -35,7 +35,7 @@ from lndmailbox.store.control import Control
 from lndmailbox.store.durability import OFF, DurableWrites, ReplicaWait
 from lndmailbox.store.events import Events, stream_bound
 from lndmailbox.store.journal import Journal
-from lndmailbox.store.keys import ALL_MAILBOXES, Keys, node_of
+from lndmailbox.store.keys import ALL_MAILBOXES, Keys, OldLayoutKeys, node_of
 from lndmailbox.store.migrate import LayoutMigration
 from lndmailbox.store.queues import Queues
 from lndmailbox.store.records import Limits, check_pubkey
@@ -90,6 +90,10 @@ class Store:
         self.events = Events(redis, self.keys, events_maxlen=events_maxlen, events_keep=keep)
         self.control = Control(redis, self.keys)
         self.journal = Journal(redis, self.keys, self.limits, self.durable)
+        self.old_journal = Journal(redis, OldLayoutKeys(node), self.limits, self.durable)
+        """The old release's journal of this node (its ``inbox`` and ``decided``): where a
+        standby of this release journals while a daemon of the old release leads
+        (daemon/old_layout.py), so that the old leader's own decisions cover it."""
         self.server = Server(redis, self.keys)
         self.layout = LayoutMigration(redis, self.keys, node)
 

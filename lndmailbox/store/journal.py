@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from lndmailbox.store import lua
 from lndmailbox.store.client import RedisClient, as_items, as_str, redis_errors
 from lndmailbox.store.durability import DurableWrites
-from lndmailbox.store.keys import Keys
+from lndmailbox.store.keys import Keys, OldLayoutKeys
 from lndmailbox.store.records import PUBKEY_SIZE, JournalEntry, Limits, ms
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Journal:
     def __init__(
         self,
         redis: RedisClient,
-        keys: Keys,
+        keys: Keys | OldLayoutKeys,
         limits: Limits,
         durable: DurableWrites | None = None,
     ) -> None:

@@ -170,5 +170,14 @@ class OldLayoutKeys:
         """The node-wide key ``name`` (``mail``, ``usage``, ``counters``, ``lock``...)."""
         return self.prefix + name
 
+    @property
+    def journal_key(self) -> str:
+        """The old release's journal (``inbox``): same values, same script."""
+        return self.node_key("inbox")
+
+    @property
+    def decided_key(self) -> str:
+        return self.node_key("decided")
+
 
 _OLD_PEER_KEY = re.compile(r"peer:\{((?:02|03)[0-9a-f]{64})\}:(?:queue|dedup|unconfirmed)")

@@ -48,7 +48,9 @@ _OtherScript = Literal[
     "journal_forget",
     "daemons",
 ]
-MigrationScript = Literal["migrate_peer", "migrate_inbox", "migrate_events", "migrate_node"]
+MigrationScript = Literal[
+    "migrate_decided", "migrate_peer", "migrate_inbox", "migrate_events", "migrate_node"
+]
 """The scripts that move a mailbox from the old key layout (store/migrate.py), on one Redis
 only."""
 Script = PeerScript | _OtherScript | MigrationScript

@@ -18,7 +18,10 @@ Rules that hold:
 - No call reads the whole mailbox: the peers come from the old ``mail`` index a page at a
   time, then from a SCAN for stray old per-peer keys and from the old ``usage``'s
   per-peer fields; the journal and the event stream move a page at a time; the node-wide
-  rest (counters, allowlist, decided, summary, delivery requests) in one last script.
+  rest (counters, allowlist, summary, delivery requests) in one last script. The old
+  ``decided`` goes first of all (``lua/migrate_decided.lua``): it expires 15 s after the
+  old leader's last decision, and it takes out of the current journal the late copies of
+  what the old leader decided.
 - Every script refuses while a daemon of the old release runs (its lock, or its daemons
   hash, which outlives its last heartbeat by 10 s): it would go on writing the old layout.
   That is :class:`~lndmailbox.errors.MigrationRefusedError`, before anything moved or
@@ -148,6 +151,7 @@ class LayoutMigration:
         self._inbox = redis.register_script(lua.program("migrate_inbox"))
         self._events = redis.register_script(lua.program("migrate_events"))
         self._node = redis.register_script(lua.program("migrate_node"))
+        self._decided = redis.register_script(lua.program("migrate_decided"))
         self._running = [self.old.node_key("lock"), self.old.node_key("daemons")]
 
     @redis_errors
@@ -168,6 +172,7 @@ class LayoutMigration:
             return moved
         if int(await self.redis.exists(*self._running)):
             raise await self._refusal()
+        await self._move_decided(moved)
         await self._move_peers(moved)
         await self._move_journal(moved)
         await self._move_events(moved)
@@ -286,6 +291,21 @@ class LayoutMigration:
                 raise await self._refusal()
         return left
 
+    # ---- the old leader's last decisions, first (their record expires 15 s after)
+
+    async def _move_decided(self, moved: LayoutMove) -> None:
+        keys = [
+            self.old.decided_key,
+            self.keys.decided_key,
+            self.keys.journal_key,
+            *self._running,
+        ]
+        counts = _counts(await self._decided(keys=keys))
+        if counts[0] == _REFUSED:
+            raise await self._refusal()
+        if counts[0] != _DAMAGED:  # else left for migrate_node.lua, which reports it
+            moved.decided += counts[0]
+
     # ---- the journal and the event stream, a page at a time
 
     async def _move_journal(self, moved: LayoutMove) -> None:
@@ -348,9 +368,14 @@ def _counts(reply: object) -> list[int]:
 
 
 def _pubkey(text: str) -> bytes | None:
+    """The peer ``text`` names, only if it is spelt as the old release wrote it (lowercase
+    hex, nothing around it): the scripts address the peer by that spelling, so a member
+    spelt otherwise would never leave the old ``mail`` index."""
     try:
         key = bytes.fromhex(text)
     except ValueError:
+        return None
+    if key.hex() != text:
         return None
     return key if len(key) == PUBKEY_SIZE and key[0] in (2, 3) else None
 

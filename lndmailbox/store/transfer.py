@@ -5,8 +5,12 @@ Rules that hold:
 
 - Nothing moves while a daemon of the node runs on either side (its lock, or its entry in
   the daemons hash, which outlives its last heartbeat by 10 s): it would write on after
-  its keys were copied. That is checked before the copy and again before the source is
-  removed. :class:`~lndmailbox.errors.MigrationRefusedError` says which side.
+  its keys were copied. :class:`~lndmailbox.errors.MigrationRefusedError` says which side.
+  The move holds the node's lock on both sides from before the copy until after the
+  source is removed (an owner token naming mailboxctl, a :data:`MOVE_LEASE` renewed every
+  quarter of it), so a daemon starting meanwhile stands by as for any leader; the daemons
+  hash is checked before the copy and again before the source is removed, and a lease
+  found lost then refuses too.
 - A destination that holds any key of the node is refused, unless ``overwrite``: then its
   keys of the node go first. One that is the source (the same server's run id and
   database; on a Cluster, the primary of the node's slot) is refused whatever the flags.
@@ -24,12 +28,19 @@ Rules that hold:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 from lndmailbox.errors import MigrationRefusedError, StoreError
 from lndmailbox.store.client import as_items, as_str, redis_errors
+from lndmailbox.store.control import LockRenewal
 from lndmailbox.store.handle import Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,9 @@ log = logging.getLogger(__name__)
 KEYS_PER_CALL = 100
 """Keys dumped, restored, checked or removed in one round trip."""
 _SCAN_COUNT = 1000
+MOVE_LEASE = 10.0
+"""Seconds of the node lock a move holds on each side, renewed every quarter of it: a
+mailboxctl killed mid-move keeps a daemon standing by that long at most."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +73,13 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
     here = await _place(source)
     if here is not None and here == await _place(destination):
         raise MigrationRefusedError("the destination is the source (the same server and database)")
-    await _refuse_if_running(source, "the source")
-    await _refuse_if_running(destination, "the destination")
+    async with _holding_locks(source, destination) as held:
+        return await _move(source, destination, overwrite, held)
+
+
+async def _move(source: Store, destination: Store, overwrite: bool, held: _Held) -> Copied:
+    await _refuse_if_running(source, "the source", held.owner)
+    await _refuse_if_running(destination, "the destination", held.owner)
     names = await _keys_of(source)
     there = await _keys_of(destination)
     if there and not overwrite:
@@ -75,7 +94,8 @@ async def move_mailbox(source: Store, destination: Store, *, overwrite: bool = F
         size += sum(len(d) for d, _ in dumped.values())
         await _restore(destination, dumped)
     await _check(source, destination, names)
-    await _refuse_if_running(source, "the source")
+    await held.still_held()
+    await _refuse_if_running(source, "the source", held.owner)
     # a stopped daemon's last heartbeat too: nothing of the node stays on the source
     await _delete(source, [*names, source.keys.heartbeat_key])
     return Copied(keys=len(names), payload_bytes=size, replaced=len(there))
@@ -90,10 +110,68 @@ async def _place(store: Store) -> tuple[str, int] | None:
     return None if run_id is None else (run_id, db)
 
 
-async def _refuse_if_running(store: Store, side: str) -> None:
+@dataclasses.dataclass
+class _Held:
+    """The node lock a move holds on both sides, and whether a renewal found it lost."""
+
+    owner: str
+    stores: tuple[tuple[Store, str], ...]
+    lost: str | None = None
+
+    async def renew(self) -> None:
+        for store, side in self.stores:
+            renewal = await store.control.renew_lock(self.owner, MOVE_LEASE)
+            if renewal is LockRenewal.TAKEN and self.lost is None:
+                owner = await store.control.lock_owner()
+                self.lost = f"{store.keys.lock_key} on {side} was taken by {owner}"
+
+    async def still_held(self) -> None:
+        """Raises unless every renewal so far, and one now, found the lock this move's."""
+        await self.renew()
+        if self.lost is not None:
+            raise MigrationRefusedError(
+                f"the move lost the node's lock ({self.lost}): a daemon may have written "
+                "meanwhile, so the source is left as it was"
+            )
+
+
+@contextlib.asynccontextmanager
+async def _holding_locks(source: Store, destination: Store) -> AsyncIterator[_Held]:
+    """The node lock on both sides (taken without counting a change of leader: no
+    daemon leads), renewed until the move ends, then released."""
+    owner = f"mailboxctl-migrate:{socket.gethostname()}:pid={os.getpid()}:{secrets.token_hex(4)}"
+    held = _Held(owner, ((source, "the source"), (destination, "the destination")))
+    try:
+        for store, side in held.stores:
+            if await store.control.renew_lock(owner, MOVE_LEASE) is LockRenewal.TAKEN:
+                await _refuse_if_running(store, side, owner)
+                raise MigrationRefusedError(f"the node's lock on {side} was held; try again")
+        renewing = asyncio.create_task(_renew_until_cancelled(held))
+        try:
+            yield held
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+    finally:
+        for store, _ in held.stores:
+            with contextlib.suppress(StoreError):
+                await store.control.release_lock(owner)
+
+
+async def _renew_until_cancelled(held: _Held) -> None:
+    while True:
+        await asyncio.sleep(MOVE_LEASE / 4)
+        try:
+            await held.renew()
+        except StoreError as e:  # the next renewal, or the check before removal, decides
+            log.warning("renewing the move's lock: %s", e)
+
+
+async def _refuse_if_running(store: Store, side: str, ours: str) -> None:
     owner = await store.control.lock_owner()
     beats = await store.control.read_daemons()
-    if owner is not None:
+    if owner is not None and owner != ours:
         why = f"{store.keys.lock_key} is held by {owner}"
     elif beats:
         why = f"{store.keys.daemons_key} holds the heartbeats of {', '.join(sorted(beats))}"

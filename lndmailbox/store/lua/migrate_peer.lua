@@ -11,13 +11,23 @@
 -- expired, as the old release's repair would have. The peer's old keys, mail entry and
 -- usage fields are gone afterwards, so a second run finds nothing.
 -- Returns {messages moved, bytes, duplicates dropped, unconfirmed moved, counted expired},
--- or {REFUSED} (a daemon of the old release runs) or {DAMAGED} (a key of the wrong type).
+-- or {REFUSED} (a daemon of the old release runs) or {DAMAGED} (a key of the wrong type,
+-- or an old entry too short to be a record: checked before the first write, so a damaged
+-- peer is left as it was and the rest of the run goes on).
 
 local OQ, OD, OUQ, OM, OU = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 if old_release_running(KEYS[13], KEYS[14]) then return {REFUSED} end
 if not (node_keys_ok() and holds(Q, 'list') and holds(D, 'hash') and holds(UQ, 'list')
     and of_kind(OQ, 'list') and of_kind(OD, 'hash') and of_kind(OUQ, 'list')
     and of_kind(OM, 'zset') and of_kind(OU, 'hash')) then
+  return {DAMAGED}
+end
+local old_unconfirmed, old_queued = redis.call('LRANGE', OUQ, 0, -1), redis.call('LRANGE', OQ, 0, -1)
+local function all_longer(list, least)
+  for _, e in ipairs(list) do if #e < least then return false end end
+  return true
+end
+if not (all_longer(old_unconfirmed, SENT + HEADER) and all_longer(old_queued, HEADER)) then
   return {DAMAGED}
 end
 repair()
@@ -42,9 +52,9 @@ local function keep(r)
   return true
 end
 
-local function move(old, new, record_of)
+local function move(old, entries, new, record_of)
   local kept = {}
-  for _, e in ipairs(redis.call('LRANGE', old, 0, -1)) do
+  for _, e in ipairs(entries) do
     if keep(record_of(e)) then kept[#kept + 1] = e end
   end
   for i = #kept, 1, -1 do redis.call('LPUSH', new, kept[i]) end
@@ -52,8 +62,8 @@ local function move(old, new, record_of)
   return #kept
 end
 
-local nu = move(OUQ, UQ, ent_rec)
-move(OQ, Q, function(r) return r end)
+local nu = move(OUQ, old_unconfirmed, UQ, ent_rec)
+move(OQ, old_queued, Q, function(r) return r end)
 redis.call('DEL', OD)
 carry_ttl(Q, ttl_q)
 carry_ttl(UQ, ttl_uq)
