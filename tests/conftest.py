@@ -3,6 +3,7 @@ test, and simnet nodes of either lnd generation."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -42,6 +43,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    """A seeded random source for a test; the seed is printed (shown with -s, or on failure)."""
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    return random.Random(seed)
 
 
 @pytest.fixture

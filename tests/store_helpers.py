@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from redis.asyncio.cluster import RedisCluster
 
+from lndmailbox.onion import LocalNodeKey
 from lndmailbox.store import NewMessage, PutResult, Store
 from lndmailbox.store.client import RedisClient
 
@@ -37,3 +40,8 @@ async def set_config(redis: RedisClient, name: str, value: int) -> None:
         await redis.config_set(name, value, target_nodes=RedisCluster.ALL_NODES)
     else:
         await redis.config_set(name, value)
+
+
+def key(rng: random.Random) -> bytes:
+    """A node or peer key: a point, as mailboxctl's --node wants."""
+    return LocalNodeKey(rng.randbytes(32)).pubkey

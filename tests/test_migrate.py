@@ -25,7 +25,7 @@ from simnet import Personality
 from lndmailbox.cli import main
 from lndmailbox.daemon import run
 from lndmailbox.errors import MigrationRefusedError
-from lndmailbox.onion import Forward, LocalNodeKey, peel
+from lndmailbox.onion import Forward, peel
 from lndmailbox.onion.wire import OnionMessage
 from lndmailbox.store import (
     LayoutMove,
@@ -45,6 +45,7 @@ from lndmailbox.store.keys import Keys
 from lndmailbox.store.records import decode_record, decode_unconfirmed
 from tests.daemon_harness import GENERATIONS, counted, wait_until, world
 from tests.old_release import OldFill, extract_old_release, run_old_release
+from tests.store_helpers import key
 
 State = dict[str, tuple[str, Any, int]]
 """Every key of a pattern: its type, its content (decoded as Redis holds it), its expiry
@@ -54,18 +55,6 @@ State = dict[str, tuple[str, Any, int]]
 @pytest.fixture(scope="module")
 def old_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return extract_old_release(tmp_path_factory.mktemp("old-release"))
-
-
-@pytest.fixture
-def rng() -> random.Random:
-    seed = random.randrange(2**32)
-    print(f"seed {seed}")
-    return random.Random(seed)
-
-
-def key(rng: random.Random) -> bytes:
-    """A node or peer key: a point, as mailboxctl's --node wants."""
-    return LocalNodeKey(rng.randbytes(32)).pubkey
 
 
 def message(rng: random.Random, size: int = 1366) -> OnionMessage:

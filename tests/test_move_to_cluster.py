@@ -17,25 +17,15 @@ import pytest
 from simnet import Personality
 
 from lndmailbox.cli import main
-from lndmailbox.onion import Forward, LocalNodeKey, peel
+from lndmailbox.onion import Forward, peel
 from lndmailbox.store import NewMessage, RedisServer, Store, transfer
 from lndmailbox.store.audit import audit
 from lndmailbox.store.client import as_str, connect
 from tests.daemon_harness import World, counted, wait_until, world
+from tests.store_helpers import key
 
 Snapshot = dict[str, Any]
 DAEMONS_OWN = (":lock", ":heartbeat", ":daemons")
-
-
-@pytest.fixture
-def rng() -> random.Random:
-    seed = random.randrange(2**32)
-    print(f"seed {seed}")
-    return random.Random(seed)
-
-
-def key(rng: random.Random) -> bytes:
-    return LocalNodeKey(rng.randbytes(32)).pubkey
 
 
 @pytest.fixture
