@@ -104,7 +104,9 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
 
 @pytest.fixture
 def cluster_url(redis_cluster: LocalCluster) -> str:
-    """The session's Cluster, emptied before each test."""
+    """The session's Cluster, healthy (a failover test before may still be settling) and
+    emptied before each test."""
+    redis_cluster.wait_healthy()
     redis_cluster.flush()
     return redis_cluster.url
 

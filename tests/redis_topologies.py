@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from lndmailbox.store import find_server_binary, free_port
+from lndmailbox.store import find_server_binary
 
 SLOTS = 16384
 SERVICE = "mailbox"
@@ -31,6 +32,19 @@ NODE_TIMEOUT_MS = 1000
 DOWN_AFTER_MS = 1000
 _STARTUP_TIMEOUT = 30.0
 _FAILOVER_TIMEOUT = 60.0
+
+
+def distinct_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 that nothing listens on right now: each
+    held bound until all are chosen, since the kernel may hand a port just closed out again
+    (two nodes given one port: the second never answers)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -77,7 +91,14 @@ class Process:
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(f"port {self.port} to answer", self.answers, 10.0)
+        wait_for(f"port {self.port} to answer", self._answers_or_died, 10.0)
+
+    def _answers_or_died(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            log = self.directory / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+            raise AssertionError(f"valkey on port {self.port} exited at start:\n{tail}")
+        return self.answers()
 
     def answers(self) -> bool:
         with self.client() as c:
@@ -121,7 +142,8 @@ class LocalCluster:
         SLOTS) instead of its own, for a TLS terminator in front of each."""
         count = 6 if replicas else 3
         self._ids: dict[str, Process] = {}
-        self.bus_ports = [free_port() for _ in range(count)]
+        ports = distinct_ports(2 * count)
+        self.bus_ports = ports[count:]
         self.nodes = [
             Process(
                 directory / f"node{i}",
@@ -139,7 +161,7 @@ class LocalCluster:
                     *([f"cluster-announce-client-port {client_ports[i]}"] if client_ports else []),
                 ],
             )
-            for i, port in enumerate(free_port() for _ in range(count))
+            for i, port in enumerate(ports[:count])
         ]
 
     @property
@@ -312,18 +334,20 @@ class SentinelGroup:
     """A primary, its replica and three sentinels watching them as :data:`SERVICE`."""
 
     def __init__(self, directory: Path) -> None:
-        primary_port = free_port()
+        primary_port, replica_port, *sentinel_ports = distinct_ports(5)
         common = ["appendonly no", 'save ""', "repl-diskless-sync-delay 0"]
         self.servers = [
             Process(directory / "primary", primary_port, common),
             Process(
-                directory / "replica", free_port(), [*common, f"replicaof 127.0.0.1 {primary_port}"]
+                directory / "replica",
+                replica_port,
+                [*common, f"replicaof 127.0.0.1 {primary_port}"],
             ),
         ]
         self.sentinels = [
             Process(
                 directory / f"sentinel{i}",
-                free_port(),
+                sentinel_ports[i],
                 [
                     f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2",
                     f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
