@@ -126,11 +126,23 @@ class DurableWrites:
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """The script's reply, once the wait is over (or at once when nothing is waited for)."""
-        if self.wait.off:
+        if self.wait.off or self._no_replica_to_wait_for():
             return await script(keys=keys, args=args)
         if isinstance(self.redis, RedisCluster):
             return await self._on_cluster(self.redis, script, keys, args)
         return await self._on_pool(self.redis, script, keys, args)
+
+    def _no_replica_to_wait_for(self) -> bool:
+        """``auto`` on one server (or Sentinel's primary) whose last look, still fresh,
+        found no replica online: the script goes the plain way, with the client's own
+        connection handling, as with the wait off (one write in :data:`LOOK_EVERY` s
+        looks again)."""
+        if self.wait.replicas is not None or self.wait.aof or isinstance(self.redis, RedisCluster):
+            return False
+        if len(self._looked) != 1:
+            return False
+        (at, count), now = next(iter(self._looked.values())), time.monotonic()
+        return count == 0 and now - at < LOOK_EVERY
 
     async def _on_pool(
         self, redis: aioredis.Redis, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
