@@ -6,7 +6,6 @@ as its own destination, or a daemon of the node on it, is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Iterator
@@ -16,13 +15,13 @@ from typing import Any
 import pytest
 from simnet import Personality
 
-from lndmailbox.cli import main
 from lndmailbox.onion import Forward, peel
 from lndmailbox.store import NewMessage, RedisServer, Store, transfer
 from lndmailbox.store.audit import audit
 from lndmailbox.store.client import as_str, connect
 from tests.daemon_harness import World, counted, wait_until, world
 from tests.store_helpers import key
+from tests.test_migrate import ctl
 
 Snapshot = dict[str, Any]
 DAEMONS_OWN = (":lock", ":heartbeat", ":daemons")
@@ -41,17 +40,6 @@ def standalone(tmp_path: Path) -> Iterator[tuple[str, str]]:
             last.stop()
     finally:
         first.stop()
-
-
-async def ctl(capsys: pytest.CaptureFixture[str], tmp_path: Path, *argv: str) -> tuple[int, str]:
-    """The real mailboxctl entry point, no lnd to ask; exit code and stdout (stderr on error)."""
-    config = tmp_path / "empty.toml"
-    config.write_text("")
-    flags = ["--config", str(config), "--lnddir", str(tmp_path / "no-lnd")]
-    capsys.readouterr()
-    code = await asyncio.to_thread(main, [*flags, *argv])
-    out, err = capsys.readouterr()
-    return code, out if code == 0 else err
 
 
 async def fill(url: str, w: World, others: list[bytes], rng: random.Random) -> list[bytes]:
