@@ -12,6 +12,8 @@
     │   ├── StoreUnavailableError  Redis cannot be reached right now
     │   ├── RecordError       a message the store cannot encode, or a record it cannot read
     │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
+    ├── LspsError             an LSPS request from a peer that cannot be served: its
+    │                         JSON-RPC error code and message (lndmailbox/lsps/)
     ├── ConfigError           settings that cannot work (exit code 2)
     ├── NodeLockLostError     another daemon took this node's lock: this one steps down
     ├── MigrationRefusedError a mailbox cannot be moved now (a daemon of the old release
@@ -86,6 +88,25 @@ class ServerStartError(StoreError):
 
     Not a settings problem: the daemon exits 3, so a supervisor can tell it from exit 2.
     """
+
+
+class LspsError(MailboxError):
+    """A peer's LSPS request that cannot be served (bLIP-50): answered with ``code`` and
+    the error's text as its JSON-RPC error, to ``request_id`` (None: the request had no
+    usable id, answered with ``"id": null``)."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        request_id: str | None = None,
+        data: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+        self.data = data
 
 
 class ConfigError(MailboxError):
