@@ -245,3 +245,57 @@ def test_arbitrary_bytes_raise_nothing_but_lsps_error(payload: bytes) -> None:
     outcome = _outcome(payload)
     if isinstance(outcome, LspsError):
         assert outcome.code in {PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS}
+
+
+@pytest.mark.parametrize("request_id", ["\ud800", "a\udfff", "\udc00\ud83d"])
+def test_an_id_with_a_lone_surrogate_is_invalid_and_answered_with_id_null(
+    request_id: str,
+) -> None:
+    # JSON lets a \ud800 escape stand alone; no UTF-8 answer could echo that id.
+    error = _refusal(_payload(jsonrpc="2.0", id=request_id, method="lsps0.list_protocols"))
+    assert (error.code, error.request_id) == (INVALID_REQUEST, None)
+    assert _answer(encode_error(error))["id"] is None
+
+
+@pytest.mark.parametrize("method", ["\ud800", "lsps5.\udfff"])
+def test_a_method_with_a_lone_surrogate_is_invalid_and_answered_to_its_id(method: str) -> None:
+    error = _refusal(_payload(jsonrpc="2.0", id="r", method=method))
+    assert (error.code, error.request_id) == (INVALID_REQUEST, "r")
+    assert _answer(encode_error(error))["id"] == "r"
+
+
+# Any string JSON can carry, lone surrogates included (json.dumps escapes them).
+_STRINGS = st.text(st.characters() | st.integers(0xD800, 0xDFFF).map(chr), max_size=12)
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _STRINGS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_STRINGS, inner, max_size=3),
+    max_leaves=12,
+)
+_MESSAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.just("2.0") | _VALUES,
+        "id": _STRINGS | _VALUES,
+        "method": st.sampled_from(["lsps5.set_webhook", "lsps0.list_protocols"]) | _STRINGS,
+        "params": st.dictionaries(_STRINGS, _VALUES, max_size=3) | _VALUES,
+        "result": _VALUES,
+        "error": _VALUES,
+    },
+)
+
+
+@_PROPERTY
+@given(_MESSAGES)
+def test_every_message_read_can_be_answered(message: dict[str, object]) -> None:
+    outcome = _outcome(json.dumps(message, allow_nan=False).encode("ascii"))
+    if outcome is None:
+        return
+    if isinstance(outcome, LspsError):
+        assert _answer(encode_error(outcome))["id"] == outcome.request_id
+        return
+    assert _answer(encode_result(outcome.id, {}))["id"] == outcome.id
+    assert _answer(encode_error(method_not_found(outcome)))["id"] == outcome.id
