@@ -490,3 +490,27 @@ def test_a_label_never_shows_the_path_or_query(
     assert query_token.lower() not in label.lower()
     assert label == f"{'.'.join(hosts)}#{webhook_digest(url)}"
     assert webhook_label(url) == label
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://push.example.com:SECRET/wake",
+        "https://push.example.com:SECRET",
+        "https://[2001:db8::1]:SECRET/",
+        "https://[SECRET/wake",
+        "https://[SECRET]/wake",
+        "https://SECRET_host/wake",
+        "https://push.example.com:99999/SECRET",
+        "http://push.example.com/SECRET",
+        "https://push.example.com/SECRET wake",
+        "https://push.example.com/" + "SECRET" * 200,
+    ],
+)
+def test_a_refused_webhooks_error_never_repeats_any_of_it(url: str) -> None:
+    # The error's text is answered, counted and logged: like a label, it must not carry
+    # a token, even one misplaced where the port goes.
+    with pytest.raises(LspsError) as caught:
+        check_webhook(url)
+    assert "secret" not in str(caught.value).lower()
+    assert "secret" not in str(_set_refused({"app_name": "a", "webhook": url})).lower()
