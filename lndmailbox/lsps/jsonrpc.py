@@ -9,7 +9,8 @@ raises :class:`~lndmailbox.errors.LspsError` with the error to answer:
 - -32600 (invalid request): not one object (LSPS0 has no batches), ``jsonrpc`` not
   ``"2.0"``, no string ``method``, an ``id`` that is not a string (LSPS0 asks clients for
   string ids; the answer then carries ``"id": null``, since the id cannot be echoed
-  faithfully);
+  faithfully). An id or method holding a lone surrogate (JSON allows a ``\\ud800``
+  escape alone) counts as none: no UTF-8 answer could carry it;
 - -32602 (invalid params): ``params`` present and not an object.
 
 An unknown method (-32601) is the caller's to answer: only it knows the methods.
@@ -59,6 +60,15 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+def _is_text(value: str) -> bool:
+    """Whether UTF-8 can carry ``value``: it holds no lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_request(payload: bytes) -> Request | None:
     """The request in ``payload``; None when it needs no answer. Raises LspsError."""
     try:
@@ -77,14 +87,14 @@ def read_request(payload: bytes) -> Request | None:
     is_answer = "method" not in value and ("result" in value or "error" in value)
     if is_answer or ("id" not in value and isinstance(value.get("method"), str)):
         return None
-    if not isinstance(request_id, str):
+    if not isinstance(request_id, str) or not _is_text(request_id):
         raise LspsError(INVALID_REQUEST, "invalid request: the id must be a string")
     if value.get("jsonrpc") != _VERSION:
         raise LspsError(
             INVALID_REQUEST, 'invalid request: jsonrpc must be "2.0"', request_id=request_id
         )
     method = value.get("method")
-    if not isinstance(method, str):
+    if not isinstance(method, str) or not _is_text(method):
         raise LspsError(INVALID_REQUEST, "invalid request: no method name", request_id=request_id)
     params = value.get("params", {})
     if not isinstance(params, dict):

@@ -67,7 +67,10 @@ def check_webhook(url: object) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise LspsError(URL_PARSE_ERROR, f"url_parse_error: {e}") from e
+        # urlsplit's text quotes the URL's port or bracketed host, which may be a token.
+        raise LspsError(
+            URL_PARSE_ERROR, "url_parse_error: the webhook's host or port is not valid"
+        ) from e
     if not parts.scheme or not parts.netloc:
         raise LspsError(URL_PARSE_ERROR, "url_parse_error: the webhook is not an absolute URL")
     if parts.scheme.lower() != "https":
