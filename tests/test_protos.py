@@ -147,6 +147,10 @@ LND_FIELDS: dict[str, dict[str, tuple[int, str]]] = {
         "onion": (3, "bytes"),
     },
     "lnrpc.SendOnionMessageResponse": {"status": (1, "string")},
+    "lnrpc.SignMessageRequest": {"msg": (1, "bytes"), "single_hash": (2, "bool")},
+    "lnrpc.SignMessageResponse": {"signature": (1, "string")},
+    "lnrpc.VerifyMessageRequest": {"msg": (1, "bytes"), "signature": (2, "string")},
+    "lnrpc.VerifyMessageResponse": {"valid": (1, "bool"), "pubkey": (2, "string")},
     "signrpc.SharedKeyRequest": {
         "ephemeral_pubkey": (1, "bytes"),
         "key_loc": (2, "signrpc.KeyLocator"),
@@ -193,6 +197,8 @@ LND_METHODS: dict[str, dict[str, tuple[str, str, bool]]] = {
             "lnrpc.SendOnionMessageResponse",
             False,
         ),
+        "SignMessage": ("lnrpc.SignMessageRequest", "lnrpc.SignMessageResponse", False),
+        "VerifyMessage": ("lnrpc.VerifyMessageRequest", "lnrpc.VerifyMessageResponse", False),
     },
     "signrpc.Signer": {
         "DeriveSharedKey": ("signrpc.SharedKeyRequest", "signrpc.SharedKeyResponse", False),
@@ -214,6 +220,10 @@ NEEDED: dict[str, set[str]] = {
     "lnrpc.SendCustomMessageRequest": {"peer", "type", "data"},
     "lnrpc.OnionMessageUpdate": {"peer", "path_key", "onion"},
     "lnrpc.SendOnionMessageRequest": {"peer", "path_key", "onion"},
+    "lnrpc.SignMessageRequest": {"msg", "single_hash"},
+    "lnrpc.SignMessageResponse": {"signature"},
+    "lnrpc.VerifyMessageRequest": {"msg", "signature"},
+    "lnrpc.VerifyMessageResponse": {"valid", "pubkey"},
     "signrpc.SharedKeyRequest": {"ephemeral_pubkey", "key_desc"},
     "signrpc.SharedKeyResponse": {"shared_key"},
 }

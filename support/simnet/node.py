@@ -46,6 +46,16 @@ binaries by the itest):
   ``alias_scids`` and the real SCID in ``zero_conf_confirmed_scid`` once confirmed
   (6 confirmations); ListAliases maps ``chan_id`` to the channel's aliases.
 * ``Signer.DeriveSharedKey``: SHA256 of the compressed ECDH point with the node key.
+* ``SignMessage`` signs with the node key as lnd does (:mod:`simnet.signing`); an empty
+  ``msg`` is refused with lnd's ``need a message to sign`` (``UNKNOWN``: lnd checks for a
+  nil slice, and an empty bytes field arrives as one). ``VerifyMessage`` recovers the
+  signer and says ``valid`` only for a node in lnd's graph, here the node itself or a peer
+  with a channel (lnd's graph holds a shell node for each channel's peer); the recovered
+  key comes back either way, none when nothing can be recovered (``valid`` false, no
+  error); a signature that is not z-base-32 fails with ``failed to decode signature:
+  ...``, an empty ``msg`` with ``need a message to verify``.
+* Custom messages of types from 32768 (LSPS0's 37913 among them) reach
+  ``SubscribeCustomMessages`` on both personalities with no configuration, as in lnd.
 * For tests: :attr:`SimNode.calls` counts the calls of each RPC; :meth:`SimNode.stall`
   holds a unary RPC's calls unanswered, as an lnd busy on it (a slow database) does.
   :attr:`IngestResult.subscribers` says how many subscribers heard a publication, and
@@ -81,9 +91,11 @@ from lndmailbox.errors import OnionError
 from lndmailbox.lnd import LndEndpoint
 from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
 from lndmailbox.lnd.lnrpc import signer_pb2 as signrpc
+from lndmailbox.lsps import LSPS_MESSAGE_TYPE
 from lndmailbox.onion import CachedNodeKey, Forward, LocalNodeKey, Receive, peel
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from simnet.macaroons import MacaroonError, MacaroonService, Op
+from simnet.signing import ZBase32Error, recover_signer, sign_message
 from simnet.tls import TlsPair, generate_tls_pair
 
 log = logging.getLogger(__name__)
@@ -129,6 +141,8 @@ PERMISSIONS: Mapping[str, tuple[Op, ...]] = {
     f"/{LIGHTNING}/SendCustomMessage": (Op("offchain", "write"),),
     f"/{LIGHTNING}/SubscribeOnionMessages": (Op("offchain", "read"),),
     f"/{LIGHTNING}/SendOnionMessage": (Op("offchain", "write"),),
+    f"/{LIGHTNING}/SignMessage": (Op("message", "write"),),
+    f"/{LIGHTNING}/VerifyMessage": (Op("message", "read"),),
     f"/{SIGNER}/DeriveSharedKey": (Op("signer", "generate"),),
 }
 
@@ -370,6 +384,10 @@ class SimPeer:
         """Send any Lightning message by type (513 is an onion message, as on the wire)."""
         return await self.node._ingest(self, msg_type, data)
 
+    async def lsps_request(self, payload: bytes) -> IngestResult:
+        """Send an LSPS0 message (type 37913, ``payload`` its JSON-RPC bytes) to the node."""
+        return await self.node._ingest(self, LSPS_MESSAGE_TYPE, payload)
+
     # --- what the peer got ----------------------------------------------------------------
 
     async def peel(self, msg: OnionMessage | None = None) -> Forward | Receive:
@@ -389,6 +407,19 @@ class SimPeer:
             self._changed.clear()
             await self._changed.wait()
         return list(self.received)
+
+    def lsps_received(self) -> list[bytes]:
+        """The payloads of the LSPS0 messages (type 37913) the node sent this peer, oldest
+        first."""
+        return [m.data for m in self.received_custom if m.msg_type == LSPS_MESSAGE_TYPE]
+
+    async def wait_lsps(self, count: int = 1) -> list[bytes]:
+        """Wait until the node has sent this peer at least ``count`` LSPS0 messages (type
+        37913); return all their payloads, oldest first. Bound it with ``asyncio.timeout``."""
+        while len(received := self.lsps_received()) < count:
+            self._changed.clear()
+            await self._changed.wait()
+        return received
 
     def _deliver(self, msg_type: int, data: bytes) -> None:
         if msg_type == ONION_MESSAGE_TYPE:
@@ -968,6 +999,20 @@ class SimNode:
                 ln.CustomMessage,
                 self._subscribe_custom_messages,
             ),
+            "SignMessage": self._unary(
+                LIGHTNING,
+                "SignMessage",
+                ln.SignMessageRequest,
+                ln.SignMessageResponse,
+                self._sign_message,
+            ),
+            "VerifyMessage": self._unary(
+                LIGHTNING,
+                "VerifyMessage",
+                ln.VerifyMessageRequest,
+                ln.VerifyMessageResponse,
+                self._verify_message,
+            ),
         }
         if self.personality.native_onion_messages:
             lightning["SendOnionMessage"] = self._unary(
@@ -1129,6 +1174,27 @@ class SimNode:
         async for update in self._subscription("onion_messages"):
             yield update
         raise _RpcAbort(*SHUTDOWN_STATUS)
+
+    async def _sign_message(self, request: Any) -> Any:
+        if not request.msg:
+            raise _unknown("need a message to sign")
+        signature = sign_message(self.secret, bytes(request.msg), single_hash=request.single_hash)
+        return ln.SignMessageResponse(signature=signature)
+
+    async def _verify_message(self, request: Any) -> Any:
+        if not request.msg:
+            raise _unknown("need a message to verify")
+        try:
+            signer = recover_signer(bytes(request.msg), request.signature)
+        except ZBase32Error as e:
+            raise _unknown(f"failed to decode signature: {e}") from e
+        if signer is None:
+            return ln.VerifyMessageResponse(valid=False)
+        return ln.VerifyMessageResponse(valid=self.in_graph(signer), pubkey=signer.hex())
+
+    def in_graph(self, pubkey: bytes) -> bool:
+        """Whether lnd's graph holds the node ``pubkey``: this node, or a channel's peer."""
+        return pubkey == self.pubkey or any(c.peer == pubkey for c in self.channels)
 
     async def _derive_shared_key(self, request: Any) -> Any:
         try:

@@ -731,3 +731,91 @@ class SendOnionMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendOnionMessageResponse: _TypeAlias = SendOnionMessageResponse  # noqa: Y015
+
+@_typing.final
+class SignMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_FIELD_NUMBER: _builtins.int
+    SINGLE_HASH_FIELD_NUMBER: _builtins.int
+    msg: _builtins.bytes
+    single_hash: _builtins.bool
+    """One SHA256 instead of two."""
+    def __init__(
+        self,
+        *,
+        msg: _builtins.bytes = ...,
+        single_hash: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg", b"msg", "single_hash", b"single_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignMessageRequest: _TypeAlias = SignMessageRequest  # noqa: Y015
+
+@_typing.final
+class SignMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    signature: _builtins.str
+    """zbase32 of (31 + recovery id, r, s)."""
+    def __init__(
+        self,
+        *,
+        signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignMessageResponse: _TypeAlias = SignMessageResponse  # noqa: Y015
+
+@_typing.final
+class VerifyMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSG_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    msg: _builtins.bytes
+    signature: _builtins.str
+    def __init__(
+        self,
+        *,
+        msg: _builtins.bytes = ...,
+        signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg", b"msg", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyMessageRequest: _TypeAlias = VerifyMessageRequest  # noqa: Y015
+
+@_typing.final
+class VerifyMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALID_FIELD_NUMBER: _builtins.int
+    PUBKEY_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bool
+    pubkey: _builtins.str
+    """The recovered key, hex; empty when nothing could be recovered."""
+    def __init__(
+        self,
+        *,
+        valid: _builtins.bool = ...,
+        pubkey: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pubkey", b"pubkey", "valid", b"valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyMessageResponse: _TypeAlias = VerifyMessageResponse  # noqa: Y015

@@ -79,6 +79,16 @@ class LightningStub:
                 request_serializer=lightning__pb2.ListAliasesRequest.SerializeToString,
                 response_deserializer=lightning__pb2.ListAliasesResponse.FromString,
                 _registered_method=True)
+        self.SignMessage = channel.unary_unary(
+                '/lnrpc.Lightning/SignMessage',
+                request_serializer=lightning__pb2.SignMessageRequest.SerializeToString,
+                response_deserializer=lightning__pb2.SignMessageResponse.FromString,
+                _registered_method=True)
+        self.VerifyMessage = channel.unary_unary(
+                '/lnrpc.Lightning/VerifyMessage',
+                request_serializer=lightning__pb2.VerifyMessageRequest.SerializeToString,
+                response_deserializer=lightning__pb2.VerifyMessageResponse.FromString,
+                _registered_method=True)
 
 
 class LightningServicer:
@@ -152,6 +162,22 @@ class LightningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignMessage(self, request, context):
+        """A zbase32 recoverable signature by the node key over
+        SHA256(SHA256("Lightning Signed Message:" + msg)). Macaroon: message:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyMessage(self, request, context):
+        """The signer recovered from such a signature; valid only when the signer
+        is a node in lnd's graph. Macaroon: message:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LightningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +225,16 @@ def add_LightningServicer_to_server(servicer, server):
                     servicer.ListAliases,
                     request_deserializer=lightning__pb2.ListAliasesRequest.FromString,
                     response_serializer=lightning__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'SignMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignMessage,
+                    request_deserializer=lightning__pb2.SignMessageRequest.FromString,
+                    response_serializer=lightning__pb2.SignMessageResponse.SerializeToString,
+            ),
+            'VerifyMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyMessage,
+                    request_deserializer=lightning__pb2.VerifyMessageRequest.FromString,
+                    response_serializer=lightning__pb2.VerifyMessageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +480,60 @@ class Lightning:
             '/lnrpc.Lightning/ListAliases',
             lightning__pb2.ListAliasesRequest.SerializeToString,
             lightning__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lnrpc.Lightning/SignMessage',
+            lightning__pb2.SignMessageRequest.SerializeToString,
+            lightning__pb2.SignMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lnrpc.Lightning/VerifyMessage',
+            lightning__pb2.VerifyMessageRequest.SerializeToString,
+            lightning__pb2.VerifyMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

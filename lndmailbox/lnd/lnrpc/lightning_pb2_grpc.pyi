@@ -67,6 +67,14 @@ class LightningStub:
     """
     ListAliases: _grpc.UnaryUnaryMultiCallable[_lightning_pb2.ListAliasesRequest, _lightning_pb2.ListAliasesResponse]
     """Base SCID -> SCID aliases of every channel. Macaroon: offchain:read."""
+    SignMessage: _grpc.UnaryUnaryMultiCallable[_lightning_pb2.SignMessageRequest, _lightning_pb2.SignMessageResponse]
+    """A zbase32 recoverable signature by the node key over
+    SHA256(SHA256("Lightning Signed Message:" + msg)). Macaroon: message:write.
+    """
+    VerifyMessage: _grpc.UnaryUnaryMultiCallable[_lightning_pb2.VerifyMessageRequest, _lightning_pb2.VerifyMessageResponse]
+    """The signer recovered from such a signature; valid only when the signer
+    is a node in lnd's graph. Macaroon: message:read.
+    """
 
 @_typing.type_check_only
 class LightningAsyncStub(LightningStub):
@@ -99,6 +107,14 @@ class LightningAsyncStub(LightningStub):
     """
     ListAliases: _aio.UnaryUnaryMultiCallable[_lightning_pb2.ListAliasesRequest, _lightning_pb2.ListAliasesResponse]  # type: ignore[assignment]
     """Base SCID -> SCID aliases of every channel. Macaroon: offchain:read."""
+    SignMessage: _aio.UnaryUnaryMultiCallable[_lightning_pb2.SignMessageRequest, _lightning_pb2.SignMessageResponse]  # type: ignore[assignment]
+    """A zbase32 recoverable signature by the node key over
+    SHA256(SHA256("Lightning Signed Message:" + msg)). Macaroon: message:write.
+    """
+    VerifyMessage: _aio.UnaryUnaryMultiCallable[_lightning_pb2.VerifyMessageRequest, _lightning_pb2.VerifyMessageResponse]  # type: ignore[assignment]
+    """The signer recovered from such a signature; valid only when the signer
+    is a node in lnd's graph. Macaroon: message:read.
+    """
 
 class LightningServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -182,5 +198,25 @@ class LightningServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lightning_pb2.ListAliasesResponse, _abc.Awaitable[_lightning_pb2.ListAliasesResponse]]:
         """Base SCID -> SCID aliases of every channel. Macaroon: offchain:read."""
+
+    @_abc_1.abstractmethod
+    def SignMessage(
+        self,
+        request: _lightning_pb2.SignMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lightning_pb2.SignMessageResponse, _abc.Awaitable[_lightning_pb2.SignMessageResponse]]:
+        """A zbase32 recoverable signature by the node key over
+        SHA256(SHA256("Lightning Signed Message:" + msg)). Macaroon: message:write.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyMessage(
+        self,
+        request: _lightning_pb2.VerifyMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lightning_pb2.VerifyMessageResponse, _abc.Awaitable[_lightning_pb2.VerifyMessageResponse]]:
+        """The signer recovered from such a signature; valid only when the signer
+        is a node in lnd's graph. Macaroon: message:read.
+        """
 
 def add_LightningServicer_to_server(servicer: LightningServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
