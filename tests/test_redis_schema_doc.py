@@ -107,6 +107,12 @@ async def scenario(client: aioredis.Redis) -> Store:
     )
     await store.journal.write(decided=["e1"])  # e2 is left undecided
     assert len(await store.journal.pending()) == 1
+    now_ms = int(NOW * 1000)
+    hook = "https://push.example.com/wake?token=t"
+    for peer in (alice, bob):
+        await store.webhooks.set(peer, "wallet", hook, max_webhooks=10, now_ms=now_ms)
+    await store.webhooks.touch([alice, carol], now_ms=now_ms + 1)
+    assert await store.webhooks.remove(bob, "wallet", now_ms=now_ms + 2)  # bob: no client
     return store
 
 
@@ -122,6 +128,8 @@ def test_doc_key_table_is_parsed() -> None:
         "lndmailbox:{<node>}:allow",
         "lndmailbox:{<node>}:counters",
         "lndmailbox:{<node>}:events",
+        "lndmailbox:{<node>}:peer:<peer>:webhooks",
+        "lndmailbox:{<node>}:webhook_clients",
     }
 
 

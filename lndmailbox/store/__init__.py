@@ -10,13 +10,16 @@ What lives where (the full table, TTLs and redis-cli recipes are in docs/redis-s
 * node-wide: ``lndmailbox:{<node>}:mail`` (a sorted set of the peers with mail, scored by the
   earliest expiry, which the sweep walks), ``:usage`` (message and byte totals, per peer and
   for the node, which the caps read), the allowlist, the counters, the event stream, the
-  daemon's lock and heartbeat, the journal and the delivery requests.
+  daemon's lock and heartbeat, the journal and the delivery requests;
+* LSPS5 webhooks: ``...:peer:<peer>:webhooks``, a hash of app_name -> JSON of the URL and
+  when it was set, and node-wide ``webhook_clients``, the peers with webhooks scored by
+  when each was last seen.
 
 Modules: ``records`` (value types and the record codec), ``keys`` (key names), ``lua``
 (the scripts in ``lua/*.lua``), ``urls`` (what a ``--redis-url`` names: one server, a
 Cluster, a Sentinel group), ``client`` (connections, error mapping, replies), one
 module per part of :class:`Store` (``queues``, ``allowlist``, ``events``, ``control``,
-``journal``, ``server``, and ``migrate``: the move from the old key layout),
+``journal``, ``webhooks``, ``server``, and ``migrate``: the move from the old key layout),
 ``durability`` (the writes that matter waiting for the replicas), ``handle``
 (:class:`Store`), ``transfer`` (a mailbox moved to another Redis), ``embedded`` (a Redis server
 process of our own), ``settings`` (which Redis and which limits the settings ask for)
@@ -56,6 +59,8 @@ from lndmailbox.store.records import (
     Stats,
     StoredMessage,
     Unconfirmed,
+    Webhook,
+    WebhookSet,
     decode_record,
     encode_record,
     new_message_id,
@@ -64,6 +69,7 @@ from lndmailbox.store.server import Server
 from lndmailbox.store.settings import limits_for, redis_url_for, replica_wait_for
 from lndmailbox.store.transfer import Copied, move_mailbox
 from lndmailbox.store.urls import RedisTarget, parse_redis_url
+from lndmailbox.store.webhooks import Webhooks
 
 __all__ = [
     "HEADER_SIZE",
@@ -97,6 +103,9 @@ __all__ = [
     "Store",
     "StoredMessage",
     "Unconfirmed",
+    "Webhook",
+    "WebhookSet",
+    "Webhooks",
     "decode_record",
     "embedded_redis",
     "embedded_socket_path",

@@ -8,6 +8,7 @@ part per job, reached as attributes:
 * ``events``: the counters and the event stream;
 * ``control``: the daemon lock, heartbeat and delivery requests;
 * ``journal``: messages read from lnd and not yet decided;
+* ``webhooks``: the clients' LSPS5 webhooks and when each client was last seen;
 * ``server``: what the Redis server reports.
 
 Rules that hold across the parts:
@@ -40,6 +41,7 @@ from lndmailbox.store.migrate import LayoutMigration
 from lndmailbox.store.queues import Queues
 from lndmailbox.store.records import Limits, check_pubkey
 from lndmailbox.store.server import Server
+from lndmailbox.store.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ class Store:
         """The old release's journal of this node (its ``inbox`` and ``decided``): where a
         standby of this release journals while a daemon of the old release leads
         (daemon/old_layout.py), so that the old leader's own decisions cover it."""
+        self.webhooks = Webhooks(redis, self.keys, durable=self.durable)
         self.server = Server(redis, self.keys)
         self.layout = LayoutMigration(redis, self.keys, node)
 

@@ -50,6 +50,16 @@ class Keys:
         them (store/lua/delivered.lua)."""
         return self._peer_prefix(peer) + "unconfirmed"
 
+    def webhooks_key(self, peer: bytes) -> str:
+        """The peer's LSPS5 webhooks: app_name -> JSON of its URL and when it was set
+        (store/webhooks.py)."""
+        return self._peer_prefix(peer) + "webhooks"
+
+    @property
+    def webhook_clients_key(self) -> str:
+        """The peers with LSPS5 webhooks (hex), scored by when each was last seen (ms)."""
+        return self.prefix + "webhook_clients"
+
     @property
     def queue_pattern(self) -> str:
         """SCAN pattern matching every peer's queue of this node."""

@@ -47,6 +47,9 @@ _OtherScript = Literal[
     "journal",
     "journal_forget",
     "daemons",
+    "webhook_set",
+    "webhook_remove",
+    "webhook_prune",
 ]
 MigrationScript = Literal[
     "migrate_decided", "migrate_peer", "migrate_inbox", "migrate_events", "migrate_node"

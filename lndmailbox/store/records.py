@@ -8,6 +8,7 @@ docs/redis-schema.md; ``lua/peer.lua`` reads the same offsets.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import os
@@ -34,10 +35,14 @@ __all__ = [
     "Stats",
     "StoredMessage",
     "Unconfirmed",
+    "Webhook",
+    "WebhookSet",
     "check_pubkey",
     "decode_record",
     "decode_unconfirmed",
+    "decode_webhook",
     "encode_record",
+    "encode_webhook",
     "message_id_bytes",
     "new_message_id",
     "record_id",
@@ -257,6 +262,28 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """One LSPS5 webhook of a client (bLIP-55): the URL its app ``app_name`` set, and when
+    (Unix ms). The URL is a secret (lndmailbox/lsps/webhook_url.py): show its label."""
+
+    app_name: str
+    url: str
+    registered_at_ms: int
+
+
+@dataclass(frozen=True)
+class WebhookSet:
+    """What :meth:`Webhooks.set` did. ``no_change``: the app_name had this very URL already
+    (only the client's last seen was written). ``too_many``: a new app_name for a client
+    at its maximum already (nothing written). ``num_webhooks``: the client's webhooks
+    after the call."""
+
+    num_webhooks: int
+    no_change: bool = False
+    too_many: bool = False
+
+
+@dataclass(frozen=True)
 class JournalEntry:
     """A message the daemon read from lnd and had not decided when it stopped."""
 
@@ -370,3 +397,28 @@ def record_times(header: bytes) -> tuple[float, float]:
     if len(header) < 17 or header[0] not in READABLE_VERSIONS:
         raise RecordError(f"record header {header.hex()!r} is not one this store reads")
     return int.from_bytes(header[1:7], "big") / 1000, int.from_bytes(header[11:17], "big") / 1000
+
+
+def encode_webhook(url: str, registered_at_ms: int) -> bytes:
+    """A webhook's value in its client's hash: compact JSON ``{"url": ..., "at": ms}``
+    (webhook_set.lua reads the ``url`` back to tell a replacement from no change)."""
+    try:
+        return json.dumps({"url": url, "at": registered_at_ms}, separators=(",", ":")).encode()
+    except UnicodeEncodeError as e:  # a lone surrogate: no URL anyone can call
+        raise RecordError(f"a webhook URL that is not text: {e}") from e
+
+
+def decode_webhook(app_name: bytes, value: bytes) -> Webhook:
+    """The webhook a client's hash holds under ``app_name``; :class:`RecordError` for a
+    field or value this store did not write (not UTF-8, not the JSON object it writes)."""
+    try:
+        name = app_name.decode("utf-8")
+        fields = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RecordError(f"webhook {app_name!r} is unreadable: {e}") from e
+    url = fields.get("url") if isinstance(fields, dict) else None
+    at = fields.get("at") if isinstance(fields, dict) else None
+    if not isinstance(url, str) or not isinstance(at, int) or isinstance(at, bool):
+        # the value is not shown: it may hold a URL, a secret
+        raise RecordError(f"webhook {app_name!r} is not the JSON of a url and a time")
+    return Webhook(app_name=name, url=url, registered_at_ms=at)
