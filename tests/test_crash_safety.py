@@ -64,8 +64,10 @@ START_UP_KILLS = 0.1
 connecting, replaying its predecessor's journal) rather than while it runs."""
 START_UP = (0.0, 1.2)
 RUNNING = (0.2, 3.5)
-"""Seconds a daemon runs after it leads, ready, before its kill: long enough against the
-second it takes to start that most messages reach a live daemon."""
+"""Seconds a daemon runs after it leads, ready, before its kill, on top of as long as it
+took to lead: then most messages reach a live daemon however slow the machine is (a CI
+run on a loaded 2-core machine took over 2 s to start each daemon, and without the
+addition under half of its messages met a live one)."""
 LAST_RUN = 2.0
 """Seconds of traffic the last daemon, which is not killed, gets before the end."""
 
@@ -126,7 +128,9 @@ async def sigkills(personality: Personality, redis_url: str, tmp_path: Path, kil
                 else:
                     await wait_until(lambda: leading(port), within=30, what="the daemon to lead")
                     ready = time.monotonic()
-                    await asyncio.sleep(rng.uniform(*RUNNING))
+                    # A daemon slow to start (a loaded machine) runs longer too, so that
+                    # most of the traffic still meets a live daemon far from its kill.
+                    await asyncio.sleep(rng.uniform(*RUNNING) + (ready - started))
                 with contextlib.suppress(ProcessLookupError):  # it ended already
                     daemon.send_signal(signal.SIGKILL)
                     killed = True
