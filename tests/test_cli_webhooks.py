@@ -90,7 +90,8 @@ async def test_list_one_client_shows_labels_and_odd_names_escaped(ctl: Ctl, stor
         before = line[: line.index("push")]
         starts.add(sum(2 if "\u3000" <= c <= "\u9fff" else 1 for c in before))
     assert len(starts) == 1
-    assert "\x1b" not in r.out and "\u202e" not in r.out
+    assert "\x1b" not in r.out
+    assert "\u202e" not in r.out
     assert "not carol's" not in r.out
     assert_secret_kept(r)
 
