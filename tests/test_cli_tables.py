@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from lndmailbox.cli.render import (
@@ -10,8 +12,11 @@ from lndmailbox.cli.render import (
     format_duration,
     format_time,
     format_until,
+    read_safe_text,
     render_fields,
     render_table,
+    safe_text,
+    text_width,
 )
 
 
@@ -89,3 +94,30 @@ def test_format_time_is_utc() -> None:
 )
 def test_format_bytes(n: int, text: str) -> None:
     assert format_bytes(n) == text
+
+
+def test_safe_text_escapes_what_a_terminal_would_act_on_and_keeps_letters() -> None:
+    assert safe_text("phone") == "phone"
+    assert safe_text("Ünïcødé 日本 🚀 e\u0301") == "Ünïcødé 日本 🚀 e\u0301"
+    assert safe_text("a\x1b[2Jb\r\n\x00\x7f") == "a\\x1b[2Jb\\x0d\\x0a\\x00\\x7f"
+    assert safe_text("\u202eexe.gpj\u200b\u00a0\u2028") == "\\u202eexe.gpj\\u200b\\xa0\\u2028"
+    assert safe_text("\U000e0041\ue000\udcff") == "\\U000e0041\\ue000\\udcff"
+    assert safe_text(" a b ") == "\\x20a b\\x20"
+    assert safe_text("x\\x41") == "x\\\\x41"
+
+
+def test_read_safe_text_reads_back_what_safe_text_printed(rng: random.Random) -> None:
+    pool = "a é日🚀\\\x1b\n\u202e\u0301\ue000\U000e0041x0u"
+    for _ in range(2000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randrange(12)))
+        shown = safe_text(text)
+        assert shown.isprintable(), repr(text)
+        assert read_safe_text(shown) == text, repr(text)
+    for bad in ("a\\", "\\q", "\\x4", "\\u12g4", "\\U00110000"):
+        assert read_safe_text(bad) is None, bad
+
+
+def test_tables_align_wide_and_combining_characters_by_their_columns() -> None:
+    assert [text_width(t) for t in ("abc", "日本", "e\u0301", "🚀")] == [3, 4, 1, 2]
+    text = render_table(["APP", "N"], [["日本", "1"], ["e\u0301e", "2"]])
+    assert text.splitlines() == ["APP   N", "日本  1", "e\u0301e    2"]

@@ -752,6 +752,40 @@ async def test_mailboxctl_migrate_to_another_redis_copies_checks_and_removes(
     assert await state(redis_client, new_pattern(node)) == expected
 
 
+async def test_mailboxctl_migrate_to_another_redis_moves_the_webhooks_too(
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    other_redis: str,
+    rng: random.Random,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The LSPS5 registrations and the clients' last seen are keys of the node: they arrive
+    whole, and a client's next request there finds its webhooks."""
+    node, alice, bob = key(rng), key(rng), key(rng)
+    hooks = [
+        (alice, "phone", "https://push.example.com/a?token=1"),
+        (alice, "tablet", "https://push.example.com/b?token=2"),
+        (bob, "wallet", "https://notify.example.net/c?token=3"),
+    ]
+    async with Store.from_url(redis_url, node) as source:
+        for i, (peer, app, url) in enumerate(hooks):
+            await source.webhooks.set(peer, app, url, max_webhooks=5, now_ms=1_000 + i)
+        summaries = await source.webhooks.summaries()
+    to = ["--redis-url", redis_url, "--node", node.hex(), "migrate", "--to", other_redis]
+
+    code, said = await ctl(capsys, tmp_path, *to)
+
+    assert code == 0, said
+    async with Store.from_url(other_redis, node) as moved:
+        assert await moved.webhooks.summaries() == summaries
+        assert [(w.app_name, w.url) for w in await moved.webhooks.list(alice)] == [
+            (app, url) for peer, app, url in hooks if peer == alice
+        ]
+        assert await moved.webhooks.last_seen(bob) == 1_002
+    assert await state(redis_client, f"lndmailbox:*{node.hex()}*") == {}
+
+
 async def test_a_move_to_another_redis_holds_the_node_lock_on_both_sides_throughout(
     redis_url: str,
     other_redis: str,

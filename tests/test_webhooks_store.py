@@ -13,7 +13,7 @@ import redis
 import redis.cluster
 
 from lndmailbox.errors import StoreError
-from lndmailbox.store import Store, Webhook, WebhookSet
+from lndmailbox.store import Store, Webhook, WebhookClient, WebhookSet
 from lndmailbox.store.client import RedisClient
 from lndmailbox.store.queues import PAGE
 from lndmailbox.store.urls import parse_redis_url
@@ -183,6 +183,33 @@ async def test_touch_sets_last_seen_of_clients_only_over_pages(
     expected = sorted((p, T0 + DAY if p in touched else T0) for p in clients)
     assert await store.webhooks.clients() == expected
     assert await store.webhooks.count() == (len(clients), len(clients))
+
+
+async def test_an_operators_removal_leaves_the_last_seen(store: Store, rng: random.Random) -> None:
+    peer = key(rng)
+    await store.webhooks.set(peer, "a", url(1), max_webhooks=5, now_ms=T0)
+    await store.webhooks.set(peer, "b", url(2), max_webhooks=5, now_ms=T0 + 1)
+    assert await store.webhooks.remove(peer, "a", now_ms=None)
+    assert not await store.webhooks.remove(peer, "a", now_ms=None)
+    assert await store.webhooks.last_seen(peer) == T0 + 1
+    assert await store.webhooks.remove(peer, "b", now_ms=None)
+    assert await store.webhooks.last_seen(peer) is None
+    assert await store.webhooks.clients() == []
+
+
+async def test_summaries_count_each_clients_webhooks_over_pages(
+    store: Store, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    peers = [key(rng) for _ in range(2 * PAGE + 3)]
+    for i, peer in enumerate(peers):
+        for n in range(i % 3 + 1):
+            await store.webhooks.set(peer, f"app{n}", url(i), max_webhooks=5, now_ms=T0 + i)
+    await store.redis.zadd(store.keys.webhook_clients_key, {"bob's phone": 1})
+    assert await store.webhooks.summaries() == sorted(
+        (WebhookClient(p, T0 + i, i % 3 + 1) for i, p in enumerate(peers)), key=lambda c: c.peer
+    )
+    assert await store.webhooks.last_seen(peers[4]) == T0 + 4
+    assert await store.webhooks.last_seen(key(rng)) is None
 
 
 async def test_clients_reads_the_index_whole_in_pages_and_skips_strangers(

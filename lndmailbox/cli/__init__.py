@@ -14,6 +14,7 @@ daemon.
     mail      ``show``, ``purge``, ``deliver``: one peer's queued mail
     allow     ``allow add|remove|list``
     events    ``events``: the event stream, and ``--follow``
+    webhooks  ``webhooks list|remove``: the clients' LSPS5 webhooks, never their URLs
     migrate   ``migrate``: from the old key layout, or ``--to`` another Redis
     decode    ``decode``: an onion_message from hex (the reading is lndmailbox.onion.inspect)
     render    plain-text tables, fields, ages, sizes, times (pure)

@@ -26,6 +26,7 @@ from lndmailbox.cli.parser import build_parser
 from lndmailbox.cli.peers import run_peers
 from lndmailbox.cli.session import Handler, Session
 from lndmailbox.cli.status import run_status
+from lndmailbox.cli.webhooks import run_webhooks
 from lndmailbox.config import Settings, settings_from_args
 from lndmailbox.errors import ConfigError, MailboxError, StoreUnavailableError
 
@@ -43,6 +44,7 @@ COMMANDS: dict[str, Handler] = {
     "decode": run_decode,
     "events": run_events,
     "migrate": run_migrate,
+    "webhooks": run_webhooks,
 }
 """Each command of the parser, by name, and the function that runs it."""
 

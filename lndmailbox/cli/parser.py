@@ -17,9 +17,11 @@ from lndmailbox import __version__
 from lndmailbox.cli.errors import UsageError
 from lndmailbox.cli.output import PROG
 from lndmailbox.config import add_arguments
+from lndmailbox.lsps.lsps5 import MAX_APP_NAME_BYTES
 from lndmailbox.onion.tlv import POINT_LEN
 
 __all__ = [
+    "app_name_arg",
     "build_parser",
     "count_arg",
     "hex_arg",
@@ -81,6 +83,19 @@ def limit_arg(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return n
+
+
+def app_name_arg(text: str) -> str:
+    """An LSPS5 app_name, exactly as given: UTF-8 of at most 64 bytes (bLIP-55)."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:  # bytes that are not UTF-8 reach argv as surrogates
+        raise argparse.ArgumentTypeError("an app name must be UTF-8") from e
+    if size > MAX_APP_NAME_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"an app name is at most {MAX_APP_NAME_BYTES} bytes of UTF-8, got {size}"
+        )
+    return text
 
 
 def hex_arg(text: str) -> str:
@@ -189,6 +204,26 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     p = command("deliver", "ask the running daemon to try delivering to a peer now")
     p.add_argument("peer", type=pubkey_arg, metavar="PEER")
+
+    p = command("webhooks", "the clients' LSPS5 webhooks (their URLs are never shown)")
+    hooks = p.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    a = hooks.add_parser(
+        "list",
+        parents=[late],
+        help="every client with webhooks, or one client's webhooks",
+        description="every client with webhooks, or one client's webhooks",
+    )
+    a.add_argument(
+        "peer", type=pubkey_arg, nargs="?", default=None, metavar="PEER", help="only this client"
+    )
+    a = hooks.add_parser(
+        "remove",
+        parents=[late],
+        help="remove one webhook of a client",
+        description="remove one webhook of a client (safe while the daemon runs)",
+    )
+    a.add_argument("peer", type=pubkey_arg, metavar="PEER")
+    a.add_argument("app_name", type=app_name_arg, metavar="APP", help="its app_name, as listed")
 
     p = command(
         "migrate",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,8 +21,11 @@ __all__ = [
     "format_until",
     "packet_lines",
     "plural",
+    "read_safe_text",
     "render_fields",
     "render_table",
+    "safe_text",
+    "text_width",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,22 +42,91 @@ def render_table(
 
     Trailing spaces are stripped from every line; the result has no final newline.
     """
-    widths = [len(h) for h in headers]
+    widths = [text_width(h) for h in headers]
     for row in rows:
         if len(row) != len(headers):
             raise ValueError(f"row has {len(row)} cells for {len(headers)} columns")
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        widths = [max(w, text_width(cell)) for w, cell in zip(widths, row, strict=True)]
     aligned_right = set(right)
     sep = " " * gap
 
     def line(cells: Sequence[str]) -> str:
-        padded = (
-            cell.rjust(w) if i in aligned_right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        )
+        padded = []
+        for i, (cell, w) in enumerate(zip(cells, widths, strict=True)):
+            pad = " " * (w - text_width(cell))
+            padded.append(pad + cell if i in aligned_right else cell + pad)
         return sep.join(padded).rstrip()
 
     return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def text_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: wide (East Asian, most emoji) characters
+    take two, combining marks none, so a table of names a peer chose stays aligned."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def safe_text(text: str) -> str:
+    """Text someone else chose (a client's LSPS5 app_name), made safe to print on one line.
+
+    Every character Unicode calls a control, format, separator (but the space), surrogate,
+    private-use or unassigned one becomes an escape (``\\x1b``, ``\\u202e``,
+    ``\\U000e0041``), as do a backslash (``\\\\``) and a leading or trailing space
+    (``\\x20``): no name can move the cursor, colour the terminal, break a line, reorder
+    what follows it (bidi overrides) or hide in blanks, and what is printed reads back to
+    one name only. Letters of any script, marks and emoji are shown as they are (so
+    look-alike letters of two scripts still look alike: ``--json`` tells them apart).
+    """
+    out = []
+    last = len(text) - 1
+    for i, c in enumerate(text):
+        if c == "\\":
+            out.append("\\\\")
+        elif c == " " and (i == 0 or i == last):
+            out.append("\\x20")
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+_ESCAPE_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+def read_safe_text(shown: str) -> str | None:
+    """The text :func:`safe_text` printed as ``shown``, so that an operator can type a
+    name as it was listed; None when ``shown`` holds a backslash no escape begins."""
+    out = []
+    i = 0
+    while i < len(shown):
+        c = shown[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        kind = shown[i + 1 : i + 2]
+        if kind == "\\":
+            out.append(kind)
+            i += 2
+            continue
+        digits = _ESCAPE_DIGITS.get(kind)
+        code = shown[i + 2 : i + 2 + digits] if digits else ""
+        if not digits or len(code) != digits or not all(d in string.hexdigits for d in code):
+            return None
+        try:
+            out.append(chr(int(code, 16)))
+        except ValueError:  # past U+10FFFF
+            return None
+        i += 2 + digits
+    return "".join(out)
 
 
 def render_fields(fields: Sequence[tuple[str, str]], *, indent: int = 0) -> str:

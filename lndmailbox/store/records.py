@@ -36,6 +36,7 @@ __all__ = [
     "StoredMessage",
     "Unconfirmed",
     "Webhook",
+    "WebhookClient",
     "WebhookSet",
     "check_pubkey",
     "decode_record",
@@ -269,6 +270,16 @@ class Webhook:
     app_name: str
     url: str
     registered_at_ms: int
+
+
+@dataclass(frozen=True)
+class WebhookClient:
+    """A client with webhooks, as operators look at it: when it was last seen (Unix ms) and
+    how many webhooks it has."""
+
+    peer: bytes
+    last_seen_ms: int
+    webhooks: int
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ Rules that hold:
   seen after the index was read stays.
 - A value this store did not write (a hand-made one) is skipped and logged, never raised
   to the caller; a key of the wrong type is a :class:`StoreError`.
+- Only the client moves its last seen: a removal the operator makes (``now_ms`` None)
+  leaves it, so ``mailboxctl`` cannot keep a client from being pruned.
 - A URL is a secret: nothing here logs one (lndmailbox/lsps/webhook_url.py).
 """
 
@@ -33,6 +35,7 @@ from lndmailbox.store.keys import Keys
 from lndmailbox.store.queues import PAGE
 from lndmailbox.store.records import (
     Webhook,
+    WebhookClient,
     WebhookSet,
     check_pubkey,
     decode_webhook,
@@ -92,12 +95,15 @@ class Webhooks:
         )
 
     @redis_errors
-    async def remove(self, peer: bytes, app_name: str, *, now_ms: int) -> bool:
+    async def remove(self, peer: bytes, app_name: str, *, now_ms: int | None) -> bool:
         """Removes the webhook of ``peer``'s ``app_name``; False if it had none. A peer left
-        without webhooks is no client any more; one left with some is seen at ``now_ms``."""
+        without webhooks is no client any more; one left with some is seen at ``now_ms``.
+        ``now_ms`` None is a removal the client did not ask for (``mailboxctl``): its last
+        seen stays, so the operator's command cannot keep it from being pruned."""
         check_pubkey("peer", peer)
+        seen = "" if now_ms is None else now_ms
         reply = await self.durable.run(
-            self._remove, self._keys_of(peer), [peer.hex(), _utf8(app_name), now_ms]
+            self._remove, self._keys_of(peer), [peer.hex(), _utf8(app_name), seen]
         )
         return bool(int(reply))
 
@@ -138,6 +144,32 @@ class Webhooks:
         out = [item async for page in self._pages() for item in page]
         out.sort()
         return out if limit is None else out[: max(limit, 0)]
+
+    @redis_errors
+    async def last_seen(self, peer: bytes) -> int | None:
+        """When ``peer`` was last seen (Unix ms); None if it is no client."""
+        check_pubkey("peer", peer)
+        score = await self.redis.zscore(self.keys.webhook_clients_key, peer.hex())
+        return None if score is None else int(score)
+
+    @redis_errors
+    async def summaries(self) -> builtins.list[WebhookClient]:
+        """Every client with its last seen and number of webhooks, by peer: the index a
+        page at a time, each page's ``HLEN`` in one round trip. A client whose last webhook
+        went between the two reads is left out: it is no client any more."""
+        out: builtins.list[WebhookClient] = []
+        async for page in self._pages():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for peer, _ in page:
+                    pipe.hlen(self.keys.webhooks_key(peer))
+                counts = [int(n) for n in await pipe.execute()]
+            out.extend(
+                WebhookClient(peer, seen, n)
+                for (peer, seen), n in zip(page, counts, strict=True)
+                if n
+            )
+        out.sort(key=lambda c: c.peer)
+        return out
 
     @redis_errors
     async def prune(self, *, seen_before_ms: int, keep: Callable[[bytes], bool]) -> int:
