@@ -403,10 +403,12 @@ ONE = ReplicaWait(replicas=1, timeout=60.0)
 
 def _kill_the_waiting_client(client: redis.Redis) -> None:
     """Closes, from the server's side, the connection that is blocked in WAIT (setup: it
-    polls until the WAIT is seen)."""
+    polls until the WAIT is seen). A connection's `cmd` is its last command, so the
+    pooled connection of an earlier write shows `wait` before its next script has run:
+    only the blocked flag says the WAIT is under way."""
     for _ in range(1000):
         for entry in client.client_list():
-            if entry.get("cmd") in ("wait", "waitaof"):
+            if entry.get("cmd") in ("wait", "waitaof") and "b" in entry.get("flags", ""):
                 client.client_kill_filter(_id=entry["id"])
                 return
         time.sleep(0.01)
