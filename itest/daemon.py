@@ -19,13 +19,15 @@ from itest.process import Process, ProcessError, wait_for
 
 # docs/lnd.md: GetInfo (info:read), ListPeers + SubscribePeerEvents (peers:read),
 # ListChannels + ListAliases + Subscribe{Custom,Onion}Messages (offchain:read),
-# Send{Custom,Onion}Message (offchain:write), Signer.DeriveSharedKey (signer:generate).
+# Send{Custom,Onion}Message (offchain:write), Signer.DeriveSharedKey (signer:generate),
+# SignMessage (message:write, LSPS5's notifications).
 MAILBOX_PERMISSIONS = (
     "info:read",
     "peers:read",
     "offchain:read",
     "offchain:write",
     "signer:generate",
+    "message:write",
 )
 
 READY = re.compile(r"serving lnd .* transport")

@@ -271,6 +271,9 @@ async def test_a_macaroon_lacking_one_permission_names_it(node21: SimNode, missi
             Transport.NATIVE, bob.pubkey, msg.path_key, msg.onion
         ),
         "DeriveSharedKey": lambda lnd: lnd.node_key().ecdh(bob.pubkey),
+        "SignMessage": lambda lnd: lnd.sign_message(b"x"),
+        "SendCustomMessage": lambda lnd: lnd.send_lsps_message(bob.pubkey, b"{}"),
+        "SubscribeCustomMessages": lambda lnd: lnd.lsps_messages().wait_subscribed(),
         "SubscribePeerEvents": lambda lnd: lnd.peer_events().wait_subscribed(),
         "SubscribeOnionMessages": lambda lnd: lnd.onion_messages(
             Transport.NATIVE

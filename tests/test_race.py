@@ -31,6 +31,7 @@ from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.race_guard import RaceGuard
 from lndmailbox.lnd import (
+    IncomingLspsMessage,
     IncomingMalformed,
     IncomingOnionMessage,
     LndClient,
@@ -351,7 +352,7 @@ async def _send(node: SimNode, alice: SimPeer, bob: SimPeer) -> None:
 
 
 async def _next_message(
-    messages: Subscription[IncomingOnionMessage | IncomingMalformed],
+    messages: Subscription[IncomingOnionMessage | IncomingMalformed | IncomingLspsMessage],
 ) -> tuple[float, float]:
     """The next item's (read_at, not_before) on time.monotonic()."""
     item = await anext(messages)

@@ -11,7 +11,12 @@ Rules that hold:
 - Every message read is journaled before it is queued (while Redis takes the journal),
   so a daemon that dies before deciding it leaves it to the next one.
 - A message lnd hands over malformed is counted as dropped, with lnd's reason.
-- Every message read, malformed or not, tells the confirmations that its sender was
+- On the custom transport lnd's one custom message stream carries LSPS0 messages (type
+  37913) as well: each is handed to ``on_lsps`` as it is read, in the stream's order, and
+  never journaled, queued or counted against the in-flight cap; without ``on_lsps``
+  (LSPS5 off) it is dropped without a word. (The native transport's LSPS0 messages come
+  on a stream of their own, read elsewhere.)
+- Every message read, malformed, LSPS0 or not, tells the confirmations that its sender was
   there after lnd published it (``Hearing.heard_from`` at ``not_before``): what lnd took
   for that peer before then is confirmed.
 - Every message read is stamped, on ``clock.monotonic()``, with ``read_at`` and
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from lndmailbox.clock import Clock
 from lndmailbox.daemon.decision_queue import Arrival, DecisionQueue
@@ -45,6 +51,7 @@ from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.outcomes import Reporter
 from lndmailbox.daemon.supervisor import run_until_stopped
 from lndmailbox.lnd import (
+    IncomingLspsMessage,
     IncomingMalformed,
     IncomingOnionMessage,
     LndClient,
@@ -72,6 +79,7 @@ class MessageReader:
         peers_known: asyncio.Event,
         ready: asyncio.Event,
         max_in_flight_bytes: int,
+        on_lsps: Callable[[IncomingLspsMessage], None] | None = None,
     ) -> None:
         self._lnd = lnd
         self._transport = transport
@@ -85,9 +93,12 @@ class MessageReader:
         self._peers_known = peers_known
         self._ready = ready
         self._cap = max_in_flight_bytes
+        self._on_lsps = on_lsps
         self._turned_away = 0
         """Messages turned away since the cap was reached (0 while messages fit)."""
-        self._messages: Subscription[IncomingOnionMessage | IncomingMalformed] | None = None
+        self._messages: (
+            Subscription[IncomingOnionMessage | IncomingMalformed | IncomingLspsMessage] | None
+        ) = None
 
     def caught_up_at(self) -> float | None:
         """``clock.monotonic()`` when lnd's stream was last known to hold nothing for this
@@ -120,7 +131,10 @@ class MessageReader:
             # The peer was there after lnd published this: what lnd took for it before
             # then is confirmed (a wallet answering its mail, say).
             self._hearing.heard_from(item.peer, read_at if not_before is None else not_before)
-            if not isinstance(item, IncomingOnionMessage):
+            if isinstance(item, IncomingLspsMessage):
+                if self._on_lsps is not None:
+                    self._on_lsps(item)
+            elif isinstance(item, IncomingMalformed):
                 self._reporter.dropped(item.reason, sender=item.peer)
             elif self._journal.taken_before(item):
                 continue  # taken from the journal (a standby's copy): decided here already

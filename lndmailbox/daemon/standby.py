@@ -7,7 +7,9 @@ the same entry as the leader's copy (a digest of the message), and the leader, o
 standby once it leads, decides it. Rules that hold:
 
 - A standby decides nothing, stores nothing, delivers nothing and answers nobody (no
-  peer follower, no deliverer, no request server): only the leader does.
+  peer follower, no deliverer, no request server): only the leader does. The LSPS0
+  messages the custom transport's stream also carries are left alone: the leader's own
+  stream has them.
 - Its writes skip messages decided in the last seconds (``store/lua/journal.lua``), so a
   copy it reads after the leader decided the message never comes back.
 - It forgets what it wrote at once: deleting is the leader's part, with its decisions.

@@ -8,7 +8,8 @@ module                     holds
 :mod:`~.errors`            gRPC failures as one :class:`~lndmailbox.errors.LndError`,
                            retryable or not; the permissions every RPC needs
 :mod:`~.values`            what the client hands out: :class:`NodeInfo`,
-                           :class:`PeerEvent`, :class:`Channel`, ...
+                           :class:`PeerEvent`, :class:`Channel`,
+                           :class:`IncomingLspsMessage`, ...
 :mod:`~.resolver`          which SCIDs lnd >= 0.21 forwards by:
                            :func:`unresolvable_aliases` (pure)
 :mod:`~.streams`           :class:`Subscription`: streams subscribed again when they break
@@ -34,6 +35,7 @@ from lndmailbox.lnd.streams import Subscription
 from lndmailbox.lnd.values import (
     Channel,
     ChannelIndex,
+    IncomingLspsMessage,
     IncomingMalformed,
     IncomingOnionMessage,
     NodeInfo,
@@ -50,6 +52,7 @@ __all__ = [
     "PERMISSIONS",
     "Channel",
     "ChannelIndex",
+    "IncomingLspsMessage",
     "IncomingMalformed",
     "IncomingOnionMessage",
     "LndClient",

@@ -43,19 +43,22 @@ from lndmailbox.lnd.streams import (
     QuietMark,
     Resubscriber,
     Subscription,
-    custom_onion_messages,
+    custom_messages,
+    lsps_messages,
     native_onion_messages,
     peer_events,
 )
 from lndmailbox.lnd.values import (
     Channel,
     ChannelIndex,
+    IncomingLspsMessage,
     IncomingMalformed,
     IncomingOnionMessage,
     NodeInfo,
     PeerEvent,
     Transport,
 )
+from lndmailbox.lsps import LSPS_MESSAGE_TYPE
 from lndmailbox.onion.tlv import PointError
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.retry import Backoff, Retry
@@ -321,12 +324,15 @@ class LndClient:
 
     def onion_messages(
         self, transport: Transport
-    ) -> Subscription[IncomingOnionMessage | IncomingMalformed]:
-        """Onion messages peers send to the node.
+    ) -> Subscription[IncomingOnionMessage | IncomingMalformed | IncomingLspsMessage]:
+        """Onion messages peers send to the node, and on CUSTOM their LSPS0 messages too.
 
-        NATIVE: SubscribeOnionMessages. CUSTOM: SubscribeCustomMessages, keeping type 513;
-        a body that does not decode is yielded as :class:`IncomingMalformed` and the stream
-        goes on. offchain:read. The subscription's :attr:`~Subscription.lag` says, for
+        NATIVE: SubscribeOnionMessages (never an :class:`IncomingLspsMessage`: read those
+        with :meth:`lsps_messages`). CUSTOM: SubscribeCustomMessages, keeping type 513
+        and type 37913 (:class:`IncomingLspsMessage`), in the order lnd sent them: lnd
+        0.18 - 0.20 have one custom stream, read once and routed by type. A 513 body that
+        does not decode is yielded as :class:`IncomingMalformed` and the stream goes on.
+        offchain:read. The subscription's :attr:`~Subscription.lag` says, for
         each item, how long before it the stream was last known to hold nothing for us
         (:class:`~lndmailbox.lnd.streams.QuietMark`).
         """
@@ -349,7 +355,22 @@ class LndClient:
             ),
             quiet,
         )
-        return Subscription(custom_onion_messages(custom), quiet)
+        return Subscription(custom_messages(custom), quiet)
+
+    def lsps_messages(self) -> Subscription[IncomingLspsMessage]:
+        """LSPS0 messages peers send to the node (SubscribeCustomMessages, type 37913 only,
+        offchain:read), for the NATIVE transport; on CUSTOM, :meth:`onion_messages` yields
+        them from its own stream. lnd passes types from 32768 on without configuration,
+        so no lnd.conf line is needed for 37913.
+        """
+        lightning, _ = self._connect()
+        raw = self._streams.items(
+            "SubscribeCustomMessages",
+            lambda: lightning.SubscribeCustomMessages(
+                ln.SubscribeCustomMessagesRequest(), metadata=self._metadata
+            ),
+        )
+        return Subscription(lsps_messages(raw))
 
     async def send_onion_message(
         self, transport: Transport, peer: bytes, path_key: bytes, onion: bytes
@@ -378,6 +399,37 @@ class LndClient:
             lambda t, md: lightning.SendCustomMessage(custom_request, timeout=t, metadata=md),
             deadline=self._send_timeout,
         )
+
+    async def send_lsps_message(self, peer: bytes, payload: bytes) -> None:
+        """Hand one LSPS0 message (``payload``: its JSON-RPC bytes) to lnd for the connected
+        ``peer``: SendCustomMessage type 37913 (offchain:write), on either transport.
+
+        As :meth:`send_onion_message`: :class:`PeerOfflineError` when lnd says the peer is
+        not connected, ``send_timeout``, and a passed deadline not retried.
+        """
+        lightning, _ = self._connect()
+        request = ln.SendCustomMessageRequest(peer=peer, type=LSPS_MESSAGE_TYPE, data=payload)
+        await self._unary(
+            "SendCustomMessage",
+            lambda t, md: lightning.SendCustomMessage(request, timeout=t, metadata=md),
+            deadline=self._send_timeout,
+        )
+
+    async def sign_message(self, message: bytes) -> str:
+        """lnd's signature of ``message`` with the node's identity key (SignMessage,
+        message:write): z-base-32 of a recoverable signature over the double SHA256 of
+        ``"Lightning Signed Message:" + message``, as LSPS5's notifications carry it.
+
+        The key never leaves lnd. A macaroon without message:write raises
+        :class:`~lndmailbox.errors.LndPermissionError`; lnd refuses an empty ``message``.
+        """
+        lightning, _ = self._connect()
+        request = ln.SignMessageRequest(msg=message)
+        r = await self._unary(
+            "SignMessage",
+            lambda t, md: lightning.SignMessage(request, timeout=t, metadata=md),
+        )
+        return r.signature
 
     # --- Signer
 

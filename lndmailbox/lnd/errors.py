@@ -56,6 +56,8 @@ PERMISSIONS: Final[Mapping[str, tuple[str, str]]] = {
     "SubscribeOnionMessages": ("/lnrpc.Lightning/SubscribeOnionMessages", "offchain:read"),
     "SendOnionMessage": ("/lnrpc.Lightning/SendOnionMessage", "offchain:write"),
     "DeriveSharedKey": ("/signrpc.Signer/DeriveSharedKey", "signer:generate"),
+    # LSPS5's notifications are signed by the node key; optional (docs/lnd.md).
+    "SignMessage": ("/lnrpc.Lightning/SignMessage", "message:write"),
 }
 
 _RETRYABLE_CODES: Final = frozenset(

@@ -1,7 +1,8 @@
 """lnd's server streams, subscribed again whenever they break, as lndmailbox's own values.
 
-:meth:`LndClient.peer_events <lndmailbox.lnd.LndClient.peer_events>` and
-:meth:`LndClient.onion_messages <lndmailbox.lnd.LndClient.onion_messages>` return a
+:meth:`LndClient.peer_events <lndmailbox.lnd.LndClient.peer_events>`,
+:meth:`LndClient.onion_messages <lndmailbox.lnd.LndClient.onion_messages>` and
+:meth:`LndClient.lsps_messages <lndmailbox.lnd.LndClient.lsps_messages>` return a
 :class:`Subscription`: it subscribes on first use, and when the stream breaks (lnd
 stopped, restarted, unreachable) :class:`Resubscriber` subscribes again, forever, with
 :class:`~lndmailbox.retry.Backoff`; the client's :class:`~lndmailbox.retry.Outage` says
@@ -34,7 +35,14 @@ import grpc.aio
 from lndmailbox.errors import LndError, OnionError
 from lndmailbox.lnd.errors import rpc_error
 from lndmailbox.lnd.lnrpc import lightning_pb2 as ln
-from lndmailbox.lnd.values import IncomingMalformed, IncomingOnionMessage, PeerEvent, Resubscribed
+from lndmailbox.lnd.values import (
+    IncomingLspsMessage,
+    IncomingMalformed,
+    IncomingOnionMessage,
+    PeerEvent,
+    Resubscribed,
+)
+from lndmailbox.lsps import LSPS_MESSAGE_TYPE
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.retry import Backoff, Outage, wait_or_stop
 
@@ -44,7 +52,8 @@ __all__ = [
     "QuietMark",
     "Resubscriber",
     "Subscription",
-    "custom_onion_messages",
+    "custom_messages",
+    "lsps_messages",
     "native_onion_messages",
     "peer_events",
 ]
@@ -356,12 +365,26 @@ def native_onion_messages(
     return _converted(raw, _native_onion_message)
 
 
-def custom_onion_messages(
+def custom_messages(
     raw: AsyncGenerator[ln.CustomMessage | Marker, None],
-) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | Marker, None]:
-    """SubscribeCustomMessages' type-513 items as :class:`IncomingOnionMessage`; a body
-    that does not decode as :class:`IncomingMalformed`; other types dropped."""
-    return _converted(raw, _custom_onion_message)
+) -> AsyncGenerator[IncomingOnionMessage | IncomingMalformed | IncomingLspsMessage | Marker, None]:
+    """SubscribeCustomMessages' items routed by type, for the custom transport: 513 as
+    :class:`IncomingOnionMessage` (a body that does not decode as
+    :class:`IncomingMalformed`), 37913 as :class:`IncomingLspsMessage`; other types dropped.
+
+    lnd has one custom message stream, so the reader of onion messages reads LSPS0 too:
+    a second subscription would be a second copy of every onion message for lnd to send.
+    """
+    return _converted(raw, _custom_message)
+
+
+def lsps_messages(
+    raw: AsyncGenerator[ln.CustomMessage | Marker, None],
+) -> AsyncGenerator[IncomingLspsMessage | Marker, None]:
+    """SubscribeCustomMessages' type-37913 items as :class:`IncomingLspsMessage`, other
+    types dropped: the native transport's LSPS0 stream (its onion messages come on
+    SubscribeOnionMessages)."""
+    return _converted(raw, _lsps_message)
 
 
 async def _converted(
@@ -388,9 +411,17 @@ def _native_onion_message(item: ln.OnionMessageUpdate) -> IncomingOnionMessage:
     return IncomingOnionMessage(item.peer, item.path_key, item.onion, item.encrypted_recipient_data)
 
 
-def _custom_onion_message(
+def _lsps_message(item: ln.CustomMessage) -> IncomingLspsMessage | None:
+    if item.type != LSPS_MESSAGE_TYPE:
+        return None
+    return IncomingLspsMessage(item.peer, item.data)
+
+
+def _custom_message(
     item: ln.CustomMessage,
-) -> IncomingOnionMessage | IncomingMalformed | None:
+) -> IncomingOnionMessage | IncomingMalformed | IncomingLspsMessage | None:
+    if item.type == LSPS_MESSAGE_TYPE:
+        return _lsps_message(item)
     if item.type != ONION_MESSAGE_TYPE:
         return None
     try:

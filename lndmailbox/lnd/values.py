@@ -12,6 +12,7 @@ from lndmailbox.errors import ConfigError, OnionError
 __all__ = [
     "Channel",
     "ChannelIndex",
+    "IncomingLspsMessage",
     "IncomingMalformed",
     "IncomingOnionMessage",
     "NodeInfo",
@@ -137,6 +138,20 @@ class IncomingMalformed:
     @property
     def reason(self) -> str:
         return self.error.reason
+
+
+@dataclass(frozen=True)
+class IncomingLspsMessage:
+    """An LSPS0 message (custom message type 37913) a peer sent to the node.
+
+    The payload is the peer's JSON-RPC bytes, unread: :mod:`lndmailbox.lsps` judges them.
+    It is kept out of ``repr`` because a webhook registration carries the phone's push
+    token, which must not reach a log line by way of a value's repr.
+    """
+
+    peer: bytes
+    """The peer it came from, 33 bytes."""
+    payload: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
