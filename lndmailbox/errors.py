@@ -14,6 +14,7 @@
     │   └── ServerStartError  the embedded Redis server did not start (exit code 3)
     ├── LspsError             an LSPS request from a peer that cannot be served: its
     │                         JSON-RPC error code and message (lndmailbox/lsps/)
+    ├── WebhookError          one POST of an LSPS5 notification that failed: its reason
     ├── ConfigError           settings that cannot work (exit code 2)
     ├── NodeLockLostError     another daemon took this node's lock: this one steps down
     ├── MigrationRefusedError a mailbox cannot be moved now (a daemon of the old release
@@ -107,6 +108,23 @@ class LspsError(MailboxError):
         self.code = code
         self.request_id = request_id
         self.data = data
+
+
+class WebhookError(MailboxError):
+    """One attempt to POST an LSPS5 notification to a client's webhook that failed.
+
+    ``reason`` is a short stable label for metrics and logs: ``status`` (an answer other
+    than 200), ``redirect`` (a 3xx: never followed), ``timeout``, ``connect``, ``tls``,
+    ``private_address`` (the host resolves to an address that is not globally routable),
+    ``sign`` (lnd did not sign it). ``retryable``: whether a later attempt can help. The
+    message never holds the URL, which carries the phone's push token: at most its
+    :func:`~lndmailbox.lsps.webhook_url.webhook_label`.
+    """
+
+    def __init__(self, message: str, *, reason: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
 
 
 class ConfigError(MailboxError):
