@@ -23,8 +23,8 @@ Rules that hold:
   waiting) and when it sets a webhook. A client with no webhooks is looked up at most
   once per cooldown too, and its skipped notifications are not counted.
 - Each attempt is signed anew by lnd's SignMessage with a fresh timestamp, so a retry is
-  never refused as stale (lightning-liquidity's validator wants timestamps within ten
-  minutes). Only a ``200`` counts as sent; retries back off until ``give_up_after``
+  never a copy of an earlier POST (validators refuse a signature they have seen: a
+  replay) and a receiver that bounds a timestamp's age sees it fresh. Only a ``200`` counts as sent; retries back off until ``give_up_after``
   seconds after the job was queued; what :class:`~lndmailbox.errors.WebhookError` says
   cannot be helped by a retry (a 4xx, a redirect, a private address) is not retried.
 - A webhook's URL holds the phone's push token: logs name it by
