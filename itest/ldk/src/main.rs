@@ -46,6 +46,8 @@
 mod commands;
 mod events;
 mod handler;
+mod liquidity;
+mod lsps5;
 mod node;
 mod out;
 
@@ -192,6 +194,9 @@ async fn background(node: Arc<Node>) {
         node.channel_manager.process_pending_events(&handler);
         node.chain_monitor.process_pending_events(&handler);
         node.messenger.process_pending_events(&handler);
+        for event in node.liquidity.get_and_clear_pending_events() {
+            liquidity::handle(&node.lsps5_answers, event);
+        }
         node.peers.process_events();
         if ticks % 500 == 0 {
             node.peers.timer_tick_occurred(); // every 10 s
