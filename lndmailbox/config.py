@@ -294,6 +294,63 @@ OPTIONS: tuple[Option, ...] = (
         "how long a notification is retried before it is counted as failed",
         daemon_only=True,
     ),
+    # LSPS5: the clients' own wake-up webhooks
+    Option(
+        "lsps5",
+        parse_bool,
+        "serve LSPS0 and LSPS5 (bLIP-55): clients register webhooks, and the mailbox POSTs "
+        "them a notification signed by the node key when mail is stored for them (the "
+        "macaroon needs message:write)",
+        daemon_only=True,
+        is_flag=True,
+    ),
+    Option("lsps5_max_webhooks", int, "webhooks one client may register", daemon_only=True),
+    Option(
+        "lsps5_cooldown",
+        parse_duration,
+        "least time between two mail notifications to one client (a connect or disconnect ends it)",
+        daemon_only=True,
+    ),
+    Option(
+        "lsps5_retention",
+        parse_duration,
+        "how long a client without a channel that sent no request keeps its webhooks (at least 7d)",
+        daemon_only=True,
+    ),
+    Option("lsps5_timeout", parse_duration, "deadline of one notification POST", daemon_only=True),
+    Option(
+        "lsps5_give_up",
+        parse_duration,
+        "how long a notification is retried before it is counted as failed",
+        daemon_only=True,
+    ),
+    Option(
+        "lsps5_ca_file",
+        _path,
+        "PEM file of the CAs webhooks' TLS certificates are checked against (default: the "
+        "system's trust store)",
+        daemon_only=True,
+    ),
+    Option(
+        "lsps5_allow_private_webhooks",
+        parse_bool,
+        "let webhooks reach loopback, private and link-local addresses (tests, private "
+        "deployments)",
+        daemon_only=True,
+        is_flag=True,
+    ),
+    Option(
+        "lsps_max_request_bytes",
+        parse_size,
+        "largest LSPS0 request read; a larger one is answered as invalid",
+        daemon_only=True,
+    ),
+    Option(
+        "lsps_requests_per_minute",
+        int,
+        "LSPS0 requests one peer may send a minute (as many in a burst); more are dropped",
+        daemon_only=True,
+    ),
     Option("log_level", _choice(("debug", "info", "warning", "error")), "log level"),
     Option("log_format", _choice(LOG_FORMATS), "text (key=value) or json"),
 )
@@ -335,6 +392,16 @@ class Settings:
     notify_secret: str | None = None
     notify_timeout: float = 5.0
     notify_give_up: float = 300.0
+    lsps5: bool = False
+    lsps5_max_webhooks: int = 10
+    lsps5_cooldown: float = 60.0
+    lsps5_retention: float = 30 * 86400.0
+    lsps5_timeout: float = 5.0
+    lsps5_give_up: float = 60.0
+    lsps5_ca_file: Path | None = None
+    lsps5_allow_private_webhooks: bool = False
+    lsps_max_request_bytes: int = 4096
+    lsps_requests_per_minute: int = 60
     log_level: str = "info"
     log_format: str = "text"
     config: Path | None = None
@@ -355,6 +422,20 @@ class Settings:
                 f"--max-in-flight-bytes must be at least {size_text(MIN_IN_FLIGHT_BYTES)}, "
                 "room for the largest onion message lnd can hand over"
             )
+        for name in ("lsps5_max_webhooks", "lsps_requests_per_minute", "lsps5_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive")
+        if self.lsps5_cooldown < 0 or self.lsps5_give_up < 0:
+            problems.append("--lsps5-cooldown and --lsps5-give-up must not be negative")
+        if self.lsps5_retention < 7 * 86400:
+            problems.append(
+                "--lsps5-retention must be at least 7d: bLIP-55 keeps a client's webhooks "
+                "that long after its last channel closed"
+            )
+        if self.lsps_max_request_bytes < 64:
+            problems.append("--lsps-max-request-bytes must be at least 64")
+        if self.lsps5_ca_file is not None and not self.lsps5_ca_file.is_file():
+            problems.append(f"--lsps5-ca-file {self.lsps5_ca_file} is not a file")
         for name in ("sweep_interval", "notify_timeout", "notify_give_up"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive")

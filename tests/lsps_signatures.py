@@ -14,15 +14,30 @@ signature cut short or padded shows here.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from typing import Final
 
 import coincurve
 
-__all__ = ["ZBASE32_ALPHABET", "lightning_signer", "signed_digest", "zbase32_decode"]
+__all__ = [
+    "INCOMING",
+    "REGISTERED",
+    "ZBASE32_ALPHABET",
+    "check_notification",
+    "lightning_signer",
+    "signed_digest",
+    "zbase32_decode",
+]
 
 ZBASE32_ALPHABET: Final = "ybndrfg8ejkmcpqxot1uwisza345h769"
 _PREFIX: Final = b"Lightning Signed Message:"
 _INDEX: Final = {char: value for value, char in enumerate(ZBASE32_ALPHABET)}
+
+#: The bodies of LSPS5's two notifications the mailbox sends, byte for byte.
+REGISTERED: Final = b'{"jsonrpc":"2.0","method":"lsps5.webhook_registered","params":{}}'
+INCOMING: Final = b'{"jsonrpc":"2.0","method":"lsps5.onion_message_incoming","params":{}}'
+_TIMESTAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
 
 
 def zbase32_decode(text: str) -> bytes:
@@ -70,3 +85,14 @@ def lightning_signer(message: bytes, signature: str) -> bytes:
     except ValueError as e:
         raise ValueError(f"no key recovers from this signature: {e}") from e
     return key.format(compressed=True)
+
+
+def check_notification(headers: Mapping[str, str], body: bytes, node: bytes) -> str:
+    """The timestamp of an LSPS5 notification received with ``headers`` and ``body``, once
+    its signature is recovered to ``node`` (the text signed is built here from bLIP-55's
+    sentence, not with the daemon's code)."""
+    timestamp = headers["x-lsps5-timestamp"]
+    assert _TIMESTAMP.fullmatch(timestamp), timestamp
+    text = f"LSPS5: DO NOT SIGN THIS MESSAGE MANUALLY: LSP: At {timestamp} I notify ".encode()
+    assert lightning_signer(text + body, headers["x-lsps5-signature"]) == node
+    return timestamp

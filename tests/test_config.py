@@ -22,6 +22,7 @@ from lndmailbox.config import (
     size_text,
 )
 from lndmailbox.daemon import main
+from lndmailbox.daemon.entry import lsps_options_for, wakeup_options_for
 from lndmailbox.errors import ConfigError
 
 
@@ -87,6 +88,11 @@ def test_the_replica_wait_from_flags_and_environment() -> None:
         (["--redis-wait-replicas", "some"], {}, "--redis-wait-replicas"),
         (["--redis-wait-timeout", "0"], {}, "--redis-wait-timeout must be positive"),
         (["--redis-wait-timeout", "30s"], {}, r"below the Redis socket timeout \(30s\)"),
+        (["--lsps5-retention", "6d"], {}, "--lsps5-retention must be at least 7d"),
+        (["--lsps5-ca-file", "/nonexistent/ca.pem"], {}, "--lsps5-ca-file .* is not a file"),
+        (["--lsps5-max-webhooks", "0"], {}, "--lsps5-max-webhooks must be positive"),
+        (["--lsps-requests-per-minute", "0"], {}, "--lsps-requests-per-minute must be"),
+        (["--lsps-max-request-bytes", "10"], {}, "--lsps-max-request-bytes must be at least 64"),
     ],
 )
 def test_bad_settings_say_which(argv: list[str], env: dict[str, str], says: str) -> None:
@@ -171,3 +177,18 @@ def test_a_duration_is_written_so_that_it_reads_back_exactly(seconds: float) -> 
 @pytest.mark.parametrize("count", [1, 1366, 1024, 262144, 268435456, 3 * 1024**3, 1025])
 def test_a_size_is_written_so_that_it_reads_back_exactly(count: int) -> None:
     assert parse_size(size_text(count)) == count
+
+
+def test_lsps5_settings_reach_the_daemons_options(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    argv = ["--lsps5", "--lsps5-cooldown", "2m", "--lsps5-ca-file", str(ca)]
+    s = settings(argv, {"LNDMAILBOX_LSPS5_ALLOW_PRIVATE_WEBHOOKS": "true"})
+    lsps = lsps_options_for(s)
+    assert lsps is not None
+    assert (lsps.max_webhooks, lsps.max_request_bytes, lsps.requests_per_minute) == (10, 4096, 60)
+    assert lsps.retention == 30 * 86400
+    wakeups = wakeup_options_for(s)
+    assert (wakeups.cooldown, wakeups.timeout, wakeups.give_up_after) == (120, 5, 60)
+    assert (wakeups.ca_file, wakeups.allow_private) == (ca, True)
+    assert lsps_options_for(settings([], {})) is None

@@ -1292,3 +1292,36 @@ async def test_a_same_host_pair_shares_the_embedded_redis_and_outlives_each_deat
         assert (await p.store.events.counters()).get("lost", 0) == 0
         assert await c.sigterm() == 0
         assert await asyncio.to_thread(server_pid, socket_path) is None, "the last one stops it"
+
+
+@pytest.mark.parametrize(
+    "personality", [Personality.LND_0_20, Personality.LND_0_21], ids=["lnd0.20", "lnd0.21"]
+)
+async def test_only_the_leader_answers_lsps0_and_its_successor_takes_over(
+    personality: Personality, redis_url: str, tmp_path: Path
+) -> None:
+    """Both daemons read the custom message stream on lnd 0.20; only the leader answers
+    LSPS0, and after its SIGKILL the new leader does."""
+    async with pair(personality, redis_url, tmp_path) as p:
+        a = await p.daemon("a", "--lsps5")
+        await a.wait_ready("leader")
+        b = await p.daemon("b", "--lsps5")
+        await b.wait_ready("standby")
+        await wait_until(lambda: p.subscribers() == 2, what="both daemons on lnd's stream")
+        p.bob.connect()
+
+        async def ask(request_id: str) -> None:
+            before = len(p.bob.lsps_received())
+            payload = {"jsonrpc": "2.0", "id": request_id, "method": "lsps0.list_protocols"}
+            await p.bob.lsps_request(json.dumps(payload).encode())
+            async with asyncio.timeout(30):
+                await p.bob.wait_lsps(before + 1)
+
+        await ask("to-a-1")
+        await ask("to-a-2")
+        a.process.send_signal(signal.SIGKILL)
+        await b.wait_ready("leader")
+        await ask("to-b")
+        ids = [json.loads(answer)["id"] for answer in p.bob.lsps_received()]
+        assert ids == ["to-a-1", "to-a-2", "to-b"]
+        assert await b.sigterm() == 0

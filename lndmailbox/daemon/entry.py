@@ -28,11 +28,13 @@ from collections.abc import Sequence
 from lndmailbox import __version__
 from lndmailbox.config import Settings, add_arguments, settings_from_args
 from lndmailbox.daemon.datadir_lock import use_datadir
+from lndmailbox.daemon.lsps_service import LspsOptions
 from lndmailbox.daemon.mailbox import MailboxOptions
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.node_lock import LOCK_SOCKET_TIMEOUT, NodeLock
 from lndmailbox.daemon.roles import Roles
 from lndmailbox.daemon.supervisor import background
+from lndmailbox.daemon.wakeups import WakeupOptions
 from lndmailbox.daemon.webhook import Notifier
 from lndmailbox.errors import ConfigError, LndError, MailboxError, ServerStartError
 from lndmailbox.lnd import LndClient, NodeInfo, endpoint_for
@@ -150,9 +152,33 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                 sweep_interval=settings.sweep_interval,
                 buffer_messages=settings.buffer_messages,
                 max_in_flight_bytes=settings.max_in_flight_bytes,
+                lsps=lsps_options_for(settings),
+                wakeups=wakeup_options_for(settings),
             ),
         )
         await roles.run(stop)
+
+
+def lsps_options_for(settings: Settings) -> LspsOptions | None:
+    """``--lsps5``'s limits; None when it is off."""
+    if not settings.lsps5:
+        return None
+    return LspsOptions(
+        max_webhooks=settings.lsps5_max_webhooks,
+        max_request_bytes=settings.lsps_max_request_bytes,
+        requests_per_minute=settings.lsps_requests_per_minute,
+        retention=settings.lsps5_retention,
+    )
+
+
+def wakeup_options_for(settings: Settings) -> WakeupOptions:
+    return WakeupOptions(
+        cooldown=settings.lsps5_cooldown,
+        timeout=settings.lsps5_timeout,
+        give_up_after=settings.lsps5_give_up,
+        ca_file=settings.lsps5_ca_file,
+        allow_private=settings.lsps5_allow_private_webhooks,
+    )
 
 
 async def _wait_for_lnd(lnd: LndClient, stop: asyncio.Event) -> NodeInfo | None:

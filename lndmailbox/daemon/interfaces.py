@@ -51,3 +51,27 @@ class Hearing(Protocol):
         """``peer`` sent an onion message that lnd published no earlier than ``at``
         (monotonic); never blocks."""
         ...
+
+
+class MessageSigner(Protocol):
+    """Signs with the node key (:meth:`~lndmailbox.lnd.LndClient.sign_message`)."""
+
+    async def sign_message(self, message: bytes) -> str:
+        """lnd's z-base-32 signature of ``message``; raises LndError."""
+        ...
+
+
+class MailWaker(Protocol):
+    """Wakes a client whose mail waits (:class:`~lndmailbox.daemon.wakeups.Wakeups`)."""
+
+    def mail_stored(self, peer: bytes) -> None:
+        """Mail is stored for ``peer``; never blocks."""
+        ...
+
+
+class ConnectionWatcher(Protocol):
+    """Told of peers' connections (:class:`~lndmailbox.daemon.wakeups.Wakeups`)."""
+
+    def connection_changed(self, peer: bytes) -> None:
+        """``peer`` connected or disconnected; never blocks."""
+        ...

@@ -16,7 +16,9 @@ it, named below with its module:
   channels whose SCID aliases lnd cannot forward by, at start and every 10 minutes;
 - the journal writer (``journal_writer``) and the reporter (``outcomes``): batched
   writes of the journal and of counters and events;
-- the inbox look (``inbox_look``): decides what only a standby journaled.
+- the inbox look (``inbox_look``): decides what only a standby journaled;
+- with ``--lsps5``, the LSPS0 server (``lsps_service``: the clients' webhooks) and the
+  wake-ups (``wakeups``: the notifications the stored mail and new webhooks get).
 
 The mailbox runs on the node's leader only (``roles``); a standby journals and nothing
 more (``standby``).
@@ -24,7 +26,9 @@ more (``standby``).
 Start-up order: lnd's signer must answer first (a macaroon without ``signer:generate``
 stops the daemon now, not every message later); a mailbox in the old key layout moves to
 the current one (``old_layout``); the journal a previous daemon left is read before this
-one journals anything; the peer follower subscribes before it lists peers; the reader
+one journals anything; with ``--lsps5``, SignMessage must answer too, or LSPS5 is off
+(one log line: a macaroon without ``message:write``) and the mailbox runs without it;
+the peer follower subscribes before it lists peers; the reader
 waits for that list and says ready once it is on lnd's stream. Nothing else waits before
 the streams: lnd 0.21 keeps no backlog for a late subscriber, so what
 is not needed to decide a message (the alias check) runs beside them.
@@ -52,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lndmailbox.clock import Clock, SystemClock
 from lndmailbox.config import CONFIRM_AFTER, MAX_REDELIVERIES
@@ -64,6 +68,7 @@ from lndmailbox.daemon.gauges import QueueGauges
 from lndmailbox.daemon.inbox_look import InboxLook
 from lndmailbox.daemon.interfaces import Sender
 from lndmailbox.daemon.journal_writer import JournalWriter
+from lndmailbox.daemon.lsps_service import LspsOptions, LspsService
 from lndmailbox.daemon.message_reader import MessageReader
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.old_layout import move_old_layout
@@ -77,8 +82,9 @@ from lndmailbox.daemon.request_server import RequestServer
 from lndmailbox.daemon.store_writer import StoreWriter
 from lndmailbox.daemon.supervisor import Stoppable, cancel, spawn, until_stop_or_failure
 from lndmailbox.daemon.sweeper import Sweeper
+from lndmailbox.daemon.wakeups import WakeupOptions, Wakeups
 from lndmailbox.daemon.webhook import Notifier
-from lndmailbox.errors import LndError, MailboxError
+from lndmailbox.errors import LndError, LndPermissionError, MailboxError
 from lndmailbox.lnd import LndClient, Transport, transport_for_version
 from lndmailbox.onion import CachedNodeKey
 from lndmailbox.store import Store
@@ -107,6 +113,10 @@ class MailboxOptions:
     cut short leaves behind)."""
     alias_check_interval: float = ALIAS_CHECK_INTERVAL
     """Seconds between the native transport's alias checks (not a setting: for tests)."""
+    lsps: LspsOptions | None = None
+    """``--lsps5``: serve LSPS0 and LSPS5 with these limits (None: off)."""
+    wakeups: WakeupOptions = field(default_factory=WakeupOptions)
+    """LSPS5's notifications, when ``lsps`` is on."""
 
 
 def choose_transport(flag: str, version: str) -> Transport:
@@ -132,6 +142,16 @@ class _Pipeline:
     queue: DecisionQueue
     decider: Decider
     confirmations: Confirmations
+    channels: ChannelMap
+    lsps: _Lsps | None
+
+
+@dataclass
+class _Lsps:
+    """LSPS5's two parts, when it is on."""
+
+    service: LspsService
+    wakeups: Wakeups
 
 
 @dataclass
@@ -187,6 +207,7 @@ class Mailbox:
             # Every peel needs the signer: a macaroon without signer:generate should stop
             # the daemon now, with lnd's answer, not drop every message later.
             await self._lnd.node_key().ecdh(_GENERATOR)
+            lsps = await self._lsps_signs()
         except LndError:
             if stop.is_set():  # lnd went away while we started, and we were told to stop
                 return
@@ -201,7 +222,7 @@ class Mailbox:
         )
         if not await move_old_layout(self._store, stop):
             return
-        pipeline = await self._build(info.pubkey, transport)
+        pipeline = await self._build(info.pubkey, transport, lsps)
         running = self._start(pipeline, self._services(pipeline, transport), stop)
         try:
             await until_stop_or_failure(stop, running.all)
@@ -210,7 +231,24 @@ class Mailbox:
         if failures:
             raise failures[0]
 
-    async def _build(self, node: bytes, transport: Transport) -> _Pipeline:
+    async def _lsps_signs(self) -> LspsOptions | None:
+        """``--lsps5``'s options if lnd signs for LSPS5 (None: off, said once)."""
+        if self._options.lsps is None:
+            return None
+        try:
+            await self._lnd.sign_message(b"lndmailbox: may LSPS5 sign?")
+        except LndPermissionError as e:
+            log.warning(
+                "LSPS5 is off: lnd will not sign its notifications (%s); bake the "
+                "macaroon with message:write to serve it (docs/lnd.md)",
+                e,
+            )
+            return None
+        return self._options.lsps
+
+    async def _build(
+        self, node: bytes, transport: Transport, lsps_options: LspsOptions | None
+    ) -> _Pipeline:
         """The message's way through the daemon, each part handed what it works with."""
         store, clock, metrics, options = self._store, self._clock, self._metrics, self._options
         peers = PeerTracker(clock)
@@ -257,6 +295,27 @@ class Mailbox:
             allow_channel_peers=options.allow_channel_peers,
         )
         await policy.say_who()
+        lsps = None
+        if lsps_options is not None:
+            wakeups = Wakeups(
+                signer=self._lnd,
+                webhooks=store.webhooks,
+                reporter=reporter,
+                clock=clock,
+                options=options.wakeups,
+            )
+            reporter.wake_with(wakeups)
+            service = LspsService(
+                lnd=self._lnd,
+                transport=transport,
+                store=store,
+                channels=channels,
+                wakeups=wakeups,
+                reporter=reporter,
+                clock=clock,
+                options=lsps_options,
+            )
+            lsps = _Lsps(service, wakeups)
         race = RaceGuard(clock, options.race_window)
         queue = DecisionQueue(maxsize=options.workers * 4)
         node_key = self._lnd.node_key()
@@ -289,6 +348,8 @@ class Mailbox:
             queue,
             decider,
             confirmations,
+            channels,
+            lsps,
         )
 
     def _services(self, pipeline: _Pipeline, transport: Transport) -> dict[str, Stoppable]:
@@ -309,6 +370,7 @@ class Mailbox:
             peers_known=peers_known,
             ready=self.ready,
             max_in_flight_bytes=self._options.max_in_flight_bytes,
+            on_lsps=None if p.lsps is None else p.lsps.service.offer,
         )
         services: dict[str, Stoppable] = {
             "peer-follower": PeerFollower(
@@ -322,6 +384,7 @@ class Mailbox:
                 gauges=gauges,
                 metrics=self._metrics,
                 known=peers_known,
+                connections=None if p.lsps is None else p.lsps.wakeups,
             ),
             "message-reader": reader,
             "sweeper": Sweeper(
@@ -349,6 +412,9 @@ class Mailbox:
                 caught_up=reader.caught_up_at,
             ),
         }
+        if p.lsps is not None:
+            services["lsps"] = p.lsps.service
+            services["wakeups"] = p.lsps.wakeups
         if transport is Transport.NATIVE:
             # lnd >= 0.21 forwards by some SCIDs only: the operator hears of the others.
             services["alias-check"] = AliasCheck(

@@ -182,6 +182,26 @@ none (``missing``), or it did not decrypt or hold a next hop (an ``OnionError``'
 those listed are exported from the start), or the full peel named another (``mismatch``)."""
 
 
+LSPS_METHODS: Final = (
+    "lsps0.list_protocols",
+    "lsps5.set_webhook",
+    "lsps5.list_webhooks",
+    "lsps5.remove_webhook",
+)
+LSPS_DROP_REASONS: Final = ("rate_limited", "queue_full", "not_a_request", "answer_failed")
+LSPS5_NOTIFICATIONS: Final = ("lsps5.webhook_registered", "lsps5.onion_message_incoming")
+LSPS5_ATTEMPT_FAILURES: Final = (
+    "status",
+    "redirect",
+    "timeout",
+    "connect",
+    "tls",
+    "private_address",
+    "sign",
+)
+"""Label values exported from the start, so that ``rate()`` works before the first."""
+
+
 class Metrics:
     """Every metric of the mailbox, all named ``lndmailbox_*``, on :attr:`registry`.
 
@@ -191,9 +211,13 @@ class Metrics:
     exported from the start), ``notify_failed``, ``rescued`` (label ``why``, both exported from
     the start), ``leader_changes``, ``standby_journaled``, ``journal_skipped``,
     ``decided_over_memory``, ``adopted``, ``replica_wait_short``, ``next_hops_read``, ``peel_fallbacks`` (label
-    ``reason``, its usual values exported from the start).
+    ``reason``, its usual values exported from the start); with ``--lsps5``,
+    ``lsps_requests`` (``method``, ``outcome``), ``lsps_dropped`` (``reason``),
+    ``lsps5_notifications`` (``method``, ``outcome``) and
+    ``lsps5_notification_attempts_failed`` (``reason``), their known values exported from
+    the start.
     Gauges: ``queued_messages``, ``queued_bytes``, ``peers_with_mail``, ``online_peers``,
-    ``leader``. Histograms (seconds): ``peel_seconds``, ``store_seconds``,
+    ``leader``, ``lsps5_webhooks``. Histograms (seconds): ``peel_seconds``, ``store_seconds``,
     ``delivery_delay_seconds``, ``lnd_rpc_seconds`` (label ``rpc``), ``stream_lag_seconds``.
 
     ``drop_reasons`` are label values of ``dropped`` created up front, so they are exported as
@@ -274,6 +298,35 @@ class Metrics:
             "replicas did not confirm them within --redis-wait-timeout: they stand on the "
             "primary, and a failover right then would lose them.",
         )
+        # LSPS0 requests (lsps_service) and LSPS5 notifications (wakeups).
+        self.lsps_requests = counter(
+            "lsps_requests",
+            "LSPS0 requests peers sent, by method (unknown ones as other) and outcome "
+            "(ok, or the JSON-RPC error's name).",
+            ("method", "outcome"),
+        )
+        self.lsps_dropped = counter(
+            "lsps_dropped",
+            "LSPS0 messages read and not answered, by reason (too_large, rate_limited, "
+            "not_a_request, answer_failed).",
+            ("reason",),
+        )
+        self.lsps5_webhooks = gauge(
+            "lsps5_webhooks", "LSPS5 webhooks registered, as last counted (hourly)."
+        )
+        self.lsps5_notifications = counter(
+            "lsps5_notifications",
+            "LSPS5 notifications, by method and outcome: sent (a webhook answered 200), "
+            "failed (one webhook given up), dropped (the queue was full), cooldown "
+            "(not sent: the client was notified less than --lsps5-cooldown ago).",
+            ("method", "outcome"),
+        )
+        self.lsps5_notification_attempts_failed = counter(
+            "lsps5_notification_attempts_failed",
+            "POSTs of LSPS5 notifications that failed, by reason (status, redirect, "
+            "timeout, connect, tls, private_address, sign).",
+            ("reason",),
+        )
         self.leader = gauge(
             "leader", "1 while this daemon leads the node (decides, stores, delivers), else 0."
         )
@@ -326,6 +379,15 @@ class Metrics:
             self.rescued.labels(why=why)
         for reason in PEEL_FALLBACK_REASONS:
             self.peel_fallbacks.labels(reason=reason)
+        for method in LSPS_METHODS:
+            self.lsps_requests.labels(method=method, outcome="ok")
+        for reason in LSPS_DROP_REASONS:
+            self.lsps_dropped.labels(reason=reason)
+        for method in LSPS5_NOTIFICATIONS:
+            for outcome in ("sent", "failed", "dropped", "cooldown"):
+                self.lsps5_notifications.labels(method=method, outcome=outcome)
+        for reason in LSPS5_ATTEMPT_FAILURES:
+            self.lsps5_notification_attempts_failed.labels(reason=reason)
 
         self.role = "starting"
         """This daemon's role, for the health endpoint: ``starting``, ``standby``, ``leader``."""

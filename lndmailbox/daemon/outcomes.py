@@ -33,6 +33,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from lndmailbox.clock import wait_either
+from lndmailbox.daemon.interfaces import MailWaker
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.webhook import (
     AfterDelivery,
@@ -129,6 +130,7 @@ class Reporter:
         self._wakeup = asyncio.Event()
         self._outage = Outage("writing counters and events to Redis", log)
         self._backoff = Backoff()
+        self._waker: MailWaker | None = None
 
     # Outcomes, one method each.
 
@@ -167,6 +169,8 @@ class Reporter:
             self._summarized_line("stored", "flooded", peer, logging.INFO, id=message_id)
             return
         decision(log, "stored", peer=peer, sender=sender, id=message_id, size=size)
+        if self._waker is not None:
+            self._waker.mail_stored(peer)
         self._notify(
             stored_event(
                 node=self._node,
@@ -229,6 +233,8 @@ class Reporter:
         sum (a flapping peer must not fill the log)."""
         self._metrics.redelivered.inc()
         self._summarized_line("redelivered", "", peer, logging.INFO, id=message_id, size=size)
+        if self._waker is not None:
+            self._waker.mail_stored(peer)
         self._notify_after_delivery("redelivered", peer, message_id, size, at)
 
     def unconfirmed(self, peer: bytes, message_id: str, size: int, at: float) -> None:
@@ -392,3 +398,73 @@ class Reporter:
                 await self.flush()
         except StoreError:
             log.warning("could not write the last counters and events to Redis at shutdown")
+
+    # LSPS5: registrations and wake-ups. Peers cause them, so the event stream gets them
+    # summed per interval (kind and reason, the peers with the most), as it gets drops. A
+    # webhook is named by its label only: its URL holds a push token.
+
+    def wake_with(self, waker: MailWaker) -> None:
+        """With LSPS5 on: every message stored from now on (but a flooded peer's summed
+        stores) also wakes its peer through ``waker``."""
+        self._waker = waker
+
+    def webhook_set(self, peer: bytes, webhook: str) -> None:
+        """A client set a webhook, new or changed (its label: ``webhook``)."""
+        self._summarize("webhook_set", "", peer, counter="webhook_set")
+        self._summarized_line("webhook_set", "", peer, logging.INFO, webhook=webhook)
+
+    def webhook_removed(self, peer: bytes, webhook: str) -> None:
+        self._summarize("webhook_removed", "", peer, counter="webhook_removed")
+        self._summarized_line("webhook_removed", "", peer, logging.INFO, webhook=webhook)
+
+    def lsps5_counted(self, webhooks: int) -> None:
+        self._metrics.lsps5_webhooks.set(webhooks)
+
+    def wakeup_sent(self, peer: bytes, method: str, webhook: str, attempts: int) -> None:
+        self._metrics.lsps5_notifications.labels(method=method, outcome="sent").inc()
+        self._summarize("wakeup_sent", method, peer, counter="wakeup_sent")
+        self._summarized_line(
+            "wakeup_sent", method, peer, logging.INFO, webhook=webhook, attempts=attempts
+        )
+
+    def wakeup_failed(
+        self, peer: bytes, method: str, reason: str, *, webhook: str | None, error: str
+    ) -> None:
+        """One webhook (None: all of the client's, unread) given up for ``reason``."""
+        self._metrics.lsps5_notifications.labels(method=method, outcome="failed").inc()
+        self._summarize("wakeup_failed", reason, peer, counter=f"wakeup_failed:{reason}")
+        self._summarized_line(
+            "wakeup_failed",
+            reason,
+            peer,
+            logging.WARNING,
+            method=method,
+            webhook=webhook,
+            error=error,
+        )
+
+    def wakeup_attempt_failed(self, reason: str) -> None:
+        self._metrics.lsps5_notification_attempts_failed.labels(reason=reason).inc()
+
+    def wakeup_dropped(self, peer: bytes, method: str) -> None:
+        """Not queued: the queue of notifications was full."""
+        self._metrics.lsps5_notifications.labels(method=method, outcome="dropped").inc()
+        self._summarize("wakeup_dropped", "queue_full", peer, counter="wakeup_dropped")
+        self._summarized_line("wakeup_dropped", "queue_full", peer, logging.WARNING, method=method)
+
+    def wakeup_cooled_down(self, method: str) -> None:
+        """Not sent: the client was notified less than the cooldown ago."""
+        self._metrics.lsps5_notifications.labels(method=method, outcome="cooldown").inc()
+
+    def lsps_answered(self, method: str, outcome: str) -> None:
+        """An LSPS0 request answered: ``outcome`` ``ok`` or its error's code."""
+        self._metrics.lsps_requests.labels(method=method, outcome=outcome).inc()
+
+    def lsps_dropped(self, peer: bytes, reason: str) -> None:
+        """An LSPS0 message read and not answered (docs/notifications.md has the reasons): what a
+        peer sent wrong, so its first line each interval is at DEBUG but for the
+        mailbox's own ``answer_failed`` and ``queue_full``."""
+        self._metrics.lsps_dropped.labels(reason=reason).inc()
+        self._summarize("lsps_dropped", reason, peer, counter=f"lsps_dropped:{reason}")
+        level = logging.INFO if reason in ("answer_failed", "queue_full") else logging.DEBUG
+        self._summarized_line("lsps_dropped", reason, peer, level)

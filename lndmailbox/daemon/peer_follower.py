@@ -15,6 +15,8 @@ Rules that hold:
   back in its queue (:meth:`Confirmations.peer_went_offline`), and so does one online on
   both sides of a resubscription, whose connection may not have lasted
   (:meth:`Confirmations.regained_sight`, after the resync's departures).
+- A peer that connects or disconnects is told to the LSPS5 wake-ups, when on
+  (``connections``): its notifications' cooldown ends.
 - The confirmations, the peer tracker and the decider hear at once that the peer events
   broke (:meth:`Confirmations.lost_sight`, :meth:`PeerTracker.lost_sight`,
   :meth:`Decider.lost_sight`, the stream's ``on_break``), not only at the
@@ -29,11 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from lndmailbox.daemon.confirmations import Confirmations
 from lndmailbox.daemon.decider import Decider
 from lndmailbox.daemon.gauges import QueueGauges
-from lndmailbox.daemon.interfaces import DeliveryTrigger
+from lndmailbox.daemon.interfaces import ConnectionWatcher, DeliveryTrigger
 from lndmailbox.daemon.metrics import Metrics
 from lndmailbox.daemon.peers import PeerTracker
 from lndmailbox.daemon.supervisor import run_until_stopped
@@ -58,6 +61,7 @@ class PeerFollower:
         gauges: QueueGauges,
         metrics: Metrics,
         known: asyncio.Event,
+        connections: ConnectionWatcher | None = None,
     ) -> None:
         self._lnd = lnd
         self._transport = transport
@@ -69,6 +73,7 @@ class PeerFollower:
         self._gauges = gauges
         self._metrics = metrics
         self._known = known
+        self._connections = connections
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follows lnd's peer events until ``stop`` is set."""
@@ -102,6 +107,7 @@ class PeerFollower:
         for peer in went:
             self._confirmations.peer_went_offline(peer)
             self._decider.peer_went_offline(peer)
+        self._connections_changed(came | went)
         self._decider.regained_sight()
         stayed = self._peers.online - came
         for peer in self._confirmations.regained_sight(stayed):
@@ -113,12 +119,18 @@ class PeerFollower:
         if not self._peers.mark(event.pubkey, event.online):
             return
         self._metrics.online_peers.set(len(self._peers.online))
+        self._connections_changed((event.pubkey,))
         if event.online:
             self._delivery.kick(event.pubkey)
             return
         self._confirmations.peer_went_offline(event.pubkey)
         if self._transport is Transport.NATIVE:
             self._decider.peer_went_offline(event.pubkey)
+
+    def _connections_changed(self, peers: Iterable[bytes]) -> None:
+        if self._connections is not None:
+            for peer in peers:
+                self._connections.connection_changed(peer)
 
     async def _drain_peers_with_mail(self) -> None:
         try:

@@ -152,6 +152,12 @@ class ChannelMap:
             await self._refresh_if_stale()
         return peer in self._peers
 
+    async def channel_peers(self) -> frozenset[bytes]:
+        """Every peer with a channel, read from lnd now (the map too)."""
+        async with self._lock:
+            await self._reload()
+        return self._peers
+
 
 class AliasWarning:
     """Tells the operator, on the native transport, about private channels whose SCID

@@ -36,7 +36,8 @@ STANDARD_MESSAGE_SIZE = 1399
 """path_key + a standard 1366-byte onion packet: what the stream's bound is counted in."""
 SUMMARY_REASONS = 64
 """Summary entries one interval can append at most: one per kind and reason (32 today: the
-drop reasons, duplicate, a flooded peer's stored and evicted, the lost reasons)."""
+drop reasons, duplicate, a flooded peer's stored and evicted, the lost reasons; with
+LSPS5 17 more: its registrations, wake-ups and dropped requests)."""
 DEFAULT_SUMMARY_INTERVAL = 60.0
 WAKE_UPS_PER_INTERVAL = 64
 """Stores of flooded peers one interval may still tell one by one (``stored`` entry and
