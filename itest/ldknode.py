@@ -357,14 +357,22 @@ class LdkNode:
     def lsps5_remove_webhook(self, lsp: LndNode, app_name: str) -> None:
         self.request("lsps5_remove_webhook", lsp=lsp.pubkey_hex, app_name=app_name)
 
-    def lsps5_validate(self, lsp: LndNode, timestamp: str, signature: str, body: bytes) -> str:
-        """The method of a notification ``LSPS5Validator`` accepts from ``lsp``; LdkError
-        when it refuses it."""
-        answer = self.request(
+    def lsps5_validate(
+        self, lsp: LndNode, timestamp: str, signature: str, body: bytes, *, fresh: bool = False
+    ) -> dict[str, Any]:
+        """``{method, rendered_timestamp}`` of a notification ``LSPS5Validator`` accepts from
+        ``lsp``; LdkError (with the validator's code) when it refuses it.
+
+        The node keeps one validator, which refuses a signature it accepted recently (a
+        replay); ``fresh=True`` checks with a new one. ``rendered_timestamp`` is the text
+        the validator checked the signature over: it parses the header and renders it
+        again (chrono's ``to_rfc3339()``), it does not use the header's text.
+        """
+        return self.request(
             "lsps5_validate",
             lsp=lsp.pubkey_hex,
             timestamp=timestamp,
             signature=signature,
             body=body.decode(),
+            fresh=fresh,
         )
-        return str(answer["method"])

@@ -26,7 +26,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ import pytest
 from itest.build import Binaries, Generation
 from itest.channels import ChannelKind, LspView, open_private_channel, wait_in_graph
 from itest.daemon import MailboxDaemon, mailboxctl_entry_point
-from itest.ldknode import LdkError, LdkNode
+from itest.ldknode import LdkNode
 from itest.network import Network
 from itest.onion import inbox_stream, peel_with
 from itest.process import wait_for
@@ -43,8 +42,6 @@ from lndmailbox import onion
 from lndmailbox.onion.tlv import format_scid
 from lndmailbox.onion.wire import ONION_MESSAGE_TYPE, OnionMessage
 from lndmailbox.store import RedisServer, Store, StoredMessage
-from tests.http_endpoint import Endpoint, Request
-from tests.local_ca import LocalCa
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -373,107 +370,3 @@ async def test_mailboxctl_names_the_channels_whose_aliases_lnd_drops(
     await asyncio.to_thread(
         wait_for, "the daemon's alias warning", warned, timeout=30, alive=[daemon.process]
     )
-
-
-# LSPS5 -----------------------------------------------------------------------------------------
-
-NOTIFICATION_TEXT = "LSPS5: DO NOT SIGN THIS MESSAGE MANUALLY: LSP: At {} I notify {}"
-
-
-def lnd_verifies(network: Network, request: Request) -> None:
-    """The LSP's own lnd recovers its node key from the notification's signature."""
-    text = NOTIFICATION_TEXT.format(request.headers["x-lsps5-timestamp"], request.body.decode())
-    verified = network.lsp.lncli(
-        "verifymessage", "--msg", text, "--sig", request.headers["x-lsps5-signature"]
-    )
-    assert verified == {"valid": True, "pubkey": network.lsp.pubkey_hex}, verified
-
-
-async def test_an_ldk_phone_registers_its_webhook_and_is_woken_for_its_mail(
-    network: Network,
-    wallets: Wallets,
-    redis_server: RedisServer,
-    mailbox: StartMailbox,
-    tmp_path: Path,
-) -> None:
-    """lightning-liquidity's LSPS5 client registers a webhook through real lnd (LSPS0 in
-    custom messages of type 37913, which lnd passes with no setting); the mailbox POSTs
-    webhook_registered and, once mail is stored for the sleeping phone,
-    onion_message_incoming to the test's HTTPS endpoint. lightning-liquidity's
-    LSPS5Validator and lnd's VerifyMessage accept both."""
-    features = (await asyncio.to_thread(network.lsp.getinfo))["features"]
-    assert "729" in features, features  # LSPS0's bit, from --protocol.custom-init
-    ca = LocalCa.create(tmp_path / "ca")
-    endpoint = Endpoint(tls=ca, path="/wake/phone?token=phone-push-token")
-    await endpoint.start()
-    phone, lsp = wallets.phone, network.lsp
-    try:
-        await asyncio.to_thread(ensure_online, network, phone)
-        daemon: MailboxDaemon = await asyncio.to_thread(
-            mailbox,
-            "--lsps5",
-            "--lsps5-allow-private-webhooks",
-            "--lsps5-ca-file",
-            str(ca.cert_path),
-        )
-        registered = await asyncio.to_thread(phone.lsps5_set_webhook, lsp, "itest", endpoint.url)
-        assert registered == {
-            "id": registered["id"],
-            "ok": True,
-            "num_webhooks": 1,
-            "max_webhooks": 10,
-            "no_change": False,
-        }
-        await endpoint.wait_for(1)
-        listed = await asyncio.to_thread(phone.lsps5_list_webhooks, lsp)
-        assert (listed["app_names"], listed["max_webhooks"]) == (["itest"], 10)
-
-        path = await asyncio.to_thread(phone_path, network, wallets)
-        await asyncio.to_thread(ensure_online, network, wallets.payer)
-        await asyncio.to_thread(go_to_sleep, network, phone)
-        store = Store.from_url(redis_server.url, lsp.pubkey)
-        try:
-            await asyncio.to_thread(payer_sends, wallets, path)
-            await stored_for(store, phone, daemon)
-            await endpoint.wait_for(2)
-        finally:
-            await store.aclose()
-
-        methods = ["lsps5.webhook_registered", "lsps5.onion_message_incoming"]
-        for request, method in zip(endpoint.requests, methods, strict=True):
-            assert request.path == "/wake/phone?token=phone-push-token"
-            assert json.loads(request.body)["method"] == method
-            accepted = await asyncio.to_thread(
-                phone.lsps5_validate,
-                lsp,
-                request.headers["x-lsps5-timestamp"],
-                request.headers["x-lsps5-signature"],
-                request.body,
-            )
-            assert accepted == method
-            await asyncio.to_thread(lnd_verifies, network, request)
-        # The validator remembers what it accepted: the same notification again is a replay.
-        first = endpoint.requests[0]
-        with pytest.raises(LdkError) as replayed:
-            await asyncio.to_thread(
-                phone.lsps5_validate,
-                lsp,
-                first.headers["x-lsps5-timestamp"],
-                first.headers["x-lsps5-signature"],
-                first.body,
-            )
-        assert "Replay" in str(replayed.value)
-
-        await asyncio.to_thread(wake_up, network, phone)
-        await asyncio.to_thread(phone.lsps5_remove_webhook, lsp, "itest")
-        with pytest.raises(LdkError) as unknown:
-            await asyncio.to_thread(phone.lsps5_remove_webhook, lsp, "itest")
-        assert unknown.value.code == 1010
-        assert "phone-push-token" not in daemon.process.log_tail(10_000)
-    finally:
-        endpoint.release.set()
-        assert endpoint.server is not None
-        endpoint.server.close()
-        for writer in endpoint.writers:
-            writer.close()
-        await endpoint.server.wait_closed()

@@ -5,7 +5,12 @@
 //! `lsps5_set_webhook {lsp, app_name, url}` -> `{num_webhooks, max_webhooks, no_change}`;
 //! `lsps5_list_webhooks {lsp}` -> `{app_names, max_webhooks}`;
 //! `lsps5_remove_webhook {lsp, app_name}` -> `{}`;
-//! `lsps5_validate {lsp, timestamp, signature, body}` -> `{method}` (the notification's).
+//! `lsps5_validate {lsp, timestamp, signature, body, fresh?}` -> `{method,
+//! rendered_timestamp}`: the notification's method, and the timestamp as the validator
+//! renders it for the signed text. It does not check the header's text: it parses the
+//! timestamp and signs-checks chrono's `to_rfc3339()` of it. The node's one validator
+//! rejects a signature it accepted recently (a replay); `fresh: true` checks with a new
+//! validator, which remembers nothing.
 //! A refusal carries the LSPS error's `code`. An answer the LSP does not send within
 //! [`ANSWER_TIMEOUT`] is an error.
 
@@ -16,6 +21,7 @@ use lightning::bitcoin::secp256k1::PublicKey;
 use lightning_liquidity::lsps0::ser::{LSPSDateTime, LSPSRequestId};
 use lightning_liquidity::lsps5::event::LSPS5ClientEvent;
 use lightning_liquidity::lsps5::msgs::{LSPS5Error, WebhookNotification};
+use lightning_liquidity::lsps5::validator::LSPS5Validator;
 use serde_json::{json, Map, Value};
 
 use crate::commands::{object, string_param, Failure, POLL};
@@ -116,13 +122,20 @@ pub fn validate(node: &Node, request: &Map<String, Value>) -> Fields {
     let body = string_param(request, "body")?;
     let notification: WebhookNotification = serde_json::from_str(body)
         .map_err(|e| Failure::from(format!("body is no notification: {e}")))?;
-    let valid = node
-        .lsps5_validator
+    let fresh = request.get("fresh").and_then(Value::as_bool).unwrap_or(false);
+    let new_validator;
+    let validator = if fresh {
+        new_validator = LSPS5Validator::new();
+        &new_validator
+    } else {
+        &node.lsps5_validator
+    };
+    let valid = validator
         .validate(lsp, &timestamp, signature, &notification)
         .map_err(|e| refused(e.into()))?;
     let method = serde_json::to_value(&valid)
         .ok()
         .and_then(|v| v.get("method").cloned())
         .unwrap_or(Value::Null);
-    Ok(object(json!({"method": method})))
+    Ok(object(json!({"method": method, "rendered_timestamp": timestamp.to_rfc3339()})))
 }
