@@ -38,6 +38,7 @@ BODY = b'{"jsonrpc":"2.0","method":"lsps5.webhook_registered","params":{}}'
         ("::ffff:10.1.2.3", False),
         ("2002:c0a8:0101::1", False),  # 6to4 of 192.168.1.1
         ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("4000::1", False),  # outside 2000::/3, unassigned
         ("8.8.8.8", True),
         ("1.1.1.1", True),
         ("::ffff:8.8.8.8", True),

@@ -37,6 +37,7 @@ from lndmailbox.lsps.webhook_url import webhook_label
 __all__ = ["WebhookPoster", "is_public_address"]
 
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+_GLOBAL_UNICAST_V6: Final = ipaddress.ip_network("2000::/3")
 _RETRIED_STATUSES: Final = frozenset({408, 429})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,6 +52,8 @@ def is_public_address(ip: IPAddress) -> bool:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
+        if ip not in _GLOBAL_UNICAST_V6:
+            return False  # the rest of the IPv6 space is unassigned or special
     return ip.is_global and not ip.is_multicast
 
 
