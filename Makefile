@@ -54,8 +54,10 @@ protos-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
 # Real lnd and btcd on a regtest network; builds them once into ~/.cache/lndmailbox-itest.
+# ITEST_ARGS narrows the run, e.g. `make itest ITEST_ARGS='-k lsps'`.
+ITEST_ARGS ?=
 itest: $(STAMP)
-	$(BIN)/python -m pytest -q itest
+	$(BIN)/python -m pytest -q itest $(ITEST_ARGS)
 
 # The itest's slow measurements of lnd itself (how soon it drops a silently frozen peer:
 # up to 90 s, and 270 s over 127.0.0.1, per generation), printed; not in CI: run them when

@@ -6,6 +6,11 @@ stdout, where events ``{"event": KIND, ...}`` arrive too, as they happen. A read
 sorts the lines into answers and events; LDK's log (stderr) goes to ``ldk-NAME.log`` and
 every line both ways to ``ldk-NAME.stdio.log`` in the log directory.
 
+The LSPS5 commands (itest/ldk/src/lsps5.rs) drive lightning-liquidity's LSPS5 client, the
+node's custom message handler: ``lsps5_set_webhook``, ``lsps5_list_webhooks`` and
+``lsps5_remove_webhook`` wait for the LSP's answer; ``lsps5_validate`` checks a received
+notification with lightning-liquidity's ``LSPS5Validator``.
+
 The node keeps everything in memory: a stopped node is gone, channels and all.
 """
 
@@ -48,7 +53,12 @@ class HeldHtlcSent:
 
 
 class LdkError(Exception):
-    """The LDK program answered a command with an error, did not answer, or exited."""
+    """The LDK program answered a command with an error, did not answer, or exited.
+    ``code``: the error's code when it has one (an LSPS error's)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class LdkNode:
@@ -252,7 +262,9 @@ class LdkNode:
                 self._cond.wait(left)
             answer = self._answers.pop(request_id)
         if not answer.get("ok"):
-            raise LdkError(f"LDK node {self.name}: {cmd} failed: {answer.get('error')}")
+            raise LdkError(
+                f"LDK node {self.name}: {cmd} failed: {answer.get('error')}", answer.get("code")
+            )
         return answer
 
     def mark(self) -> int:
@@ -331,4 +343,36 @@ class LdkNode:
             payment_id=str(answer["payment_id"]),
             reply_paths=list(answer["reply_paths"]),
             sent=[str(s) for s in answer["sent"]],
+        )
+
+    # LSPS5 -------------------------------------------------------------------------------------
+
+    def lsps5_set_webhook(self, lsp: LndNode, app_name: str, url: str) -> dict[str, Any]:
+        """``{num_webhooks, max_webhooks, no_change}``; LdkError with the LSP's code if refused."""
+        return self.request("lsps5_set_webhook", lsp=lsp.pubkey_hex, app_name=app_name, url=url)
+
+    def lsps5_list_webhooks(self, lsp: LndNode) -> dict[str, Any]:
+        return self.request("lsps5_list_webhooks", lsp=lsp.pubkey_hex)
+
+    def lsps5_remove_webhook(self, lsp: LndNode, app_name: str) -> None:
+        self.request("lsps5_remove_webhook", lsp=lsp.pubkey_hex, app_name=app_name)
+
+    def lsps5_validate(
+        self, lsp: LndNode, timestamp: str, signature: str, body: bytes, *, fresh: bool = False
+    ) -> dict[str, Any]:
+        """``{method, rendered_timestamp}`` of a notification ``LSPS5Validator`` accepts from
+        ``lsp``; LdkError (with the validator's code) when it refuses it.
+
+        The node keeps one validator, which refuses a signature it accepted recently (a
+        replay); ``fresh=True`` checks with a new one. ``rendered_timestamp`` is the text
+        the validator checked the signature over: it parses the header and renders it
+        again (chrono's ``to_rfc3339()``), it does not use the header's text.
+        """
+        return self.request(
+            "lsps5_validate",
+            lsp=lsp.pubkey_hex,
+            timestamp=timestamp,
+            signature=signature,
+            body=body.decode(),
+            fresh=fresh,
         )

@@ -21,6 +21,9 @@ CUSTOM_PROTOCOL_ARGS = (
     "--protocol.custom-init=39",
     "--protocol.custom-nodeann=39",
 )
+# LSPS0's feature bit (bLIP-50), in init and the node announcement, on every generation:
+# the LSP serves LSPS0 and LSPS5 through the mailbox (docs/lnd.md).
+LSPS0_PROTOCOL_ARGS = ("--protocol.custom-init=729", "--protocol.custom-nodeann=729")
 
 
 class LncliError(Exception):
@@ -140,6 +143,7 @@ class LndNode:
             argv.append("--nolisten")
         if self.generation is Generation.CUSTOM:
             argv.extend(CUSTOM_PROTOCOL_ARGS)
+        argv.extend(LSPS0_PROTOCOL_ARGS)
         argv.extend(self.extra_args)
         return argv
 

@@ -76,6 +76,44 @@ def _feature(features: Any, bit: int) -> tuple[str, bool, bool] | None:
     return (feature.name, feature.is_required, feature.is_known)
 
 
+async def test_lsps0_feature_bit_729_is_advertised(network: Network) -> None:
+    """Both generations advertise LSPS0's bit from ``--protocol.custom-init=729`` and
+    ``--protocol.custom-nodeann=729`` (itest/lndnode.py): GetInfo lists the node
+    announcement's features, the sender's ListPeers the LSP's init."""
+    await asyncio.to_thread(network.ensure_sender_connected)
+    async with network.lsp.rpc() as rpc:
+        info = await rpc.lightning.GetInfo(ln.GetInfoRequest())
+    async with network.sender.rpc() as rpc:
+        peers = await rpc.lightning.ListPeers(ln.ListPeersRequest())
+    lsp = next(p for p in peers.peers if p.pub_key == network.lsp.pubkey_hex)
+    seen = {"getinfo": _feature(info.features, 729), "listpeers": _feature(lsp.features, 729)}
+    print(f"feature 729 on lnd {network.generation.value}: {seen}")
+    expected = ("unknown", False, False)
+    assert seen == {"getinfo": expected, "listpeers": expected}
+
+
+async def test_lsps0_message_37913_reaches_subscribe_custom_messages(network: Network) -> None:
+    """37913 is in the custom range (>= 32768): lnd sends it and streams it to
+    SubscribeCustomMessages with no ``protocol.custom-message`` setting, on both generations
+    (the custom generation's setting names 513 only)."""
+    await asyncio.to_thread(network.ensure_sender_connected)
+    payload = b'{"jsonrpc":"2.0","id":"fact","method":"lsps0.list_protocols","params":{}}'
+    async with (
+        network.lsp.rpc() as rpc,
+        collect(
+            rpc.lightning.SubscribeCustomMessages(ln.SubscribeCustomMessagesRequest())
+        ) as stream,
+    ):
+        async with network.sender.rpc() as sender:
+            answer = await sender.lightning.SendCustomMessage(
+                ln.SendCustomMessageRequest(peer=network.lsp.pubkey, type=37913, data=payload),
+                timeout=10,
+            )
+        assert answer.status == "message sent successfully"
+        item = await stream.wait_for("the 37913 message", lambda i: i.type == 37913)
+        assert (item.peer, item.data) == (network.sender.pubkey, payload)
+
+
 async def test_send_to_a_disconnected_peer_is_not_found(network: Network) -> None:
     await asyncio.to_thread(network.take_recipient_offline)
     async with network.lsp.rpc() as rpc:

@@ -1,5 +1,6 @@
 //! The commands on stdin: `{"id": N, "cmd": NAME, ...params}`, each answered with
-//! `{"id": N, "ok": true, ...result}` or `{"id": N, "ok": false, "error": STR}`.
+//! `{"id": N, "ok": true, ...result}` or `{"id": N, "ok": false, "error": STR, "code"?: INT}`
+//! (`code` when the error has one: an LSPS error's, lsps5.rs).
 //!
 //! A command's bytes come from the driver, never from a peer, but a bad one still gets an
 //! error answer rather than a crash.
@@ -25,12 +26,13 @@ use lightning::sign::{EntropySource, NodeSigner, ReceiveAuthKey};
 use lightning::util::ser::{Readable, Writeable};
 use serde_json::{json, Map, Value};
 
+use crate::lsps5;
 use crate::node::Node;
 use crate::out::channel_json;
 
 /// How long `connect` and `disconnect` wait for the peer to come or go.
 const PEER_TIMEOUT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(20);
 
 pub enum Outcome {
     Answer(Value),
@@ -42,20 +44,31 @@ pub enum Outcome {
 pub async fn run(node: &Arc<Node>, line: &str) -> Outcome {
     let request: Map<String, Value> = match serde_json::from_str(line) {
         Ok(Value::Object(map)) => map,
-        Ok(_) => return Outcome::Answer(failure(Value::Null, "a command is a JSON object".into())),
-        Err(e) => return Outcome::Answer(failure(Value::Null, format!("not JSON: {e}"))),
+        Ok(_) => {
+            return Outcome::Answer(failure(
+                Value::Null,
+                "a command is a JSON object".to_owned().into(),
+            ))
+        },
+        Err(e) => return Outcome::Answer(failure(Value::Null, format!("not JSON: {e}").into())),
     };
     let id = request.get("id").cloned().unwrap_or(Value::Null);
     let cmd = request.get("cmd").and_then(Value::as_str).unwrap_or_default();
     let result = match cmd {
-        "connect" => connect(node, &request).await,
-        "disconnect" => disconnect(node, &request).await,
+        "connect" => connect(node, &request).await.map_err(Failure::from),
+        "disconnect" => disconnect(node, &request).await.map_err(Failure::from),
         "peers" => Ok(peers(node)),
         "channels" => Ok(channels(node)),
-        "held_htlc_paths" => held_htlc_paths(node, &request),
-        "send_held_htlc_available" => send_held_htlc_available(node, &request),
+        "held_htlc_paths" => held_htlc_paths(node, &request).map_err(Failure::from),
+        "send_held_htlc_available" => {
+            send_held_htlc_available(node, &request).map_err(Failure::from)
+        },
+        "lsps5_set_webhook" => lsps5::set_webhook(node, &request).await,
+        "lsps5_list_webhooks" => lsps5::list_webhooks(node, &request).await,
+        "lsps5_remove_webhook" => lsps5::remove_webhook(node, &request).await,
+        "lsps5_validate" => lsps5::validate(node, &request),
         "stop" => return Outcome::Stop(success(id, Map::new())),
-        other => Err(format!("unknown command {other:?}")),
+        other => Err(format!("unknown command {other:?}").into()),
     };
     Outcome::Answer(match result {
         Ok(fields) => success(id, fields),
@@ -69,18 +82,34 @@ fn success(id: Value, mut fields: Map<String, Value>) -> Value {
     Value::Object(fields)
 }
 
-fn failure(id: Value, error: String) -> Value {
-    json!({"id": id, "ok": false, "error": error})
+/// A command's error: what went wrong, and the error code when the error has one.
+pub struct Failure {
+    pub error: String,
+    pub code: Option<i32>,
 }
 
-fn object(value: Value) -> Map<String, Value> {
+impl From<String> for Failure {
+    fn from(error: String) -> Failure {
+        Failure { error, code: None }
+    }
+}
+
+fn failure(id: Value, failure: Failure) -> Value {
+    let mut answer = json!({"id": id, "ok": false, "error": failure.error});
+    if let Some(code) = failure.code {
+        answer["code"] = json!(code);
+    }
+    answer
+}
+
+pub fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => Map::new(),
     }
 }
 
-fn string_param<'a>(request: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
+pub fn string_param<'a>(request: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
     request.get(name).and_then(Value::as_str).ok_or_else(|| format!("missing string {name:?}"))
 }
 

@@ -22,7 +22,7 @@
 //!   "outbound_payment", "payment_id": HEX}` or `{"kind": OTHER}`.
 //!
 //! Commands, `{"id": N, "cmd": NAME, ...params}`, each answered `{"id": N, "ok": true,
-//! ...result}` or `{"id": N, "ok": false, "error": STR}` (commands.rs):
+//! ...result}` or `{"id": N, "ok": false, "error": STR, "code"?: INT}` (commands.rs):
 //!
 //! - `connect {node_id, addr}`: dials over BOLT 8, answers once init is done (up to 10 s for
 //!   TCP, then 20 s for init).
@@ -36,6 +36,12 @@
 //! - `send_held_htlc_available {path: HEX}` -> `{payment_id, reply_paths: [PATH], sent:
 //!   ["buffered" | "buffered_awaiting_connection NODE"]}`: as a payer's ChannelManager sends
 //!   it, one message per (path, reply path) pair.
+//! - `lsps5_set_webhook {lsp, app_name, url}` -> `{num_webhooks, max_webhooks, no_change}`,
+//!   `lsps5_list_webhooks {lsp}` -> `{app_names, max_webhooks}`, `lsps5_remove_webhook {lsp,
+//!   app_name}` -> `{}`: lightning-liquidity's LSPS5 client asks the LSP over LSPS0 and
+//!   waits up to 30 s for its answer; a refusal's answer carries `code` (lsps5.rs).
+//! - `lsps5_validate {lsp, timestamp, signature, body, fresh?}` -> `{method,
+//!   rendered_timestamp}`: `LSPS5Validator` checks a received notification (lsps5.rs).
 //! - `stop {}`: answers, then exits 0.
 //!
 //! A PATH is `{hex, introduction_node: {node_id} | {scid, direction}, hops, lsp_next_hop:
@@ -46,6 +52,8 @@
 mod commands;
 mod events;
 mod handler;
+mod liquidity;
+mod lsps5;
 mod node;
 mod out;
 
@@ -192,6 +200,9 @@ async fn background(node: Arc<Node>) {
         node.channel_manager.process_pending_events(&handler);
         node.chain_monitor.process_pending_events(&handler);
         node.messenger.process_pending_events(&handler);
+        for event in node.liquidity.get_and_clear_pending_events() {
+            liquidity::handle(&node.lsps5_answers, event);
+        }
         node.peers.process_events();
         if ticks % 500 == 0 {
             node.peers.timer_tick_occurred(); // every 10 s

@@ -27,7 +27,10 @@ use lightning::util::logger::{Level, Logger, Record};
 use lightning::util::persist::MonitorName;
 use lightning_net_tokio::SocketDescriptor;
 
+use lightning_liquidity::lsps5::validator::LSPS5Validator;
+
 use crate::handler::ReportingAsyncPayments;
+use crate::liquidity::{self, Liquidity, Lsps5Answers};
 
 pub type Graph = NetworkGraph<Arc<StderrLogger>>;
 type Scorer = ProbabilisticScorer<Arc<Graph>, Arc<StderrLogger>>;
@@ -77,7 +80,7 @@ pub type Peers = PeerManager<
     IgnoringMessageHandler,
     Arc<Messenger>,
     Arc<StderrLogger>,
-    IgnoringMessageHandler,
+    Arc<Liquidity>,
     Arc<KeysManager>,
     Arc<ChainMon>,
 >;
@@ -90,6 +93,11 @@ pub struct Node {
     pub chain_monitor: Arc<ChainMon>,
     pub channel_manager: Arc<ChanMan>,
     pub messenger: Arc<Messenger>,
+    pub liquidity: Arc<Liquidity>,
+    pub lsps5_answers: Lsps5Answers,
+    /// One validator for the node's life, as a wallet's notification proxy keeps one: it
+    /// remembers the last signatures it accepted and rejects their replays.
+    pub lsps5_validator: LSPS5Validator,
     pub peers: Arc<Peers>,
 }
 
@@ -137,7 +145,7 @@ impl Node {
         let channel_manager = Arc::new(ChannelManager::new(
             fees,
             chain_monitor.clone(),
-            broadcaster,
+            broadcaster.clone(),
             router,
             message_router.clone(),
             logger.clone(),
@@ -160,12 +168,17 @@ impl Node {
             IgnoringMessageHandler {},
             IgnoringMessageHandler {},
         ));
+        // The in-memory store cannot fail, so neither can the construction.
+        let liquidity = Arc::new(
+            liquidity::client(&keys, &channel_manager, &broadcaster)
+                .expect("LiquidityManager over an in-memory store"),
+        );
         let peers = Arc::new(PeerManager::new(
             MessageHandler {
                 chan_handler: channel_manager.clone(),
                 route_handler: IgnoringMessageHandler {},
                 onion_message_handler: messenger.clone(),
-                custom_message_handler: IgnoringMessageHandler {},
+                custom_message_handler: liquidity.clone(),
                 send_only_message_handler: chain_monitor.clone(),
             },
             now.as_secs() as u32,
@@ -181,6 +194,9 @@ impl Node {
             chain_monitor,
             channel_manager,
             messenger,
+            liquidity,
+            lsps5_answers: Lsps5Answers::default(),
+            lsps5_validator: LSPS5Validator::new(),
             peers,
         }
     }
