@@ -18,6 +18,7 @@ these messages. Two frozen dataclasses are the typed surface; the message classe
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -142,13 +143,11 @@ class ChannelAcceptResponse:
     zero_conf: bool = False  # 11
 
     def encode(self) -> bytes:
-        message = _ResponseMessage(
-            accept=self.accept,
-            pending_chan_id=self.pending_chan_id,
-            error=self.error,
-            min_accept_depth=self.min_accept_depth,
-            zero_conf=self.zero_conf,
-        )
+        # Field by field: the stubs of a message class made at run time know no fields
+        # (types-protobuf of 2026-11 types Message() without keyword arguments).
+        message = _ResponseMessage()
+        for name, value in dataclasses.asdict(self).items():
+            setattr(message, name, value)
         return message.SerializeToString()
 
 
